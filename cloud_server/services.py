@@ -84,15 +84,19 @@ def api_key_or_refuse(config: Config, env: Mapping[str, str]) -> str | None:
     )
 
 
-def build_services(config: Config, env: Mapping[str, str] | None = None) -> Services:
-    """Load every model once, before the server says Ready."""
+def build_services(
+    config: Config,
+    env: Mapping[str, str] | None = None,
+    engines: tuple[TTSEngine, TTSEngine] | None = None,
+) -> Services:
+    """Load every model once, before the server says Ready; ``engines`` reuses already loaded voices."""
     env = os.environ if env is None else env
     api_key = api_key_or_refuse(config, env)
     server = config.server
     if server.default_character not in server.characters:
         raise ConfigError(f"server.default_character: {server.default_character!r} is not in server.characters")
     llm = make_llm(server.llm)
-    primary, fallback = build_engines(server.tts)
+    primary, fallback = engines if engines is not None else build_engines(server.tts)
     sessions = SessionStore(server.sessions)
     services = Services(
         config=config,
