@@ -28,11 +28,11 @@ from pi_client.call import (
 PCM = b"\x01\x00" * 8
 
 
-def run(events: list, state: State = State.ON_HOOK, policy: CallPolicy = CallPolicy()) -> tuple[State, list]:
+def run(events: list, state: State = State.ON_HOOK) -> tuple[State, list]:
     """Feed events in order; return the final state and every action, in order."""
     actions: list = []
     for event in events:
-        state, new = next_state(state, event, policy)
+        state, new = next_state(state, event)
         actions += new
     return state, actions
 
