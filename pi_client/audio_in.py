@@ -152,6 +152,21 @@ class SoundDeviceSource(AudioSource):
         queue.put_nowait(None)
 
 
+def _read_pcm16(path: Path) -> bytes:
+    """A WAV as 16 kHz mono PCM16: bit-exact when it already is, else mixed down and resampled."""
+    import soundfile
+
+    try:
+        info = soundfile.info(str(path))
+        if info.samplerate == SAMPLE_RATE and info.channels == 1 and info.subtype == "PCM_16":
+            data, _ = soundfile.read(str(path), dtype="int16")
+            return bytes(data.astype("<i2").tobytes())
+    except soundfile.LibsndfileError as err:
+        raise ValueError(f"cannot read {path} as audio: {err}") from err
+    pcm, _ = read_wav_pcm16(str(path), SAMPLE_RATE)
+    return pcm
+
+
 class WavFileSource(AudioSource):
     """A WAV file (any rate, any channels) played as if it were the microphone, then the end."""
 
@@ -163,7 +178,7 @@ class WavFileSource(AudioSource):
 
     async def frames(self) -> AsyncIterator[bytes]:
         """Yield the file's frames (the last one padded with silence); paced like a microphone if realtime."""
-        pcm, _ = await asyncio.to_thread(read_wav_pcm16, str(self.path), SAMPLE_RATE)
+        pcm = await asyncio.to_thread(_read_pcm16, self.path)
         reblocker = _Reblocker(self.block_samples * SAMPLE_WIDTH)
         frames = reblocker.feed(pcm)
         last = reblocker.flush()

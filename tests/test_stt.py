@@ -1,0 +1,68 @@
+"""Real faster-whisper with the packaged tiny.en on Piper speech: the transcript has the spoken words."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from common.config import PiSTTConfig, VADConfig
+from common.wav import write_wav
+from pi_client.audio_in import WavFileSource
+from pi_client.endpoint import listen
+from pi_client.stt import TranscriberError, WhisperTranscriber
+from pi_client.vad import SileroVad
+from tests.fixtures_pi import PI_RATE, SPEECH_TEXT, SPEECH_WORDS, mix, silence, white_noise
+
+
+def _words(text: str) -> list[str]:
+    """Lower-case words without punctuation, for comparing transcripts."""
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+@pytest.fixture(scope="module")
+def transcriber() -> WhisperTranscriber:
+    return WhisperTranscriber(PiSTTConfig(threads=2))  # model None: the packaged tiny.en
+
+
+def test_transcript_contains_the_spoken_words(
+    transcriber: WhisperTranscriber, piper_speech: Callable[[str], bytes]
+) -> None:
+    text = transcriber.transcribe(silence(0.3) + piper_speech(SPEECH_TEXT) + silence(0.5))
+    words = _words(text)
+    assert all(w in words for w in SPEECH_WORDS), text
+
+
+def test_a_question_in_noise(transcriber: WhisperTranscriber, piper_speech: Callable[[str], bytes]) -> None:
+    question = "What time does the train to Boston leave tomorrow morning?"
+    speech = silence(0.3) + piper_speech(question) + silence(0.5)
+    text = transcriber.transcribe(mix(speech, white_noise(len(speech) / 2 / PI_RATE, 0.01, seed=3)))
+    words = _words(text)
+    assert {"time", "train", "boston", "tomorrow", "morning"} <= set(words), text
+
+
+def test_file_mode_path_listen_then_transcribe(
+    transcriber: WhisperTranscriber, piper_speech: Callable[[str], bytes], tmp_path: Path
+) -> None:
+    """Q.wav → the same listening path as the microphone → the words."""
+    path = tmp_path / "q.wav"
+    write_wav(str(path), silence(1.0) + piper_speech(SPEECH_TEXT) + silence(1.5), PI_RATE)
+    utterance = asyncio.run(asyncio.wait_for(listen(WavFileSource(path), SileroVad(), VADConfig()), timeout=60))
+    assert utterance is not None
+    words = _words(transcriber.transcribe(utterance.pcm))
+    assert all(w in words for w in SPEECH_WORDS), words
+
+
+def test_empty_audio_is_empty_text(transcriber: WhisperTranscriber) -> None:
+    assert transcriber.transcribe(b"") == ""
+
+
+def test_a_bad_model_path_names_the_setting(tmp_path: Path) -> None:
+    with pytest.raises(TranscriberError, match=r"pi\.stt\.model: no model directory"):
+        WhisperTranscriber(PiSTTConfig(model=str(tmp_path / "no-such-model")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TranscriberError, match=r"pi\.stt\.model: cannot load"):
+        WhisperTranscriber(PiSTTConfig(model=str(tmp_path / "empty")))
