@@ -144,12 +144,15 @@ class Utterance:
 
 
 async def _pump(source: AudioSource, queue: asyncio.Queue[bytes | None]) -> None:
-    """Copy the source's frames into ``queue``, then None when it ends."""
+    """Copy the source's frames into ``queue``, then None when it ends; closes the iterator on cancel."""
+    frames = source.frames()
     try:
-        async with contextlib.aclosing(source.frames()) as frames:
-            async for frame in frames:
-                await queue.put(frame)
+        async for frame in frames:
+            await queue.put(frame)
     finally:
+        aclose = getattr(frames, "aclose", None)
+        if aclose is not None:
+            await aclose()  # an async generator releases the device now, not at garbage collection
         with contextlib.suppress(asyncio.QueueFull):
             queue.put_nowait(None)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from pi_client.audio_in import WavFileSource
 from pi_client.endpoint import listen
 from pi_client.stt import TranscriberError, WhisperTranscriber
 from pi_client.vad import SileroVad
+from tests.alsa_rig import REPO_ROOT
 from tests.fixtures_pi import PI_RATE, SPEECH_TEXT, SPEECH_WORDS, mix, silence, white_noise
 
 
@@ -66,3 +69,25 @@ def test_a_bad_model_path_names_the_setting(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(TranscriberError, match=r"pi\.stt\.model: cannot load"):
         WhisperTranscriber(PiSTTConfig(model=str(tmp_path / "empty")))
+
+
+def test_the_listening_stack_never_imports_torch(piper_speech: Callable[[str], bytes], tmp_path: Path) -> None:
+    """On a Pi 4 importing torch is a SIGILL: hook, capture, VAD, endpointing and STT must run without it."""
+    path = tmp_path / "q.wav"
+    write_wav(str(path), silence(0.5) + piper_speech(SPEECH_TEXT) + silence(1.0), PI_RATE)
+    code = """
+import asyncio, sys
+import pi_client.audio_in, pi_client.endpoint, pi_client.hook, pi_client.stt, pi_client.vad
+heavy = {"onnxruntime", "ctranslate2", "faster_whisper", "sounddevice", "gpiozero", "torch"}
+assert not heavy & set(sys.modules), heavy & set(sys.modules)  # nothing heavy at import time
+from common.config import PiSTTConfig, VADConfig
+utt = asyncio.run(pi_client.endpoint.listen(
+    pi_client.audio_in.WavFileSource(sys.argv[1]), pi_client.vad.SileroVad(), VADConfig()))
+print(pi_client.stt.WhisperTranscriber(PiSTTConfig(threads=1)).transcribe(utt.pcm))
+assert "torch" not in sys.modules
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "fox" in _words(proc.stdout)

@@ -126,3 +126,19 @@ def test_max_utterance_cuts_long_speech(vad: SileroVad, piper_speech: Callable[[
     assert utt is not None
     assert utt.speech_seconds <= 1.0
     assert len(utt.pcm) / 2 / PI_RATE <= 1.0 + cfg.preroll_seconds + FRAME_SECONDS
+
+
+def test_cancelling_listen_leaves_no_task_behind(vad: SileroVad, tmp_path: Path) -> None:
+    path = tmp_path / "quiet.wav"
+    write_wav(str(path), silence(30.0), PI_RATE)
+
+    async def hang_up_while_listening() -> set[asyncio.Task[object]]:
+        task = asyncio.create_task(listen(WavFileSource(path, realtime=True), vad, CFG))
+        await asyncio.sleep(0.3)
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, timeout=5)
+        return asyncio.all_tasks() - {asyncio.current_task()}  # type: ignore[operator]
+
+    assert asyncio.run(hang_up_while_listening()) == set()
