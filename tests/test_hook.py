@@ -12,7 +12,7 @@ from gpiozero import Device
 from gpiozero.pins.mock import MockFactory
 
 from common.config import HookConfig
-from pi_client.hook import Debouncer, GpioHook, HookEvent, KeyboardHook
+from pi_client.hook import Debouncer, GpioHook, HookError, HookEvent, KeyboardHook
 
 TIMEOUT = 2.0
 QUIET = 0.25  # "must not happen" window: five times the debounce
@@ -175,6 +175,15 @@ async def _gpio_hook_close_stops_events_and_frees_the_pin(mock_pins: MockFactory
         assert await _next(queue) is HookEvent.LIFTED
     finally:
         again.close()
+
+
+def test_gpio_hook_bad_pin_names_the_setting(mock_pins: MockFactory) -> None:
+    async def scenario() -> None:
+        hook = GpioHook(HookConfig(pin=99))
+        with pytest.raises(HookError, match=r"pi\.hook\.pin: cannot open GPIO99"):
+            hook.start(asyncio.get_running_loop(), asyncio.Queue())
+
+    _run(scenario())
 
 
 # --------------------------------------------------------------------------- KeyboardHook
