@@ -85,7 +85,8 @@ def test_speaks_pcm16_at_24k_bounded_by_the_token_budget(chatterbox_engine: Chat
     chunks = list(chatterbox_engine.synthesize(SENTENCE, VoiceSpec()))
     pcm = b"".join(chunks)
     assert chatterbox_engine.sample_rate == 24000
-    assert (chatterbox_engine.name, chatterbox_engine.device, chatterbox_engine.degraded) == ("chatterbox", "cpu", False)
+    engine = chatterbox_engine
+    assert (engine.name, engine.device, engine.degraded) == ("chatterbox", "cpu", False)
     assert pcm and len(pcm) % 2 == 0 and all(len(c) % 2 == 0 for c in chunks)
     cfg = chatterbox_engine.cfg
     budget = token_budget(len(SENTENCE), cfg.max_tokens_per_char, cfg.min_tokens, cfg.max_tokens)
@@ -224,8 +225,12 @@ def test_hanging_up_while_queued_leaves_the_queue(
 ) -> None:
     cancel = threading.Event()
     out: list[list[bytes]] = []
+
+    def queued_call() -> None:
+        out.append(list(chatterbox_engine.synthesize(SENTENCE, VoiceSpec(), cancel)))
+
     with chatterbox_loaded.lock:  # someone else's sentence is being spoken
-        worker = threading.Thread(target=lambda: out.append(list(chatterbox_engine.synthesize(SENTENCE, VoiceSpec(), cancel))))
+        worker = threading.Thread(target=queued_call)
         worker.start()
         time.sleep(0.3)
         cancel.set()

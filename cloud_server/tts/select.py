@@ -5,12 +5,13 @@ from __future__ import annotations
 import importlib.util
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from cloud_server.tts.base import TTSEngine
 from cloud_server.tts.piper_engine import LocalVoiceEngine
-from common.config import TTSConfig, expand_path
+from common.config import ChatterboxConfig, TTSConfig, expand_path
 from common.speech import ESPEAK_BINARY, EspeakLocalVoice, LocalVoice, open_local_voice, packaged_piper_voice
 
 _LOGGER = logging.getLogger(__name__)
@@ -77,8 +78,19 @@ def detect_availability(tts_cfg: TTSConfig) -> Availability:
     return Availability(chatterbox=chatterbox, piper=piper, espeak=espeak)
 
 
-def build_engines(tts_cfg: TTSConfig) -> tuple[TTSEngine, TTSEngine]:
-    """Build (primary, fallback). A primary that cannot load is replaced by the local voice, marked degraded."""
+def _load_chatterbox(cfg: ChatterboxConfig) -> TTSEngine:
+    from cloud_server.tts.chatterbox_engine import ChatterboxEngine
+
+    return ChatterboxEngine(cfg)
+
+
+def build_engines(
+    tts_cfg: TTSConfig, load_chatterbox: Callable[[ChatterboxConfig], TTSEngine] = _load_chatterbox
+) -> tuple[TTSEngine, TTSEngine]:
+    """Build (primary, fallback). A primary that cannot load is replaced by the local voice, marked degraded.
+
+    ``load_chatterbox`` is the seam tests use to hand in the session's one loaded model.
+    """
     choice = choose_engines(tts_cfg.engine, detect_availability(tts_cfg))
     local: LocalVoice
     if choice.fallback == "piper":
@@ -90,9 +102,7 @@ def build_engines(tts_cfg: TTSConfig) -> tuple[TTSEngine, TTSEngine]:
         reason = f"{choice.primary} failed to load (see log)"
     if choice.primary == "chatterbox":
         try:
-            from cloud_server.tts.chatterbox_engine import ChatterboxEngine
-
-            primary: TTSEngine = ChatterboxEngine(tts_cfg.chatterbox)
+            primary: TTSEngine = load_chatterbox(tts_cfg.chatterbox)
         except Exception as err:  # any load failure degrades to the local voice, it does not stop the server
             _LOGGER.warning("Chatterbox could not load, speaking with %s instead", local.name, exc_info=True)
             reason = f"chatterbox failed to load: {err}"
