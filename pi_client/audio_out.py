@@ -160,18 +160,23 @@ async def _read_tail(proc: asyncio.subprocess.Process) -> str:
 
 
 async def _terminate(proc: asyncio.subprocess.Process) -> None:
-    """SIGTERM, then SIGKILL if it lingers; always reaped so no zombie is left behind."""
+    """Stop aplay now and reap it, so no zombie is left behind.
+
+    aplay's SIGTERM handler only aborts the PCM and waits for its main loop, which may sit in a
+    read on stdin: close stdin too, and SIGKILL if it still lingers.
+    """
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             proc.terminate()
-        try:
-            await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=_KILL_WAIT_SECONDS)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await asyncio.wait_for(proc.wait(), timeout=_KILL_WAIT_SECONDS)
     if proc.stdin is not None:
         proc.stdin.close()
+    try:
+        await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=_KILL_WAIT_SECONDS / 2)
+    except (TimeoutError, asyncio.CancelledError):
+        # Cancelled mid-kill (the whole phone shutting down): never leave the player running.
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=_KILL_WAIT_SECONDS)
 
 
 class WavFileSink(AudioSink):

@@ -1,0 +1,294 @@
+"""The phone against a real running ``cloud_server`` (Ollama stand-in behind it), listened to with Whisper.
+
+File mode runs ``python -m pi_client`` as users do; the hang-up test runs the phone in-process with
+the hook on gpiozero's MockFactory and the earpiece on real ``aplay`` into ALSA's file device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from common.config import PiSTTConfig, config_from_dict
+from common.wav import read_wav_pcm16, write_wav
+from tests.alsa_rig import AlsaRig
+from tests.fixtures_pi import PI_RATE, silence
+from tests.ollama_standin import OllamaStandIn
+from tests.server_rig import (
+    ServerProcess,
+    free_port,
+    pi_client_process,
+    pi_config,
+    run_pi_client,
+    start_server,
+)
+
+QUESTION = "What is the capital of France?"
+OFFLINE_WORDS = {"sorry", "reach", "brain", "try", "again"}
+BROKEN_WORDS = {"sorry", "line", "dropped", "say", "again"}
+WAIT = 120.0
+
+
+def words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z]+", text.lower()))
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll until ``condition`` holds (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def standin() -> Iterator[OllamaStandIn]:
+    with OllamaStandIn() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def server(standin: OllamaStandIn, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    running = start_server(tmp_path_factory.mktemp("server"), standin.url)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def whisper() -> Any:
+    from pi_client.stt import WhisperTranscriber
+
+    return WhisperTranscriber(PiSTTConfig())
+
+
+@pytest.fixture(scope="module")
+def question_wav(piper_speech: Callable[[str], bytes], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The caller's question as the microphone would hear it: silence, speech, silence."""
+    path = tmp_path_factory.mktemp("question") / "q.wav"
+    write_wav(str(path), silence(0.6) + piper_speech(QUESTION) + silence(1.5), PI_RATE)
+    return path
+
+
+def heard(whisper: Any, path: Path) -> tuple[str, float]:
+    """What Whisper hears in a reply WAV, and the reply's length in seconds."""
+    pcm, _ = read_wav_pcm16(str(path), PI_RATE)
+    return whisper.transcribe(pcm), len(pcm) / 2 / PI_RATE
+
+
+def last_chat(standin: OllamaStandIn) -> Any:
+    requests = standin.chat_requests()
+    assert requests, "the server never asked the LLM"
+    return requests[-1]
+
+
+# --------------------------------------------------------------------------- file mode
+
+
+def test_a_whole_turn_in_file_mode(
+    server: ServerProcess, standin: OllamaStandIn, whisper: Any, question_wav: Path, tmp_path: Path
+) -> None:
+    standin.script("The capital of France is Paris. ", "It is a lovely city to visit in the spring.")
+    reply = tmp_path / "r.wav"
+    result = run_pi_client(pi_config(tmp_path), server.url, server.key, question_wav, reply)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == ""
+    # The server's LLM was asked what the caller said (Whisper on the Pi got it right).
+    user_text = last_chat(standin).messages[-1]["content"].lower()
+    assert {"capital", "france"} <= words(user_text)
+    text, seconds = heard(whisper, reply)
+    assert {"paris", "lovely", "city"} <= words(text), text
+    assert 3.0 < seconds < 15.0
+    # One INFO line for the turn: transcript, reply text (from /sessions) and stage timings.
+    turn_line = next(line for line in result.stderr.splitlines() if "turn: heard=" in line)
+    assert "capital of France" in turn_line and "Paris" in turn_line
+    for stage in ("endpoint=", "stt=", "first_audio=", "latency=", "total="):
+        assert re.search(stage + r"\d+\.\d\ds", turn_line), stage
+    assert server.key not in result.stderr  # the key never reaches the log
+
+
+def test_server_down_the_phone_answers_in_its_own_voice(whisper: Any, question_wav: Path, tmp_path: Path) -> None:
+    reply = tmp_path / "r.wav"
+    nobody = f"http://127.0.0.1:{free_port()}"
+    result = run_pi_client(pi_config(tmp_path), nobody, "some-key", question_wav, reply)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text, seconds = heard(whisper, reply)
+    assert len(words(text) & OFFLINE_WORDS) >= 3, text
+    assert 2.0 < seconds < 10.0
+    assert "unavailable" in result.stderr
+
+
+def test_no_first_audio_in_time_gets_the_offline_voice_and_drops_the_request(
+    server: ServerProcess, standin: OllamaStandIn, whisper: Any, question_wav: Path, tmp_path: Path
+) -> None:
+    standin.script(60.0, "Far too late.")
+    reply = tmp_path / "r.wav"
+    config = pi_config(tmp_path, client={"first_audio_timeout_seconds": 3.0})
+    result = run_pi_client(config, server.url, server.key, question_wav, reply, timeout=WAIT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text, _ = heard(whisper, reply)
+    assert len(words(text) & OFFLINE_WORDS) >= 3, text
+    assert "no audio within 3.0s" in result.stderr
+
+
+def test_a_refused_key_is_logged_and_the_caller_still_hears_something(
+    server: ServerProcess, whisper: Any, question_wav: Path, tmp_path: Path
+) -> None:
+    reply = tmp_path / "r.wav"
+    result = run_pi_client(pi_config(tmp_path), server.url, "wrong-key", question_wav, reply)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "server refused the turn: 401" in result.stderr
+    text, _ = heard(whisper, reply)
+    assert len(words(text) & OFFLINE_WORDS) >= 3, text
+
+
+def test_server_killed_mid_reply_plays_what_arrived_then_the_broken_message(
+    standin: OllamaStandIn, whisper: Any, question_wav: Path, tmp_path: Path
+) -> None:
+    standin.script("Here is the first part of my answer. ", 60.0, "You will never hear this second part.")
+    before = len(standin.chat_requests())
+    doomed = start_server(tmp_path / "doomed", standin.url)
+    reply = tmp_path / "r.wav"
+    try:
+        phone = pi_client_process(pi_config(tmp_path), doomed.url, doomed.key, question_wav, reply)
+        wait_for(
+            lambda: len(standin.chat_requests()) > before and standin.chat_requests()[-1].pieces_sent >= 1,
+            WAIT,
+            "the LLM's first sentence",
+        )
+        time.sleep(2.0)  # the first sentence is synthesized and streamed; the LLM now pauses for a minute
+        doomed.kill()
+        stdout, stderr = phone.communicate(timeout=60)
+    finally:
+        doomed.stop()
+    assert phone.returncode == 0, stderr[-3000:]
+    assert stdout == ""
+    assert "reply broke off" in stderr
+    text, _ = heard(whisper, reply)
+    said = words(text)
+    assert {"first", "part", "answer"} <= said, text
+    assert len(said & BROKEN_WORDS) >= 3, text
+    assert "never" not in said
+
+
+# --------------------------------------------------------------------------- the handset
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_hang_up_mid_reply_kills_playback_and_closes_the_request(
+    server: ServerProcess,
+    standin: OllamaStandIn,
+    whisper: Any,
+    question_wav: Path,
+    alsa_rig: AlsaRig,
+    tmp_path: Path,
+) -> None:
+    from gpiozero import Device
+    from gpiozero.pins.mock import MockFactory
+
+    # A long answer, one sentence every 0.7 s: the server writes audio all along, as a real reply does.
+    steps: list[str | float] = []
+    for i in range(20):
+        steps += [f"This is sentence number {i + 1} of a very long answer. ", 0.7]
+    standin.script(*steps)
+    before = len(standin.chat_requests())
+    previous = Device.pin_factory
+    factory = MockFactory()
+    Device.pin_factory = factory
+    try:
+        result = asyncio.run(
+            asyncio.wait_for(
+                _hang_up_scenario(server, whisper, question_wav, alsa_rig, tmp_path, factory, standin, before), WAIT
+            )
+        )
+    finally:
+        factory.close()
+        Device.pin_factory = previous
+    aplay_pid, chat = result
+    assert not _alive(aplay_pid)
+    # The server saw the hang-up and stopped asking the LLM for more.
+    assert chat.client_closed.wait(timeout=15), "the server never noticed the phone hung up"
+    assert chat.pieces_sent < 20 and not chat.completed
+
+
+async def _hang_up_scenario(
+    server: ServerProcess,
+    whisper: Any,
+    question_wav: Path,
+    rig: AlsaRig,
+    tmp_path: Path,
+    factory: Any,
+    standin: OllamaStandIn,
+    before: int,
+) -> tuple[int, Any]:
+    from pi_client.audio_in import WavFileSource
+    from pi_client.audio_out import AplaySink
+    from pi_client.call import State
+    from pi_client.endpoint import listen
+    from pi_client.hook import GpioHook
+    from pi_client.offline_voice import OfflineVoice
+    from pi_client.phone import Phone
+    from pi_client.server_client import ServerClient
+    from pi_client.vad import SileroVad
+
+    pi = config_from_dict({"pi": {"cache_dir": str(tmp_path / "cache"), "hook": {"pin": 17}}}).pi
+    voice = OfflineVoice(pi.offline_voice, pi.greeting, pi.cache_dir)
+    await asyncio.to_thread(voice.prepare)
+    vad = SileroVad(pi.vad.threshold)
+
+    async def listen_once() -> Any:
+        source = WavFileSource(question_wav)
+        try:
+            return await listen(source, vad, pi.vad)
+        finally:
+            source.close()
+
+    sink = AplaySink(env={"ALSA_CONFIG_PATH": rig.env()["ALSA_CONFIG_PATH"]})
+    client = ServerClient(server.url, server.key, pi.client)
+    phone = Phone(settings=pi, listen=listen_once, transcribe=whisper.transcribe, client=client, voice=voice, sink=sink)
+    running = asyncio.create_task(phone.run(GpioHook(pi.hook)))
+    pin = factory.pin(17)
+    try:
+        await asyncio.sleep(0.1)
+        pin.drive_low()  # contact closed to ground (pull-up): the handset is lifted
+
+        def replying() -> bool:
+            chats = standin.chat_requests()
+            return (
+                phone.state is State.REPLYING
+                and sink.pid is not None
+                and len(chats) > before
+                and chats[-1].pieces_sent >= 3
+            )
+
+        while not replying():
+            assert not running.done(), running
+            await asyncio.sleep(0.05)
+        aplay_pid = sink.pid
+        assert aplay_pid is not None and _alive(aplay_pid)
+        chat = standin.chat_requests()[-1]
+        pin.drive_high()  # back on the cradle
+        hung_up = time.monotonic()
+        while _alive(aplay_pid) and time.monotonic() - hung_up < 5.0:
+            await asyncio.sleep(0.02)
+        assert not _alive(aplay_pid), "aplay still playing after the hang-up"
+        assert phone.state is State.ON_HOOK and sink.pid is None
+        return aplay_pid, chat
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        client.close()
