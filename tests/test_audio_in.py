@@ -104,6 +104,21 @@ async def main(out):
 asyncio.run(main(sys.argv[1]))
 """
 
+_BAD_DEVICE = """
+import asyncio
+from common.config import AudioConfig
+from pi_client.audio_in import AudioInputError, SoundDeviceSource
+
+async def main():
+    try:
+        async for _ in SoundDeviceSource(AudioConfig(input_device="no-such-microphone")).frames():
+            break
+    except AudioInputError as err:
+        print(err)
+
+asyncio.run(main())
+"""
+
 
 def test_sounddevice_capture_matches_the_fed_samples(alsa_rig: AlsaRig, tmp_path: Path) -> None:
     fed = white_noise(2.0, 0.2, seed=7)  # every sample distinct enough that a shift or a gap shows
@@ -174,6 +189,11 @@ def test_the_rig_playback_side_writes_what_aplay_plays(alsa_rig: AlsaRig, tmp_pa
     assert rate == PI_RATE
     assert pcm[2000:6000] in alsa_rig.outfile.read_bytes()
     assert len(played) >= len(pcm)
+
+
+def test_an_unknown_input_device_names_the_setting(alsa_rig: AlsaRig) -> None:
+    message = alsa_rig.run_python(_BAD_DEVICE).stdout
+    assert message.startswith("pi.audio.input_device: cannot capture from no-such-microphone")
 
 
 def test_cancelling_listen_closes_the_microphone(alsa_rig: AlsaRig) -> None:
