@@ -7,6 +7,7 @@ Real cradles bounce for a few milliseconds, and gpiozero's mock pin factory igno
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import sys
@@ -103,8 +104,10 @@ class GpioHook(Hook):
 
     def _on_edge(self) -> None:
         # gpiozero's thread (or the caller's, with the mock): hand off, nothing else.
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._check)
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed under us: the phone is shutting down
+                loop.call_soon_threadsafe(self._check)
 
     def _lifted(self) -> bool:
         if self._button is None:
@@ -160,9 +163,12 @@ class KeyboardHook(Hook):
             if self._closed.is_set():
                 return
             loop = self._loop
-            if loop is None or loop.is_closed():
+            if loop is None:
                 return
-            loop.call_soon_threadsafe(self._toggle)
+            try:
+                loop.call_soon_threadsafe(self._toggle)
+            except RuntimeError:  # the loop closed: the phone is shutting down
+                return
         _LOGGER.debug("Keyboard hook: end of input")
 
     def _toggle(self) -> None:
