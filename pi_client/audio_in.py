@@ -27,6 +27,10 @@ _QUEUE_SECONDS = 5.0
 """Captured audio the microphone queue holds before it drops blocks, in seconds."""
 
 
+class AudioInputError(RuntimeError):
+    """The microphone cannot be opened; the message names the setting."""
+
+
 class AudioSource(ABC):
     """Yields PCM16 mono frames at 16 kHz, each ``block_samples`` long."""
 
@@ -107,14 +111,14 @@ class SoundDeviceSource(AudioSource):
             # PortAudio's thread: copy and hand off, nothing else (a blocked callback drops audio).
             loop.call_soon_threadsafe(deliver, bytes(indata), status)
 
-        stream = sounddevice.RawInputStream(
-            samplerate=rate,
-            blocksize=capture_block,
-            device=_device(self._cfg.input_device),
-            channels=1,
-            dtype="int16",
-            callback=callback,
-        )
+        device = _device(self._cfg.input_device)
+        try:
+            stream = sounddevice.RawInputStream(
+                samplerate=rate, blocksize=capture_block, device=device, channels=1, dtype="int16", callback=callback
+            )
+        except (sounddevice.PortAudioError, ValueError) as err:  # ValueError: no device matches the name
+            where = self._cfg.input_device or "the default device"
+            raise AudioInputError(f"pi.audio.input_device: cannot capture from {where} at {rate} Hz: {err}") from err
         self._stream = stream
         reblocker = _Reblocker(self.block_samples * SAMPLE_WIDTH)
         resampler = None

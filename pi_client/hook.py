@@ -7,17 +7,15 @@ Real cradles bounce for a few milliseconds, and gpiozero's mock pin factory igno
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import sys
 import threading
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
 from common.config import HookConfig
-
-if TYPE_CHECKING:
-    from gpiozero import Button
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -80,23 +78,25 @@ class GpioHook(Hook):
     """A hook switch on a GPIO pin, read through gpiozero and debounced here."""
 
     def __init__(self, cfg: HookConfig) -> None:
+        """Open the pin now, so a wrong pin or a missing GPIO library fails at start-up."""
+        from gpiozero import Button
+
         self._cfg = cfg
         self._debouncer = Debouncer(cfg.debounce_seconds, initial=False)
-        self._button: Button | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[HookEvent] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        try:
+            # bounce_time=None: debouncing is ours (gpiozero's mock ignores it; real cradles bounce).
+            self._button: Button | None = Button(cfg.pin, pull_up=cfg.pull_up, bounce_time=None)
+        except Exception as err:  # gpiozero raises its own family per pin factory (BadPinFactory, PinInvalidPin, ...)
+            raise HookError(f"pi.hook.pin: cannot open GPIO{cfg.pin}: {err}") from err
 
     def start(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[HookEvent]) -> None:
-        """Open the pin and watch it; a handset already lifted at start is reported as LIFTED."""
-        from gpiozero import Button
-
+        """Watch the pin; a handset already lifted at start is reported as LIFTED."""
+        if self._button is None:
+            raise HookError("the hook switch was closed")
         self._loop, self._queue = loop, queue
-        # bounce_time=None: gpiozero's own debounce is unreliable across pin factories.
-        try:
-            self._button = Button(self._cfg.pin, pull_up=self._cfg.pull_up, bounce_time=None)
-        except Exception as err:  # gpiozero raises its own family per pin factory (BadPinFactory, PinInvalidPin, ...)
-            raise HookError(f"pi.hook.pin: cannot open GPIO{self._cfg.pin}: {err}") from err
         self._button.when_pressed = self._on_edge
         self._button.when_released = self._on_edge
         _LOGGER.info("Hook switch on GPIO%d (lifted when %s)", self._cfg.pin, self._cfg.lifted_when)
@@ -104,8 +104,10 @@ class GpioHook(Hook):
 
     def _on_edge(self) -> None:
         # gpiozero's thread (or the caller's, with the mock): hand off, nothing else.
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._check)
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed under us: the phone is shutting down
+                loop.call_soon_threadsafe(self._check)
 
     def _lifted(self) -> bool:
         if self._button is None:
@@ -161,9 +163,12 @@ class KeyboardHook(Hook):
             if self._closed.is_set():
                 return
             loop = self._loop
-            if loop is None or loop.is_closed():
+            if loop is None:
                 return
-            loop.call_soon_threadsafe(self._toggle)
+            try:
+                loop.call_soon_threadsafe(self._toggle)
+            except RuntimeError:  # the loop closed: the phone is shutting down
+                return
         _LOGGER.debug("Keyboard hook: end of input")
 
     def _toggle(self) -> None:

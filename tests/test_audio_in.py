@@ -51,7 +51,7 @@ async def main(out):
     source = SoundDeviceSource(AudioConfig())
     utt = await asyncio.wait_for(listen(source, SileroVad(0.5), VADConfig()), timeout=30)
     open(out, "wb").write(utt.pcm)
-    print(json.dumps({"speech_seconds": utt.speech_seconds, "dropped": source.dropped_blocks}))
+    print(json.dumps({"speech_seconds": utt.speech_seconds}))
 
 asyncio.run(main(sys.argv[1]))
 """
@@ -79,6 +79,42 @@ async def main():
         pass
     assert not source.running
     print("closed")
+
+asyncio.run(main())
+"""
+
+# A consumer that stalls: the device (unpaced here) overruns the bounded queue; capture must go on.
+_STALL = """
+import asyncio, json, logging, sys
+from common.config import AudioConfig
+from pi_client.audio_in import SoundDeviceSource
+
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+
+async def main(out):
+    source = SoundDeviceSource(AudioConfig())
+    frames = source.frames()
+    first = [await anext(frames)]
+    await asyncio.sleep(1.0)  # the VAD fell behind
+    more = [await asyncio.wait_for(anext(frames), timeout=5) for _ in range(100)]
+    await frames.aclose()
+    open(out, "wb").write(b"".join(first + more))
+    print(json.dumps({"dropped": source.dropped_blocks, "running": source.running}))
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+_BAD_DEVICE = """
+import asyncio
+from common.config import AudioConfig
+from pi_client.audio_in import AudioInputError, SoundDeviceSource
+
+async def main():
+    try:
+        async for _ in SoundDeviceSource(AudioConfig(input_device="no-such-microphone")).frames():
+            break
+    except AudioInputError as err:
+        print(err)
 
 asyncio.run(main())
 """
@@ -125,7 +161,39 @@ def test_sounddevice_capture_then_listen_finds_the_speech(
     assert offset / 2 / PI_RATE < 0.6 + first  # starts before the first syllable (pre-roll)
     assert (offset + len(pcm)) / 2 / PI_RATE > 0.6 + last  # ends after the last one
     assert stats["speech_seconds"] == pytest.approx(last - first, abs=0.35)
-    assert stats["dropped"] >= 0
+
+
+def test_a_stalled_consumer_drops_blocks_and_capture_goes_on(alsa_rig: AlsaRig, tmp_path: Path) -> None:
+    fed = white_noise(12.0, 0.2, seed=11)  # more than the 5 s queue
+    alsa_rig.feed(fed)
+    out = tmp_path / "captured.raw"
+    proc = alsa_rig.run_python(_STALL, str(out))
+    stats = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert stats["dropped"] > 0
+    assert not stats["running"]  # closing the iterator released the device
+    assert "blocks dropped" in proc.stderr  # logged, not fatal
+    captured = out.read_bytes()
+    assert captured == fed[: len(captured)]  # what was kept is the oldest audio, in order, without gaps
+    assert len(captured) == 101 * FRAME_BYTES
+
+
+def test_the_rig_playback_side_writes_what_aplay_plays(alsa_rig: AlsaRig, tmp_path: Path) -> None:
+    """The rig's earpiece: aplay into the default device lands in a WAV file (used by the playback tests)."""
+    import subprocess
+
+    pcm = white_noise(0.5, 0.2, seed=13)
+    wav = tmp_path / "reply.wav"
+    write_wav(str(wav), pcm, PI_RATE)
+    subprocess.run(["aplay", "-q", str(wav)], env=alsa_rig.env(), check=True, timeout=30)
+    played, rate = read_wav_pcm16(alsa_rig.outfile.read_bytes())
+    assert rate == PI_RATE
+    assert pcm[2000:6000] in alsa_rig.outfile.read_bytes()
+    assert len(played) >= len(pcm)
+
+
+def test_an_unknown_input_device_names_the_setting(alsa_rig: AlsaRig) -> None:
+    message = alsa_rig.run_python(_BAD_DEVICE).stdout
+    assert message.startswith("pi.audio.input_device: cannot capture from no-such-microphone")
 
 
 def test_cancelling_listen_closes_the_microphone(alsa_rig: AlsaRig) -> None:

@@ -157,6 +157,22 @@ async def _gpio_hook_ignores_a_blip_shorter_than_debounce(mock_pins: MockFactory
         hook.close()
 
 
+def test_gpio_hook_reports_a_handset_lifted_before_start(mock_pins: MockFactory) -> None:
+    _run(_gpio_hook_reports_a_handset_lifted_before_start(mock_pins))
+
+
+async def _gpio_hook_reports_a_handset_lifted_before_start(mock_pins: MockFactory) -> None:
+    hook = GpioHook(HookConfig(pin=17, debounce_seconds=0.05))  # the pin is open, nothing is watching yet
+    mock_pins.pin(17).drive_low()  # lifted (contact closed): no edge reaches anyone
+    queue: asyncio.Queue[HookEvent] = asyncio.Queue()
+    hook.start(asyncio.get_running_loop(), queue)
+    try:
+        assert await _next(queue) is HookEvent.LIFTED
+        await _nothing(queue)
+    finally:
+        hook.close()
+
+
 def test_gpio_hook_close_stops_events_and_frees_the_pin(mock_pins: MockFactory) -> None:
     _run(_gpio_hook_close_stops_events_and_frees_the_pin(mock_pins))
 
@@ -178,12 +194,8 @@ async def _gpio_hook_close_stops_events_and_frees_the_pin(mock_pins: MockFactory
 
 
 def test_gpio_hook_bad_pin_names_the_setting(mock_pins: MockFactory) -> None:
-    async def scenario() -> None:
-        hook = GpioHook(HookConfig(pin=99))
-        with pytest.raises(HookError, match=r"pi\.hook\.pin: cannot open GPIO99"):
-            hook.start(asyncio.get_running_loop(), asyncio.Queue())
-
-    _run(scenario())
+    with pytest.raises(HookError, match=r"pi\.hook\.pin: cannot open GPIO99"):
+        GpioHook(HookConfig(pin=99))
 
 
 # --------------------------------------------------------------------------- KeyboardHook

@@ -142,3 +142,10 @@ def test_cancelling_listen_leaves_no_task_behind(vad: SileroVad, tmp_path: Path)
         return asyncio.all_tasks() - {asyncio.current_task()}  # type: ignore[operator]
 
     assert asyncio.run(hang_up_while_listening()) == set()
+
+
+def test_listen_raises_when_the_source_fails(vad: SileroVad, tmp_path: Path) -> None:
+    path = tmp_path / "broken.wav"
+    path.write_bytes(b"RIFF0000WAVEjunk")
+    with pytest.raises(ValueError, match="cannot read"):
+        asyncio.run(asyncio.wait_for(listen(WavFileSource(path), vad, CFG), timeout=10))
