@@ -9,16 +9,14 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from common.config import PiSTTConfig, config_from_dict
-from common.wav import read_wav_pcm16, write_wav
+from common.config import config_from_dict
+from common.wav import read_wav_pcm16
 from tests.alsa_rig import AlsaRig
-from tests.fixtures_pi import PI_RATE, silence
+from tests.fixtures_pi import PI_RATE
 from tests.ollama_standin import OllamaStandIn
 from tests.server_rig import (
     ServerProcess,
@@ -29,7 +27,6 @@ from tests.server_rig import (
     start_server,
 )
 
-QUESTION = "What is the capital of France?"
 OFFLINE_WORDS = {"sorry", "reach", "brain", "try", "again"}
 BROKEN_WORDS = {"sorry", "line", "dropped", "say", "again"}
 WAIT = 120.0
@@ -49,34 +46,6 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-@pytest.fixture(scope="module")
-def standin() -> Iterator[OllamaStandIn]:
-    with OllamaStandIn() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def server(standin: OllamaStandIn, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    running = start_server(tmp_path_factory.mktemp("server"), standin.url)
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
-def whisper() -> Any:
-    from pi_client.stt import WhisperTranscriber
-
-    return WhisperTranscriber(PiSTTConfig())
-
-
-@pytest.fixture(scope="module")
-def question_wav(piper_speech: Callable[[str], bytes], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The caller's question as the microphone would hear it: silence, speech, silence."""
-    path = tmp_path_factory.mktemp("question") / "q.wav"
-    write_wav(str(path), silence(0.6) + piper_speech(QUESTION) + silence(1.5), PI_RATE)
-    return path
-
-
 def heard(whisper: Any, path: Path) -> tuple[str, float]:
     """What Whisper hears in a reply WAV, and the reply's length in seconds."""
     pcm, _ = read_wav_pcm16(str(path), PI_RATE)
@@ -93,17 +62,17 @@ def last_chat(standin: OllamaStandIn) -> Any:
 
 
 def test_a_whole_turn_in_file_mode(
-    server: ServerProcess, standin: OllamaStandIn, whisper: Any, question_wav: Path, tmp_path: Path
+    call_server: ServerProcess, call_standin: OllamaStandIn, call_whisper: Any, call_question_wav: Path, tmp_path: Path
 ) -> None:
-    standin.script("The capital of France is Paris. ", "It is a lovely city to visit in the spring.")
+    call_standin.script("The capital of France is Paris. ", "It is a lovely city to visit in the spring.")
     reply = tmp_path / "r.wav"
-    result = run_pi_client(pi_config(tmp_path), server.url, server.key, question_wav, reply)
+    result = run_pi_client(pi_config(tmp_path), call_server.url, call_server.key, call_question_wav, reply)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout == ""
     # The server's LLM was asked what the caller said (Whisper on the Pi got it right).
-    user_text = last_chat(standin).messages[-1]["content"].lower()
+    user_text = last_chat(call_standin).messages[-1]["content"].lower()
     assert {"capital", "france"} <= words(user_text)
-    text, seconds = heard(whisper, reply)
+    text, seconds = heard(call_whisper, reply)
     assert {"paris", "lovely", "city"} <= words(text), text
     assert 3.0 < seconds < 15.0
     # One INFO line for the turn: transcript, reply text (from /sessions) and stage timings.
@@ -111,55 +80,57 @@ def test_a_whole_turn_in_file_mode(
     assert "capital of France" in turn_line and "Paris" in turn_line
     for stage in ("endpoint=", "stt=", "first_audio=", "latency=", "total="):
         assert re.search(stage + r"\d+\.\d\ds", turn_line), stage
-    assert server.key not in result.stderr  # the key never reaches the log
+    assert call_server.key not in result.stderr  # the key never reaches the log
 
 
-def test_server_down_the_phone_answers_in_its_own_voice(whisper: Any, question_wav: Path, tmp_path: Path) -> None:
+def test_server_down_the_phone_answers_in_its_own_voice(
+    call_whisper: Any, call_question_wav: Path, tmp_path: Path
+) -> None:
     reply = tmp_path / "r.wav"
     nobody = f"http://127.0.0.1:{free_port()}"
-    result = run_pi_client(pi_config(tmp_path), nobody, "some-key", question_wav, reply)
+    result = run_pi_client(pi_config(tmp_path), nobody, "some-key", call_question_wav, reply)
     assert result.returncode == 0, result.stderr[-3000:]
-    text, seconds = heard(whisper, reply)
+    text, seconds = heard(call_whisper, reply)
     assert len(words(text) & OFFLINE_WORDS) >= 3, text
     assert 2.0 < seconds < 10.0
     assert "unavailable" in result.stderr
 
 
 def test_no_first_audio_in_time_gets_the_offline_voice_and_drops_the_request(
-    server: ServerProcess, standin: OllamaStandIn, whisper: Any, question_wav: Path, tmp_path: Path
+    call_server: ServerProcess, call_standin: OllamaStandIn, call_whisper: Any, call_question_wav: Path, tmp_path: Path
 ) -> None:
-    standin.script(60.0, "Far too late.")
+    call_standin.script(60.0, "Far too late.")
     reply = tmp_path / "r.wav"
     config = pi_config(tmp_path, client={"first_audio_timeout_seconds": 3.0})
-    result = run_pi_client(config, server.url, server.key, question_wav, reply, timeout=WAIT)
+    result = run_pi_client(config, call_server.url, call_server.key, call_question_wav, reply, timeout=WAIT)
     assert result.returncode == 0, result.stderr[-3000:]
-    text, _ = heard(whisper, reply)
+    text, _ = heard(call_whisper, reply)
     assert len(words(text) & OFFLINE_WORDS) >= 3, text
     assert "no audio within 3.0s" in result.stderr
 
 
 def test_a_refused_key_is_logged_and_the_caller_still_hears_something(
-    server: ServerProcess, whisper: Any, question_wav: Path, tmp_path: Path
+    call_server: ServerProcess, call_whisper: Any, call_question_wav: Path, tmp_path: Path
 ) -> None:
     reply = tmp_path / "r.wav"
-    result = run_pi_client(pi_config(tmp_path), server.url, "wrong-key", question_wav, reply)
+    result = run_pi_client(pi_config(tmp_path), call_server.url, "wrong-key", call_question_wav, reply)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "server refused the turn: 401" in result.stderr
-    text, _ = heard(whisper, reply)
+    text, _ = heard(call_whisper, reply)
     assert len(words(text) & OFFLINE_WORDS) >= 3, text
 
 
 def test_server_killed_mid_reply_plays_what_arrived_then_the_broken_message(
-    standin: OllamaStandIn, whisper: Any, question_wav: Path, tmp_path: Path
+    call_standin: OllamaStandIn, call_whisper: Any, call_question_wav: Path, tmp_path: Path
 ) -> None:
-    standin.script("Here is the first part of my answer. ", 60.0, "You will never hear this second part.")
-    before = len(standin.chat_requests())
-    doomed = start_server(tmp_path / "doomed", standin.url)
+    call_standin.script("Here is the first part of my answer. ", 60.0, "You will never hear this second part.")
+    before = len(call_standin.chat_requests())
+    doomed = start_server(tmp_path / "doomed", call_standin.url)
     reply = tmp_path / "r.wav"
     try:
-        phone = pi_client_process(pi_config(tmp_path), doomed.url, doomed.key, question_wav, reply)
+        phone = pi_client_process(pi_config(tmp_path), doomed.url, doomed.key, call_question_wav, reply)
         wait_for(
-            lambda: len(standin.chat_requests()) > before and standin.chat_requests()[-1].pieces_sent >= 1,
+            lambda: len(call_standin.chat_requests()) > before and call_standin.chat_requests()[-1].pieces_sent >= 1,
             WAIT,
             "the LLM's first sentence",
         )
@@ -171,7 +142,7 @@ def test_server_killed_mid_reply_plays_what_arrived_then_the_broken_message(
     assert phone.returncode == 0, stderr[-3000:]
     assert stdout == ""
     assert "reply broke off" in stderr
-    text, _ = heard(whisper, reply)
+    text, _ = heard(call_whisper, reply)
     said = words(text)
     assert {"first", "part", "answer"} <= said, text
     assert len(said & BROKEN_WORDS) >= 3, text
@@ -190,10 +161,10 @@ def _alive(pid: int) -> bool:
 
 
 def test_hang_up_mid_reply_kills_playback_and_closes_the_request(
-    server: ServerProcess,
-    standin: OllamaStandIn,
-    whisper: Any,
-    question_wav: Path,
+    call_server: ServerProcess,
+    call_standin: OllamaStandIn,
+    call_whisper: Any,
+    call_question_wav: Path,
     alsa_rig: AlsaRig,
     tmp_path: Path,
 ) -> None:
@@ -204,15 +175,18 @@ def test_hang_up_mid_reply_kills_playback_and_closes_the_request(
     steps: list[str | float] = []
     for i in range(20):
         steps += [f"This is sentence number {i + 1} of a very long answer. ", 0.7]
-    standin.script(*steps)
-    before = len(standin.chat_requests())
+    call_standin.script(*steps)
+    before = len(call_standin.chat_requests())
     previous = Device.pin_factory
     factory = MockFactory()
     Device.pin_factory = factory
     try:
         result = asyncio.run(
             asyncio.wait_for(
-                _hang_up_scenario(server, whisper, question_wav, alsa_rig, tmp_path, factory, standin, before), WAIT
+                _hang_up_scenario(
+                    call_server, call_whisper, call_question_wav, alsa_rig, tmp_path, factory, call_standin, before
+                ),
+                WAIT,
             )
         )
     finally:
@@ -226,13 +200,13 @@ def test_hang_up_mid_reply_kills_playback_and_closes_the_request(
 
 
 async def _hang_up_scenario(
-    server: ServerProcess,
-    whisper: Any,
-    question_wav: Path,
+    call_server: ServerProcess,
+    call_whisper: Any,
+    call_question_wav: Path,
     rig: AlsaRig,
     tmp_path: Path,
     factory: Any,
-    standin: OllamaStandIn,
+    call_standin: OllamaStandIn,
     before: int,
 ) -> tuple[int, Any]:
     from pi_client.audio_in import WavFileSource
@@ -251,15 +225,17 @@ async def _hang_up_scenario(
     vad = SileroVad(pi.vad.threshold)
 
     async def listen_once() -> Any:
-        source = WavFileSource(question_wav)
+        source = WavFileSource(call_question_wav)
         try:
             return await listen(source, vad, pi.vad)
         finally:
             source.close()
 
     sink = AplaySink(env={"ALSA_CONFIG_PATH": rig.env()["ALSA_CONFIG_PATH"]})
-    client = ServerClient(server.url, server.key, pi.client)
-    phone = Phone(settings=pi, listen=listen_once, transcribe=whisper.transcribe, client=client, voice=voice, sink=sink)
+    client = ServerClient(call_server.url, call_server.key, pi.client)
+    phone = Phone(
+        settings=pi, listen=listen_once, transcribe=call_whisper.transcribe, client=client, voice=voice, sink=sink
+    )
     running = asyncio.create_task(phone.run(GpioHook(pi.hook)))
     pin = factory.pin(17)
     try:
@@ -267,7 +243,7 @@ async def _hang_up_scenario(
         pin.drive_low()  # contact closed to ground (pull-up): the handset is lifted
 
         def replying() -> bool:
-            chats = standin.chat_requests()
+            chats = call_standin.chat_requests()
             return (
                 phone.state is State.REPLYING
                 and sink.pid is not None
@@ -280,7 +256,7 @@ async def _hang_up_scenario(
             await asyncio.sleep(0.05)
         aplay_pid = sink.pid
         assert aplay_pid is not None and _alive(aplay_pid)
-        chat = standin.chat_requests()[-1]
+        chat = call_standin.chat_requests()[-1]
         pin.drive_high()  # back on the cradle
         hung_up = time.monotonic()
         while _alive(aplay_pid) and time.monotonic() - hung_up < 5.0:
