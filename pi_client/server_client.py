@@ -160,11 +160,14 @@ class ServerClient:
         adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=4, max_retries=0)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
+        # Passed on every request: a Session.verify path loses to $REQUESTS_CA_BUNDLE, which would
+        # silently drop the pin on a machine that sets it.
+        self._verify: str | bool = True
         if cfg.ca_cert:
             ca = expand_path(cfg.ca_cert)
             if not ca.is_file():
                 raise ConfigError(f"pi.client.ca_cert: no such file {ca}")
-            self._session.verify = str(ca)
+            self._verify = str(ca)
         if api_key:
             self._session.headers["Authorization"] = f"Bearer {api_key}"
         self._session.headers["User-Agent"] = "ai-telephone-pi"
@@ -216,7 +219,11 @@ class ServerClient:
     def _post_stream(self, path: str, **kwargs: Any) -> ReplyStream:
         try:
             response = self._session.post(
-                self.base_url + path, stream=True, timeout=self._timeout(self._cfg.read_timeout_seconds), **kwargs
+                self.base_url + path,
+                stream=True,
+                timeout=self._timeout(self._cfg.read_timeout_seconds),
+                verify=self._verify,
+                **kwargs,
             )
         except requests.RequestException as err:
             raise ServerUnavailable(f"{self.base_url} unreachable: {_short(err)}") from err
@@ -232,7 +239,9 @@ class ServerClient:
     def health(self) -> dict[str, Any]:
         """GET /health (no key needed); raises ServerUnavailable when it does not answer ok."""
         try:
-            response = self._session.get(self.base_url + "/health", timeout=self._timeout(_SIDE_TIMEOUT_SECONDS))
+            response = self._session.get(
+                self.base_url + "/health", timeout=self._timeout(_SIDE_TIMEOUT_SECONDS), verify=self._verify
+            )
             payload = response.json()
         except (requests.RequestException, ValueError) as err:
             raise ServerUnavailable(f"health check failed: {_short(err)}") from err
@@ -246,6 +255,7 @@ class ServerClient:
             response = self._session.get(
                 f"{self.base_url}/sessions/{quote(session_id, safe='')}",
                 timeout=self._timeout(_SIDE_TIMEOUT_SECONDS),
+                verify=self._verify,
             )
             history = response.json().get("history") if response.status_code == 200 else None
         except (requests.RequestException, ValueError, AttributeError) as err:

@@ -10,6 +10,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -64,8 +65,18 @@ def write_yaml(path: Path, data: dict[str, Any]) -> Path:
     return path
 
 
-def start_server(workdir: Path, ollama_url: str, server: dict[str, Any] | None = None) -> ServerProcess:
-    """Start ``python -m cloud_server`` with the Piper voice and Ollama at ``ollama_url``; wait until healthy."""
+def start_server(
+    workdir: Path,
+    ollama_url: str,
+    server: dict[str, Any] | None = None,
+    port: int | None = None,
+    tls: tuple[Path, Path] | None = None,
+    key: str | None = None,
+) -> ServerProcess:
+    """Start ``python -m cloud_server`` with the Piper voice and Ollama at ``ollama_url``; wait until healthy.
+
+    ``tls`` is (certificate, private key) to serve HTTPS; ``port`` None picks a free one.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = {
         "server": {
@@ -76,26 +87,29 @@ def start_server(workdir: Path, ollama_url: str, server: dict[str, Any] | None =
         }
     }
     config_path = write_yaml(workdir / "server.yaml", cfg)
-    key = secrets.token_urlsafe(24)
-    port = free_port()
+    key = key or secrets.token_urlsafe(24)
+    port = port or free_port()
+    args = ["--certfile", str(tls[0]), "--keyfile", str(tls[1])] if tls else []
+    scheme = "https" if tls else "http"
     env = dict(os.environ, AI_TELEPHONE_CONFIG=str(config_path), AI_TELEPHONE_API_KEY=key, TQDM_DISABLE="1")
     env.pop("OLLAMA_HOST", None)
     log = workdir / "server.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cloud_server", "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "cloud_server", "--host", "127.0.0.1", "--port", str(port), *args],
             cwd=REPO_ROOT,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    running = ServerProcess(f"http://127.0.0.1:{port}", key, proc, log)
+    running = ServerProcess(f"{scheme}://127.0.0.1:{port}", key, proc, log)
+    context = ssl.create_default_context(cafile=str(tls[0])) if tls else None
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"cloud_server exited with {proc.returncode}:\n{running.log_text()[-3000:]}")
         try:
-            with urllib.request.urlopen(running.url + "/health", timeout=2) as resp:
+            with urllib.request.urlopen(running.url + "/health", timeout=2, context=context) as resp:
                 json.loads(resp.read())
                 return running
         except OSError:
@@ -149,3 +163,32 @@ def run_pi_client(
         stdout, stderr = proc.communicate(timeout=10)
         raise AssertionError(f"pi_client did not finish within {timeout}s:\n{stderr[-3000:]}") from None
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def self_signed_cert(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made with openssl (what the Pi pins as ``ca_cert``)."""
+    cert, key = directory / "server.pem", directory / "server.key"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
