@@ -29,8 +29,39 @@ _WHITESPACE = re.compile(r"\s+")
 _SENTENCE_END = re.compile(r"([.!?…。！？]+)[\"'”’»)\]]*(?=\s|\Z)|\n")
 _CLAUSE_END = re.compile(r"[,;:](?=\s)|[—–]")
 _ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof sr jr st mt vs e.g i.e cf al approx dept fig inc ltd co gen col lt sgt capt rev hon "
-    "a.m p.m u.s u.k".split()
+    [
+        "mr",
+        "mrs",
+        "ms",
+        "dr",
+        "prof",
+        "sr",
+        "jr",
+        "st",
+        "mt",
+        "vs",
+        "e.g",
+        "i.e",
+        "cf",
+        "al",
+        "approx",
+        "dept",
+        "fig",
+        "inc",
+        "ltd",
+        "co",
+        "gen",
+        "col",
+        "lt",
+        "sgt",
+        "capt",
+        "rev",
+        "hon",
+        "a.m",
+        "p.m",
+        "u.s",
+        "u.k",
+    ]
 )
 
 
@@ -39,8 +70,7 @@ def _strip_symbols(text: str) -> str:
     return "".join(
         ch
         for ch in text
-        if ch in _KEEP_SYMBOLS
-        or (ord(ch) not in _INVISIBLE and unicodedata.category(ch) not in ("So", "Cs", "Co"))
+        if ch in _KEEP_SYMBOLS or (ord(ch) not in _INVISIBLE and unicodedata.category(ch) not in ("So", "Cs", "Co"))
     )
 
 

@@ -96,7 +96,9 @@ def test_the_first_chunk_is_cut_at_a_clause_so_speech_starts_sooner() -> None:
     assert out == ["Well, the thing about old telephones,"]
     # Later chunks wait for a real sentence end.
     assert splitter.push(", is that they ring loudly, very loudly, and ") == []
-    assert splitter.push("then stop. Next") == ["as you surely know, is that they ring loudly, very loudly, and then stop."]
+    assert splitter.push("then stop. Next") == [
+        "as you surely know, is that they ring loudly, very loudly, and then stop."
+    ]
     assert splitter.flush() == ["Next"]
 
 
@@ -195,4 +197,3 @@ def test_chunks_say_exactly_the_cleaned_text(pieces: list[str], max_chars: int, 
     assert [ch for ch in spoken if ch.isalnum()] == [ch for ch in expected if ch.isalnum()]
     rest = iter(expected)
     assert all(ch in rest for ch in spoken), "chunks are the cleaned text, in order"
-
