@@ -78,6 +78,10 @@ class LLMConfig:
     """CPU threads for the embedded backend."""
     warm_up: bool = True
     """Load the model at start-up so the first caller does not wait for it."""
+    warm_up_timeout_seconds: float = 120.0
+    """Longest wait for the model to load at warm-up, in seconds (a cold load reads GBs from disk)."""
+    health_timeout_seconds: float = 2.0
+    """Longest wait for the reachability probe behind /health, in seconds."""
 
 
 @dataclass(frozen=True)
@@ -346,7 +350,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping, got {_describe(value)}")
         return {str(k): _convert(v if v is not None else {}, value_tp, f"{key}.{k}") for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping, got {_describe(value)}")
         return _build(tp, value, key)
