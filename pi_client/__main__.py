@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import inspect
 import logging
+import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from common.config import Config, ConfigError, load_config, replace, resolve_api_key
@@ -48,32 +49,37 @@ def _load(args: argparse.Namespace) -> tuple[Config, str]:
     return cfg, key
 
 
-async def _close(thing: Any) -> None:
-    """Close an audio source whether its close() is plain or a coroutine."""
-    result = thing.close()
-    if inspect.isawaitable(result):
-        await result
+@dataclass
+class _Stages:
+    """What a run needs, built once at start-up."""
+
+    phone: Any
+    client: Any
+    sink: Any
+    monitor: Any
 
 
-async def _main(args: argparse.Namespace, cfg: Config, key: str) -> int:
+async def _build(args: argparse.Namespace, cfg: Config, key: str) -> _Stages:
+    """Load the models and open what the phone needs; startup failures become one ConfigError line."""
     from pi_client.audio_out import AplaySink, AudioSink, WavFileSink
     from pi_client.endpoint import listen
     from pi_client.health import HealthMonitor
     from pi_client.offline_voice import OfflineVoice
     from pi_client.phone import Phone
     from pi_client.server_client import ServerClient
-    from pi_client.vad import SileroVad
+    from pi_client.stt import TranscriberError, WhisperTranscriber
+    from pi_client.vad import SileroVad, VadError
 
     pi = cfg.pi
     voice = OfflineVoice(pi.offline_voice, pi.greeting, pi.cache_dir)
-    await asyncio.to_thread(voice.prepare)
-    vad = SileroVad(pi.vad.threshold)
-    transcribe = None
-    if not pi.stt.use_server:
-        from pi_client.stt import WhisperTranscriber
-
-        _LOGGER.info("loading Whisper")
-        transcribe = (await asyncio.to_thread(WhisperTranscriber, pi.stt)).transcribe
+    await asyncio.to_thread(voice.prepare)  # greeting and apologies ready before the first call
+    try:
+        vad = SileroVad(pi.vad.threshold)
+        transcribe = None
+        if not pi.stt.use_server:
+            transcribe = (await asyncio.to_thread(WhisperTranscriber, pi.stt)).transcribe
+    except (TranscriberError, VadError) as err:
+        raise ConfigError(str(err)) from err
 
     def make_source() -> Any:
         if args.input_wav:
@@ -89,7 +95,7 @@ async def _main(args: argparse.Namespace, cfg: Config, key: str) -> int:
         try:
             return await listen(source, vad, pi.vad)
         finally:
-            await _close(source)
+            source.close()
 
     sink: AudioSink = WavFileSink(args.output_wav) if args.output_wav else AplaySink(pi.audio.output_device)
     client = ServerClient(pi.server_url, key, pi.client)
@@ -97,41 +103,51 @@ async def _main(args: argparse.Namespace, cfg: Config, key: str) -> int:
     phone = Phone(
         settings=pi, listen=listen_once, transcribe=transcribe, client=client, voice=voice, sink=sink, monitor=monitor
     )
+    return _Stages(phone, client, sink, monitor)
+
+
+async def _main(args: argparse.Namespace, cfg: Config, key: str) -> int:
+    # systemd stops the phone with SIGTERM: cancel like a hang-up, so aplay and the request are closed.
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
+    stages = await _build(args, cfg, key)
     try:
         if args.input_wav:
-            _LOGGER.info("Ready (one turn from %s, server %s)", args.input_wav, client.base_url)
-            turn = await phone.run_one_turn()
-            if turn is None:
+            _LOGGER.info("Ready (one turn from %s, server %s)", args.input_wav, stages.client.base_url)
+            if await stages.phone.run_one_turn() is None:
                 _LOGGER.error("no speech found in %s", args.input_wav)
                 return 1
             return 0
         hook = _make_hook(cfg, keyboard=bool(args.keyboard))
-        assert monitor is not None
-        monitor.start()
+        stages.monitor.start()
         _LOGGER.info(
             "Ready: server %s, hook %s, STT %s",
-            client.base_url,
-            "keyboard" if args.keyboard or pi.hook.mode == "keyboard" else f"GPIO{pi.hook.pin}",
-            "server" if transcribe is None else "local",
+            stages.client.base_url,
+            "keyboard" if args.keyboard or cfg.pi.hook.mode == "keyboard" else f"GPIO{cfg.pi.hook.pin}",
+            "server" if cfg.pi.stt.use_server else "local",
         )
-        await phone.run(hook)
+        await stages.phone.run(hook)
+        return 0
+    except asyncio.CancelledError:
+        _LOGGER.info("Stopping")
         return 0
     finally:
-        if monitor is not None:
-            await monitor.close()
-        await sink.close()
-        client.close()
+        if stages.monitor is not None:
+            await stages.monitor.close()
+        await stages.sink.close()
+        stages.client.close()
 
 
 def _make_hook(cfg: Config, keyboard: bool) -> Any:
-    from pi_client.hook import GpioHook, KeyboardHook
+    from pi_client.hook import GpioHook, HookError, KeyboardHook
 
     if keyboard or cfg.pi.hook.mode == "keyboard":
         return KeyboardHook()
     try:
         return GpioHook(cfg.pi.hook)
-    except Exception as err:  # gpiozero raises its own types (BadPinFactory, PinInvalidPin, ...)
-        raise ConfigError(f"pi.hook.pin: cannot use GPIO{cfg.pi.hook.pin}: {err}") from err
+    except HookError as err:  # it names pi.hook.pin
+        raise ConfigError(str(err)) from err
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -148,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     try:
         return asyncio.run(_main(args, cfg, key))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # stopped while starting up
         return 0
     except ConfigError as err:
         _LOGGER.error("%s", err)
