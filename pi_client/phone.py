@@ -8,11 +8,9 @@ so putting the handset down stops everything at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from common.config import PiConfig
@@ -41,25 +39,21 @@ from pi_client.call import (
 )
 from pi_client.health import HealthMonitor
 from pi_client.offline_voice import OfflineVoice, SpokenPhrase
+from pi_client.reply_pump import ReplyAudio, ReplyEnd, ReplyHead, ReplyPump
 from pi_client.server_client import (
     Busy,
-    ReplyAudio,
-    ReplyEnd,
-    ReplyHead,
-    ReplyPump,
     ReplyRequest,
     ServerClient,
     ServerRejected,
     ServerUnavailable,
     StreamBroken,
 )
+from pi_client.turn_log import REPLY_TEXT_TIMEOUT_SECONDS, Turn, log_turn
 
 _LOGGER = logging.getLogger(__name__)
 
 _CANCEL_WAIT_SECONDS = 5.0
 """How long a cancelled stage may take to clean up before the call moves on, in seconds."""
-_REPLY_TEXT_TIMEOUT_SECONDS = 4.0
-"""Bound on fetching the reply text for the turn's log line, in seconds."""
 _PLAY_BLOCK_SECONDS = 0.25
 """Phrases are fed to the sink in blocks this long so a hang-up interrupts them quickly."""
 
@@ -82,23 +76,6 @@ class HookSource(Protocol):
 
 ListenFn = Callable[[], Awaitable[HeardUtterance | None]]
 TranscribeFn = Callable[[bytes], str]
-
-
-@dataclass
-class Turn:
-    """What one turn took, for its log line."""
-
-    speech_seconds: float = 0.0
-    endpoint_delay: float = 0.0
-    heard_at: float = 0.0
-    stt_seconds: float | None = None
-    transcript: str | None = None
-    request_at: float | None = None
-    first_audio_at: float | None = None
-    ended_at: float | None = None
-    outcome: Outcome | None = None
-    session_id: str | None = None
-    reply_text: str | None = None
 
 
 class Phone:
@@ -356,38 +333,11 @@ class Phone:
     def _log_turn(self, turn: Turn) -> None:
         self.turns.append(turn)
         self._turn = None
-        task = asyncio.create_task(self._log_turn_with_reply(turn), name="turn-log")
+        task = asyncio.create_task(log_turn(turn, self._client.reply_text), name="turn-log")
         self._log_tasks.add(task)
         task.add_done_callback(self._log_tasks.discard)
-
-    async def _log_turn_with_reply(self, turn: Turn) -> None:
-        if turn.session_id and turn.outcome in (Outcome.DONE, Outcome.BROKEN):
-            with contextlib.suppress(TimeoutError):
-                turn.reply_text = await asyncio.wait_for(
-                    asyncio.to_thread(self._client.reply_text, turn.session_id), _REPLY_TEXT_TIMEOUT_SECONDS
-                )
-        _LOGGER.info(
-            "turn: heard=%r reply=%r outcome=%s speech=%.2fs endpoint=%.2fs stt=%s first_audio=%s latency=%s total=%s",
-            turn.transcript,
-            turn.reply_text,
-            turn.outcome.value if turn.outcome else None,
-            turn.speech_seconds,
-            turn.endpoint_delay,
-            _secs(turn.stt_seconds),
-            _secs(_diff(turn.first_audio_at, turn.request_at)),
-            _secs(_diff(turn.first_audio_at, turn.heard_at)),
-            _secs(_diff(turn.ended_at, turn.heard_at)),
-        )
 
     async def drain_logs(self) -> None:
         """Wait (bounded) for pending turn log lines."""
         if self._log_tasks:
-            await asyncio.wait(set(self._log_tasks), timeout=_REPLY_TEXT_TIMEOUT_SECONDS + 1.0)
-
-
-def _diff(later: float | None, earlier: float | None) -> float | None:
-    return later - earlier if later is not None and earlier is not None else None
-
-
-def _secs(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}s"
+            await asyncio.wait(set(self._log_tasks), timeout=REPLY_TEXT_TIMEOUT_SECONDS + 1.0)

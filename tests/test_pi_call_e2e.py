@@ -251,8 +251,14 @@ async def _hang_up_scenario(
                 and chats[-1].pieces_sent >= 3
             )
 
+        deadline = time.monotonic() + WAIT / 2
         while not replying():
             assert not running.done(), running
+            chats = call_standin.chat_requests()
+            assert time.monotonic() < deadline, (
+                f"never mid-reply: state={phone.state} aplay={sink.pid} chats={len(chats) - before} "
+                f"pieces={chats[-1].pieces_sent if chats else None} turns={phone.turns}"
+            )
             await asyncio.sleep(0.05)
         aplay_pid = sink.pid
         assert aplay_pid is not None and _alive(aplay_pid)

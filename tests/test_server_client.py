@@ -12,12 +12,9 @@ import pytest
 
 from common.config import ClientConfig, ConfigError
 from pi_client.health import HealthMonitor, next_check_delay
+from pi_client.reply_pump import ReplyAudio, ReplyEnd, ReplyHead, ReplyPump
 from pi_client.server_client import (
     Busy,
-    ReplyAudio,
-    ReplyEnd,
-    ReplyHead,
-    ReplyPump,
     ReplyRequest,
     ServerClient,
     ServerRejected,
