@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import httpx
 import ollama
@@ -122,6 +123,28 @@ def test_cancel_closes_the_stream_and_the_server_sees_it(
     (request,) = ollama_standin.chat_requests()
     assert request.client_closed.wait(WAIT), "the stand-in did not see the connection close"
     assert request.pieces_sent == 1 and not request.completed
+
+
+def test_cancel_works_while_ollama_has_not_answered_yet(
+    ollama_standin: OllamaStandIn, standin_llm_config: LLMConfig
+) -> None:
+    ollama_standin.script(60.0, "too late")  # a slow prompt evaluation: not even headers yet
+    cancel = threading.Event()
+    consumer = Consumer(OllamaLLM(replace(standin_llm_config, timeout_seconds=60.0)), cancel)
+    assert _wait_for(lambda: len(ollama_standin.chat_requests()) == 1)
+    cancel.set()
+    assert consumer.done.wait(WAIT), "cancel must not wait for the 60 s read timeout"
+    assert consumer.error is None and consumer.pieces == []
+    assert ollama_standin.chat_requests()[0].client_closed.wait(WAIT)
+
+
+def _wait_for(condition: Callable[[], bool]) -> bool:
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def test_closing_the_iterator_closes_the_stream(ollama_standin: OllamaStandIn, standin_llm_config: LLMConfig) -> None:
