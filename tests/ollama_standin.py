@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
-from cloud_server.llm import LLM
+from cloud_server.llm import LLM, LLMError
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -45,8 +45,9 @@ class Script:
     status: int = 200
     """Answer with this HTTP status and ``{"error": error}`` instead of a reply."""
     error: str = "internal error"
-    end: Literal["done", "stall", "drop"] = "done"
-    """done: a final ``done: true`` line; stall: stop sending but keep the connection; drop: cut it."""
+    end: Literal["done", "stall", "drop", "error"] = "done"
+    """done: a final ``done: true`` line; stall: stop sending, keep the connection; drop: cut it;
+    error: an ``{"error": error}`` line, as Ollama sends when generation fails mid-reply."""
 
 
 @dataclass
@@ -294,14 +295,22 @@ class _Handler(BaseHTTPRequestHandler):
             rec.completed = True
             return
         head = [False]
+        end, error = script.end, script.error
         try:
-            for text in self._steps(script, body, cancel, rec):
-                self._write_chunk(json.dumps(line(text)).encode() + b"\n", rec, head)
-                rec.pieces_sent += 1
-            if script.end == "stall":
+            try:
+                for text in self._steps(script, body, cancel, rec):
+                    self._write_chunk(json.dumps(line(text)).encode() + b"\n", rec, head)
+                    rec.pieces_sent += 1
+            except LLMError as err:  # the real model behind --smollm2 failed
+                end, error = "error", str(err)
+            if end == "error":
+                self._write_chunk(json.dumps({"error": error}).encode() + b"\n", rec, head)
+                self.wfile.write(b"0\r\n\r\n")
+                return
+            if end == "stall":
                 self._pause(_MAX_STALL_SECONDS, rec)
                 return
-            if script.end == "drop":
+            if end == "drop":
                 self.connection.shutdown(socket.SHUT_RDWR)
                 self.close_connection = True
                 return
@@ -382,7 +391,7 @@ class OllamaStandIn:
         *steps: str | float | threading.Event,
         status: int = 200,
         error: str = "internal error",
-        end: Literal["done", "stall", "drop"] = "done",
+        end: Literal["done", "stall", "drop", "error"] = "done",
     ) -> None:
         """Set what the following chat/generate replies do (see :class:`Script`)."""
         self.current_script = Script(tuple(steps) if steps else DEFAULT_REPLY, status, error, end)

@@ -241,6 +241,14 @@ def test_a_dropped_connection_mid_reply_becomes_an_llm_error(
     assert pieces == ["Half a "]
 
 
+def test_an_error_line_mid_reply_becomes_an_llm_error(
+    ollama_standin: OllamaStandIn, standin_llm_config: LLMConfig
+) -> None:
+    ollama_standin.script("Well, ", end="error", error="CUDA error: out of memory")
+    with pytest.raises(LLMError, match="failed mid-reply: CUDA error: out of memory"):
+        list(OllamaLLM(standin_llm_config).stream_reply(MESSAGES))
+
+
 # --------------------------------------------------------------------------- warm-up and health
 
 
