@@ -290,19 +290,25 @@ class _Handler(BaseHTTPRequestHandler):
 
         cancel = threading.Event()
         if not body.get("stream", True):
-            text = "".join(self._steps(script, body, cancel))
+            try:
+                text = "".join(self._steps(script, body, cancel))
+            except LLMError as err:  # the real model behind --smollm2 failed
+                self._send_json(500, {"error": str(err)})
+                return
             self._send_json(200, {**line(text), **self._final(started, rec)})
             rec.completed = True
             return
         head = [False]
         end, error = script.end, script.error
         try:
-            try:
-                for text in self._steps(script, body, cancel, rec):
-                    self._write_chunk(json.dumps(line(text)).encode() + b"\n", rec, head)
-                    rec.pieces_sent += 1
-            except LLMError as err:  # the real model behind --smollm2 failed
-                end, error = "error", str(err)
+            # closing() ends a real model's generation (and frees it) when the client hangs up.
+            with contextlib.closing(self._steps(script, body, cancel, rec)) as steps:
+                try:
+                    for text in steps:
+                        self._write_chunk(json.dumps(line(text)).encode() + b"\n", rec, head)
+                        rec.pieces_sent += 1
+                except LLMError as err:  # the real model behind --smollm2 failed
+                    end, error = "error", str(err)
             if end == "error":
                 self._write_chunk(json.dumps({"error": error}).encode() + b"\n", rec, head)
                 self.wfile.write(b"0\r\n\r\n")
