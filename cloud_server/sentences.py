@@ -20,7 +20,23 @@ _MARKER_BODY = r"[ \t]*(?:#{1,6}|[-*+•]|\d{1,3}[.)])[ \t]+"
 _MARKER_AT_START = re.compile(r"\A" + _MARKER_BODY)
 _MARKER_AFTER_NL = re.compile(r"\n" + _MARKER_BODY)
 _PARTIAL_MARKER = re.compile(r"[ \t]*(?:#{1,6}|[-*+•]|\d{1,3}[.)]?)?[ \t]*")
-_DROP_CHARS = str.maketrans({"*": None, "`": None, "~": None, "[": None, "]": None, "_": " ", "\r": "\n"})
+_DROP_CHARS = str.maketrans(
+    {
+        "*": None,
+        "`": None,
+        "~": None,
+        "[": None,
+        "]": None,
+        "{": None,
+        "}": None,
+        "|": " ",
+        "\\": " ",
+        "^": " ",
+        "_": " ",
+        "\r": "\n",
+    }
+)
+_DASH_RUN = re.compile(r"-{2,}")  # "--" and "---" rules read as a pause, not "dash dash dash"
 # Emoji glue: variation selectors, zero-width joiner, keycap, skin tones, tag characters.
 _INVISIBLE = {0x200D, 0x20E3, *range(0xFE00, 0xFE10), *range(0x1F3FB, 0x1F400), *range(0xE0020, 0xE0080)}
 _KEEP_SYMBOLS = {"°"}
@@ -79,7 +95,7 @@ def _clean(text: str, at_line_start: bool) -> str:
     text = _MARKER_AFTER_NL.sub("\n", text)
     if at_line_start:
         text = _MARKER_AT_START.sub("", text)
-    text = _LINK.sub(r"\1", text)
+    text = _DASH_RUN.sub(" — ", _LINK.sub(r"\1", text))
     return _strip_symbols(text.translate(_DROP_CHARS))
 
 
@@ -111,6 +127,7 @@ def _stable_length(raw: str, at_line_start: bool) -> int:
         cut = min(cut, link.start())
     if raw.endswith("!"):  # may be the start of an image link "![alt](url)"
         cut = min(cut, len(raw) - 1)
+    cut = min(cut, len(raw.rstrip("-")))  # a hyphen may become a "--" dash
     return cut
 
 

@@ -134,6 +134,9 @@ def test_a_line_break_ends_a_chunk() -> None:
         ("It is 25°C and 50% humid", "It is 25°C and 50% humid"),
         ("lots   of\n\n\nspace\t here", "lots of space here"),
         ("~~old~~ new", "old new"),
+        ("| a | b |\n|---|---|", "a b — —"),
+        ("wait -- really\n\n---\nyes", "wait — really — yes"),
+        ("well-known snake_case", "well-known snake case"),
         ("3.5 and 1,000 and 2024. Fine", "3.5 and 1,000 and 2024. Fine"),
     ],
 )
@@ -170,7 +173,7 @@ def test_default_config_keeps_ordinary_replies_whole() -> None:
 # --------------------------------------------------------------------------- properties
 
 _TOKENS = st.sampled_from(
-    list("abcdefghij ABC") + list(".,;:!?…—-'\"()[]*_#`~\n\t") + ["Dr. ", "e.g. ", "3.5", "🎉", "👍🏽", "](x)", "\n- "]
+    list("abcdefghij ABC") + list(".,;:!?…—-'\"()[]{}|*_#`~\n\t") + ["Dr. ", "e.g. ", "3.5", "🎉", "👍🏽", "](x)", "\n- "]
 )
 
 
