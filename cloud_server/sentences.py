@@ -44,41 +44,11 @@ _KEEP_SYMBOLS = {"°"}
 _WHITESPACE = re.compile(r"\s+")
 _SENTENCE_END = re.compile(r"([.!?…。！？]+)[\"'”’»)\]]*(?=\s|\Z)|\n")
 _CLAUSE_END = re.compile(r"[,;:](?=\s)|[—–]")
-_ABBREVIATIONS = frozenset(
-    [
-        "mr",
-        "mrs",
-        "ms",
-        "dr",
-        "prof",
-        "sr",
-        "jr",
-        "st",
-        "mt",
-        "vs",
-        "e.g",
-        "i.e",
-        "cf",
-        "al",
-        "approx",
-        "dept",
-        "fig",
-        "inc",
-        "ltd",
-        "co",
-        "gen",
-        "col",
-        "lt",
-        "sgt",
-        "capt",
-        "rev",
-        "hon",
-        "a.m",
-        "p.m",
-        "u.s",
-        "u.k",
-    ]
+# A full stop after these does not end a sentence.
+_ABBREVIATION_WORDS = (
+    "mr mrs ms dr prof sr jr st mt vs e.g i.e cf al approx dept fig inc ltd co gen col lt sgt capt rev"
 )
+_ABBREVIATIONS = frozenset(_ABBREVIATION_WORDS.split() + ["hon", "a.m", "p.m", "u.s", "u.k"])
 
 
 def _strip_symbols(text: str) -> str:
