@@ -173,7 +173,9 @@ def test_default_config_keeps_ordinary_replies_whole() -> None:
 # --------------------------------------------------------------------------- properties
 
 _TOKENS = st.sampled_from(
-    list("abcdefghij ABC") + list(".,;:!?…—-'\"()[]{}|*_#`~\n\t") + ["Dr. ", "e.g. ", "3.5", "🎉", "👍🏽", "](x)", "\n- "]
+    list("abcdefghij ABC")
+    + list(".,;:!?…—-'\"()[]{}|*_#`~\n\t")
+    + ["Dr. ", "e.g. ", "3.5", "🎉", "👍🏽", "](x)", "\n- "]
 )
 
 
