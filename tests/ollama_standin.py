@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
+from cloud_server.embedded_llm import EmbeddedLLM
 from cloud_server.llm import LLM, LLMError
 
 _LOGGER = logging.getLogger(__name__)
@@ -335,6 +336,13 @@ class _Handler(BaseHTTPRequestHandler):
     ) -> Iterator[str]:
         """Text pieces of the reply, pausing where the script says (or from the real model)."""
         backend = self.server.standin.backend
+        if isinstance(backend, EmbeddedLLM):
+            messages = body.get("messages") or [{"role": "user", "content": body.get("prompt", "")}]
+            options = body.get("options") or {}
+            yield from backend.stream_reply(
+                messages, cancel, max_tokens=options.get("num_predict"), temperature=options.get("temperature")
+            )
+            return
         if backend is not None:
             messages = body.get("messages") or [{"role": "user", "content": body.get("prompt", "")}]
             yield from backend.stream_reply(messages, cancel)
@@ -440,15 +448,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=11434)
     parser.add_argument("--smollm2", action="store_true", help="answer with the real SmolLM2-135M (embedded)")
     parser.add_argument("--model", action="append", default=[], help="also accept this model name")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for SmolLM2 (default: config's)")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(asctime)s %(name)s %(message)s")
     backend = None
     if args.smollm2:
-        from cloud_server.embedded_llm import EmbeddedLLM
-        from common.config import LLMConfig
+        from common.config import LLMConfig, replace
 
-        backend = EmbeddedLLM(LLMConfig(backend="embedded"))
+        cfg = LLMConfig(backend="embedded")
+        if args.threads is not None:
+            cfg = replace(cfg, embedded_threads=args.threads)
+        backend = EmbeddedLLM(cfg)
         backend.warm_up()
     standin = OllamaStandIn(DEFAULT_MODELS + tuple(args.model), backend=backend, port=args.port)
     with standin:

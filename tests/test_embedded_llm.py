@@ -79,6 +79,14 @@ def test_the_standin_can_answer_with_smollm2_through_the_official_client(smollm2
         assert request.finished.wait(60) and request.completed and request.messages == MESSAGES
 
 
+def test_the_standin_passes_the_requests_token_cap_to_smollm2(smollm2: EmbeddedLLM) -> None:
+    with OllamaStandIn(backend=smollm2) as standin:
+        llm = OllamaLLM(LLMConfig(ollama_host=standin.url, timeout_seconds=60.0, max_tokens=3))
+        pieces = list(llm.stream_reply(MESSAGES))
+        assert 1 <= len(pieces) <= 3
+        assert standin.chat_requests()[0].options["num_predict"] == 3
+
+
 def test_the_standin_runs_as_a_command_for_the_offline_demo() -> None:
     """``python -m tests.ollama_standin --port 0 --smollm2`` serves SmolLM2 until stopped."""
     proc = subprocess.Popen(
