@@ -138,7 +138,7 @@ class OllamaLLM(LLM):
         self.model = cfg.model
         self._host = public_host(cfg.ollama_host)
         self._local = threading.local()
-        connect = min(cfg.timeout_seconds, _CONNECT_TIMEOUT_SECONDS)
+        connect = self._connect_timeout = min(cfg.timeout_seconds, _CONNECT_TIMEOUT_SECONDS)
         # The client's default timeout is None (wait forever): always pass one.
         self._client = ollama.Client(
             host=cfg.ollama_host,
@@ -198,7 +198,7 @@ class OllamaLLM(LLM):
             if cancel.is_set():
                 _LOGGER.info("LLM reply cancelled after %d pieces", pieces)
                 return
-            raise self._error(err, self._cfg.timeout_seconds) from None
+            raise self._error(err, self._cfg.timeout_seconds) from err
         finally:
             self._local.canceller = None
             canceller.finish()
@@ -213,7 +213,7 @@ class OllamaLLM(LLM):
         try:
             self._warm_client.chat(model=self._cfg.model, messages=[], keep_alive=self._cfg.keep_alive)
         except Exception as err:
-            raise self._error(err, self._cfg.warm_up_timeout_seconds) from None
+            raise self._error(err, self._cfg.warm_up_timeout_seconds) from err
         _LOGGER.info("LLM %s loaded on %s in %.2f s", self.model, self._host, time.monotonic() - started)
 
     def is_reachable(self) -> bool:
@@ -238,7 +238,7 @@ class OllamaLLM(LLM):
         where = f"Ollama at {self._host}"
         if isinstance(err, ollama.ResponseError):
             detail = str(err.error)[:200]
-            if err.status_code == 404 or "not found" in detail:
+            if err.status_code == 404 and "model" in detail:
                 return LLMError(f"model '{self.model}' is not available on {where} (run: ollama pull {self.model})")
             if err.status_code > 0:
                 return LLMError(f"{where} answered HTTP {err.status_code}: {detail}")
@@ -246,7 +246,7 @@ class OllamaLLM(LLM):
         if isinstance(err, (ConnectionError, httpx.ConnectError)):
             return LLMError(f"cannot reach {where}: is it running?")
         if isinstance(err, httpx.ConnectTimeout):
-            return LLMError(f"cannot reach {where}: no answer to connect within {_CONNECT_TIMEOUT_SECONDS:g} s")
+            return LLMError(f"cannot reach {where}: no answer to connect within {self._connect_timeout:g} s")
         if isinstance(err, httpx.TimeoutException):
             return LLMError(f"{where} stopped answering (no data for {timeout:g} s)")
         if isinstance(err, (httpx.RemoteProtocolError, httpx.ReadError)):

@@ -207,6 +207,12 @@ def test_an_unknown_model_is_named_in_the_error(ollama_standin: OllamaStandIn, s
         llm.warm_up()
 
 
+def test_a_wrong_server_is_not_mistaken_for_a_missing_model(ollama_standin: OllamaStandIn) -> None:
+    llm = OllamaLLM(LLMConfig(ollama_host=ollama_standin.url + "/not-ollama", timeout_seconds=2.0))
+    with pytest.raises(LLMError, match="answered HTTP 404: 404 page not found"):
+        list(llm.stream_reply(MESSAGES))
+
+
 def test_an_http_500_becomes_an_llm_error(ollama_standin: OllamaStandIn, standin_llm_config: LLMConfig) -> None:
     ollama_standin.script(status=500, error="llama runner process has terminated")
     with pytest.raises(LLMError, match="HTTP 500: llama runner process has terminated"):
