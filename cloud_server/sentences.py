@@ -16,10 +16,11 @@ from common.config import SentenceConfig
 _LINK = re.compile(r"!?\[([^\[\]\n]{0,200})\]\([^()\s]{0,500}\)")
 _PARTIAL_LINK = re.compile(r"!?\[[^\[\]\n]{0,200}(?:\](?:\([^()\s]{0,500})?)?\Z")
 # Heading hashes, bullets and "1." numbering at the start of a line.
-_MARKER_BODY = r"[ \t]*(?:#{1,6}|[-*+•]|\d{1,3}[.)])[ \t]+"
+# Indents are bounded so the splitter never holds an endless run of blanks waiting to see a marker.
+_MARKER_BODY = r"[ \t]{0,16}(?:#{1,6}|[-*+•]|\d{1,3}[.)])[ \t]+"
 _MARKER_AT_START = re.compile(r"\A" + _MARKER_BODY)
 _MARKER_AFTER_NL = re.compile(r"\n" + _MARKER_BODY)
-_PARTIAL_MARKER = re.compile(r"[ \t]*(?:#{1,6}|[-*+•]|\d{1,3}[.)]?)?[ \t]*")
+_PARTIAL_MARKER = re.compile(r"[ \t]{0,16}(?:#{1,6}|[-*+•]|\d{1,3}[.)]?)?[ \t]{0,16}")
 _DROP_CHARS = str.maketrans(
     {
         "*": None,

@@ -151,6 +151,15 @@ def test_markdown_split_across_pieces_is_still_removed() -> None:
         assert chunks == ["Sure!", "Options", "Visit the museum today.", "Walk in the park."], step
 
 
+def test_endless_blanks_or_an_unclosed_link_are_not_held_forever() -> None:
+    splitter = SentenceSplitter(CFG)
+    for _ in range(1000):
+        splitter.push("\n   ")
+    chunks = splitter.push("[an unclosed link that just goes on " + "and on " * 40)
+    # Nothing waits for a "]" that never arrives: the text is spoken, capped at max_chars.
+    assert chunks and chunks[0].startswith("an unclosed link that just goes on and on")
+
+
 def test_emoji_only_or_empty_input_gives_no_chunks() -> None:
     assert split("🎉🎉 ✨") == []
     assert split("") == []
@@ -174,6 +183,7 @@ def test_default_config_keeps_ordinary_replies_whole() -> None:
 
 _TOKENS = st.sampled_from(
     list("abcdefghij ABC")
+    + ["    ", "\t\t\t\t"]
     + list(".,;:!?…—-'\"()[]{}|*_#`~\n\t")
     + ["Dr. ", "e.g. ", "3.5", "🎉", "👍🏽", "](x)", "\n- "]
 )
