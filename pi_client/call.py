@@ -201,14 +201,20 @@ def _reply_finished(event: Event, policy: CallPolicy) -> tuple[State, list[Actio
         return State.LISTENING, [Listen()]
     if event.outcome is Outcome.BROKEN:
         return State.APOLOGIZING, [Say(Phrase.BROKEN)]
-    if (
+    if will_retry(event, policy):
+        assert event.retry_after is not None
+        return State.REPLYING, [replace(event.ask, attempt=1, delay_seconds=event.retry_after)]
+    return State.APOLOGIZING, [Say(Phrase.OFFLINE)]
+
+
+def will_retry(event: ReplyFinished, policy: CallPolicy) -> bool:
+    """A 503 is retried once, and only when the server asks for a short wait."""
+    return (
         event.outcome is Outcome.BUSY
         and event.ask.attempt == 0
         and event.retry_after is not None
         and 0 <= event.retry_after <= policy.busy_retry_max_seconds
-    ):
-        return State.REPLYING, [replace(event.ask, attempt=1, delay_seconds=event.retry_after)]
-    return State.APOLOGIZING, [Say(Phrase.OFFLINE)]
+    )
 
 
 def _apologized(_event: Event, _policy: CallPolicy) -> tuple[State, list[Action]]:

@@ -36,6 +36,7 @@ from pi_client.call import (
     Transcribe,
     Transcribed,
     next_state,
+    will_retry,
 )
 from pi_client.health import HealthMonitor
 from pi_client.offline_voice import OfflineVoice, SpokenPhrase
@@ -282,9 +283,10 @@ class Phone:
         if self._monitor is not None:
             self._monitor.report(outcome not in (Outcome.UNREACHABLE, Outcome.BROKEN), outcome.value)
         turn.outcome, turn.ended_at, turn.session_id = outcome, time.monotonic(), self._session_id
-        if not (outcome is Outcome.BUSY and ask.attempt == 0):
+        finished = ReplyFinished(ask, outcome, retry_after)
+        if not will_retry(finished, self._policy):
             self._log_turn(turn)
-        return ReplyFinished(ask, outcome, retry_after)
+        return finished
 
     async def _stream_reply(self, pump: ReplyPump, turn: Turn) -> Outcome:
         """Play the reply as it arrives; returns how it ended (typed server errors propagate)."""

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common.config import config_from_dict
+from common.config import ClientConfig, config_from_dict
 from common.wav import read_wav_pcm16
 from tests.alsa_rig import AlsaRig
 from tests.fixtures_pi import PI_RATE
@@ -274,3 +275,101 @@ async def _hang_up_scenario(
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
         client.close()
+
+
+# --------------------------------------------------------------------------- a busy server (503)
+
+
+async def _one_turn(server: ServerProcess, question: Path, reply: Path, whisper: Any, tmp_path: Path) -> Any:
+    """One file-mode turn in this process (the phone as __main__ builds it), returning the phone."""
+    from pi_client.audio_in import WavFileSource
+    from pi_client.audio_out import WavFileSink
+    from pi_client.endpoint import listen
+    from pi_client.offline_voice import OfflineVoice
+    from pi_client.phone import Phone
+    from pi_client.server_client import ServerClient
+    from pi_client.vad import SileroVad
+
+    pi = config_from_dict({"pi": {"cache_dir": str(tmp_path / "cache")}}).pi
+    voice = OfflineVoice(pi.offline_voice, pi.greeting, pi.cache_dir)
+    vad = SileroVad(pi.vad.threshold)
+
+    async def listen_once() -> Any:
+        source = WavFileSource(question)
+        try:
+            return await listen(source, vad, pi.vad)
+        finally:
+            source.close()
+
+    sink = WavFileSink(reply)
+    client = ServerClient(server.url, server.key, pi.client)
+    phone = Phone(settings=pi, listen=listen_once, transcribe=whisper.transcribe, client=client, voice=voice, sink=sink)
+    try:
+        await phone.run_one_turn()
+    finally:
+        await sink.close()
+        client.close()
+    return phone
+
+
+def _hold_the_only_slot(server: ServerProcess, done: threading.Event, first_audio: threading.Event) -> None:
+    """Another caller's reply, read to its end (the server's one slot stays taken meanwhile)."""
+    from pi_client.server_client import ServerClient, ServerError
+
+    client = ServerClient(server.url, server.key, ClientConfig())
+    try:
+        with client.open_reply("I was here first") as stream:
+            for _ in stream.audio(threading.Event()):
+                first_audio.set()
+    except ServerError:
+        pass  # the test may stop the server under this reply
+    finally:
+        client.close()
+        done.set()
+
+
+def test_busy_is_retried_once_after_retry_after_and_then_answered(
+    call_standin: OllamaStandIn, call_whisper: Any, call_question_wav: Path, tmp_path: Path, caplog: Any
+) -> None:
+    server = start_server(tmp_path / "srv", call_standin.url, {"limits": {"queue_depth": 1, "retry_after_seconds": 4}})
+    call_standin.script("Just a moment please, I am busy. ", 3.0, "Paris is the capital of France.")
+    done, first_audio = threading.Event(), threading.Event()
+    holder = threading.Thread(target=_hold_the_only_slot, args=(server, done, first_audio), daemon=True)
+    try:
+        holder.start()
+        assert first_audio.wait(60), "the first caller never got audio"
+        reply = tmp_path / "r.wav"
+        with caplog.at_level("INFO"):
+            phone = asyncio.run(
+                asyncio.wait_for(_one_turn(server, call_question_wav, reply, call_whisper, tmp_path), WAIT)
+            )
+        assert done.wait(30)
+    finally:
+        server.stop()
+    assert "server busy; asking again in 4.0s" in caplog.text
+    assert [t.outcome.value for t in phone.turns] == ["done"]
+    text, _ = heard(call_whisper, reply)
+    assert "paris" in words(text), text
+
+
+def test_busy_with_a_long_retry_after_gets_the_offline_voice_at_once(
+    call_standin: OllamaStandIn, call_whisper: Any, call_question_wav: Path, tmp_path: Path, caplog: Any
+) -> None:
+    server = start_server(tmp_path / "srv", call_standin.url, {"limits": {"queue_depth": 1, "retry_after_seconds": 30}})
+    call_standin.script("Hold on, this takes a while. ", 20.0, "Done now.")
+    done, first_audio = threading.Event(), threading.Event()
+    holder = threading.Thread(target=_hold_the_only_slot, args=(server, done, first_audio), daemon=True)
+    try:
+        holder.start()
+        assert first_audio.wait(60), "the first caller never got audio"
+        reply = tmp_path / "r.wav"
+        with caplog.at_level("INFO"):
+            phone = asyncio.run(
+                asyncio.wait_for(_one_turn(server, call_question_wav, reply, call_whisper, tmp_path), WAIT)
+            )
+    finally:
+        server.stop()
+    assert "asking again" not in caplog.text
+    assert [t.outcome.value for t in phone.turns] == ["busy"]
+    text, _ = heard(call_whisper, reply)
+    assert len(words(text) & OFFLINE_WORDS) >= 3, text
