@@ -172,11 +172,17 @@ async def _terminate(proc: asyncio.subprocess.Process) -> None:
         proc.stdin.close()
     try:
         await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=_KILL_WAIT_SECONDS / 2)
-    except (TimeoutError, asyncio.CancelledError):
-        # Cancelled mid-kill (the whole phone shutting down): never leave the player running.
+    except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=_KILL_WAIT_SECONDS)
+    except asyncio.CancelledError:
+        # Cancelled mid-kill (the whole phone shutting down): never leave the player running,
+        # and let the cancellation go on.
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        raise
+    _LOGGER.debug("aplay %d ended (%s)", proc.pid, proc.returncode)
 
 
 class WavFileSink(AudioSink):
