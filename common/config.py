@@ -49,7 +49,7 @@ class LimitsConfig:
     max_audio_seconds: float = 60.0
     """Longest accepted audio upload, in seconds."""
     queue_depth: int = 4
-    """Replies that may wait for the voice model at once; one more gets 503."""
+    """Replies in progress at once (they share the voice model sentence by sentence); one more gets 503."""
     retry_after_seconds: int = 3
     """Value of the Retry-After header sent with 503, in seconds."""
     max_reply_seconds: float = 120.0

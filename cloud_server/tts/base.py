@@ -40,6 +40,8 @@ class TTSEngine(ABC):
 
     def prepare_voice(self, voice: VoiceSpec) -> None:
         """Compute and cache whatever the voice needs ahead of the first request (default: nothing)."""
+        return None
 
     def close(self) -> None:
         """Release the model (default: nothing)."""
+        return None
