@@ -171,8 +171,9 @@ class VoiceLibrary:
             changed = not path.is_file() or path.read_bytes() != wav
             if changed:
                 atomic_write(path, wav)
-        _LOGGER.info("Voice %s stored (%.1f s, %d Hz, changed=%s)",
-            voice_id, audio.duration, audio.sample_rate, changed)
+        _LOGGER.info(
+            "Voice %s stored (%.1f s, %d Hz, changed=%s)", voice_id, audio.duration, audio.sample_rate, changed
+        )
         info = VoiceInfo(voice_id, path, audio.duration, audio.sample_rate, hashlib.sha256(wav).hexdigest())
         return info, changed
 
