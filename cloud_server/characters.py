@@ -30,8 +30,10 @@ class UnknownCharacter(VoiceError):
 
 def ignored_parameters(engine: str, model: str) -> list[str]:
     """Which character knobs the speaking engine does not use (Turbo: exaggeration, cfg_weight)."""
+    if engine == "chatterbox-turbo" or (engine == "chatterbox" and model == "turbo"):
+        return ["exaggeration", "cfg_weight"]
     if engine == "chatterbox":
-        return ["exaggeration", "cfg_weight"] if model == "turbo" else []
+        return []
     return list(_KNOBS)  # Piper and espeak-ng speak with their own fixed voice
 
 

@@ -113,4 +113,5 @@ def test_listing_says_what_the_model_ignores(tmp_path: Path) -> None:
     assert "voice_clip" not in standard["pirate"]  # no server paths in the listing
     turbo = book_for(tmp_path, "turbo").listing("chatterbox")
     assert turbo[1]["ignored_parameters"] == ["exaggeration", "cfg_weight"]
+    assert ignored_parameters("chatterbox-turbo", "standard") == ["exaggeration", "cfg_weight"]
     assert ignored_parameters("piper", "standard") == ["voice_clip", "exaggeration", "cfg_weight", "temperature"]
