@@ -183,8 +183,8 @@ class ServerSTTConfig:
 
 @dataclass(frozen=True)
 class VoiceLibraryConfig:
-    max_upload_bytes: int = 20_000_000
-    """Largest accepted voice clip upload, in bytes."""
+    max_upload_bytes: int = 10_000_000
+    """Largest accepted voice clip upload, in bytes (the request body cap follows limits.max_audio_bytes)."""
     max_seconds: float = 60.0
     """Longest accepted voice clip, in seconds."""
     min_seconds: float = 2.0
@@ -195,8 +195,8 @@ class VoiceLibraryConfig:
 class PhraseCacheConfig:
     enabled: bool = True
     """Keep synthesized greetings, apologies and other short repeated texts on disk."""
-    max_text_chars: int = 300
-    """Only texts up to this length are cached, in characters."""
+    max_text_chars: int = 120
+    """Only texts up to this length are cached (greetings, apologies, short stock phrases), in characters."""
     max_bytes: int = 200_000_000
     """Disk budget of the cache, in bytes; the least recently used entries go first."""
 
