@@ -8,14 +8,15 @@ sentence or read, so the first audio comes quickly.
 from __future__ import annotations
 
 import importlib.util
+import io
 import logging
 import shutil
 import subprocess
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from common.wav import WavFormatError, WavStreamReader
 
@@ -105,16 +106,16 @@ class EspeakLocalVoice(LocalVoice):
             return
         yield from self._stream(text, cancel)
 
-    def _stream(self, text: str, cancel: threading.Event | None) -> Iterator[bytes]:
+    def _stream(self, text: str, cancel: threading.Event | None) -> Generator[bytes, None, None]:
         # "--" ends options, so a text starting with "-" is spoken rather than parsed.
         cmd = [self._binary, "-v", self._voice, "--stdout", "--", text]
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         reader = WavStreamReader()
         odd = b""
+        stdout = cast(io.BufferedReader, proc.stdout)
         try:
-            assert proc.stdout is not None
             while cancel is None or not cancel.is_set():
-                data = proc.stdout.read1(ESPEAK_READ_BYTES)
+                data = stdout.read1(ESPEAK_READ_BYTES)
                 if not data:
                     break
                 try:

@@ -165,8 +165,6 @@ class ChatterboxEngine(TTSEngine):
         self.name = "chatterbox" if self.loaded.kind == "standard" else "chatterbox-turbo"
         self.sample_rate = int(self.loaded.model.sr)
         self.device = self.loaded.plan.device
-        self.degraded = False
-        self.degraded_reason: str | None = None
         conds_cls = _conditionals_class(self.loaded.kind)
         namespace = f"{self.loaded.kind}-{self.loaded.fingerprint}"
         self._cache = ConditionalsCache(expand_path(cfg.conditionals_dir), namespace, conds_cls, self.device)
