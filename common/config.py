@@ -78,6 +78,10 @@ class LLMConfig:
     """CPU threads for the embedded backend."""
     warm_up: bool = True
     """Load the model at start-up so the first caller does not wait for it."""
+    warm_up_timeout_seconds: float = 120.0
+    """Longest wait for the model to load at warm-up, in seconds (a cold load reads GBs from disk)."""
+    health_timeout_seconds: float = 2.0
+    """Longest wait for the reachability probe behind /health, in seconds."""
 
 
 @dataclass(frozen=True)
