@@ -31,6 +31,7 @@ from cloud_server.audio_codec import (
 )
 from cloud_server.errors import ApiError
 from cloud_server.features import features, voice_slot
+from cloud_server.metrics import Metrics
 from cloud_server.reply import TurnStats
 from cloud_server.services import Services
 from cloud_server.tts.base import VoiceSpec
@@ -135,8 +136,7 @@ def _sentences(
         yield float_to_pcm16(change_speed(samples, OPENAI_PCM_RATE, speed))
 
 
-def _record(stats: TurnStats, started: float) -> None:
-    metrics = features().metrics
+def _record(metrics: Metrics, stats: TurnStats, started: float) -> None:
     metrics.observe_synthesis(stats.sentence_seconds, stats.audio_seconds)
     metrics.speech_total.observe(time.monotonic() - started)
     if stats.fallback_sentences:
@@ -164,6 +164,7 @@ def _streamed(svc: Services, text: str, voice: VoiceSpec, fmt: str, speed: float
     released = threading.Event()
     started = time.monotonic()
     stats = TurnStats(engine=svc.primary.name)
+    metrics = features().metrics  # the generator runs outside the app context
 
     def body() -> Iterator[bytes]:
         head = wav_header(OPENAI_PCM_RATE) if fmt == "wav" else b""
@@ -177,7 +178,7 @@ def _streamed(svc: Services, text: str, voice: VoiceSpec, fmt: str, speed: float
                 yield pcm
         if sse:
             yield _sse("done")
-        _record(stats, started)
+        _record(metrics, stats, started)
 
     def on_close() -> None:
         cancel.set()
@@ -201,7 +202,7 @@ def _whole(svc: Services, text: str, voice: VoiceSpec, fmt: str, speed: float, s
     spoken = time.monotonic()
     data, rate = encode_audio(pcm, OPENAI_PCM_RATE, fmt)
     encoded = time.monotonic()
-    _record(stats, started)
+    _record(features().metrics, stats, started)
     seconds = len(pcm) / SAMPLE_WIDTH / OPENAI_PCM_RATE
     headers = {
         "X-Audio-Duration": f"{seconds:.3f}",

@@ -15,7 +15,8 @@ import pytest
 import requests
 import soundfile as sf
 
-from tests.fixtures_server import TEST_KEY, test_config
+from tests.fixtures_server import TEST_KEY
+from tests.fixtures_server import test_config as server_config
 from tests.ollama_standin import OllamaStandIn
 
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
@@ -26,7 +27,7 @@ TIMEOUT = 60
 @pytest.fixture
 def server(start_server: Any, tmp_path: Path) -> Iterator[Any]:
     with OllamaStandIn() as ollama:
-        yield start_server(test_config(ollama.url, tmp_path))
+        yield start_server(server_config(ollama.url, tmp_path))
 
 
 @pytest.fixture
@@ -42,24 +43,34 @@ def decode(data: bytes, response_format: str) -> tuple[np.ndarray, int]:
 
 
 @pytest.mark.parametrize("response_format", ["mp3", "opus", "flac", "wav", "pcm"])
-def test_each_format_round_trips_through_the_openai_client(
-    client: openai.OpenAI, response_format: str
-) -> None:
+def test_each_format_round_trips_through_the_openai_client(client: openai.OpenAI, response_format: str) -> None:
     reply = client.audio.speech.create(
-        model="tts-1", voice="operator", input=TEXT, response_format=response_format  # type: ignore[arg-type]
+        model="tts-1",
+        voice="operator",
+        input=TEXT,
+        response_format=response_format,  # type: ignore[arg-type]
     )
     samples, rate = decode(reply.content, response_format)
     assert rate == 24000
     assert 2.0 < samples.size / rate < 15.0
     assert float(np.abs(samples).max()) > 0.1  # speech, not silence
-    expected_type = {"mp3": "audio/mpeg", "opus": "audio/ogg", "flac": "audio/flac", "wav": "audio/wav",
-                     "pcm": "audio/pcm"}[response_format]
+    expected_type = {
+        "mp3": "audio/mpeg",
+        "opus": "audio/ogg",
+        "flac": "audio/flac",
+        "wav": "audio/wav",
+        "pcm": "audio/pcm",
+    }[response_format]
     assert reply.response.headers["content-type"] == expected_type
 
 
 def test_mp3_is_the_default_and_reports_its_timing(server: Any) -> None:
-    reply = requests.post(server.url + "/v1/audio/speech", json={"model": "tts-1", "voice": "operator",
-                                                                   "input": TEXT}, headers=AUTH, timeout=TIMEOUT)
+    reply = requests.post(
+        server.url + "/v1/audio/speech",
+        json={"model": "tts-1", "voice": "operator", "input": TEXT},
+        headers=AUTH,
+        timeout=TIMEOUT,
+    )
     assert reply.status_code == 200 and reply.headers["Content-Type"] == "audio/mpeg"
     samples, rate = sf.read(io.BytesIO(reply.content))
     assert float(reply.headers["X-Audio-Duration"]) == pytest.approx(samples.size / rate, abs=0.1)
@@ -70,8 +81,9 @@ def test_mp3_is_the_default_and_reports_its_timing(server: Any) -> None:
 def test_speed_changes_the_length(client: openai.OpenAI) -> None:
     lengths = {}
     for speed in (0.5, 1.0, 2.0):
-        reply = client.audio.speech.create(model="tts-1", voice="operator", input=TEXT, response_format="wav",
-                                           speed=speed)
+        reply = client.audio.speech.create(
+            model="tts-1", voice="operator", input=TEXT, response_format="wav", speed=speed
+        )
         samples, rate = decode(reply.content, "wav")
         lengths[speed] = samples.size / rate
     assert lengths[2.0] == pytest.approx(lengths[1.0] / 2, rel=0.1)
@@ -91,10 +103,16 @@ def test_streamed_wav_arrives_in_pieces(client: openai.OpenAI) -> None:
 
 def test_sse_stream(server: Any) -> None:
     for fmt in ("pcm", "mp3"):
-        body = {"model": "gpt-4o-mini-tts", "voice": "operator", "input": TEXT, "response_format": fmt,
-                "stream_format": "sse"}
-        with requests.post(server.url + "/v1/audio/speech", json=body, headers=AUTH, stream=True,
-                           timeout=TIMEOUT) as reply:
+        body = {
+            "model": "gpt-4o-mini-tts",
+            "voice": "operator",
+            "input": TEXT,
+            "response_format": fmt,
+            "stream_format": "sse",
+        }
+        with requests.post(
+            server.url + "/v1/audio/speech", json=body, headers=AUTH, stream=True, timeout=TIMEOUT
+        ) as reply:
             assert reply.headers["Content-Type"].startswith("text/event-stream")
             events = [json.loads(line[6:]) for line in reply.iter_lines() if line.startswith(b"data: ")]
         assert events[-1]["type"] == "speech.audio.done"
@@ -116,11 +134,17 @@ def test_a_library_voice_can_be_used(client: openai.OpenAI, server: Any) -> None
     tone = (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 2 * t))).astype(np.float32)
     buf = io.BytesIO()
     sf.write(buf, tone, 24000, format="WAV")
-    created = requests.post(server.url + "/voices", files={"audio": ("c.wav", buf.getvalue(), "audio/wav")},
-                            data={"id": "narrator"}, headers=AUTH, timeout=TIMEOUT)
+    created = requests.post(
+        server.url + "/voices",
+        files={"audio": ("c.wav", buf.getvalue(), "audio/wav")},
+        data={"id": "narrator"},
+        headers=AUTH,
+        timeout=TIMEOUT,
+    )
     assert created.status_code == 201
-    reply = client.audio.speech.create(model="tts-1", voice="narrator", input="Once upon a time.",
-                                       response_format="flac")
+    reply = client.audio.speech.create(
+        model="tts-1", voice="narrator", input="Once upon a time.", response_format="flac"
+    )
     samples, rate = decode(reply.content, "flac")
     assert rate == 24000 and samples.size > 0
 
@@ -133,8 +157,10 @@ def test_a_library_voice_can_be_used(client: openai.OpenAI, server: Any) -> None
         ({"model": "tts-1", "voice": "../operator", "input": "Hi there."}, "unknown_voice"),
         ({"model": "tts-1", "voice": "operator", "input": "x" * 4097}, "input_too_long"),
         ({"model": "tts-1", "voice": "operator", "input": "   "}, "missing_field"),
-        ({"model": "tts-1", "voice": "operator", "input": "Hi.", "response_format": "aac"},
-         "unsupported_response_format"),
+        (
+            {"model": "tts-1", "voice": "operator", "input": "Hi.", "response_format": "aac"},
+            "unsupported_response_format",
+        ),
         ({"model": "tts-1", "voice": "operator", "input": "Hi.", "response_format": "ogg"}, "bad_response_format"),
         ({"model": "tts-1", "voice": "operator", "input": "Hi.", "speed": 4.5}, "bad_speed"),
         ({"model": "tts-1", "voice": "operator", "input": "Hi.", "speed": "fast"}, "bad_speed"),

@@ -16,12 +16,13 @@ import soundfile as sf
 from prometheus_client.parser import text_string_to_metric_families
 
 from common.wav import WavStreamReader, pcm16_to_float, resample_float
-from tests.fixtures_server import TEST_KEY, test_config
+from tests.fixtures_server import TEST_KEY
+from tests.fixtures_server import test_config as server_config
 from tests.ollama_standin import OllamaStandIn
 
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
 TIMEOUT = 60
-QUESTION = "What time does the last train leave for the harbour?"
+QUESTION = "What time does the last train leave for the station?"
 Speech = Callable[[str], tuple[np.ndarray, int]]
 
 
@@ -69,11 +70,17 @@ def assert_still_healthy(url: str, ollama: OllamaStandIn) -> None:
     ],
 )
 def test_a_recording_gets_the_same_spoken_reply_as_text(
-    ollama: OllamaStandIn, start_server: Any, tmp_path: Path, piper_speech: Speech,
-    how: str, fmt: str, subtype: str, mime: str,
+    ollama: OllamaStandIn,
+    start_server: Any,
+    tmp_path: Path,
+    piper_speech: Speech,
+    how: str,
+    fmt: str,
+    subtype: str,
+    mime: str,
 ) -> None:
     ollama.script("The last train leaves at eleven. ", "Please do not miss it.")
-    server = start_server(test_config(ollama.url, tmp_path))
+    server = start_server(server_config(ollama.url, tmp_path))
     data = encoded(*piper_speech(QUESTION), fmt, subtype)
     if how == "multipart":
         kwargs: dict[str, Any] = {
@@ -103,21 +110,40 @@ def bad_uploads(piper_speech: Speech) -> list[tuple[str, dict[str, Any], int, st
     speech, rate = piper_speech(QUESTION)
     flac = encoded(speech, rate, "FLAC", "PCM_16")
     return [
-        ("garbage", {"files": {"audio": ("x.wav", b"this is not audio, just text" * 20, "audio/wav")}}, 415,
-         "unsupported_audio"),
+        (
+            "garbage",
+            {"files": {"audio": ("x.wav", b"this is not audio, just text" * 20, "audio/wav")}},
+            415,
+            "unsupported_audio",
+        ),
         ("truncated", {"files": {"audio": ("x.flac", flac[:400], "audio/flac")}}, 400, "bad_audio"),
-        ("silence", {"files": {"audio": ("x.wav", encoded(np.zeros(32000, np.float32), 16000, "WAV"),
-                                         "audio/wav")}}, 400, "no_speech"),
-        ("too_long", {"files": {"audio": ("x.wav", encoded(np.tile(speech, 6), rate, "WAV"), "audio/wav")}}, 413,
-         "audio_too_large"),
-        ("too_big", {"files": {"audio": ("x.wav", b"RIFF" + b"\x01" * 600_000, "audio/wav")}}, 413,
-         "audio_too_large"),
+        (
+            "silence",
+            {"files": {"audio": ("x.wav", encoded(np.zeros(32000, np.float32), 16000, "WAV"), "audio/wav")}},
+            400,
+            "no_speech",
+        ),
+        (
+            "too_long",
+            {"files": {"audio": ("x.wav", encoded(np.tile(speech, 6), rate, "WAV"), "audio/wav")}},
+            413,
+            "audio_too_large",
+        ),
+        ("too_big", {"files": {"audio": ("x.wav", b"RIFF" + b"\x01" * 600_000, "audio/wav")}}, 413, "audio_too_large"),
         ("no_field", {"files": {"sound": ("x.flac", flac, "audio/flac")}}, 400, "missing_audio"),
-        ("text_body", {"data": b"hello", "headers": {**AUTH, "Content-Type": "text/plain"}}, 415,
-         "unsupported_media_type"),
+        (
+            "text_body",
+            {"data": b"hello", "headers": {**AUTH, "Content-Type": "text/plain"}},
+            415,
+            "unsupported_media_type",
+        ),
         ("no_key", {"files": {"audio": ("x.flac", flac, "audio/flac")}, "headers": {}}, 401, "missing_key"),
-        ("unknown_character", {"files": {"audio": ("x.flac", flac, "audio/flac")}, "data": {"character": "ghost"}},
-         404, "unknown_character"),
+        (
+            "unknown_character",
+            {"files": {"audio": ("x.flac", flac, "audio/flac")}, "data": {"character": "ghost"}},
+            404,
+            "unknown_character",
+        ),
     ]
 
 
@@ -125,7 +151,7 @@ def test_bad_recordings_are_refused_and_the_server_stays_healthy(
     ollama: OllamaStandIn, start_server: Any, tmp_path: Path, piper_speech: Speech
 ) -> None:
     server = start_server(
-        test_config(ollama.url, tmp_path, limits={"max_audio_bytes": 500_000, "max_audio_seconds": 12.0})
+        server_config(ollama.url, tmp_path, limits={"max_audio_bytes": 500_000, "max_audio_seconds": 12.0})
     )
     for name, kwargs, status, code in bad_uploads(piper_speech):
         kwargs.setdefault("headers", AUTH)
@@ -145,10 +171,11 @@ def upload_voice(url: str, voice_id: str, data: bytes, mime: str = "audio/wav") 
 def test_voice_library_and_character_switch_survive_a_restart(
     ollama: OllamaStandIn, start_server: Any, tmp_path: Path, piper_speech: Speech
 ) -> None:
-    config = test_config(ollama.url, tmp_path)
+    config = server_config(ollama.url, tmp_path)
     server = start_server(config)
-    clip = encoded(*piper_speech("Ahoy there. This is the voice of the captain, recorded on deck."), "MP3",
-                   "MPEG_LAYER_III")
+    clip = encoded(
+        *piper_speech("Ahoy there. This is the voice of the captain, recorded on deck."), "MP3", "MPEG_LAYER_III"
+    )
     created = upload_voice(server.url, "captain", clip, "audio/mpeg")
     assert created.status_code == 201, created.text
     assert created.json()["id"] == "captain" and created.json()["seconds"] > 2
@@ -156,10 +183,10 @@ def test_voice_library_and_character_switch_survive_a_restart(
     listed = requests.get(server.url + "/voices", headers=AUTH, timeout=TIMEOUT).json()
     assert [v["id"] for v in listed["voices"]] == ["captain"]
 
-    switched = requests.post(server.url + "/characters/operator/voice", json={"voice": "captain"}, headers=AUTH,
-                             timeout=TIMEOUT)
-    assert switched.status_code == 200 and switched.json()["voice"] == {"source": "library",
-                                                                         "library_voice": "captain"}
+    switched = requests.post(
+        server.url + "/characters/operator/voice", json={"voice": "captain"}, headers=AUTH, timeout=TIMEOUT
+    )
+    assert switched.status_code == 200 and switched.json()["voice"] == {"source": "library", "library_voice": "captain"}
     # A restart (new app on the same data directory) keeps both the clip and the switch.
     restarted = start_server(config)
     characters = requests.get(restarted.url + "/characters", headers=AUTH, timeout=TIMEOUT).json()
@@ -171,8 +198,9 @@ def test_voice_library_and_character_switch_survive_a_restart(
 
     in_use = requests.delete(restarted.url + "/voices/captain", headers=AUTH, timeout=TIMEOUT)
     assert in_use.status_code == 409 and "operator" in in_use.json()["error"]["message"]
-    back = requests.post(restarted.url + "/characters/operator/voice", json={"voice": None}, headers=AUTH,
-                         timeout=TIMEOUT)
+    back = requests.post(
+        restarted.url + "/characters/operator/voice", json={"voice": None}, headers=AUTH, timeout=TIMEOUT
+    )
     assert back.json()["voice"]["source"] in ("builtin", "default", "character")
     assert requests.delete(restarted.url + "/voices/captain", headers=AUTH, timeout=TIMEOUT).status_code == 204
     assert requests.delete(restarted.url + "/voices/captain", headers=AUTH, timeout=TIMEOUT).status_code == 404
@@ -182,7 +210,7 @@ def test_voice_library_and_character_switch_survive_a_restart(
 def test_bad_voice_uploads_are_refused(
     ollama: OllamaStandIn, start_server: Any, tmp_path: Path, piper_speech: Speech
 ) -> None:
-    server = start_server(test_config(ollama.url, tmp_path, voices={"max_upload_bytes": 400_000}))
+    server = start_server(server_config(ollama.url, tmp_path, voices={"max_upload_bytes": 400_000}))
     speech, rate = piper_speech(QUESTION)
     good = encoded(speech, rate, "FLAC", "PCM_16")
     cases = [
@@ -200,15 +228,16 @@ def test_bad_voice_uploads_are_refused(
     assert list((tmp_path / "data" / "voices").iterdir()) == []
     for path in ["/voices/..%2F..%2Fetc", "/voices/UPPER"]:
         assert requests.delete(server.url + path, headers=AUTH, timeout=TIMEOUT).status_code in (400, 404)
-    unknown = requests.post(server.url + "/characters/operator/voice", json={"voice": "nobody"}, headers=AUTH,
-                            timeout=TIMEOUT)
+    unknown = requests.post(
+        server.url + "/characters/operator/voice", json={"voice": "nobody"}, headers=AUTH, timeout=TIMEOUT
+    )
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "unknown_voice"
     assert requests.get(server.url + "/voices", timeout=TIMEOUT).status_code == 401
     assert_still_healthy(server.url, ollama)
 
 
 def test_greeting_is_synthesized_once(ollama: OllamaStandIn, start_server: Any, tmp_path: Path) -> None:
-    server = start_server(test_config(ollama.url, tmp_path))
+    server = start_server(server_config(ollama.url, tmp_path))
     first = requests.get(server.url + "/characters/operator/greeting", headers=AUTH, timeout=TIMEOUT)
     assert first.status_code == 200 and first.headers["Content-Type"] == "audio/wav"
     samples, rate = sf.read(io.BytesIO(first.content))
@@ -233,10 +262,15 @@ def test_metrics_count_turns_and_requests(
     ollama: OllamaStandIn, start_server: Any, tmp_path: Path, piper_speech: Speech
 ) -> None:
     ollama.script("Certainly, right away.")
-    server = start_server(test_config(ollama.url, tmp_path))
+    server = start_server(server_config(ollama.url, tmp_path))
     data = encoded(*piper_speech(QUESTION), "WAV", "PCM_16")
-    with requests.post(server.url + "/process-audio", files={"audio": ("q.wav", data, "audio/wav")}, headers=AUTH,
-                       stream=True, timeout=TIMEOUT) as reply:
+    with requests.post(
+        server.url + "/process-audio",
+        files={"audio": ("q.wav", data, "audio/wav")},
+        headers=AUTH,
+        stream=True,
+        timeout=TIMEOUT,
+    ) as reply:
         spoken_seconds(reply)
     requests.post(server.url + "/process-text", json={}, headers=AUTH, timeout=TIMEOUT)
     got = metric_samples(server.url)
