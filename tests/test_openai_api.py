@@ -15,8 +15,7 @@ import pytest
 import requests
 import soundfile as sf
 
-from tests.fixtures_server import TEST_KEY
-from tests.fixtures_server import test_config as server_config
+from tests.fixtures_server import TEST_KEY, server_config
 from tests.ollama_standin import OllamaStandIn
 
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}

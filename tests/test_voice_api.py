@@ -16,8 +16,7 @@ import soundfile as sf
 from prometheus_client.parser import text_string_to_metric_families
 
 from common.wav import WavStreamReader, pcm16_to_float, resample_float
-from tests.fixtures_server import TEST_KEY
-from tests.fixtures_server import test_config as server_config
+from tests.fixtures_server import TEST_KEY, server_config
 from tests.ollama_standin import OllamaStandIn
 
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
