@@ -59,6 +59,9 @@ def process_audio() -> Response:
     require_key()
     svc, feat = services(), features()
     limits = svc.config.server.limits
+    if svc.slots.active >= svc.slots.capacity:  # refuse before spending Whisper time on a reply we cannot give
+        retry = str(limits.retry_after_seconds)
+        raise ApiError(503, "busy", "All voice slots are busy; try again shortly.", {"Retry-After": retry})
     data, fields = audio_upload(limits.max_audio_bytes)
     t0 = time.monotonic()
     audio = decode_audio(data, max_bytes=limits.max_audio_bytes, max_seconds=limits.max_audio_seconds)
