@@ -78,6 +78,10 @@ class LLMConfig:
     """CPU threads for the embedded backend."""
     warm_up: bool = True
     """Load the model at start-up so the first caller does not wait for it."""
+    warm_up_timeout_seconds: float = 120.0
+    """Longest wait for the model to load at warm-up, in seconds (a cold load reads GBs from disk)."""
+    health_timeout_seconds: float = 2.0
+    """Longest wait for the reachability probe behind /health, in seconds."""
 
 
 @dataclass(frozen=True)
@@ -182,6 +186,26 @@ class ServerSTTConfig:
 
 
 @dataclass(frozen=True)
+class VoiceLibraryConfig:
+    max_upload_bytes: int = 10_000_000
+    """Largest accepted voice clip upload, in bytes (the request body cap follows limits.max_audio_bytes)."""
+    max_seconds: float = 60.0
+    """Longest accepted voice clip, in seconds."""
+    min_seconds: float = 2.0
+    """Shortest accepted voice clip, in seconds (Turbo needs more than 5 s and is checked for that)."""
+
+
+@dataclass(frozen=True)
+class PhraseCacheConfig:
+    enabled: bool = True
+    """Keep synthesized greetings, apologies and other short repeated texts on disk."""
+    max_text_chars: int = 120
+    """Only texts up to this length are cached (greetings, apologies, short stock phrases), in characters."""
+    max_bytes: int = 200_000_000
+    """Disk budget of the cache, in bytes; the least recently used entries go first."""
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     """Address to bind (0.0.0.0 on the GPU server)."""
@@ -201,6 +225,8 @@ class ServerConfig:
     """The people one can call, by id."""
     data_dir: str = "~/.local/share/ai-telephone"
     """Where uploaded voices and runtime state persist."""
+    voices: VoiceLibraryConfig = field(default_factory=VoiceLibraryConfig)
+    phrase_cache: PhraseCacheConfig = field(default_factory=PhraseCacheConfig)
 
 
 # --------------------------------------------------------------------------- Pi side
@@ -344,7 +370,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping, got {_describe(value)}")
         return {str(k): _convert(v if v is not None else {}, value_tp, f"{key}.{k}") for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping, got {_describe(value)}")
         return _build(tp, value, key)
