@@ -37,6 +37,8 @@ class Outcome(enum.Enum):
     """The server refused the request (4xx)."""
     BUSY = "busy"
     """503: the server's voice queue is full."""
+    NOTHING_HEARD = "nothing-heard"
+    """/process-audio found no words in the recording (a noise): just listen again."""
 
 
 class Phrase(enum.Enum):
@@ -197,7 +199,7 @@ def _transcribed(event: Event, _policy: CallPolicy) -> tuple[State, list[Action]
 
 def _reply_finished(event: Event, policy: CallPolicy) -> tuple[State, list[Action]]:
     assert isinstance(event, ReplyFinished)
-    if event.outcome is Outcome.DONE:
+    if event.outcome in (Outcome.DONE, Outcome.NOTHING_HEARD):
         return State.LISTENING, [Listen()]
     if event.outcome is Outcome.BROKEN:
         return State.APOLOGIZING, [Say(Phrase.BROKEN)]

@@ -273,8 +273,12 @@ class Phone:
         except Busy as err:
             outcome, retry_after = Outcome.BUSY, err.retry_after
         except ServerRejected as err:
-            _LOGGER.error("server refused the turn: %s", err)
-            outcome = Outcome.REJECTED
+            if err.code == "no_speech" and ask.pcm is not None:
+                _LOGGER.info("turn: the server heard no words in %.1fs of audio", len(ask.pcm) / 32000)
+                outcome = Outcome.NOTHING_HEARD
+            else:
+                _LOGGER.error("server refused the turn: %s", err)
+                outcome = Outcome.REJECTED
         except ServerUnavailable as err:
             _LOGGER.warning("server unavailable: %s", err)
             outcome = Outcome.UNREACHABLE

@@ -202,12 +202,13 @@ class ServerClient:
         """POST /process-audio with the utterance as a WAV body; the transcript comes back in a header."""
         wav = io.BytesIO()
         write_wav(wav, pcm16k, 16000)
-        headers = {"Content-Type": "audio/wav"}
-        for name, value in (("X-Session-Id", session_id), ("X-Character", character), ("X-Prompt", prompt)):
-            if value:
-                headers[name] = quote(value, safe="")
-        params = {k: v for k, v in (("session_id", session_id), ("character", character)) if v}
-        return self._post_stream("/process-audio", data=wav.getvalue(), headers=headers, params=params)
+        fields = (("session_id", session_id), ("character", character), ("prompt", prompt))
+        return self._post_stream(
+            "/process-audio",
+            data=wav.getvalue(),
+            headers={"Content-Type": "audio/wav"},
+            params={name: value for name, value in fields if value},
+        )
 
     def open(self, request: ReplyRequest) -> ReplyStream:
         """Send one turn the way the request says (text or audio)."""

@@ -118,3 +118,8 @@ def test_silence_prompts_again_and_noise_goes_back_to_listening() -> None:
 
 def test_failed_stt_asks_the_caller_to_repeat() -> None:
     assert next_state(State.TRANSCRIBING, Transcribed("", ok=False)) == (State.APOLOGIZING, [Say(Phrase.BROKEN)])
+
+
+def test_a_recording_the_server_found_no_words_in_goes_back_to_listening() -> None:
+    event = ReplyFinished(Ask(pcm=PCM), Outcome.NOTHING_HEARD)
+    assert next_state(State.REPLYING, event) == (State.LISTENING, [Listen()])

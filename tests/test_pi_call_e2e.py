@@ -84,6 +84,23 @@ def test_a_whole_turn_in_file_mode(
     assert call_server.key not in result.stderr  # the key never reaches the log
 
 
+def test_a_whole_turn_with_the_server_transcribing(
+    call_server: ServerProcess, call_standin: OllamaStandIn, call_whisper: Any, call_question_wav: Path, tmp_path: Path
+) -> None:
+    """pi.stt.use_server: the recording goes to /process-audio; the transcript comes back in a header."""
+    call_standin.script("Paris is the capital of France. ")
+    reply = tmp_path / "r.wav"
+    config = pi_config(tmp_path, stt={"use_server": True})
+    result = run_pi_client(config, call_server.url, call_server.key, call_question_wav, reply)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Loading" not in result.stderr and "Transcribed" not in result.stderr  # no Whisper on the Pi
+    assert {"capital", "france"} <= words(last_chat(call_standin).messages[-1]["content"])
+    turn_line = next(line for line in result.stderr.splitlines() if "turn: heard=" in line)
+    assert "capital of France" in turn_line and "stt=-" in turn_line
+    text, _ = heard(call_whisper, reply)
+    assert "paris" in words(text), text
+
+
 def test_server_down_the_phone_answers_in_its_own_voice(
     call_whisper: Any, call_question_wav: Path, tmp_path: Path
 ) -> None:
