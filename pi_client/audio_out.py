@@ -23,6 +23,8 @@ _FINISH_MARGIN_SECONDS = 3.0
 """Slack on top of the audio still to play before ``finish`` gives up on aplay, in seconds."""
 _KILL_WAIT_SECONDS = 2.0
 """How long a killed aplay may take to be reaped, in seconds."""
+_WRITE_TIMEOUT_SECONDS = 10.0
+"""aplay not taking audio for this long means the sound device is stuck, in seconds."""
 
 
 class PlaybackError(RuntimeError):
@@ -102,9 +104,12 @@ class AplaySink(AudioSink):
             raise PlaybackError("write before start")
         try:
             proc.stdin.write(data)
-            await proc.stdin.drain()
+            await asyncio.wait_for(proc.stdin.drain(), timeout=_WRITE_TIMEOUT_SECONDS)
         except (BrokenPipeError, ConnectionResetError) as err:
             raise PlaybackError(f"aplay exited while playing: {await self._stderr_tail()}") from err
+        except TimeoutError as err:
+            await self.kill()
+            raise PlaybackError(f"aplay took no audio for {_WRITE_TIMEOUT_SECONDS:.0f}s: is the device stuck?") from err
 
     async def finish(self) -> None:
         """Close aplay's stdin and wait until it has played everything (bounded), then reap it."""
