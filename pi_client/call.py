@@ -8,7 +8,7 @@ one task in flight (capture, STT, request or playback) and kills playback.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 
 class State(enum.Enum):
@@ -71,7 +71,7 @@ class Played:
 class Heard:
     """The caller spoke and stopped; ``server_up`` is the health monitor's belief (None: unknown)."""
 
-    pcm: bytes
+    pcm: bytes = field(repr=False)
     server_up: bool | None = None
 
 
@@ -93,7 +93,7 @@ class Ask:
     """Action: send a turn (text, or the recording for /process-audio) and play the reply as it streams."""
 
     text: str | None = None
-    pcm: bytes | None = None
+    pcm: bytes | None = field(default=None, repr=False)
     attempt: int = 0
     delay_seconds: float = 0.0
     """Wait this long before sending (a retry after 503)."""
@@ -140,7 +140,7 @@ class Listen:
 class Transcribe:
     """Run STT on the utterance."""
 
-    pcm: bytes
+    pcm: bytes = field(repr=False)
 
 
 Action = StopAll | CheckHealth | Say | Listen | Transcribe | Ask

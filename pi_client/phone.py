@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
@@ -55,6 +56,8 @@ _LOGGER = logging.getLogger(__name__)
 
 _CANCEL_WAIT_SECONDS = 5.0
 """How long a cancelled stage may take to clean up before the call moves on, in seconds."""
+_TURNS_KEPT = 20
+"""Finished turns remembered in memory (the log has them all)."""
 _PLAY_BLOCK_SECONDS = 0.25
 """Phrases are fed to the sink in blocks this long so a hang-up interrupts them quickly."""
 
@@ -110,8 +113,8 @@ class Phone:
         self._task: asyncio.Task[None] | None = None
         self._session_id: str | None = None
         self._turn: Turn | None = None
-        self.turns: list[Turn] = []
-        """Finished turns of this process, newest last (file mode reads the one turn it ran)."""
+        self.turns: deque[Turn] = deque(maxlen=_TURNS_KEPT)
+        """The latest finished turns, newest last (file mode reads the one turn it ran)."""
         self._log_tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ driving
@@ -149,10 +152,6 @@ class Phone:
             await self.drain_logs()
         return self.turns[-1] if self.turns else None
 
-    async def post(self, event: Event) -> None:
-        """Feed an event as if it came from the hardware (tests, keyboard mode)."""
-        await self._events.put(event)
-
     async def _forward_hook(self, hook_events: asyncio.Queue[Any]) -> None:
         from pi_client.hook import HookEvent
 
@@ -162,7 +161,7 @@ class Phone:
 
     async def _step(self, event: Event) -> None:
         state, actions = next_state(self.state, event, self._policy)
-        if state is not self.state or _LOGGER.isEnabledFor(logging.DEBUG):
+        if _LOGGER.isEnabledFor(logging.DEBUG):
             _LOGGER.debug("%s --%s--> %s %s", self.state.value, type(event).__name__, state.value, actions)
         if isinstance(event, Lifted) and self.state is State.ON_HOOK:
             _LOGGER.info("handset lifted")
@@ -181,20 +180,20 @@ class Phone:
             if self._monitor is not None:
                 self._monitor.poke()
         elif isinstance(action, Say):
-            self._spawn(self._say(action.phrase), Played(), "say")
+            self._spawn(lambda: self._say(action.phrase), Played(), "say")
         elif isinstance(action, Listen):
-            self._spawn(self._listen(), NoSpeech(), "listen")
+            self._spawn(self._listen, NoSpeech(), "listen")
         elif isinstance(action, Transcribe):
-            self._spawn(self._transcribe(action.pcm), Transcribed("", ok=False), "stt")
+            self._spawn(lambda: self._transcribe(action.pcm), Transcribed("", ok=False), "stt")
         elif isinstance(action, Ask):
-            self._spawn(self._ask(action), ReplyFinished(action, Outcome.UNREACHABLE), "reply")
+            self._spawn(lambda: self._ask(action), ReplyFinished(action, Outcome.UNREACHABLE), "reply")
 
-    def _spawn(self, work: Coroutine[Any, Any, Event], fallback: Event, name: str) -> None:
+    def _spawn(self, work: Callable[[], Coroutine[Any, Any, Event]], fallback: Event, name: str) -> None:
         """Run one stage as the call's task; its result (or ``fallback`` if it crashed) is the next event."""
 
         async def stage() -> None:
             try:
-                event = await work
+                event = await work()  # made here: a task cancelled before it starts leaves no coroutine behind
             except asyncio.CancelledError:
                 raise
             except Exception:  # degrade inside the turn: log it, and let the machine move on
