@@ -390,3 +390,125 @@ def test_busy_with_a_long_retry_after_gets_the_offline_voice_at_once(
     assert [t.outcome.value for t in phone.turns] == ["busy"]
     text, _ = heard(call_whisper, reply)
     assert len(words(text) & OFFLINE_WORDS) >= 3, text
+
+
+# --------------------------------------------------------------------------- the server goes and comes back
+
+
+def test_server_down_then_back_the_phone_recovers_by_itself(
+    call_standin: OllamaStandIn, call_whisper: Any, call_question_wav: Path, tmp_path: Path
+) -> None:
+    from gpiozero import Device
+    from gpiozero.pins.mock import MockFactory
+
+    port = free_port()
+    first = start_server(tmp_path / "a", call_standin.url, port=port)
+    first.kill()  # the GPU box is gone before anyone calls
+    call_standin.script("Paris is the capital of France. ")
+    previous = Device.pin_factory
+    factory = MockFactory()
+    Device.pin_factory = factory
+    servers = [first]
+    try:
+        asyncio.run(
+            asyncio.wait_for(
+                _recovery_scenario(first, servers, call_standin, call_whisper, call_question_wav, tmp_path, factory),
+                WAIT * 2,
+            )
+        )
+    finally:
+        factory.close()
+        Device.pin_factory = previous
+        for server in servers:
+            server.stop()
+    text, _ = heard(call_whisper, tmp_path / "r.wav")
+    said = words(text)
+    assert len(said & OFFLINE_WORDS) >= 3, text  # the first call: the phone's own voice
+    assert {"capital", "france"} <= said, text  # the second call: the server's answer (Paris is the ...)
+
+
+async def _recovery_scenario(
+    first: ServerProcess,
+    servers: list[ServerProcess],
+    standin: OllamaStandIn,
+    whisper: Any,
+    question: Path,
+    tmp_path: Path,
+    factory: Any,
+) -> None:
+    from pi_client.audio_in import WavFileSource
+    from pi_client.audio_out import WavFileSink
+    from pi_client.call import State
+    from pi_client.endpoint import listen
+    from pi_client.health import HealthMonitor
+    from pi_client.hook import GpioHook
+    from pi_client.offline_voice import OfflineVoice
+    from pi_client.phone import Phone
+    from pi_client.server_client import ServerClient
+    from pi_client.vad import SileroVad
+
+    client_cfg = {"connect_timeout_seconds": 1.0, "health_interval_seconds": 0.5, "health_backoff_max_seconds": 0.5}
+    pi = config_from_dict({"pi": {"cache_dir": str(tmp_path / "cache"), "client": client_cfg}}).pi
+    voice = OfflineVoice(pi.offline_voice, pi.greeting, pi.cache_dir)
+    vad = SileroVad(pi.vad.threshold)
+    talk: asyncio.Queue[None] = asyncio.Queue()
+
+    async def listen_once() -> Any:
+        await talk.get()  # the caller speaks when the test says so
+        source = WavFileSource(question)
+        try:
+            return await listen(source, vad, pi.vad)
+        finally:
+            source.close()
+
+    sink = WavFileSink(tmp_path / "r.wav")
+    client = ServerClient(first.url, first.key, pi.client)
+    monitor = HealthMonitor(client.health, pi.client)
+    phone = Phone(
+        settings=pi,
+        listen=listen_once,
+        transcribe=whisper.transcribe,
+        client=client,
+        voice=voice,
+        sink=sink,
+        monitor=monitor,
+    )
+    pin = factory.pin(17)
+
+    async def until(condition: Any, what: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.02)
+
+    monitor.start()
+    running = asyncio.create_task(phone.run(GpioHook(pi.hook)))
+    try:
+        chats_before = len(standin.chat_requests())
+        pin.drive_low()  # lift: the phone checks the server at once
+        await until(lambda: phone.state is State.LISTENING and monitor.up is False, "greeting, server known down")
+        talk.put_nowait(None)
+        await until(lambda: sink.utterances == 2 and phone.state is State.LISTENING, "the offline message")
+        assert len(standin.chat_requests()) == chats_before  # nobody waited on a dead line
+        pin.drive_high()
+        await until(lambda: phone.state is State.ON_HOOK, "hang-up")
+
+        servers.append(
+            await asyncio.to_thread(
+                start_server, tmp_path / "b", standin.url, None, int(first.url.rsplit(":", 1)[1]), None, first.key
+            )
+        )
+        await until(lambda: monitor.up is True, "the monitor to see the server back")
+        pin.drive_low()
+        await until(lambda: phone.state is State.LISTENING, "the second greeting")
+        talk.put_nowait(None)
+        await until(lambda: len(phone.turns) == 1 and phone.state is State.LISTENING, "the answered turn", WAIT)
+        assert phone.turns[-1].outcome is not None and phone.turns[-1].outcome.value == "done"
+        pin.drive_high()
+        await until(lambda: phone.state is State.ON_HOOK, "the second hang-up")
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await monitor.close()
+        await sink.close()
+        client.close()
