@@ -12,6 +12,7 @@ import pytest
 from common.wav import read_wav_pcm16
 from pi_client.audio_out import AplaySink, PlaybackError, WavFileSink
 from tests.alsa_rig import AlsaRig
+from tests.phone_rig import alive
 
 TIMEOUT = 20.0
 
@@ -24,15 +25,6 @@ def tone(seconds: float, rate: int, freq: float = 440.0) -> bytes:
 
 def rig_env(rig: AlsaRig) -> dict[str, str]:
     return {"ALSA_CONFIG_PATH": rig.env()["ALSA_CONFIG_PATH"]}
-
-
-def alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie (a zombie means nobody reaped it)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def same_samples(a: bytes, b: bytes) -> bool:
