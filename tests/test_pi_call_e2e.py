@@ -144,3 +144,19 @@ def test_server_killed_mid_reply_plays_what_arrived_then_the_broken_message(
     assert {"first", "part", "answer"} <= said, text
     assert len(said & BROKEN_WORDS) >= 3, text
     assert "never" not in said
+
+
+def test_a_reply_that_stalls_mid_stream_counts_as_broken(
+    call_server: ServerProcess, call_standin: OllamaStandIn, call_whisper: Any, call_question_wav: Path, tmp_path: Path
+) -> None:
+    call_standin.script("Here is the first part of my answer. ", 60.0, "You will never hear this second part.")
+    reply = tmp_path / "r.wav"
+    config = pi_config(tmp_path, client={"read_timeout_seconds": 2.0})
+    result = run_pi_client(config, call_server.url, call_server.key, call_question_wav, reply, timeout=WAIT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "reply broke off" in result.stderr
+    said = words(heard(call_whisper, reply)[0])
+    assert {"first", "part", "answer"} <= said, said
+    assert len(said & BROKEN_WORDS) >= 3, said
+    # The phone dropped the stalled request: the server stopped asking the LLM for the rest.
+    assert last_chat(call_standin).client_closed.wait(timeout=30)
