@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -193,3 +194,23 @@ def test_the_monitor_notices_the_server_go_and_come_back(call_standin: Any, tmp_
         first.stop()
         if second is not None:
             second.stop()
+
+
+def test_stop_wakes_a_read_blocked_on_a_silent_server(call_server: ServerProcess, call_standin: Any) -> None:
+    # The LLM pauses after one sentence: the reader thread sits in recv() with a minute of read timeout left.
+    call_standin.script("Here is one sentence for you. ", 60.0, "And the rest.")
+    client = ServerClient(call_server.url, call_server.key, ClientConfig(read_timeout_seconds=60.0))
+
+    async def scenario() -> bool:
+        pump = ReplyPump(client, ReplyRequest(text="hello"))
+        while not isinstance(await pump.next(30.0), ReplyAudio):
+            pass
+        with contextlib.suppress(TimeoutError):
+            await pump.next(1.0)  # let the reader block on the silent socket
+        pump.stop()
+        return await asyncio.to_thread(pump.done.wait, 5.0)
+
+    try:
+        assert asyncio.run(scenario()), "the reader stayed blocked after stop()"
+    finally:
+        client.close()
