@@ -17,6 +17,7 @@ from flask import Flask, current_app
 
 from cloud_server.characters import CharacterBook
 from cloud_server.errors import ApiError
+from cloud_server.idle import IdleUnloadingEngine, reloader
 from cloud_server.metrics import Metrics, init_metrics
 from cloud_server.phrase_cache import CachingEngine, PhraseCache
 from cloud_server.services import Services
@@ -73,6 +74,10 @@ def init_features(app: Flask) -> Features:
     book = CharacterBook(server, library, VoiceOverrides.in_data_dir(data_dir))
     svc.characters = book
     phrases = PhraseCache(data_dir / "phrases", server.phrase_cache)
+    if server.tts.idle_unload_seconds > 0 and not isinstance(svc.primary, (CachingEngine, IdleUnloadingEngine)):
+        idle = IdleUnloadingEngine(svc.primary, reloader(svc.primary, server.tts), server.tts.idle_unload_seconds)
+        svc.primary = idle
+        svc.pipeline.primary = idle
     if not isinstance(svc.primary, CachingEngine):
         model = f"{server.tts.chatterbox.model}:{server.tts.chatterbox.checkpoint}"
         cached = CachingEngine(svc.primary, phrases, model=model)
