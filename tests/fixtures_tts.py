@@ -2,7 +2,7 @@
 
 Loading Chatterbox costs ~10 s and ~5 GB here, so the session holds a single model at a time; tests
 that need other settings wrap it in another ``ChatterboxEngine`` (cheap) instead of loading a second
-one. The Turbo tests run last (test_tts_turbo.py) and swap the slot to Turbo.
+one. Tests that use Turbo are moved to the end of the session, where they swap the slot to Turbo once.
 """
 
 from __future__ import annotations
@@ -50,6 +50,11 @@ def voice_clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "bob": make_voice_clip(root / "bob.wav", "Hello, Bob here. I would like to hear about the weather today.",
                                length_scale=1.25),
     }
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the Turbo tests last, so the session loads each model once (standard first, then Turbo)."""
+    items.sort(key=lambda item: "turbo_engine" in getattr(item, "fixturenames", ()))
 
 
 class OneChatterbox:

@@ -1,4 +1,4 @@
-"""Chatterbox Turbo for real, on its random-weight checkpoint (runs last: it swaps the session's model slot)."""
+"""Chatterbox Turbo for real, on its random-weight checkpoint (run last: it swaps the session's model slot)."""
 
 from __future__ import annotations
 

@@ -201,7 +201,8 @@ class ChatterboxEngine(TTSEngine):
             raise TTSError(f"chatterbox failed: {err}") from err
         finally:
             self.loaded.call = None
-            self.loaded.model.conds = None  # the next call brings its own copy
+            if self.loaded.model is not None:
+                self.loaded.model.conds = None  # the next call brings its own copy
             self.loaded.lock.release()
         _LOGGER.info(
             "Synthesized %d chars (budget %d tokens) into %.2f s of audio in %.1f s",
