@@ -1,0 +1,49 @@
+"""The rendered onstart script: valid bash, shellcheck-clean, under Vast.ai's 16 KB limit, no secrets."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from deploy.vastai.onstart import MAX_ONSTART_BYTES, OnstartError, render
+from deploy.vastai.settings import InstancePlan
+
+
+@pytest.mark.parametrize("plan", [InstancePlan(), InstancePlan(chatterbox_model="turbo", ollama_model="qwen2.5:7b",
+                                                                repo_ref="v1.2", container_port=9443)])
+def test_rendered_onstart_passes_bash_n_and_shellcheck(plan: InstancePlan, tmp_path: Path) -> None:
+    script = render(plan, "https://github.com/example/ai-telephone.git")
+    assert len(script.encode()) < MAX_ONSTART_BYTES
+    path = tmp_path / "onstart.sh"
+    path.write_text(script)
+    subprocess.run(["bash", "-n", str(path)], check=True, timeout=30)
+    assert shutil.which("shellcheck"), "scripts/setup installs shellcheck"
+    checked = subprocess.run(["shellcheck", "--shell=bash", str(path)], capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout
+    assert "@@" not in script.split("\n", 3)[3]  # every placeholder below the header was filled
+    assert f"OLLAMA_MODEL={plan.ollama_model}" in script
+    assert f"PORT={plan.container_port}" in script
+
+
+def test_onstart_values_are_quoted_and_bad_ones_refused() -> None:
+    script = render(InstancePlan(), "https://example.com/a repo.git".replace(" ", "%20"))
+    assert "REPO_URL=https://example.com/a%20repo.git" in script
+    assert "CHATTERBOX_PATTERNS='ve.safetensors" in script  # a word list stays one quoted value
+    with pytest.raises(OnstartError, match="ollama_model"):
+        render(InstancePlan(ollama_model="x; rm -rf /"), "https://example.com/r.git")
+    with pytest.raises(OnstartError, match="repo_url"):
+        render(InstancePlan(), "git@github.com:example/r.git")
+    with pytest.raises(OnstartError, match="chatterbox"):
+        render(InstancePlan(chatterbox_model="large"), "https://example.com/r.git")
+
+
+def test_onstart_keeps_ollama_on_loopback_and_takes_secrets_from_env() -> None:
+    script = render(InstancePlan(), "https://example.com/r.git")
+    assert "OLLAMA_ADDR=127.0.0.1:11434" in script and "0.0.0.0:11434" not in script
+    for name in ("AI_TELEPHONE_API_KEY", "AI_TELEPHONE_TLS_CERT_B64", "AI_TELEPHONE_TLS_KEY_B64"):
+        assert f"env_value {name}" in script
+    assert "requirements-server.txt" in script and "gunicorn.conf.py" in script
+    assert "ai-telephone-server.service" in script  # systemd where it exists, else the restart loop
