@@ -131,6 +131,17 @@ class VastStandIn:
         assert self._server is not None, "start() first"
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
+    def add_instance(self, label: str, status: str = "running", **fields: Any) -> int:
+        """Put an instance in the account directly (one rented earlier, by hand or by another `up`)."""
+        with self._lock:
+            iid = self._next_id
+            self._next_id += 1
+            self.instances[iid] = {"id": iid, "label": label, "actual_status": status, "gpu_name": "RTX 4090",
+                                   "num_gpus": 1, "dph_total": 0.4, "public_ipaddr": "127.0.0.1", "ports": {},
+                                   "start_date": time.time(), "extra_env": [], "status_msg": "", **fields}
+            self._steps[iid] = [status]
+        return iid
+
     def calls(self, method: str, prefix: str) -> list[Recorded]:
         """Recorded requests with this method whose path starts with ``prefix``."""
         return [r for r in self.requests if r.method == method and r.path.startswith(prefix)]

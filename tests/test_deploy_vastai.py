@@ -1,0 +1,117 @@
+"""`python -m deploy.vastai` against the local Vast.ai stand-in, through the official SDK unchanged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from deploy.vastai.onstart import render
+from deploy.vastai.settings import InstancePlan
+from tests.fixtures_deploy import FAST, VAST_KEY, RunCli
+from tests.vast_standin import VastStandIn, make_offer
+
+_NO_PORT: dict[str, object] = {"ports": {"8000/tcp": [{"HostIp": "0.0.0.0", "HostPort": "9"}]}}
+
+
+def _stored_api_key(env: dict[str, str]) -> str:
+    return (Path(env["XDG_CONFIG_HOME"]) / "ai-telephone/vast/ai-telephone/api-key").read_text().strip()
+
+
+def test_no_usable_offer_is_a_clear_error(run_cli: RunCli, deploy_env: dict[str, str]) -> None:
+    offers = [make_offer(1, gpu_name="RTX 5090", compute_cap=1200), make_offer(2, dph_total=4.0)]
+    with VastStandIn(VAST_KEY, offers) as api:
+        result = run_cli(api.url, "up", *FAST)
+    assert result.returncode == 1
+    assert "no Vast.ai offer matches" in result.stderr and "--max-price" in result.stderr
+    assert result.stdout == ""
+    assert not api.calls("PUT", "/api/v0/asks/")
+
+
+def test_dead_instance_is_destroyed_and_the_next_offer_tried(run_cli: RunCli, deploy_env: dict[str, str]) -> None:
+    offers = [make_offer(11, dlperf_per_dphtotal=300.0), make_offer(12, dlperf_per_dphtotal=200.0)]
+    statuses = {11: ["loading", "exited"], 12: ["loading"]}  # 12 never gets past loading: start timeout
+    with VastStandIn(VAST_KEY, offers, statuses, on_create=lambda *_: _NO_PORT) as api:
+        result = run_cli(api.url, "up", *FAST)
+    assert result.returncode == 1
+    assert "2 offers tried, none became healthy" in result.stderr
+    created = [int(r.path.split("/")[4]) for r in api.calls("PUT", "/api/v0/asks/")]
+    destroyed = [int(r.path.split("/")[4]) for r in api.calls("DELETE", "/api/v0/instances/")]
+    assert created == [11, 12]
+    assert destroyed == [31000, 31001] and api.instances == {}
+    assert "status exited" in result.stderr and "still loading after" in result.stderr
+
+
+def test_server_never_healthy_times_out_and_is_destroyed(run_cli: RunCli, deploy_env: dict[str, str]) -> None:
+    with VastStandIn(VAST_KEY, [make_offer(21)], on_create=lambda *_: _NO_PORT) as api:
+        result = run_cli(api.url, "up", *FAST, "--max-attempts", "1")
+    assert result.returncode == 1
+    assert "no healthy /health after" in result.stderr
+    assert [r.path for r in api.calls("DELETE", "/api/v0/instances/")] == ["/api/v0/instances/31000/"]
+
+
+def test_create_request_carries_onstart_env_label_and_no_secret_in_logs(
+    run_cli: RunCli, deploy_env: dict[str, str]
+) -> None:
+    with VastStandIn(VAST_KEY, [make_offer(31)], on_create=lambda *_: _NO_PORT) as api:
+        result = run_cli(api.url, "up", *FAST, "--max-attempts", "1", "--model", "qwen2.5:7b")
+    (put,) = api.calls("PUT", "/api/v0/asks/31/")
+    body = put.body
+    api_key = _stored_api_key(deploy_env)
+    assert body["label"] == "ai-telephone"
+    assert body["image"] == InstancePlan().image and body["runtype"] == "ssh_direc ssh_proxy"
+    assert body["env"]["-p 8000:8000"] == "1"
+    assert body["env"]["AI_TELEPHONE_API_KEY"] == api_key
+    assert {"AI_TELEPHONE_TLS_CERT_B64", "AI_TELEPHONE_TLS_KEY_B64"} <= set(body["env"])
+    plan = InstancePlan(ollama_model="qwen2.5:7b")
+    assert body["onstart"] == render(plan, "https://example.invalid/ai-telephone.git")
+    assert len(body["onstart"].encode()) < 16 * 1024 and api_key not in body["onstart"]
+    # Secrets never reach the log: not the server key, not the Vast key, not the TLS private key.
+    assert api_key not in result.stderr + result.stdout
+    assert VAST_KEY not in result.stderr + result.stdout
+    assert "PRIVATE KEY" not in result.stderr + result.stdout
+    assert all(r.headers.get("Authorization") == f"Bearer {VAST_KEY}" for r in api.requests)
+
+
+def test_vast_key_from_the_cli_key_file_and_bad_key_messages(run_cli: RunCli, deploy_env: dict[str, str]) -> None:
+    env = {k: v for k, v in deploy_env.items() if k != "VAST_API_KEY"}
+    with VastStandIn(VAST_KEY, []) as api:
+        missing = run_cli(api.url, "status", env=env)
+        assert missing.returncode == 1 and "no Vast.ai API key" in missing.stderr
+        key_file = Path(env["XDG_CONFIG_HOME"]) / "vastai/vast_api_key"
+        key_file.parent.mkdir(parents=True)
+        key_file.write_text(VAST_KEY + "\n")  # where `vastai set api-key` keeps it
+        ok = run_cli(api.url, "status", env=env)
+        assert ok.returncode == 0, ok.stderr
+        assert ok.stdout == "no instance labelled ai-telephone\n"
+        key_file.write_text("wrong-key\n")
+        refused = run_cli(api.url, "up", *FAST, env=env)
+    assert refused.returncode == 1
+    assert "HTTP 401" in refused.stderr and "VAST_API_KEY" in refused.stderr
+    assert "wrong-key" not in refused.stderr
+
+
+def test_down_asks_before_destroying(run_cli: RunCli, deploy_env: dict[str, str]) -> None:
+    with VastStandIn(VAST_KEY, []) as api:
+        ours = api.add_instance("ai-telephone")
+        theirs = api.add_instance("someone-else")
+        kept = run_cli(api.url, "down", stdin="n\n")
+        assert kept.returncode == 0 and f"kept instance {ours}" in kept.stdout
+        assert not api.calls("DELETE", "/api/v0/instances/")
+        confirmed = run_cli(api.url, "down", stdin="y\n")
+        assert f"destroyed instance {ours}" in confirmed.stdout
+        assert set(api.instances) == {theirs}
+        again = run_cli(api.url, "down", "--yes")
+    assert again.returncode == 0 and again.stdout == "no instance labelled ai-telephone\n"
+    assert [r.path for r in api.calls("DELETE", "/api/v0/instances/")] == [f"/api/v0/instances/{ours}/"]
+
+
+def test_up_clears_dead_labelled_instances_and_refuses_a_foreign_live_one(
+    run_cli: RunCli, deploy_env: dict[str, str]
+) -> None:
+    with VastStandIn(VAST_KEY, [make_offer(41)]) as api:
+        dead = api.add_instance("ai-telephone", status="exited")
+        live = api.add_instance("ai-telephone", status="running")
+        result = run_cli(api.url, "up", *FAST)
+    assert result.returncode == 1
+    assert f"instance {live} labelled ai-telephone exists, but its certificate is not" in result.stderr
+    assert [r.path for r in api.calls("DELETE", "/api/v0/instances/")] == [f"/api/v0/instances/{dead}/"]
+    assert not api.calls("PUT", "/api/v0/asks/")
