@@ -49,7 +49,7 @@ class LimitsConfig:
     max_audio_seconds: float = 60.0
     """Longest accepted audio upload, in seconds."""
     queue_depth: int = 4
-    """Replies that may wait for the voice model at once; one more gets 503."""
+    """Replies in progress at once (they share the voice model sentence by sentence); one more gets 503."""
     retry_after_seconds: int = 3
     """Value of the Retry-After header sent with 503, in seconds."""
     max_reply_seconds: float = 120.0
@@ -78,6 +78,10 @@ class LLMConfig:
     """CPU threads for the embedded backend."""
     warm_up: bool = True
     """Load the model at start-up so the first caller does not wait for it."""
+    warm_up_timeout_seconds: float = 120.0
+    """Longest wait for the model to load at warm-up, in seconds (a cold load reads GBs from disk)."""
+    health_timeout_seconds: float = 2.0
+    """Longest wait for the reachability probe behind /health, in seconds."""
 
 
 @dataclass(frozen=True)

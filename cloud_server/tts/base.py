@@ -33,6 +33,12 @@ class TTSEngine(ABC):
 
     name: str = "tts"
     sample_rate: int = 24000
+    device: str = "cpu"
+    """Where the model runs ("cuda" or "cpu"), for /health."""
+    degraded: bool = False
+    """True when this engine stands in for the preferred one, which could not load (for /health)."""
+    degraded_reason: str | None = None
+    """Why the preferred engine could not load, when degraded."""
 
     @abstractmethod
     def synthesize(self, text: str, voice: VoiceSpec, cancel: threading.Event | None = None) -> Iterator[bytes]:
@@ -40,6 +46,8 @@ class TTSEngine(ABC):
 
     def prepare_voice(self, voice: VoiceSpec) -> None:
         """Compute and cache whatever the voice needs ahead of the first request (default: nothing)."""
+        return None
 
     def close(self) -> None:
         """Release the model (default: nothing)."""
+        return None

@@ -1,0 +1,45 @@
+"""The GPU server: the Flask app factory.
+
+Production: ``gunicorn -c cloud_server/gunicorn.conf.py 'cloud_server:create_app()'``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from flask import Flask
+
+from cloud_server.tts.base import TTSEngine
+from common.config import Config, load_config
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def create_app(
+    config: Config | None = None,
+    env: Mapping[str, str] | None = None,
+    engines: tuple[TTSEngine, TTSEngine] | None = None,
+) -> Flask:
+    """Build the app and load every model once.
+
+    ``config`` lets tests pass their own tree; ``engines`` (primary, fallback) lets several apps in
+    one process share voices that are already loaded (Chatterbox takes seconds and gigabytes).
+    """
+    from cloud_server import api
+    from cloud_server.errors import register_error_handlers
+    from cloud_server.services import build_services
+
+    cfg = config if config is not None else load_config(env=env)
+    app = Flask(__name__)
+    limits = cfg.server.limits
+    # Werkzeug refuses bigger bodies before any view runs (413 JSON via the error handler).
+    app.config["MAX_CONTENT_LENGTH"] = max(limits.max_body_bytes, limits.max_audio_bytes) + 65536
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    _LOGGER.info("Pre-loading models (llm=%s, tts=%s)", cfg.server.llm.backend, cfg.server.tts.engine)
+    app.extensions["ai_telephone"] = build_services(cfg, env, engines)
+    register_error_handlers(app)
+    app.register_blueprint(api.bp)
+    svc = app.extensions["ai_telephone"]
+    _LOGGER.info("Ready: voice %s (fallback %s), LLM %s", svc.primary.name, svc.fallback.name, cfg.server.llm.backend)
+    return app

@@ -1,0 +1,32 @@
+"""gunicorn settings: one worker holds the GPU model, threads carry the streamed replies.
+
+Bind from AI_TELEPHONE_BIND (else server.host:server.port); TLS when AI_TELEPHONE_TLS_CERT and
+AI_TELEPHONE_TLS_KEY name a certificate and key.
+"""
+
+import logging
+import os
+
+from common.config import load_config
+
+# The app logs through the standard logging module; give it a handler in the master (workers inherit).
+logging.basicConfig(
+    level=os.environ.get("AI_TELEPHONE_LOG_LEVEL", "info").upper(),
+    format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+)
+
+_cfg = load_config()
+bind = [os.environ.get("AI_TELEPHONE_BIND") or f"{_cfg.server.host}:{_cfg.server.port}"]
+# One process = one copy of Chatterbox on the GPU; the reply gate bounds the work inside it.
+workers = 1
+worker_class = "gthread"
+threads = max(8, _cfg.server.limits.queue_depth * 2)
+# Streams can be long and the model loads slowly; the worker must not be killed mid-reply.
+timeout = 300
+graceful_timeout = 30
+keepalive = 30
+accesslog = "-"
+errorlog = "-"
+loglevel = os.environ.get("AI_TELEPHONE_LOG_LEVEL", "info")
+certfile = os.environ.get("AI_TELEPHONE_TLS_CERT") or None
+keyfile = os.environ.get("AI_TELEPHONE_TLS_KEY") or None

@@ -1,0 +1,245 @@
+"""The reply pipeline: LLM text → sentences → speech, streamed as one WAV while the LLM still writes.
+
+The LLM runs in its own thread and feeds a bounded queue of sentences; the request thread
+synthesizes sentence N while the LLM writes sentence N+1. A failure degrades the turn instead of
+ending it: the LLM failing → the character's spoken apology; the voice model failing → the
+fallback voice speaks the rest. Hang-up (the WSGI server closing the response) sets ``cancel``,
+which stops the LLM stream and pending synthesis.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from cloud_server.llm import LLM, LLMError
+from cloud_server.sentences import SentenceSplitter
+from cloud_server.sessions import SessionStore
+from cloud_server.tts.base import TTSEngine, VoiceSpec
+from common.config import CharacterConfig, ServerConfig
+from common.wav import SAMPLE_WIDTH, resample_pcm16, wav_header
+
+_LOGGER = logging.getLogger(__name__)
+_POLL_SECONDS = 0.1
+_SENTENCES_AHEAD = 16
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One thing the caller said, and to whom."""
+
+    text: str
+    session_id: str
+    character_id: str
+    character: CharacterConfig
+    voice: VoiceSpec
+    prompt: str | None = None
+    transcript: str | None = None
+    """The STT result when the turn came in as audio."""
+
+
+@dataclass
+class TurnStats:
+    """What happened in one turn, for the log line and the metrics."""
+
+    reply_text: str = ""
+    llm_first_token_seconds: float | None = None
+    llm_seconds: float | None = None
+    first_audio_seconds: float | None = None
+    total_seconds: float = 0.0
+    audio_seconds: float = 0.0
+    sentence_seconds: list[float] = field(default_factory=list)
+    fallback_sentences: int = 0
+    llm_failed: bool = False
+    cancelled: bool = False
+    engine: str = ""
+
+
+@dataclass(frozen=True)
+class _LLMFailed:
+    reason: str
+
+
+_END = object()
+
+
+class ReplyPipeline:
+    """Turns a Turn into a streamed WAV (header first, then PCM16 as each sentence is spoken)."""
+
+    def __init__(
+        self,
+        cfg: ServerConfig,
+        llm: LLM,
+        primary: TTSEngine,
+        fallback: TTSEngine,
+        sessions: SessionStore,
+    ) -> None:
+        self._cfg = cfg
+        self._llm = llm
+        self.primary = primary
+        self.fallback = fallback
+        self._sessions = sessions
+        self.listeners: list[Callable[[TurnStats], None]] = []
+        """Called with the stats of every finished turn (metrics hook in here)."""
+
+    @property
+    def sample_rate(self) -> int:
+        """Every stream is at the primary engine's rate; fallback audio is resampled to it."""
+        return self.primary.sample_rate
+
+    def messages(self, turn: Turn) -> list[dict[str, str]]:
+        """System persona (+ the caller's extra prompt), the session history, then the new text."""
+        system = turn.character.persona
+        if turn.prompt:
+            system = f"{system}\n\n{turn.prompt}"
+        history = self._sessions.history(turn.session_id, turn.character_id)
+        return [{"role": "system", "content": system}, *history, {"role": "user", "content": turn.text}]
+
+    def speak(self, turn: Turn, cancel: threading.Event) -> Iterator[bytes]:
+        """The whole streamed reply: a WAV header for an open-ended stream, then PCM16 chunks."""
+        stats = TurnStats(engine=self.primary.name)
+        started = time.monotonic()
+        yield wav_header(self.sample_rate)
+        pending: queue.Queue[object] = queue.Queue(maxsize=_SENTENCES_AHEAD)
+        parts: list[str] = []
+        producer = threading.Thread(
+            target=self._produce,
+            args=(self.messages(turn), pending, cancel, parts, stats, started),
+            name="llm-reply",
+            daemon=True,
+        )
+        producer.start()
+        use_fallback = False
+        deadline = started + self._cfg.limits.max_reply_seconds
+        try:
+            while not cancel.is_set():
+                if time.monotonic() > deadline:
+                    _LOGGER.warning("Reply cut at the %.0f s cap", self._cfg.limits.max_reply_seconds)
+                    break
+                try:
+                    item = pending.get(timeout=_POLL_SECONDS)
+                except queue.Empty:
+                    continue
+                if item is _END:
+                    break
+                if isinstance(item, _LLMFailed):
+                    stats.llm_failed = True
+                    _LOGGER.warning("LLM failed (%s): speaking the apology", item.reason)
+                    item = turn.character.apology
+                text = str(item)
+                for pcm, via_fallback in self._speak_sentence(text, turn.voice, cancel, use_fallback, stats):
+                    use_fallback = use_fallback or via_fallback
+                    if stats.first_audio_seconds is None:
+                        stats.first_audio_seconds = time.monotonic() - started
+                    stats.audio_seconds += len(pcm) / SAMPLE_WIDTH / self.sample_rate
+                    yield pcm
+                if stats.llm_failed:
+                    break
+        except GeneratorExit:
+            stats.cancelled = True
+            raise
+        finally:
+            cancel.set()
+            producer.join(timeout=5.0)
+            stats.reply_text = "".join(parts).strip()
+            stats.total_seconds = time.monotonic() - started
+            self._finish(turn, stats)
+
+    def _produce(
+        self,
+        messages: list[dict[str, str]],
+        out: queue.Queue[object],
+        cancel: threading.Event,
+        parts: list[str],
+        stats: TurnStats,
+        started: float,
+    ) -> None:
+        """LLM thread: stream tokens, cut sentences, hand them over; never blocks past a cancel."""
+
+        def put(item: object) -> bool:
+            while not cancel.is_set():
+                try:
+                    out.put(item, timeout=_POLL_SECONDS)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        splitter = SentenceSplitter(self._cfg.sentences)
+        try:
+            for piece in self._llm.stream_reply(messages, cancel):
+                if cancel.is_set():
+                    return
+                if stats.llm_first_token_seconds is None:
+                    stats.llm_first_token_seconds = time.monotonic() - started
+                parts.append(piece)
+                for sentence in splitter.push(piece):
+                    if not put(sentence):
+                        return
+            for sentence in splitter.flush():
+                if not put(sentence):
+                    return
+            stats.llm_seconds = time.monotonic() - started
+            put(_END)
+        except LLMError as err:
+            put(_LLMFailed(str(err)))
+        except Exception as err:  # a bug or an unexpected client error: the caller still hears an apology
+            _LOGGER.exception("LLM stream crashed")
+            put(_LLMFailed(type(err).__name__))
+
+    def _speak_sentence(
+        self, text: str, voice: VoiceSpec, cancel: threading.Event, use_fallback: bool, stats: TurnStats
+    ) -> Iterator[tuple[bytes, bool]]:
+        """Speak one sentence with the primary engine, or with the fallback once the primary failed."""
+        t0 = time.monotonic()
+        if not use_fallback:
+            spoke = False
+            try:
+                for pcm in self.primary.synthesize(text, voice, cancel):
+                    spoke = True
+                    yield pcm, False
+                stats.sentence_seconds.append(time.monotonic() - t0)
+                return
+            except Exception as err:  # TTSError or a library crash: the fallback voice takes over
+                _LOGGER.warning("%s failed on a sentence (%s): fallback voice takes over", self.primary.name, err)
+                if spoke:
+                    return
+        if cancel.is_set():
+            return
+        stats.fallback_sentences += 1
+        try:
+            for pcm in self.fallback.synthesize(text, voice, cancel):
+                yield resample_pcm16(pcm, self.fallback.sample_rate, self.sample_rate), True
+        except Exception:
+            _LOGGER.exception("Fallback voice failed too; sentence skipped")
+        stats.sentence_seconds.append(time.monotonic() - t0)
+
+    def _finish(self, turn: Turn, stats: TurnStats) -> None:
+        if stats.reply_text and not stats.llm_failed and not stats.cancelled:
+            self._sessions.record(turn.session_id, turn.character_id, turn.text, stats.reply_text, turn.transcript)
+        _LOGGER.info(
+            "Turn session=%s character=%s llm_first=%s first_audio=%s total=%.2fs audio=%.2fs "
+            "fallback_sentences=%d llm_failed=%s cancelled=%s",
+            turn.session_id,
+            turn.character_id,
+            _fmt(stats.llm_first_token_seconds),
+            _fmt(stats.first_audio_seconds),
+            stats.total_seconds,
+            stats.audio_seconds,
+            stats.fallback_sentences,
+            stats.llm_failed,
+            stats.cancelled,
+        )
+        for listener in self.listeners:
+            try:
+                listener(stats)
+            except Exception:
+                _LOGGER.exception("Turn listener failed")
+
+
+def _fmt(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.2f}s"

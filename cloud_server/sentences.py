@@ -1,0 +1,217 @@
+"""Sentence splitter between the LLM and TTS: streamed text in, speakable chunks out.
+
+Pure and clock-free: ``push`` takes whatever piece the LLM produced and returns the chunks that
+are ready; ``flush`` returns the rest at the end of a reply. Markdown and emoji are stripped on
+the way in, so a chunk is exactly what the voice should say.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from common.config import SentenceConfig
+
+# A link or image: [text](url) / ![alt](url) → text. Bounded so a stray "[" cannot hold text forever.
+_LINK = re.compile(r"!?\[([^\[\]\n]{0,200})\]\([^()\s]{0,500}\)")
+_PARTIAL_LINK = re.compile(r"!?\[[^\[\]\n]{0,200}(?:\](?:\([^()\s]{0,500})?)?\Z")
+# Heading hashes, bullets and "1." numbering at the start of a line.
+_MARKER_BODY = r"[ \t]*(?:#{1,6}|[-*+•]|\d{1,3}[.)])[ \t]+"
+_MARKER_AT_START = re.compile(r"\A" + _MARKER_BODY)
+_MARKER_AFTER_NL = re.compile(r"\n" + _MARKER_BODY)
+_PARTIAL_MARKER = re.compile(r"[ \t]*(?:#{1,6}|[-*+•]|\d{1,3}[.)]?)?[ \t]*")
+_DROP_CHARS = str.maketrans({"*": None, "`": None, "~": None, "[": None, "]": None, "_": " ", "\r": "\n"})
+# Emoji glue: variation selectors, zero-width joiner, keycap, skin tones, tag characters.
+_INVISIBLE = {0x200D, 0x20E3, *range(0xFE00, 0xFE10), *range(0x1F3FB, 0x1F400), *range(0xE0020, 0xE0080)}
+_KEEP_SYMBOLS = {"°"}
+
+_WHITESPACE = re.compile(r"\s+")
+_SENTENCE_END = re.compile(r"([.!?…。！？]+)[\"'”’»)\]]*(?=\s|\Z)|\n")
+_CLAUSE_END = re.compile(r"[,;:](?=\s)|[—–]")
+_ABBREVIATIONS = frozenset(
+    [
+        "mr",
+        "mrs",
+        "ms",
+        "dr",
+        "prof",
+        "sr",
+        "jr",
+        "st",
+        "mt",
+        "vs",
+        "e.g",
+        "i.e",
+        "cf",
+        "al",
+        "approx",
+        "dept",
+        "fig",
+        "inc",
+        "ltd",
+        "co",
+        "gen",
+        "col",
+        "lt",
+        "sgt",
+        "capt",
+        "rev",
+        "hon",
+        "a.m",
+        "p.m",
+        "u.s",
+        "u.k",
+    ]
+)
+
+
+def _strip_symbols(text: str) -> str:
+    """Drop emoji and pictographs a voice should not read (Unicode 'other symbol' and their glue)."""
+    return "".join(
+        ch
+        for ch in text
+        if ch in _KEEP_SYMBOLS or (ord(ch) not in _INVISIBLE and unicodedata.category(ch) not in ("So", "Cs", "Co"))
+    )
+
+
+def _clean(text: str, at_line_start: bool) -> str:
+    """Markdown and emoji out; whitespace left for the caller to collapse."""
+    text = _MARKER_AFTER_NL.sub("\n", text)
+    if at_line_start:
+        text = _MARKER_AT_START.sub("", text)
+    text = _LINK.sub(r"\1", text)
+    return _strip_symbols(text.translate(_DROP_CHARS))
+
+
+def _collapse(text: str) -> str:
+    """One space for a run of blanks, one newline for a run holding a line break."""
+    return _WHITESPACE.sub(lambda m: "\n" if "\n" in m.group() else " ", text)
+
+
+def clean_for_speech(text: str) -> str:
+    """The words a voice should say: markdown, links, emoji and extra whitespace removed."""
+    return _WHITESPACE.sub(" ", _clean(text, at_line_start=True)).strip()
+
+
+def _speakable(text: str) -> bool:
+    return any(ch.isalnum() for ch in text)
+
+
+def _stable_length(raw: str, at_line_start: bool) -> int:
+    """How much of ``raw`` can be cleaned now without a later piece changing its meaning."""
+    cut = len(raw)
+    newline = raw.rfind("\n")
+    if newline >= 0:
+        if _PARTIAL_MARKER.fullmatch(raw, newline + 1):
+            cut = newline
+    elif at_line_start and _PARTIAL_MARKER.fullmatch(raw):
+        cut = 0
+    link = _PARTIAL_LINK.search(raw)
+    if link:
+        cut = min(cut, link.start())
+    if raw.endswith("!"):  # may be the start of an image link "![alt](url)"
+        cut = min(cut, len(raw) - 1)
+    return cut
+
+
+class SentenceSplitter:
+    """Turns one streamed reply into TTS-sized chunks; reusable after ``flush``."""
+
+    def __init__(self, cfg: SentenceConfig) -> None:
+        if not 1 <= cfg.min_chars <= cfg.max_chars:
+            raise ValueError(f"sentences: need 1 <= min_chars <= max_chars, got {cfg.min_chars} and {cfg.max_chars}")
+        self._cfg = cfg
+        self._reset()
+
+    def _reset(self) -> None:
+        self._raw = ""  # not yet cleaned: it may still be the start of a link or a list marker
+        self._text = ""  # cleaned, whitespace collapsed, not yet emitted
+        self._at_line_start = True
+        self._emitted = False
+
+    def push(self, piece: str) -> list[str]:
+        """Add a piece of LLM output; return the chunks that are now complete."""
+        self._raw += piece
+        stable = _stable_length(self._raw, self._at_line_start)
+        if stable > 0:
+            self._append(_clean(self._raw[:stable], self._at_line_start))
+            self._raw = self._raw[stable:]
+            self._at_line_start = False
+        return self._drain(final=False)
+
+    def flush(self) -> list[str]:
+        """End of the reply: return everything still held, then start afresh."""
+        if self._raw:
+            self._append(_clean(self._raw, self._at_line_start))
+        chunks = self._drain(final=True)
+        self._reset()
+        return chunks
+
+    def _append(self, cleaned: str) -> None:
+        self._text = _collapse(self._text + cleaned).lstrip()
+
+    def _drain(self, final: bool) -> list[str]:
+        chunks: list[str] = []
+        # Each round removes at least one character, so this ends.
+        while self._text:
+            end = self._next_cut(final)
+            if end is None:
+                break
+            chunk = self._text[:end].replace("\n", " ").strip()
+            self._text = self._text[end:].lstrip()
+            if _speakable(chunk):
+                chunks.append(chunk)
+                self._emitted = True
+        return chunks
+
+    def _next_cut(self, final: bool) -> int | None:
+        """Where the next chunk ends in ``self._text``, or None to wait for more text."""
+        cfg, text = self._cfg, self._text
+        # A sentence end needs whitespace after it; a blank still in the raw tail counts too.
+        ends_open = final or self._raw[:1].isspace()
+        for match in _SENTENCE_END.finditer(text):
+            end = match.end() if match.group(1) else match.start()
+            if match.group(1) and end == len(text) and not ends_open:
+                break
+            if match.group(1) == "." and self._is_abbreviation(text, match.start()):
+                continue
+            span = text[:end].strip()
+            if len(span) > cfg.max_chars:
+                break
+            if len(span) >= cfg.min_chars and _speakable(span):
+                return end
+        if len(text.strip()) > cfg.max_chars:
+            return self._cap_cut(text)
+        if not self._emitted and len(text) >= cfg.first_chunk_chars:
+            clause = self._clause_cut(text)
+            if clause is not None:
+                return clause
+        return len(text) if final else None
+
+    def _is_abbreviation(self, text: str, dot: int) -> bool:
+        """True for "Dr." / "e.g." / an initial "J.": a full stop that does not end a sentence."""
+        word = text[:dot].rsplit(None, 1)[-1] if text[:dot].strip() else ""
+        word = word.lstrip("\"'“‘«([").lower()
+        return word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha() and text[dot - 1].isupper())
+
+    def _clause_cut(self, text: str) -> int | None:
+        """The last clause break leaving a chunk between min_chars and max_chars long."""
+        best = None
+        for match in _CLAUSE_END.finditer(text, 0, self._cfg.max_chars + 1):
+            head = text[: match.end()].strip()
+            if self._cfg.min_chars <= len(head) <= self._cfg.max_chars and _speakable(head):
+                best = match.end()
+        return best
+
+    def _cap_cut(self, text: str) -> int:
+        """Cut an over-long sentence at a clause, else at a space, else at max_chars."""
+        clause = self._clause_cut(text)
+        if clause is not None:
+            return clause
+        limit = self._cfg.max_chars
+        for space in range(limit, 0, -1):
+            if text[space].isspace() and len(text[:space].strip()) >= self._cfg.min_chars:
+                if _speakable(text[:space]):
+                    return space
+                break
+        return limit

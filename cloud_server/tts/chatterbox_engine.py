@@ -1,0 +1,297 @@
+"""Chatterbox (``chatterbox-tts``) behind the TTS seam: one model per process, calls serialized.
+
+The library's ``generate()`` has no length limit, no cancellation and writes into the model's
+shared ``conds``. This engine adds, without copying library code:
+
+- a speech-token budget per sentence, by capping the ``max_new_tokens`` (Turbo: ``max_gen_len``)
+  that ``model.t3.inference`` receives;
+- a deadline and the caller's cancel event, checked by forward pre-hooks on the modules run once
+  per token (T3's speech embedding) and once per flow-matching step (S3Gen's estimator);
+- a fresh clone of cached, pristine conditionals for every call, under one lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cloud_server.tts.base import TTSEngine, TTSError, VoiceSpec
+from cloud_server.tts.chatterbox_plan import DevicePlan, plan_device, token_budget
+from cloud_server.tts.conditionals import ConditionalsCache, clone_conditionals
+from common.config import ChatterboxConfig, expand_path
+from common.wav import float_to_pcm16
+
+_LOGGER = logging.getLogger(__name__)
+
+CHUNK_SAMPLES = 4800
+"""PCM is handed out in 0.2 s pieces at 24 kHz."""
+CFG_EPSILON = 1e-4
+"""chatterbox-tts 0.1.7 breaks on cfg_weight=0.0 (tensor-size error); a tiny weight is the same as none."""
+LOCK_POLL_SECONDS = 0.1
+
+
+class _Interrupted(Exception):
+    """Raised from a forward hook to leave the library's generation loop."""
+
+    def __init__(self, cancelled: bool) -> None:
+        super().__init__("cancelled" if cancelled else "timed out")
+        self.cancelled = cancelled
+
+
+@dataclass
+class _Call:
+    """The one call in flight (set under the lock), read by the hooks."""
+
+    budget: int
+    deadline: float
+    cancel: threading.Event | None
+
+
+@dataclass
+class LoadedChatterbox:
+    """A loaded model and what every engine using it shares: the lock, the hooks' call state."""
+
+    model: Any
+    kind: str
+    plan: DevicePlan
+    fingerprint: str
+    """Identifies the weights, so conditionals from other weights are never reused."""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    call: _Call | None = None
+    builtin: Any = None
+    """Pristine copy of the checkpoint's built-in voice (conds.pt), if it has one."""
+
+    def check(self) -> None:
+        """Stop generation when the caller hung up or the sentence ran out of time."""
+        call = self.call
+        if call is None:
+            return
+        if call.cancel is not None and call.cancel.is_set():
+            raise _Interrupted(cancelled=True)
+        if time.monotonic() > call.deadline:
+            raise _Interrupted(cancelled=False)
+
+    def cap(self, requested: int | None) -> int:
+        """The token limit for the current call."""
+        budget = self.call.budget if self.call is not None else requested
+        return min(x for x in (requested, budget) if x is not None)
+
+
+def _fingerprint(cfg: ChatterboxConfig) -> str:
+    if cfg.checkpoint is None:
+        source = f"hub:{cfg.model}"
+    else:
+        root = expand_path(cfg.checkpoint).resolve()
+        stats = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in root.iterdir() if p.is_file())
+        source = f"{root}:{stats}"
+    return hashlib.sha256(source.encode()).hexdigest()[:12]
+
+
+def load_chatterbox(cfg: ChatterboxConfig) -> LoadedChatterbox:
+    """Load the configured model once (imports torch); raise on any failure, with the reason."""
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the per-token progress bar would flood the log
+    import torch
+
+    plan = plan_device(
+        cfg.device,
+        cuda_available=torch.cuda.is_available(),
+        bf16_supported=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        compile=cfg.compile,
+        mixed_precision=cfg.mixed_precision,
+    )
+    for note in plan.notes:
+        _LOGGER.info("%s", note)
+    if cfg.model == "turbo":
+        from chatterbox.tts_turbo import ChatterboxTurboTTS as model_cls
+    else:
+        from chatterbox.tts import ChatterboxTTS as model_cls
+    started = time.monotonic()
+    if cfg.checkpoint is not None:
+        model = model_cls.from_local(str(expand_path(cfg.checkpoint)), plan.device)
+    else:
+        model = model_cls.from_pretrained(plan.device)
+    loaded = LoadedChatterbox(model=model, kind=cfg.model, plan=plan, fingerprint=_fingerprint(cfg))
+    if model.conds is not None:
+        loaded.builtin = clone_conditionals(model.conds)
+    _install_bounds(loaded)
+    if plan.compile:
+        model.t3.tfmr = torch.compile(model.t3.tfmr, dynamic=True)
+    _LOGGER.info(
+        "Loaded Chatterbox %s on %s in %.1f s (autocast %s, compile %s)",
+        cfg.model, plan.device, time.monotonic() - started, plan.autocast_dtype, plan.compile,
+    )
+    return loaded
+
+
+def _install_bounds(loaded: LoadedChatterbox) -> None:
+    """Cap the token count the library asks for and let hooks interrupt its loops."""
+    t3 = loaded.model.t3
+    if loaded.kind == "turbo":
+        inner_turbo = t3.inference_turbo
+
+        def bounded_turbo(*args: Any, max_gen_len: int = 1000, **kwargs: Any) -> Any:
+            return inner_turbo(*args, max_gen_len=loaded.cap(max_gen_len), **kwargs)
+
+        t3.inference_turbo = bounded_turbo
+    else:
+        inner = t3.inference
+
+        def bounded(*args: Any, max_new_tokens: int | None = None, **kwargs: Any) -> Any:
+            return inner(*args, max_new_tokens=loaded.cap(max_new_tokens), **kwargs)
+
+        t3.inference = bounded
+
+    def hook(_module: Any, _args: Any) -> None:
+        loaded.check()
+
+    t3.speech_emb.register_forward_pre_hook(hook)
+    loaded.model.s3gen.flow.decoder.estimator.register_forward_pre_hook(hook)
+
+
+class ChatterboxEngine(TTSEngine):
+    """Chatterbox voices with cached conditionals; one sentence at a time per loaded model."""
+
+    def __init__(self, cfg: ChatterboxConfig, loaded: LoadedChatterbox | None = None) -> None:
+        self.cfg = cfg
+        self.loaded = loaded if loaded is not None else load_chatterbox(cfg)
+        self.name = "chatterbox" if self.loaded.kind == "standard" else "chatterbox-turbo"
+        self.sample_rate = int(self.loaded.model.sr)
+        self.device = self.loaded.plan.device
+        conds_cls = _conditionals_class(self.loaded.kind)
+        namespace = f"{self.loaded.kind}-{self.loaded.fingerprint}"
+        self._cache = ConditionalsCache(expand_path(cfg.conditionals_dir), namespace, conds_cls, self.device)
+
+    # ------------------------------------------------------------------ the seam
+
+    def prepare_voice(self, voice: VoiceSpec) -> None:
+        """Compute (or load) the voice's conditionals now, so its first sentence does not wait for it."""
+        with self.loaded.lock:
+            self._pristine(voice)
+
+    def synthesize(self, text: str, voice: VoiceSpec, cancel: threading.Event | None = None) -> Iterator[bytes]:
+        """Speak one sentence as PCM16 at 24 kHz; nothing when cancelled; TTSError on failure or timeout."""
+        text = text.strip()
+        if not text:
+            return
+        budget = token_budget(len(text), self.cfg.max_tokens_per_char, self.cfg.min_tokens, self.cfg.max_tokens)
+        if not self._acquire(cancel):
+            return
+        started = time.monotonic()
+        try:
+            conds = clone_conditionals(self._pristine(voice))
+            self.loaded.call = _Call(budget, started + self.cfg.sentence_timeout_seconds, cancel)
+            wav = self._generate(text, voice, conds)
+        except _Interrupted as stop:
+            if stop.cancelled:
+                _LOGGER.info("Synthesis cancelled after %.1f s", time.monotonic() - started)
+                return
+            raise TTSError(f"sentence took longer than {self.cfg.sentence_timeout_seconds:g} s") from None
+        except TTSError:
+            raise
+        except Exception as err:
+            _LOGGER.exception("Chatterbox failed on a %d-char sentence", len(text))
+            raise TTSError(f"chatterbox failed: {err}") from err
+        finally:
+            self.loaded.call = None
+            self.loaded.model.conds = None  # the next call brings its own copy
+            self.loaded.lock.release()
+        _LOGGER.info(
+            "Synthesized %d chars (budget %d tokens) into %.2f s of audio in %.1f s",
+            len(text), budget, wav.size / self.sample_rate, time.monotonic() - started,
+        )
+        pcm = float_to_pcm16(wav)
+        step = CHUNK_SAMPLES * 2
+        for pos in range(0, len(pcm), step):
+            yield pcm[pos : pos + step]
+
+    def close(self) -> None:
+        """Drop the model (the memory goes when the last engine using it is gone)."""
+        self.loaded.model = None
+
+    # ------------------------------------------------------------------ internals
+
+    def _acquire(self, cancel: threading.Event | None) -> bool:
+        """Wait for the model, leaving the queue if the caller hangs up."""
+        while not self.loaded.lock.acquire(timeout=LOCK_POLL_SECONDS):
+            if cancel is not None and cancel.is_set():
+                return False
+        return True
+
+    def _exaggeration(self, voice: VoiceSpec) -> float:
+        return 0.0 if self.loaded.kind == "turbo" else float(voice.exaggeration)  # Turbo ignores it
+
+    def _pristine(self, voice: VoiceSpec) -> Any:
+        """The cached conditionals for ``voice`` (caller holds the lock)."""
+        clip = voice.clip or self.cfg.voice_clip
+        exaggeration = self._exaggeration(voice)
+        if clip is None:
+            return self._builtin(exaggeration)
+        path = expand_path(clip)
+        if not path.is_file():
+            raise TTSError(f"voice {voice.voice_id}: clip {path} does not exist")
+        try:
+            return self._cache.get(str(path), exaggeration, self._compute)
+        except Exception as err:
+            _LOGGER.exception("Could not prepare voice %s from %s", voice.voice_id, path)
+            raise TTSError(f"voice {voice.voice_id}: cannot use clip {path.name}: {err}") from err
+
+    def _compute(self, clip: str, exaggeration: float) -> Any:
+        model = self.loaded.model
+        model.prepare_conditionals(clip, exaggeration=exaggeration)
+        conds, model.conds = model.conds, None
+        return conds
+
+    def _builtin(self, exaggeration: float) -> Any:
+        key = f"builtin-ex{exaggeration:.3f}"
+        cached = self._cache.recall(key)
+        if cached is not None:
+            return cached
+        if self.loaded.builtin is None:
+            raise TTSError("no voice clip configured and the checkpoint has no built-in voice (conds.pt)")
+        import torch
+
+        conds = clone_conditionals(self.loaded.builtin)
+        conds.t3.emotion_adv = exaggeration * torch.ones(1, 1, 1, device=self.device)
+        return self._cache.remember(key, conds)
+
+    def _generate(self, text: str, voice: VoiceSpec, conds: Any) -> Any:
+        import torch
+
+        model = self.loaded.model
+        model.conds = conds
+        plan = self.loaded.plan
+        autocast: Any = contextlib.nullcontext()
+        if plan.autocast_dtype is not None:
+            autocast = torch.autocast(device_type="cuda", dtype=getattr(torch, plan.autocast_dtype))
+        with autocast:
+            if self.loaded.kind == "turbo":
+                out = model.generate(text, temperature=voice.temperature)
+            else:
+                out = model.generate(
+                    text,
+                    exaggeration=float(voice.exaggeration),
+                    cfg_weight=max(float(voice.cfg_weight), CFG_EPSILON),
+                    temperature=voice.temperature,
+                )
+        return out.detach().float().cpu().numpy().reshape(-1)
+
+
+def _conditionals_class(kind: str) -> Any:
+    if kind == "turbo":
+        from chatterbox.tts_turbo import Conditionals
+    else:
+        from chatterbox.tts import Conditionals
+    return Conditionals
+
+
+def checkpoint_exists(cfg: ChatterboxConfig) -> bool:
+    """Whether a configured local checkpoint directory is there (None means the hub: assume yes)."""
+    return cfg.checkpoint is None or Path(expand_path(cfg.checkpoint)).is_dir()

@@ -1,0 +1,74 @@
+"""The embedded backend with the real SmolLM2-135M (its answers are nonsense: only their arrival is checked)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cloud_server.embedded_llm import EmbeddedLLM, packaged_gguf_path
+from cloud_server.llm import LLMError, OllamaLLM
+from common.config import LLMConfig
+from tests.ollama_standin import OllamaStandIn
+
+MESSAGES = [
+    {"role": "system", "content": "You are a friendly telephone operator."},
+    {"role": "user", "content": "Hello, who is this?"},
+]
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> Iterator[EmbeddedLLM]:
+    """One loaded SmolLM2 for the module (loading takes about half a second)."""
+    llm = EmbeddedLLM(LLMConfig(backend="embedded", max_tokens=24, embedded_threads=1))
+    llm.warm_up()
+    yield llm
+    llm.close()
+
+
+def test_the_packaged_model_is_found_without_importing_its_package() -> None:
+    path = Path(packaged_gguf_path())
+    assert path.suffix == ".gguf" and path.stat().st_size > 50_000_000
+
+
+def test_a_streamed_reply_arrives(smollm2: EmbeddedLLM) -> None:
+    pieces = list(smollm2.stream_reply(MESSAGES))
+    assert len(pieces) > 1, "streamed token by token"
+    assert "".join(pieces).strip()
+    assert smollm2.is_reachable()
+
+
+def test_cancel_stops_generation_between_tokens(smollm2: EmbeddedLLM) -> None:
+    cancel = threading.Event()
+    reply = smollm2.stream_reply(MESSAGES, cancel)
+    assert next(reply)
+    cancel.set()
+    assert list(reply) == []
+    assert list(smollm2.stream_reply(MESSAGES)), "the model is free again afterwards"
+
+
+def test_a_missing_model_file_is_a_clear_error(tmp_path: Path) -> None:
+    llm = EmbeddedLLM(LLMConfig(backend="embedded", embedded_model_path=str(tmp_path / "nope.gguf")))
+    assert llm.is_reachable() is False
+    with pytest.raises(LLMError, match="model file not found: .*nope.gguf"):
+        llm.warm_up()
+    with pytest.raises(LLMError, match="not found"):
+        list(llm.stream_reply(MESSAGES))
+
+
+def test_a_file_that_is_not_a_model_is_a_clear_error(tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.gguf"
+    bogus.write_bytes(b"this is not a GGUF file" * 100)
+    with pytest.raises(LLMError, match="cannot load the embedded LLM model bogus.gguf"):
+        EmbeddedLLM(LLMConfig(backend="embedded", embedded_model_path=str(bogus))).warm_up()
+
+
+def test_the_standin_can_answer_with_smollm2_through_the_official_client(smollm2: EmbeddedLLM) -> None:
+    with OllamaStandIn(backend=smollm2) as standin:
+        llm = OllamaLLM(LLMConfig(ollama_host=standin.url, timeout_seconds=60.0))
+        pieces = list(llm.stream_reply(MESSAGES))
+        assert len(pieces) > 1 and "".join(pieces).strip()
+        (request,) = standin.chat_requests()
+        assert request.finished.wait(60) and request.completed and request.messages == MESSAGES
