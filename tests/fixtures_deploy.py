@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,146 @@ def run_cli(deploy_env: dict[str, str]) -> RunCli:
 FAST = ("--repo-url", "https://example.invalid/ai-telephone.git", "--poll", "0.05", "--start-timeout", "3",
         "--health-timeout", "2")
 """`up` flags for tests: quick polls and short timeouts."""
+
+_RECORDER = """#!/bin/bash
+# Recording stand-in for {name}: logs its arguments, then acts on the scratch root like the real one.
+printf '%s\\n' "{name} $*" >>"$RECORD_LOG"
+R="$AI_TELEPHONE_ROOT"
+case "{name}" in
+  useradd)
+    user="${{@: -1}}"; home=/nonexistent; groups=""
+    while [ $# -gt 1 ]; do
+      case "$1" in --home-dir) home=$2; shift ;; --groups) groups=$2; shift ;; esac
+      shift
+    done
+    gid=$((900 + $(wc -l <"$R/etc/group")))
+    echo "$user:x:$gid:$gid::$home:/usr/sbin/nologin" >>"$R/etc/passwd"
+    echo "$user:x:$gid:" >>"$R/etc/group"
+    mkdir -p "$R$home"
+    for g in ${{groups//,/ }}; do
+      sed -i -E "s/^($g:[^:]*:[^:]*:)(.+)$/\\1\\2,$user/; s/^($g:[^:]*:[^:]*:)$/\\1$user/" "$R/etc/group"
+    done
+    ;;
+  usermod)
+    g=$3; user=$4
+    sed -i -E "s/^($g:[^:]*:[^:]*:)(.+)$/\\1\\2,$user/; s/^($g:[^:]*:[^:]*:)$/\\1$user/" "$R/etc/group"
+    ;;
+  groupadd)
+    g="${{@: -1}}"; echo "$g:x:$((800 + $(wc -l <"$R/etc/group"))):" >>"$R/etc/group"
+    ;;
+esac
+exit 0
+"""
+
+
+@dataclass
+class PiScratch:
+    """A fresh 'Raspberry Pi OS' root for scripts/install-pi, with recording stand-ins for system commands."""
+
+    root: Path
+    env: dict[str, str]
+    log: Path
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run scripts/install-pi ARGS in this root."""
+        return subprocess.run(["bash", str(REPO / "scripts/install-pi"), *args], env=self.env, capture_output=True,
+                              text=True, timeout=240, check=False)
+
+    def calls(self) -> list[str]:
+        """Every system command the installer ran, in order."""
+        return self.log.read_text().splitlines() if self.log.exists() else []
+
+
+@pytest.fixture
+def pi_scratch(tmp_path: Path) -> PiScratch:
+    """passwd/group as on a fresh Pi OS (an audio group, no gpio group yet); python3 is the real one."""
+    root = tmp_path / "pi-root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/bash\npi:x:1000:1000::/home/pi:/bin/bash\n")
+    (root / "etc/group").write_text("root:x:0:\naudio:x:29:pi\npi:x:1000:\n")
+    bin_dir = tmp_path / "pi-bin"
+    bin_dir.mkdir()
+    log = tmp_path / "pi-calls.log"
+    env = dict(os.environ, AI_TELEPHONE_ROOT=str(root), RECORD_LOG=str(log))
+    for name in ("apt-get", "systemctl", "useradd", "usermod", "groupadd", "pip"):
+        tool = bin_dir / name
+        tool.write_text(_RECORDER.format(name=name))
+        tool.chmod(0o755)
+    python3 = bin_dir / "python3"
+    real = f"{sys.base_prefix}/bin/python3"
+    python3.write_text(f'#!/bin/bash\nprintf "%s\\n" "python3 $*" >>"$RECORD_LOG"\nexec {real} "$@"\n')
+    python3.chmod(0o755)
+    env.update(APT_GET=str(bin_dir / "apt-get"), SYSTEMCTL=str(bin_dir / "systemctl"), USERADD=str(bin_dir / "useradd"),
+               USERMOD=str(bin_dir / "usermod"), GROUPADD=str(bin_dir / "groupadd"), PIP=str(bin_dir / "pip"),
+               PYTHON3=str(python3))
+    return PiScratch(root, env, log)
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (bind 0, read it, close)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class InstancePlayer:
+    """Plays a rented instance: on create, does what onstart.sh does with the env it was given
+    (writes the key file, certificate and config) and starts the real server under gunicorn with TLS,
+    offline (embedded LLM, Piper voice), on 127.0.0.1."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.logs: list[Path] = []
+
+    def __call__(self, instance_id: int, offer: dict[str, object], body: dict[str, object]) -> dict[str, object]:
+        import base64
+
+        env_in: dict[str, str] = body["env"]  # type: ignore[assignment]
+        etc = self.work / f"instance-{instance_id}/etc"
+        etc.mkdir(parents=True)
+        (etc / "api-key").write_text(env_in["AI_TELEPHONE_API_KEY"] + "\n")
+        (etc / "server-cert.pem").write_bytes(base64.b64decode(env_in["AI_TELEPHONE_TLS_CERT_B64"]))
+        (etc / "server-key.pem").write_bytes(base64.b64decode(env_in["AI_TELEPHONE_TLS_KEY_B64"]))
+        (etc / "config.yaml").write_text(
+            "server:\n"
+            f"  api_key_file: {etc / 'api-key'}\n"
+            f"  data_dir: {self.work / f'instance-{instance_id}/data'}\n"
+            "  llm:\n    backend: embedded\n  tts:\n    engine: piper\n"
+        )
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AI_TELEPHONE", "VAST_"))}
+        env.update(AI_TELEPHONE_CONFIG=str(etc / "config.yaml"), AI_TELEPHONE_BIND=f"127.0.0.1:{port}",
+                   AI_TELEPHONE_TLS_CERT=str(etc / "server-cert.pem"), AI_TELEPHONE_TLS_KEY=str(etc / "server-key.pem"),
+                   HOME=str(self.work / f"instance-{instance_id}"), TQDM_DISABLE="1", HF_HUB_OFFLINE="1")
+        log = self.work / f"instance-{instance_id}/server.log"
+        self.logs.append(log)
+        gunicorn = Path(sys.executable).parent / "gunicorn"
+        with log.open("wb") as out:
+            self.procs.append(subprocess.Popen(
+                [str(gunicorn), "-c", "cloud_server/gunicorn.conf.py", "cloud_server:create_app()"],
+                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+            ))
+        return {"ports": {"8000/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(port)}]}}
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+@pytest.fixture
+def instance_player(tmp_path: Path) -> Iterator[InstancePlayer]:
+    """An :class:`InstancePlayer` whose servers are stopped after the test."""
+    player = InstancePlayer(tmp_path / "instances")
+    try:
+        yield player
+    finally:
+        player.stop()

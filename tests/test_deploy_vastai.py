@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import requests
+
+from common.config import config_from_dict
+from deploy.vastai import tls
 from deploy.vastai.onstart import render
 from deploy.vastai.settings import InstancePlan
-from tests.fixtures_deploy import FAST, VAST_KEY, RunCli
+from tests.fixtures_deploy import FAST, VAST_KEY, InstancePlayer, PiScratch, RunCli
 from tests.vast_standin import VastStandIn, make_offer
 
 _NO_PORT: dict[str, object] = {"ports": {"8000/tcp": [{"HostIp": "0.0.0.0", "HostPort": "9"}]}}
@@ -115,3 +120,87 @@ def test_up_clears_dead_labelled_instances_and_refuses_a_foreign_live_one(
     assert f"instance {live} labelled ai-telephone exists, but its certificate is not" in result.stderr
     assert [r.path for r in api.calls("DELETE", "/api/v0/instances/")] == [f"/api/v0/instances/{dead}/"]
     assert not api.calls("PUT", "/api/v0/asks/")
+
+
+def _pi_lines(stdout: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in stdout.splitlines() if re.match(r"^AI_TELEPHONE\w*=", line))
+
+
+def test_up_until_healthy_with_the_real_server_then_reuse_status_and_down(
+    run_cli: RunCli, deploy_env: dict[str, str], instance_player: InstancePlayer, pi_scratch: PiScratch,
+    tmp_path: Path,
+) -> None:
+    """The whole flow: the first instance dies, the second runs the real server with the certificate
+    made here; the printed lines get the Pi (and this test) a verified, authenticated reply."""
+    offers = [make_offer(51, dlperf_per_dphtotal=400.0), make_offer(52, dlperf_per_dphtotal=200.0)]
+    statuses = {51: ["loading", "exited"], 52: ["loading", "loading", "running"]}
+    slow = ("--repo-url", "https://example.invalid/ai-telephone.git", "--poll", "0.25", "--start-timeout", "30",
+            "--health-timeout", "180")
+    with VastStandIn(VAST_KEY, offers, statuses, on_create=instance_player) as api:
+        up = run_cli(api.url, "up", *slow, timeout=300)
+        logs = "\n".join(p.read_text(errors="replace") for p in instance_player.logs)
+        assert up.returncode == 0, up.stderr + logs
+
+        # stdout is exactly what the Pi needs; the log shows progress and never a secret.
+        pi = _pi_lines(up.stdout)
+        api_key = _stored_api_key(deploy_env)
+        assert pi["AI_TELEPHONE_API_KEY"] == api_key
+        assert pi["AI_TELEPHONE__PI__CLIENT__CA_CERT"] == "/etc/ai-telephone/server-cert.pem"
+        port = int(api.instances[31001]["ports"]["8000/tcp"][0]["HostPort"])
+        assert pi["AI_TELEPHONE_SERVER"] == f"https://127.0.0.1:{port}"
+        pem = up.stdout[up.stdout.index("-----BEGIN CERTIFICATE-----"):]
+        assert tls.ip_addresses(pem.encode()) == ["127.0.0.1"]
+        assert tls.fingerprint(pem.encode()) in up.stdout
+        assert api_key not in up.stderr and VAST_KEY not in up.stderr + up.stdout
+        assert "Instance 31001: loading" in up.stderr and "is healthy" in up.stderr
+        assert [r.path for r in api.calls("DELETE", "/api/v0/instances/")] == ["/api/v0/instances/31000/"]
+
+        # The Pi's view: its config picks the lines up, and the pinned certificate gets a reply.
+        cfg = config_from_dict({}, {k: v for k, v in pi.items() if k != "AI_TELEPHONE_API_KEY"})
+        assert cfg.pi.server_url == pi["AI_TELEPHONE_SERVER"]
+        assert cfg.pi.client.ca_cert == "/etc/ai-telephone/server-cert.pem"
+        pinned = tmp_path / "pinned.pem"
+        pinned.write_text(pem)
+        health = requests.get(f"{cfg.pi.server_url}/health", verify=str(pinned), timeout=10).json()
+        assert health["status"] == "ok" and health["tts"]["engine"] == "piper"
+        turn = requests.post(f"{cfg.pi.server_url}/process-text", json={"text": "Hello, who is this?"},
+                             headers={"Authorization": f"Bearer {pi['AI_TELEPHONE_API_KEY']}"},
+                             verify=str(pinned), timeout=120)
+        assert turn.status_code == 200 and turn.headers["Content-Type"].startswith("audio/wav")
+        assert turn.content[:4] == b"RIFF" and len(turn.content) > 44 + 2205  # a header and real speech
+        wrong = requests.post(f"{cfg.pi.server_url}/process-text", json={"text": "Hi"},
+                              headers={"Authorization": "Bearer not-the-key"}, verify=str(pinned), timeout=30)
+        assert wrong.status_code == 401
+        # A certificate the network could present instead is refused.
+        impostor = tmp_path / "impostor.pem"
+        impostor.write_bytes(tls.generate("127.0.0.1").cert_pem)
+        try:
+            requests.get(f"{cfg.pi.server_url}/health", verify=str(impostor), timeout=10)
+            raise AssertionError("a certificate other than the pinned one was accepted")
+        except requests.exceptions.SSLError:
+            pass
+
+        # The printed block installs on the Pi as it is.
+        up_file = tmp_path / "up.txt"
+        up_file.write_text(up.stdout)
+        installed = pi_scratch.run(str(up_file))
+        assert installed.returncode == 0, installed.stderr
+        assert (pi_scratch.root / "etc/ai-telephone/server-cert.pem").read_text() == pem
+        pi_env = (pi_scratch.root / "etc/ai-telephone/pi.env").read_text()
+        assert f"AI_TELEPHONE_API_KEY={api_key}" in pi_env and f"AI_TELEPHONE_SERVER=https://127.0.0.1:{port}" in pi_env
+
+        # A second `up` finds the labelled instance instead of renting another.
+        again = run_cli(api.url, "up", *slow, timeout=120)
+        assert again.returncode == 0, again.stderr
+        assert _pi_lines(again.stdout) == pi and "reusing it" in again.stderr
+        assert len(api.calls("PUT", "/api/v0/asks/")) == 2
+
+        status = run_cli(api.url, "status")
+        assert status.returncode == 0
+        assert f"instance 31001 running RTX 4090 $0.420/h https://127.0.0.1:{port} health: status ok" in status.stdout
+        assert api_key not in status.stdout + status.stderr
+
+        down = run_cli(api.url, "down", "--yes")
+        assert down.returncode == 0 and "destroyed instance 31001" in down.stdout
+        assert api.instances == {}
+        assert not (Path(deploy_env["XDG_CONFIG_HOME"]) / "ai-telephone/vast/ai-telephone/server-key.pem").exists()

@@ -91,9 +91,9 @@ def test_mapped_port_skips_bad_bindings() -> None:
 
 
 def test_health_verdict() -> None:
-    ok = {"status": "ok", "llm": {"reachable": True}, "tts": {"active": "chatterbox"}}
+    ok = {"status": "ok", "llm": {"reachable": True}, "tts": {"engine": "chatterbox"}}
     assert health_verdict(ok, False) == (True, "status ok, llm reachable True, tts chatterbox")
-    degraded = {"status": "degraded", "llm": {"reachable": True}, "tts": {"active": "piper"}}
+    degraded = {"status": "degraded", "llm": {"reachable": True}, "tts": {"engine": "piper"}}
     assert health_verdict(degraded, False)[0] is False
     assert health_verdict(degraded, True)[0] is True
     assert health_verdict(["ok"], True)[0] is False

@@ -19,7 +19,7 @@ from deploy.vastai.store import DeployStore, StoreError, default_root
 
 class _Health(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
-        data = json.dumps({"status": "ok", "llm": {"reachable": True}, "tts": {"active": "piper"}}).encode()
+        data = json.dumps({"status": "ok", "llm": {"reachable": True}, "tts": {"engine": "piper"}}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))

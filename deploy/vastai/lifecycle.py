@@ -73,11 +73,10 @@ def health_verdict(body: Any, accept_degraded: bool) -> tuple[bool, str]:
     if not isinstance(body, Mapping):
         return False, "health reply is not a JSON object"
     status = body.get("status")
-    llm = body.get("llm") if isinstance(body.get("llm"), Mapping) else {}
-    tts = body.get("tts") if isinstance(body.get("tts"), Mapping) else {}
-    summary = "status {}, llm reachable {}, tts {}".format(
-        status, llm.get("reachable"), tts.get("active") or tts.get("engine") or "?"
-    )
+    llm, tts = body.get("llm"), body.get("tts")
+    reachable = llm.get("reachable") if isinstance(llm, Mapping) else None
+    engine = tts.get("engine") if isinstance(tts, Mapping) else None
+    summary = f"status {status}, llm reachable {reachable}, tts {engine or '?'}"
     if status == "ok" or (status == "degraded" and accept_degraded):
         return True, summary
     return False, summary
