@@ -58,6 +58,12 @@ def test_create_request_carries_onstart_env_label_and_no_secret_in_logs(
 ) -> None:
     with VastStandIn(VAST_KEY, [make_offer(31)], on_create=lambda *_: _NO_PORT) as api:
         result = run_cli(api.url, "up", *FAST, "--max-attempts", "1", "--model", "qwen2.5:7b")
+    (search,) = api.calls("POST", "/api/v0/bundles/")
+    assert search.headers["Content-Type"] == "application/json"
+    assert search.body["order"] == [["dlperf_per_dphtotal", "desc"]] and search.body["type"] == "on-demand"
+    assert search.body["compute_cap"] == {"gte": 700, "lte": 900} and search.body["num_gpus"] == {"eq": 1}
+    assert search.body["gpu_ram"] == {"gte": 16000.0} and search.body["cuda_max_good"] == {"gte": 12.4}
+    assert search.body["verified"] == {"eq": True} and search.body["rentable"] == {"eq": True}  # SDK defaults
     (put,) = api.calls("PUT", "/api/v0/asks/31/")
     body = put.body
     api_key = _stored_api_key(deploy_env)

@@ -47,3 +47,31 @@ def test_onstart_keeps_ollama_on_loopback_and_takes_secrets_from_env() -> None:
         assert f"env_value {name}" in script
     assert "requirements-server.txt" in script and "gunicorn.conf.py" in script
     assert "ai-telephone-server.service" in script  # systemd where it exists, else the restart loop
+
+
+def test_onstart_server_config_and_env_are_what_the_server_reads() -> None:
+    """The config.yaml the onstart writes validates against common/config.py, and its env names
+    are the ones cloud_server/gunicorn.conf.py reads (drift here breaks every deploy)."""
+    import yaml
+
+    from common.config import config_from_dict
+
+    script = render(InstancePlan(ollama_model="qwen2.5:7b"), "https://example.com/r.git")
+    yaml_doc = script.split('cat >"$ETC/config.yaml" <<YAML\n', 1)[1].split("\nYAML\n", 1)[0]
+    env_doc = script.split('cat >"$ETC/server.env" <<ENV\n', 1)[1].split("\nENV\n", 1)[0]
+    preamble = "ETC=/etc/ai-telephone PORT=8000 OLLAMA_ADDR=127.0.0.1:11434 OLLAMA_MODEL=qwen2.5:7b " \
+               "CHATTERBOX_MODEL=standard HF_HOME=/var/lib/ai-telephone/hf\n"
+    expanded = subprocess.run(["bash", "-c", preamble + f"cat <<YAML\n{yaml_doc}\nYAML\ncat <<ENV\n{env_doc}\nENV\n"],
+                              capture_output=True, text=True, check=True, timeout=30).stdout
+    yaml_text, env_text = expanded.split("AI_TELEPHONE_CONFIG=", 1)
+    cfg = config_from_dict(yaml.safe_load(yaml_text))
+    assert cfg.server.host == "0.0.0.0" and cfg.server.port == 8000
+    assert cfg.server.api_key_file == "/etc/ai-telephone/api-key"
+    assert (cfg.server.llm.backend, cfg.server.llm.model) == ("ollama", "qwen2.5:7b")
+    assert cfg.server.llm.ollama_host == "http://127.0.0.1:11434"
+    assert (cfg.server.tts.engine, cfg.server.tts.chatterbox.device) == ("chatterbox", "cuda")
+    env = dict(line.split("=", 1) for line in ("AI_TELEPHONE_CONFIG=" + env_text).splitlines() if "=" in line)
+    gunicorn_conf = (Path(__file__).resolve().parents[1] / "cloud_server/gunicorn.conf.py").read_text()
+    for name in ("AI_TELEPHONE_BIND", "AI_TELEPHONE_TLS_CERT", "AI_TELEPHONE_TLS_KEY"):
+        assert name in env and f'"{name}"' in gunicorn_conf
+    assert env["AI_TELEPHONE_BIND"] == "0.0.0.0:8000"

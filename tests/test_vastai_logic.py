@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from deploy.vastai.lifecycle import Phase, assess, health_verdict, mapped_port, split_labelled
-from deploy.vastai.offers import rank, rejection, search_query
+from deploy.vastai.offers import api_order, rank, rejection, search_query
 from deploy.vastai.settings import OfferCriteria
 from tests.vast_standin import _matches, make_offer
 
@@ -49,6 +49,8 @@ def test_rank_puts_best_value_first_and_drops_unusable() -> None:
     cheap = [make_offer(1, dph_total=0.5), make_offer(2, dph_total=0.2)]
     assert [o["id"] for o in rank(cheap, OfferCriteria(order="dph_total"))] == [2, 1]
     assert rank([], C) == []
+    # The API is asked for the same order, so its limit keeps the best rows.
+    assert api_order(C) == "dlperf_per_dphtotal-" and api_order(OfferCriteria(order="dph_total")) == "dph_total"
 
 
 def test_search_query_keeps_exactly_the_offers_the_local_check_keeps() -> None:

@@ -68,10 +68,19 @@ def rejection(offer: Mapping[str, Any], c: OfferCriteria) -> str | None:
     return None
 
 
+def _ascending(c: OfferCriteria) -> bool:
+    return c.order in ("dph_total", "dph")
+
+
+def api_order(c: OfferCriteria) -> str:
+    """The SDK's order string: the same ranking asked of the API, so its ``limit`` keeps the best."""
+    return c.order if _ascending(c) else f"{c.order}-"
+
+
 def rank(offers: Iterable[Mapping[str, Any]], c: OfferCriteria) -> list[dict[str, Any]]:
     """Offers that pass :func:`rejection`, best first by ``c.order`` (ties: more reliable, cheaper)."""
     usable = [dict(o) for o in offers if rejection(o, c) is None]
-    ascending = c.order in ("dph_total", "dph")
+    ascending = _ascending(c)
 
     def key(o: dict[str, Any]) -> tuple[float, float, float]:
         primary = _num(o, c.order) or 0.0

@@ -125,7 +125,7 @@ class Deployer:
             return self._reuse(live, api_key)
         script = render(self.plan, repo_url)
         found = _api_call("search offers", lambda: self.vast.search_offers(
-            query=offer_logic.search_query(self.criteria), order=f"{self.criteria.order}-",
+            query=offer_logic.search_query(self.criteria), order=offer_logic.api_order(self.criteria),
             limit=self.criteria.limit, storage=self.criteria.min_disk_gb,
         ))
         ranked = offer_logic.rank(found or [], self.criteria)
