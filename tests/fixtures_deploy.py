@@ -132,8 +132,14 @@ class InstancePlayer:
     (writes the key file, certificate and config) and starts the real server under gunicorn with TLS,
     offline (embedded LLM, Piper voice), on 127.0.0.1."""
 
-    def __init__(self, work: Path) -> None:
+    EMBEDDED = "  llm:\n    backend: embedded\n"
+    """The offline LLM (SmolLM2 through llama.cpp)."""
+    NO_OLLAMA = "  llm:\n    backend: ollama\n    ollama_host: http://127.0.0.1:9\n    warm_up: false\n"
+    """An Ollama nobody runs: the server starts, and /health says degraded."""
+
+    def __init__(self, work: Path, llm_yaml: str = EMBEDDED) -> None:
         self.work = work
+        self.llm_yaml = llm_yaml
         self.procs: list[subprocess.Popen[bytes]] = []
         self.logs: list[Path] = []
 
@@ -150,7 +156,8 @@ class InstancePlayer:
             "server:\n"
             f"  api_key_file: {etc / 'api-key'}\n"
             f"  data_dir: {self.work / f'instance-{instance_id}/data'}\n"
-            "  llm:\n    backend: embedded\n  tts:\n    engine: piper\n"
+            + self.llm_yaml
+            + "  tts:\n    engine: piper\n"
         )
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AI_TELEPHONE", "VAST_"))}

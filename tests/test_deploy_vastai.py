@@ -210,3 +210,22 @@ def test_up_until_healthy_with_the_real_server_then_reuse_status_and_down(
         assert down.returncode == 0 and "destroyed instance 31001" in down.stdout
         assert api.instances == {}
         assert not (Path(deploy_env["XDG_CONFIG_HOME"]) / "ai-telephone/vast/ai-telephone/server-key.pem").exists()
+
+
+def test_a_server_that_stays_degraded_is_replaced_unless_accepted(
+    run_cli: RunCli, deploy_env: dict[str, str], instance_player: InstancePlayer
+) -> None:
+    """The real server with its LLM unreachable answers `degraded`: after the grace it counts as failed;
+    with --accept-degraded the maker gets it anyway, and the printed header says so."""
+    instance_player.llm_yaml = InstancePlayer.NO_OLLAMA
+    flags = ("--repo-url", "https://example.invalid/ai-telephone.git", "--poll", "0.25", "--start-timeout", "30",
+             "--health-timeout", "180", "--max-attempts", "1")
+    with VastStandIn(VAST_KEY, [make_offer(61), make_offer(62, dph_total=0.5)], on_create=instance_player) as api:
+        refused = run_cli(api.url, "up", *flags, "--degraded-grace", "1", timeout=240)
+        assert refused.returncode == 1
+        assert "stays degraded (status degraded, llm reachable False, tts piper)" in refused.stderr
+        assert [r.path for r in api.calls("DELETE", "/api/v0/instances/")] == ["/api/v0/instances/31000/"]
+        accepted = run_cli(api.url, "up", *flags, "--accept-degraded", timeout=240)
+        assert accepted.returncode == 0, accepted.stderr
+        assert accepted.stdout.startswith("# AI Telephone server: Vast.ai instance 31001, status degraded")
+        assert set(api.instances) == {31001}

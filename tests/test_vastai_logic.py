@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deploy.vastai.lifecycle import Phase, assess, health_verdict, mapped_port, split_labelled
+from deploy.vastai.lifecycle import Phase, assess, degraded_too_long, health_verdict, mapped_port, split_labelled
 from deploy.vastai.offers import api_order, rank, rejection, search_query
 from deploy.vastai.settings import OfferCriteria
 from tests.vast_standin import _matches, make_offer
@@ -94,11 +94,17 @@ def test_mapped_port_skips_bad_bindings() -> None:
 
 def test_health_verdict() -> None:
     ok = {"status": "ok", "llm": {"reachable": True}, "tts": {"engine": "chatterbox"}}
-    assert health_verdict(ok, False) == (True, "status ok, llm reachable True, tts chatterbox")
-    degraded = {"status": "degraded", "llm": {"reachable": True}, "tts": {"engine": "piper"}}
-    assert health_verdict(degraded, False)[0] is False
-    assert health_verdict(degraded, True)[0] is True
-    assert health_verdict(["ok"], True)[0] is False
+    assert health_verdict(ok).summary == "status ok, llm reachable True, tts chatterbox"
+    assert health_verdict(ok).ready(accept_degraded=False)
+    degraded = health_verdict({"status": "degraded", "llm": {"reachable": True}, "tts": {"engine": "piper"}})
+    assert degraded.state == "degraded" and not degraded.ready(False) and degraded.ready(True)
+    assert health_verdict(["ok"]).state == "down" and not health_verdict({"status": "starting"}).ready(True)
+
+
+def test_degraded_counts_as_failed_only_after_the_grace() -> None:
+    assert not degraded_too_long(None, 500.0, 180.0)
+    assert not degraded_too_long(400.0, 500.0, 180.0)
+    assert degraded_too_long(300.0, 500.0, 180.0)
 
 
 def test_split_labelled_separates_live_and_dead() -> None:

@@ -60,12 +60,13 @@ def test_certificate_names_the_ip_and_has_a_fingerprint() -> None:
 
 def test_pinned_certificate_is_trusted_and_nothing_else(https_server: tuple[str, Path], tmp_path: Path) -> None:
     url, cert_path = https_server
-    assert probe(url, cert_path) == (True, "status ok, llm reachable True, tts piper")
+    health = probe(url, cert_path)
+    assert health.ready(False) and health.summary == "status ok, llm reachable True, tts piper"
     # Another certificate for the same address (what a man in the middle would present) is refused.
     other = tmp_path / "other.pem"
     other.write_bytes(tls.generate("127.0.0.1").cert_pem)
-    healthy, why = probe(url, other)
-    assert not healthy and "TLS verification" in why
+    refused = probe(url, other)
+    assert refused.state == "down" and "TLS verification" in refused.summary
 
 
 def test_certificate_for_another_address_is_refused(tmp_path: Path) -> None:
@@ -80,11 +81,11 @@ def test_certificate_for_another_address_is_refused(tmp_path: Path) -> None:
     server.socket = ctx.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        healthy, why = probe(server_url("127.0.0.1", server.server_address[1]), cert_path)
+        refused = probe(server_url("127.0.0.1", server.server_address[1]), cert_path)
     finally:
         server.shutdown()
         server.server_close()
-    assert not healthy and "TLS verification" in why
+    assert refused.state == "down" and "TLS verification" in refused.summary
 
 
 def test_store_keeps_secrets_private_and_the_key_stable(tmp_path: Path) -> None:

@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--start-timeout", dest="start_timeout_seconds", type=float, default=None, help="seconds")
     up.add_argument("--health-timeout", dest="health_timeout_seconds", type=float, default=None, help="seconds")
     up.add_argument("--poll", dest="poll_seconds", type=float, default=None, help="seconds between polls")
+    up.add_argument("--degraded-grace", dest="degraded_grace_seconds", type=float, default=None,
+                    help="seconds a degraded server is waited for before it counts as failed")
     up.add_argument("--accept-degraded", action="store_true", help="accept /health status degraded")
     sub.add_parser("status", help="show the labelled instance and its health")
     down = sub.add_parser("down", help="destroy the labelled instance")
@@ -116,7 +118,7 @@ def _status(deployer: Deployer, out: TextIO) -> int:
         if row in live and ip and port:
             url = server_url(str(ip), port)
             if deployer.store.cert_path.is_file():
-                line += f" {url} health: {probe(url, deployer.store.cert_path, True)[1]}"
+                line += f" {url} health: {probe(url, deployer.store.cert_path).summary}"
             else:
                 line += f" {url} (no local certificate)"
         out.write(line + "\n")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import requests
 
-from deploy.vastai.lifecycle import health_verdict
+from deploy.vastai.lifecycle import Health, health_verdict
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -19,21 +19,21 @@ def server_url(ip: str, port: int) -> str:
     return f"https://{host}:{port}"
 
 
-def probe(url: str, pinned_cert: Path, accept_degraded: bool = False, timeout: float = 10.0) -> tuple[bool, str]:
-    """(healthy, summary) for ``url``/health, verified against ``pinned_cert`` exactly as the Pi verifies."""
+def probe(url: str, pinned_cert: Path, timeout: float = 10.0) -> Health:
+    """What ``url``/health says, over TLS verified against ``pinned_cert`` exactly as the Pi verifies."""
     try:
         # verify=<the pinned PEM>: the chain must end at that certificate and its IP SAN must match.
         reply = requests.get(f"{url}/health", verify=str(pinned_cert), timeout=(5.0, timeout))
     except requests.exceptions.SSLError as err:
-        return False, f"TLS verification against the pinned certificate failed ({err.__class__.__name__})"
+        return Health("down", f"TLS verification against the pinned certificate failed ({err.__class__.__name__})")
     except requests.exceptions.ConnectionError:
-        return False, "not answering yet"
+        return Health("down", "not answering yet")
     except requests.exceptions.Timeout:
-        return False, "timed out"
+        return Health("down", "timed out")
     if reply.status_code != 200:
-        return False, f"HTTP {reply.status_code}"
+        return Health("down", f"HTTP {reply.status_code}")
     try:
         body = reply.json()
     except ValueError:
-        return False, "health reply is not JSON"
-    return health_verdict(body, accept_degraded)
+        return Health("down", "health reply is not JSON")
+    return health_verdict(body)

@@ -68,18 +68,33 @@ def assess(record: Mapping[str, Any] | None, container_port: int, elapsed: float
     return Assessment(Phase.WAITING, detail)
 
 
-def health_verdict(body: Any, accept_degraded: bool) -> tuple[bool, str]:
-    """Whether a /health JSON body means the server can take calls, and a short summary for the log."""
+@dataclass(frozen=True)
+class Health:
+    """What one /health poll said: ``ok``, ``degraded`` (it answers, with a part failing) or ``down``."""
+
+    state: str
+    summary: str
+
+    def ready(self, accept_degraded: bool) -> bool:
+        """Whether the server can take calls as far as the maker asked."""
+        return self.state == "ok" or (accept_degraded and self.state == "degraded")
+
+
+def health_verdict(body: Any) -> Health:
+    """Read a /health JSON body into a :class:`Health` with a short summary for the log."""
     if not isinstance(body, Mapping):
-        return False, "health reply is not a JSON object"
+        return Health("down", "health reply is not a JSON object")
     status = body.get("status")
     llm, tts = body.get("llm"), body.get("tts")
     reachable = llm.get("reachable") if isinstance(llm, Mapping) else None
     engine = tts.get("engine") if isinstance(tts, Mapping) else None
     summary = f"status {status}, llm reachable {reachable}, tts {engine or '?'}"
-    if status == "ok" or (status == "degraded" and accept_degraded):
-        return True, summary
-    return False, summary
+    return Health(status if status in ("ok", "degraded") else "down", summary)
+
+
+def degraded_too_long(since: float | None, now: float, grace: float) -> bool:
+    """A server that has answered `degraded` for ``grace`` seconds has loaded and will not get better."""
+    return since is not None and now - since >= grace
 
 
 Rows = list[Mapping[str, Any]]

@@ -14,7 +14,7 @@ import requests
 from deploy.vastai import offers as offer_logic
 from deploy.vastai import tls
 from deploy.vastai.health import probe, server_url
-from deploy.vastai.lifecycle import Phase, assess, split_labelled
+from deploy.vastai.lifecycle import Phase, assess, degraded_too_long, split_labelled
 from deploy.vastai.onstart import render
 from deploy.vastai.settings import InstancePlan, OfferCriteria, Timing
 from deploy.vastai.store import DeployStore
@@ -204,15 +204,19 @@ class Deployer:
         url = server_url(a.ip, a.port)
         _LOGGER.info("Instance %s is running at %s; waiting for the server to install and start", instance_id, url)
         start = self._now()
+        degraded_since: float | None = None
         while True:
-            healthy, summary = probe(url, self.store.cert_path, self.accept_degraded)
-            shown = self._progress(instance_id, f"health: {summary}", shown, start)
-            if healthy:
-                _LOGGER.info("Server on instance %s is healthy (%s)", instance_id, summary)
-                return Deployment(instance_id, url, api_key, cert.cert_pem, summary)
-            elapsed = self._now() - start
-            if elapsed >= self.timing.health_timeout_seconds:
-                raise InstanceFailed(f"no healthy /health after {elapsed:.0f} s (last: {summary})")
+            health = probe(url, self.store.cert_path)
+            shown = self._progress(instance_id, f"health: {health.summary}", shown, start)
+            if health.ready(self.accept_degraded):
+                _LOGGER.info("Server on instance %s is healthy (%s)", instance_id, health.summary)
+                return Deployment(instance_id, url, api_key, cert.cert_pem, health.summary)
+            now = self._now()
+            degraded_since = (degraded_since or now) if health.state == "degraded" else None
+            if degraded_too_long(degraded_since, now, self.timing.degraded_grace_seconds):
+                raise InstanceFailed(f"the server stays degraded ({health.summary}); --accept-degraded takes it so")
+            if now - start >= self.timing.health_timeout_seconds:
+                raise InstanceFailed(f"no healthy /health after {now - start:.0f} s (last: {health.summary})")
             again = assess(self.record(instance_id), self.plan.container_port, 0.0, 1.0)
             if again.phase is Phase.FAILED:
                 raise InstanceFailed(again.reason)

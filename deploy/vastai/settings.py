@@ -67,6 +67,8 @@ class Timing:
     """Longest wait for an instance to reach `running`, in seconds."""
     health_timeout_seconds: float = 1800.0
     """Longest wait for /health to say ok once running (installs and downloads), in seconds."""
+    degraded_grace_seconds: float = 180.0
+    """A server answering `degraded` this long (its models loaded, one failed) counts as failed, in seconds."""
     poll_seconds: float = 10.0
     """Pause between status or health polls, in seconds."""
     progress_seconds: float = 60.0
