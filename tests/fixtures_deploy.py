@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -189,6 +190,157 @@ class InstancePlayer:
 def instance_player(tmp_path: Path) -> Iterator[InstancePlayer]:
     """An :class:`InstancePlayer` whose servers are stopped after the test."""
     player = InstancePlayer(tmp_path / "instances")
+    try:
+        yield player
+    finally:
+        player.stop()
+
+
+_OLLAMA_CLI = """#!/bin/bash
+# Stand-in for the ollama CLI: `serve` runs the Ollama protocol stand-in; the model is already there.
+printf '%s\\n' "ollama $* (OLLAMA_HOST=$OLLAMA_HOST)" >>"$RECORD_LOG"
+case "$1" in
+  serve) cd "{repo}" && exec "{python}" -m tests.ollama_standin --port "${{OLLAMA_HOST##*:}}" ;;
+  pull) exit 0 ;;
+  show) exec curl -fsS "http://$OLLAMA_HOST/api/show" -d "{{\\"model\\": \\"$2\\"}}" ;;
+esac
+exit 2
+"""
+
+_PYTHON311 = """#!/bin/bash
+# Stand-in for the image's python3.11: `-m venv` makes a venv whose python and gunicorn are this
+# test venv's (the packages requirements-server.txt names are already in it); anything else runs as is.
+if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then
+  printf '%s\\n' "python3.11 $*" >>"$RECORD_LOG"
+  dest="${{@: -1}}"
+  mkdir -p "$dest/bin"
+  for exe in python gunicorn; do printf '#!/bin/bash\\nexec "{bin}/%s" "$@"\\n' "$exe" >"$dest/bin/$exe"; done
+  printf '#!/bin/bash\\nprintf "%%s\\\\n" "pip $*" >>"$RECORD_LOG"\\n' >"$dest/bin/pip"
+  chmod +x "$dest/bin/"*
+  exit 0
+fi
+exec "{bin}/python" "$@"
+"""
+
+
+class OnstartPlayer:
+    """Plays a rented instance by running the onstart script from the create request itself, with the
+    request's env, in a scratch root: stand-ins replace what needs the internet (apt-get, the ollama
+    CLI and server, the image's python, the hub download comes from a prepared cache, git clones this
+    checkout); the rest is real, down to gunicorn serving the real server with TLS on 127.0.0.1."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.roots: list[Path] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.record_log = work / "calls.log"
+        self.bin = work / "bin"
+        self.bin.mkdir(parents=True)
+        venv_bin = Path(sys.executable).parent
+        for name, text in (("ollama", _OLLAMA_CLI.format(repo=REPO, python=sys.executable)),
+                           ("python3.11", _PYTHON311.format(bin=venv_bin)),
+                           ("apt-get", '#!/bin/bash\nprintf "%s\\n" "apt-get $*" >>"$RECORD_LOG"\n')):
+            (self.bin / name).write_text(text)
+            (self.bin / name).chmod(0o755)
+        self.repo = work / "repo"
+        self._snapshot_checkout(self.repo)
+
+    @staticmethod
+    def _snapshot_checkout(dest: Path) -> None:
+        """A git repo (branch main) holding this checkout's files as they are now, for the instance to clone."""
+        files = subprocess.run(["git", "-C", str(REPO), "ls-files", "-co", "--exclude-standard", "-z"],
+                               capture_output=True, check=True, timeout=30).stdout.decode().split("\0")
+        for rel in filter(None, files):
+            src = REPO / rel
+            if src.is_file():
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                (dest / rel).write_bytes(src.read_bytes())
+                (dest / rel).chmod(src.stat().st_mode & 0o777)
+        git = ["git", "-C", str(dest), "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
+        for cmd in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "snapshot"]):
+            subprocess.run(git + cmd, check=True, capture_output=True, timeout=60)
+
+    def __call__(self, instance_id: int, offer: dict[str, object], body: dict[str, object]) -> dict[str, object]:
+        env_in: dict[str, str] = body["env"]  # type: ignore[assignment]
+        (port,) = [int(k.split(":")[1]) for k in env_in if k.startswith("-p ")]
+        root = self.work / f"instance-{instance_id}"
+        self.roots.append(root)
+        # What Chatterbox's weights look like once fetched: the hub cache the onstart fills.
+        snap = root / "var/lib/ai-telephone/hf/hub/models--ResembleAI--chatterbox"
+        (snap / "snapshots" / ("c" * 40)).mkdir(parents=True)
+        (snap / "refs").mkdir()
+        (snap / "refs/main").write_text("c" * 40)
+        script = root / "onstart.sh"
+        script.write_text(str(body["onstart"]))
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AI_TELEPHONE", "VAST_", "OLLAMA"))}
+        env.update({k: v for k, v in env_in.items() if not k.startswith("-")})
+        env.update(
+            AI_TELEPHONE_ONSTART_ROOT=str(root), AI_TELEPHONE_ONSTART_BIND_HOST="127.0.0.1",
+            AI_TELEPHONE_ONSTART_USER="root", AI_TELEPHONE_ONSTART_OLLAMA=f"127.0.0.1:{free_port()}",
+            AI_TELEPHONE_ONSTART_PATH=str(self.bin), RECORD_LOG=str(self.record_log), HOME=str(root / "root"),
+            HF_HUB_OFFLINE="1", TQDM_DISABLE="1",
+            # `git clone https://example.invalid/ai-telephone.git` clones the snapshot of this checkout.
+            GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0=f"url.file://{self.repo}.insteadOf",
+            GIT_CONFIG_VALUE_0="https://example.invalid/ai-telephone.git",
+        )
+        self.procs.append(subprocess.Popen(["bash", str(script)], env=env, cwd=root, start_new_session=True,
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        return {"ports": {f"{port}/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(port)}]}}
+
+    def stop(self) -> None:
+        """End everything the onstart scripts started: their process groups and those groups' children."""
+        import signal
+        import time
+
+        groups = {p.pid for p in self.procs}
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            pids = _members_and_descendants(groups)
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + 15
+            while pids and time.monotonic() < deadline:
+                pids = {p for p in pids if Path(f"/proc/{p}").exists() and _state(p) != "Z"}
+                time.sleep(0.1)
+            if not pids:
+                break
+        for proc in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rindex(")") + 2 :].split()  # fields after "pid (comm) "
+
+
+def _state(pid: int) -> str:
+    fields = _stat(pid)
+    return fields[0] if fields else "Z"
+
+
+def _members_and_descendants(groups: set[int]) -> set[int]:
+    """Processes in these process groups, and every descendant of them (runuser starts a new session)."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))):
+            table[int(entry.name)] = (int(fields[1]), int(fields[2]))  # ppid, pgid
+    found = {pid for pid, (_, pgid) in table.items() if pgid in groups}
+    grew = True
+    while grew:
+        more = {pid for pid, (ppid, _) in table.items() if ppid in found} - found
+        found |= more
+        grew = bool(more)
+    return found
+
+
+@pytest.fixture
+def onstart_player(tmp_path: Path) -> Iterator[OnstartPlayer]:
+    """An :class:`OnstartPlayer` whose instances are stopped after the test."""
+    player = OnstartPlayer(tmp_path / "onstart")
     try:
         yield player
     finally:

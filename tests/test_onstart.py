@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.vastai.onstart import MAX_ONSTART_BYTES, OnstartError, render
+from deploy.vastai.onstart import MAX_ONSTART_BYTES, OnstartError, override_env, render
 from deploy.vastai.settings import InstancePlan
 
 
@@ -40,9 +40,17 @@ def test_onstart_values_are_quoted_and_bad_ones_refused() -> None:
         render(InstancePlan(chatterbox_model="large"), "https://example.com/r.git")
 
 
+def test_set_overrides_become_server_env_and_bad_ones_are_refused() -> None:
+    assert override_env(("server.tts.engine=piper", "server.llm.keep_alive=1h")) == {
+        "AI_TELEPHONE__SERVER__TTS__ENGINE": "piper", "AI_TELEPHONE__SERVER__LLM__KEEP_ALIVE": "1h"}
+    for bad in ("pi.server_url=x", "server.tts.engine", "server.llm.model=a b", "server.x=$(reboot)"):
+        with pytest.raises(OnstartError, match="--set"):
+            override_env((bad,))
+
+
 def test_onstart_keeps_ollama_on_loopback_and_takes_secrets_from_env() -> None:
     script = render(InstancePlan(), "https://example.com/r.git")
-    assert "OLLAMA_ADDR=127.0.0.1:11434" in script and "0.0.0.0:11434" not in script
+    assert "OLLAMA_ADDR=${AI_TELEPHONE_ONSTART_OLLAMA:-127.0.0.1:11434}" in script and "0.0.0.0:11434" not in script
     for name in ("AI_TELEPHONE_API_KEY", "AI_TELEPHONE_TLS_CERT_B64", "AI_TELEPHONE_TLS_KEY_B64"):
         assert f"env_value {name}" in script
     assert "requirements-server.txt" in script and "gunicorn.conf.py" in script
@@ -59,8 +67,8 @@ def test_onstart_server_config_and_env_are_what_the_server_reads() -> None:
     script = render(InstancePlan(ollama_model="qwen2.5:7b"), "https://example.com/r.git")
     yaml_doc = script.split('cat >"$ETC/config.yaml" <<YAML\n', 1)[1].split("\nYAML\n", 1)[0]
     env_doc = script.split('cat >"$ETC/server.env" <<ENV\n', 1)[1].split("\nENV\n", 1)[0]
-    preamble = "ETC=/etc/ai-telephone PORT=8000 OLLAMA_ADDR=127.0.0.1:11434 OLLAMA_MODEL=qwen2.5:7b " \
-               "CHATTERBOX_MODEL=standard HF_HOME=/var/lib/ai-telephone/hf\n"
+    preamble = ("BIND_HOST=0.0.0.0 ETC=/etc/ai-telephone PORT=8000 OLLAMA_ADDR=127.0.0.1:11434 "
+                "OLLAMA_MODEL=qwen2.5:7b CHATTERBOX_MODEL=standard HF_HOME=/var/lib/ai-telephone/hf\n")
     expanded = subprocess.run(["bash", "-c", preamble + f"cat <<YAML\n{yaml_doc}\nYAML\ncat <<ENV\n{env_doc}\nENV\n"],
                               capture_output=True, text=True, check=True, timeout=30).stdout
     yaml_text, env_text = expanded.split("AI_TELEPHONE_CONFIG=", 1)

@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--model", dest="ollama_model", default=None, help="Ollama model")
     up.add_argument("--chatterbox", dest="chatterbox_model", choices=("standard", "turbo"), default=None)
     up.add_argument("--image", default=None, help="Docker image (needs Python 3.11 and CUDA torch 2.6.0)")
+    up.add_argument("--port", dest="container_port", type=int, default=None, help="server port in the container")
+    up.add_argument("--set", dest="server_settings", action="append", default=None, metavar="server.KEY=VALUE",
+                    help="server config override on the instance, e.g. server.tts.chatterbox.model=turbo")
     up.add_argument("--max-price", dest="max_dollars_per_hour", type=float, default=None, help="$/hour ceiling")
     up.add_argument("--min-gpu-ram", dest="min_gpu_ram_gb", type=float, default=None, help="GB")
     up.add_argument("--min-cuda", dest="min_cuda", type=float, default=None)
@@ -62,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _override(obj: Any, args: argparse.Namespace) -> Any:
     names = [f.name for f in dataclasses.fields(obj)]
     changes = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    changes = {n: tuple(v) if isinstance(v, list) else v for n, v in changes.items()}
     return dataclasses.replace(obj, **changes)
 
 

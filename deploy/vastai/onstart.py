@@ -28,6 +28,21 @@ class OnstartError(ValueError):
     """The onstart script cannot be rendered from these settings."""
 
 
+_OVERRIDE_KEY = re.compile(r"^server(\.[a-z0-9_]+)+$")
+_OVERRIDE_VALUE = re.compile(r"^[A-Za-z0-9_.:/@+-]*$")
+
+
+def override_env(settings: tuple[str, ...]) -> dict[str, str]:
+    """``server.tts.engine=piper`` pairs as the server's env overrides (AI_TELEPHONE__SERVER__TTS__ENGINE)."""
+    env: dict[str, str] = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not _OVERRIDE_KEY.match(key) or not _OVERRIDE_VALUE.match(value):
+            raise OnstartError(f"--set {item!r}: expected server.some.key=value (value: letters, digits, ._:/@+-)")
+        env["AI_TELEPHONE__" + key.upper().replace(".", "__")] = value
+    return env
+
+
 def render(plan: InstancePlan, repo_url: str) -> str:
     """The onstart script for ``plan``, every value shell-quoted; OnstartError when too big."""
     if plan.chatterbox_model not in CHATTERBOX_WEIGHTS:

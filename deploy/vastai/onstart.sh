@@ -13,14 +13,19 @@ CHATTERBOX_PATTERNS=@@CHATTERBOX_PATTERNS@@
 CHATTERBOX_MODEL=@@CHATTERBOX_MODEL@@
 PORT=@@PORT@@
 
-APP_DIR=/opt/ai-telephone
+# On Vast.ai none of these is set. tests/test_onstart_run.py runs this very script in a scratch
+# root on 127.0.0.1, with stand-ins first on PATH for the commands that need the internet.
+R=${AI_TELEPHONE_ONSTART_ROOT:-}
+BIND_HOST=${AI_TELEPHONE_ONSTART_BIND_HOST:-0.0.0.0}
+SVC_USER=${AI_TELEPHONE_ONSTART_USER:-ai-telephone}
+OLLAMA_ADDR=${AI_TELEPHONE_ONSTART_OLLAMA:-127.0.0.1:11434}
+export PATH="${AI_TELEPHONE_ONSTART_PATH:+$AI_TELEPHONE_ONSTART_PATH:}/opt/conda/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+APP_DIR=$R/opt/ai-telephone
 VENV="$APP_DIR/venv"
-ETC=/etc/ai-telephone
-DATA=/var/lib/ai-telephone
-SVC_USER=ai-telephone
-LOG=/var/log/ai-telephone-onstart.log
-OLLAMA_ADDR=127.0.0.1:11434
-export PATH="/opt/conda/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+ETC=$R/etc/ai-telephone
+DATA=$R/var/lib/ai-telephone
+LOG=$R/var/log/ai-telephone-onstart.log
 export DEBIAN_FRONTEND=noninteractive HF_HOME="$DATA/hf"
 
 log() { printf '%s onstart: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*"; }
@@ -66,7 +71,7 @@ has_systemd() { [ -d /run/systemd/system ]; }
 env_value() {
   local value="${!1:-}"
   if [ -z "$value" ] && [ -r /proc/1/environ ]; then
-    value=$(tr '\0' '\n' </proc/1/environ | sed -n "s/^$1=//p" | head -n 1)
+    value=$({ tr '\0' '\n' </proc/1/environ; } 2>/dev/null | sed -n "s/^$1=//p" | head -n 1)
   fi
   printf '%s' "$value"
 }
@@ -114,12 +119,15 @@ server:
 YAML
   cat >"$ETC/server.env" <<ENV
 AI_TELEPHONE_CONFIG=$ETC/config.yaml
-AI_TELEPHONE_BIND=0.0.0.0:$PORT
+AI_TELEPHONE_BIND=$BIND_HOST:$PORT
 AI_TELEPHONE_TLS_CERT=$ETC/server-cert.pem
 AI_TELEPHONE_TLS_KEY=$ETC/server-key.pem
 OLLAMA_HOST=http://$OLLAMA_ADDR
 HF_HOME=$HF_HOME
 ENV
+  # `up --set server.x.y=v` arrives as AI_TELEPHONE__SERVER__X__Y=v: config overrides the server reads.
+  { env; { tr '\0' '\n' </proc/1/environ; } 2>/dev/null || true; } |
+    grep -E '^AI_TELEPHONE__[A-Z0-9_]+=[A-Za-z0-9_.:/@+-]*$' | sort -u -t= -k1,1 >>"$ETC/server.env" || true
   chmod 0640 "$ETC/config.yaml" "$ETC/server.env"
   chgrp "$SVC_USER" "$ETC/config.yaml" "$ETC/server.env"
   log "wrote the API key, TLS certificate and config to $ETC"
@@ -205,6 +213,7 @@ main() {
 }
 
 # Vast waits for nothing here: the bootstrap runs in the background and logs to $LOG.
+mkdir -p "$(dirname "$LOG")"
 touch "$LOG"
 chmod 0600 "$LOG"
 main >>"$LOG" 2>&1 &

@@ -15,7 +15,7 @@ from deploy.vastai import offers as offer_logic
 from deploy.vastai import tls
 from deploy.vastai.health import probe, server_url
 from deploy.vastai.lifecycle import Phase, assess, degraded_too_long, split_labelled
-from deploy.vastai.onstart import render
+from deploy.vastai.onstart import override_env, render
 from deploy.vastai.settings import InstancePlan, OfferCriteria, Timing
 from deploy.vastai.store import DeployStore
 
@@ -124,6 +124,7 @@ class Deployer:
         if live:
             return self._reuse(live, api_key)
         script = render(self.plan, repo_url)
+        override_env(self.plan.server_settings)  # refuse a bad --set before renting anything
         found = _api_call("search offers", lambda: self.vast.search_offers(
             query=offer_logic.search_query(self.criteria), order=offer_logic.api_order(self.criteria),
             limit=self.criteria.limit, storage=self.criteria.min_disk_gb,
@@ -156,6 +157,7 @@ class Deployer:
             "AI_TELEPHONE_API_KEY": api_key,
             "AI_TELEPHONE_TLS_CERT_B64": base64.b64encode(cert.cert_pem).decode("ascii"),
             "AI_TELEPHONE_TLS_KEY_B64": base64.b64encode(cert.key_pem).decode("ascii"),
+            **override_env(self.plan.server_settings),
         }
         reply = _api_call("create instance", lambda: self.vast.create_instance(
             id=int(offer["id"]), image=self.plan.image, disk=self.criteria.min_disk_gb, env=env,
