@@ -229,3 +229,16 @@ def test_a_server_that_stays_degraded_is_replaced_unless_accepted(
         assert accepted.returncode == 0, accepted.stderr
         assert accepted.stdout.startswith("# AI Telephone server: Vast.ai instance 31001, status degraded")
         assert set(api.instances) == {31001}
+
+
+def test_an_offer_taken_before_create_is_skipped(run_cli: RunCli, deploy_env: dict[str, str]) -> None:
+    offers = [make_offer(81, dlperf_per_dphtotal=500.0), make_offer(82)]
+    with VastStandIn(VAST_KEY, offers, {82: ["loading", "exited"]}, taken={81}) as api:
+        result = run_cli(api.url, "up", *FAST, "--max-attempts", "1")
+    assert "offer 81 is no longer available (HTTP 404); trying the next offer" in result.stderr
+    # The vanished offer did not use up the one attempt: offer 82 was rented (and failed).
+    assert [r.path for r in api.calls("PUT", "/api/v0/asks/")] == ["/api/v0/asks/81/", "/api/v0/asks/82/"]
+    assert result.returncode == 1 and "1 offer tried, none became healthy" in result.stderr
+    with VastStandIn(VAST_KEY, offers, taken={81, 82}) as api:
+        gone = run_cli(api.url, "up", *FAST)
+    assert gone.returncode == 1 and "every matching offer was taken" in gone.stderr

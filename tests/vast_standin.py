@@ -72,6 +72,8 @@ class VastStandIn:
     """Per offer id: the ``actual_status`` sequence of an instance made from it (default loading, running)."""
     on_create: Callable[[int, dict[str, Any], dict[str, Any]], dict[str, Any] | None] | None = None
     """Called with (instance id, offer, create body); the dict it returns is merged into the record."""
+    taken: set[int] = field(default_factory=set)
+    """Offer ids that search still lists but create refuses (rented by someone else in between)."""
     credit: float = 25.0
     requests: list[Recorded] = field(default_factory=list)
     instances: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -187,7 +189,7 @@ class VastStandIn:
 
     def _create(self, offer_id: int, body: dict[str, Any]) -> tuple[int, Any]:
         offer = next((o for o in self.offers if o["id"] == offer_id), None)
-        if offer is None or offer.get("rented"):
+        if offer is None or offer.get("rented") or offer_id in self.taken:
             return 404, {"success": False, "error": "no_such_ask", "msg": f"Offer {offer_id} is not available"}
         if len(str(body.get("onstart") or "").encode()) > MAX_ONSTART:
             return 400, {"success": False, "error": "invalid_args", "msg": "onstart script too long"}

@@ -26,6 +26,10 @@ class DeployError(RuntimeError):
     """`up`, `status` or `down` cannot go on; the message says what to change."""
 
 
+class OfferGone(RuntimeError):
+    """The offer was taken between search and create; the next one is tried (it costs nothing)."""
+
+
 class InstanceFailed(RuntimeError):
     """One instance will not become healthy; `up` destroys it and tries the next offer."""
 
@@ -41,25 +45,26 @@ class Deployment:
     health: str
 
 
+def _deploy_error(what: str, err: requests.RequestException) -> DeployError:
+    """A DeployError naming the SDK call and, for an HTTP failure, the status and the API's own words."""
+    reply = err.response if isinstance(err, requests.HTTPError) else None
+    if reply is None:
+        return DeployError(f"Vast.ai {what} failed: {err.__class__.__name__}: cannot reach the API")
+    try:
+        body = reply.json()
+        detail = str(body.get("msg") or body.get("error") or "") if isinstance(body, dict) else ""
+    except ValueError:
+        detail = reply.text[:200]
+    hint = " (check VAST_API_KEY or `vastai set api-key`)" if reply.status_code in (401, 403) else ""
+    return DeployError(f"Vast.ai {what} failed: HTTP {reply.status_code} {detail}{hint}".rstrip())
+
+
 def _api_call(what: str, call: Callable[[], Any]) -> Any:
-    """Run one SDK call; an HTTP failure becomes a DeployError naming the call and the API's words."""
+    """Run one SDK call; a failure becomes a DeployError (see :func:`_deploy_error`)."""
     try:
         return call()
-    except requests.HTTPError as err:
-        reply = err.response
-        detail = ""
-        if reply is not None:
-            try:
-                body = reply.json()
-                detail = str(body.get("msg") or body.get("error") or "") if isinstance(body, dict) else ""
-            except ValueError:
-                detail = reply.text[:200]
-            status = reply.status_code
-            hint = " (check VAST_API_KEY or `vastai set api-key`)" if status in (401, 403) else ""
-            raise DeployError(f"Vast.ai {what} failed: HTTP {status} {detail}{hint}".rstrip()) from err
-        raise DeployError(f"Vast.ai {what} failed: {err}") from err
     except requests.RequestException as err:
-        raise DeployError(f"Vast.ai {what} failed: {err.__class__.__name__}: cannot reach the API") from err
+        raise _deploy_error(what, err) from err
 
 
 class Deployer:
@@ -138,18 +143,29 @@ class Deployer:
                 f"compute capability {c.min_compute_cap / 100:g}-{c.max_compute_cap / 100:g}, reliability >= "
                 f"{c.min_reliability:g}, <= ${c.max_dollars_per_hour:g}/h; raise --max-price or relax the filters"
             )
-        for attempt, offer in enumerate(ranked[: self.timing.max_attempts], start=1):
-            _LOGGER.info("Attempt %d/%d: renting %s", attempt, self.timing.max_attempts, offer_logic.describe(offer))
+        attempts = 0
+        for offer in ranked:
+            if attempts >= self.timing.max_attempts:
+                break
+            _LOGGER.info("Attempt %d/%d: renting %s", attempts + 1, self.timing.max_attempts,
+                         offer_logic.describe(offer))
             cert = tls.generate(str(offer["public_ipaddr"]))
             self.store.save_cert(cert)
-            instance_id = self._create(offer, api_key, cert, script)
+            try:
+                instance_id = self._create(offer, api_key, cert, script)
+            except OfferGone as err:
+                _LOGGER.warning("%s; trying the next offer", err)
+                continue
+            attempts += 1
             try:
                 return self._await(instance_id, api_key, cert)
             except InstanceFailed as err:
                 _LOGGER.warning("Instance %s failed: %s; destroying it", instance_id, err)
                 self.destroy(instance_id)
                 self.store.forget_instance()
-        raise DeployError(f"{min(len(ranked), self.timing.max_attempts)} offers tried, none became healthy")
+        if not attempts:
+            raise DeployError("every matching offer was taken before it could be rented; run `up` again")
+        raise DeployError(f"{attempts} offer{'s' if attempts > 1 else ''} tried, none became healthy")
 
     def _create(self, offer: Mapping[str, Any], api_key: str, cert: tls.ServerCert, script: str) -> int:
         env = {
@@ -159,13 +175,19 @@ class Deployer:
             "AI_TELEPHONE_TLS_KEY_B64": base64.b64encode(cert.key_pem).decode("ascii"),
             **override_env(self.plan.server_settings),
         }
-        reply = _api_call("create instance", lambda: self.vast.create_instance(
-            id=int(offer["id"]), image=self.plan.image, disk=self.criteria.min_disk_gb, env=env,
-            label=self.plan.label, onstart_cmd=script, ssh=True, direct=True, cancel_unavail=True,
-        ))
+        try:
+            reply = self.vast.create_instance(
+                id=int(offer["id"]), image=self.plan.image, disk=self.criteria.min_disk_gb, env=env,
+                label=self.plan.label, onstart_cmd=script, ssh=True, direct=True, cancel_unavail=True,
+            )
+        except requests.RequestException as err:
+            status = err.response.status_code if isinstance(err, requests.HTTPError) and err.response is not None else 0
+            if status in (400, 404, 409, 410):  # no such ask / already rented / not available
+                raise OfferGone(f"offer {offer['id']} is no longer available (HTTP {status})") from err
+            raise _deploy_error("create instance", err) from err
         if not isinstance(reply, dict) or not reply.get("success") or not reply.get("new_contract"):
-            detail = reply.get("msg") or reply.get("error") if isinstance(reply, dict) else reply
-            raise DeployError(f"Vast.ai did not create an instance from offer {offer['id']}: {detail}")
+            detail = (reply.get("msg") or reply.get("error")) if isinstance(reply, dict) else reply
+            raise OfferGone(f"Vast.ai did not create an instance from offer {offer['id']}: {detail}")
         instance_id = int(reply["new_contract"])
         self.store.save_instance({"id": instance_id, "offer": offer["id"], "ip": offer["public_ipaddr"],
                                   "label": self.plan.label})
