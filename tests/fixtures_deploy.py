@@ -128,74 +128,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class InstancePlayer:
-    """Plays a rented instance: on create, does what onstart.sh does with the env it was given
-    (writes the key file, certificate and config) and starts the real server under gunicorn with TLS,
-    offline (embedded LLM, Piper voice), on 127.0.0.1."""
-
-    EMBEDDED = "  llm:\n    backend: embedded\n"
-    """The offline LLM (SmolLM2 through llama.cpp)."""
-    NO_OLLAMA = "  llm:\n    backend: ollama\n    ollama_host: http://127.0.0.1:9\n    warm_up: false\n"
-    """An Ollama nobody runs: the server starts, and /health says degraded."""
-
-    def __init__(self, work: Path, llm_yaml: str = EMBEDDED) -> None:
-        self.work = work
-        self.llm_yaml = llm_yaml
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.logs: list[Path] = []
-
-    def __call__(self, instance_id: int, offer: dict[str, object], body: dict[str, object]) -> dict[str, object]:
-        import base64
-
-        env_in: dict[str, str] = body["env"]  # type: ignore[assignment]
-        etc = self.work / f"instance-{instance_id}/etc"
-        etc.mkdir(parents=True)
-        (etc / "api-key").write_text(env_in["AI_TELEPHONE_API_KEY"] + "\n")
-        (etc / "server-cert.pem").write_bytes(base64.b64decode(env_in["AI_TELEPHONE_TLS_CERT_B64"]))
-        (etc / "server-key.pem").write_bytes(base64.b64decode(env_in["AI_TELEPHONE_TLS_KEY_B64"]))
-        (etc / "config.yaml").write_text(
-            "server:\n"
-            f"  api_key_file: {etc / 'api-key'}\n"
-            f"  data_dir: {self.work / f'instance-{instance_id}/data'}\n"
-            + self.llm_yaml
-            + "  tts:\n    engine: piper\n"
-        )
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AI_TELEPHONE", "VAST_"))}
-        env.update(AI_TELEPHONE_CONFIG=str(etc / "config.yaml"), AI_TELEPHONE_BIND=f"127.0.0.1:{port}",
-                   AI_TELEPHONE_TLS_CERT=str(etc / "server-cert.pem"), AI_TELEPHONE_TLS_KEY=str(etc / "server-key.pem"),
-                   HOME=str(self.work / f"instance-{instance_id}"), TQDM_DISABLE="1", HF_HUB_OFFLINE="1")
-        log = self.work / f"instance-{instance_id}/server.log"
-        self.logs.append(log)
-        gunicorn = Path(sys.executable).parent / "gunicorn"
-        with log.open("wb") as out:
-            self.procs.append(subprocess.Popen(
-                [str(gunicorn), "-c", "cloud_server/gunicorn.conf.py", "cloud_server:create_app()"],
-                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-            ))
-        return {"ports": {"8000/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(port)}]}}
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-
-
-@pytest.fixture
-def instance_player(tmp_path: Path) -> Iterator[InstancePlayer]:
-    """An :class:`InstancePlayer` whose servers are stopped after the test."""
-    player = InstancePlayer(tmp_path / "instances")
-    try:
-        yield player
-    finally:
-        player.stop()
-
-
 _OLLAMA_CLI = """#!/bin/bash
 # Stand-in for the ollama CLI: `serve` runs the Ollama protocol stand-in; the model is already there.
 printf '%s\\n' "ollama $* (OLLAMA_HOST=$OLLAMA_HOST)" >>"$RECORD_LOG"
@@ -232,7 +164,7 @@ class OnstartPlayer:
     def __init__(self, work: Path) -> None:
         self.work = work
         self.roots: list[Path] = []
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.record_log = work / "calls.log"
         self.bin = work / "bin"
         self.bin.mkdir(parents=True)
@@ -283,30 +215,46 @@ class OnstartPlayer:
             GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0=f"url.file://{self.repo}.insteadOf",
             GIT_CONFIG_VALUE_0="https://example.invalid/ai-telephone.git",
         )
-        self.procs.append(subprocess.Popen(["bash", str(script)], env=env, cwd=root, start_new_session=True,
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        self.procs[instance_id] = subprocess.Popen(["bash", str(script)], env=env, cwd=root, start_new_session=True,
+                                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return {"ports": {f"{port}/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(port)}]}}
 
-    def stop(self) -> None:
-        """End everything the onstart scripts started: their process groups and those groups' children."""
-        import signal
-        import time
+    def logs(self) -> str:
+        """Every instance's onstart and server log, for a failure message."""
+        found = [p for root in self.roots for p in (root / "var/log/ai-telephone-onstart.log",
+                                                    root / "var/lib/ai-telephone/server.log") if p.exists()]
+        return "\n".join(f"--- {p}\n{p.read_text(errors='replace')[-4000:]}" for p in found)
 
-        groups = {p.pid for p in self.procs}
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            pids = _members_and_descendants(groups)
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-            deadline = time.monotonic() + 15
-            while pids and time.monotonic() < deadline:
-                pids = {p for p in pids if Path(f"/proc/{p}").exists() and _state(p) != "Z"}
-                time.sleep(0.1)
-            if not pids:
-                break
-        for proc in self.procs:
+    def destroy(self, instance_id: int) -> None:
+        """The instance is destroyed: everything its onstart started ends (the stand-in's on_destroy)."""
+        proc = self.procs.pop(instance_id, None)
+        if proc is not None:
+            _end_groups({proc.pid})
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
+
+    def stop(self) -> None:
+        """End every instance still playing."""
+        for instance_id in list(self.procs):
+            self.destroy(instance_id)
+
+
+def _end_groups(groups: set[int]) -> None:
+    """SIGTERM, then SIGKILL what is left, the processes of these process groups and all their descendants."""
+    import signal
+    import time
+
+    targets = _members_and_descendants(groups)  # taken once: orphans lose their parent link when it dies
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in targets:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + 15
+        while targets and time.monotonic() < deadline:
+            targets = {p for p in targets if _state(p) != "Z"}
+            time.sleep(0.1)
+        if not targets:
+            return
 
 
 def _stat(pid: int) -> list[str] | None:

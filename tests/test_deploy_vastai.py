@@ -11,7 +11,7 @@ from common.config import config_from_dict
 from deploy.vastai import tls
 from deploy.vastai.onstart import render
 from deploy.vastai.settings import InstancePlan
-from tests.fixtures_deploy import FAST, VAST_KEY, InstancePlayer, PiScratch, RunCli
+from tests.fixtures_deploy import FAST, VAST_KEY, OnstartPlayer, PiScratch, RunCli, free_port
 from tests.vast_standin import VastStandIn, make_offer
 
 _NO_PORT: dict[str, object] = {"ports": {"8000/tcp": [{"HostIp": "0.0.0.0", "HostPort": "9"}]}}
@@ -133,26 +133,27 @@ def _pi_lines(stdout: str) -> dict[str, str]:
 
 
 def test_up_until_healthy_with_the_real_server_then_reuse_status_and_down(
-    run_cli: RunCli, deploy_env: dict[str, str], instance_player: InstancePlayer, pi_scratch: PiScratch,
+    run_cli: RunCli, deploy_env: dict[str, str], onstart_player: OnstartPlayer, pi_scratch: PiScratch,
     tmp_path: Path,
 ) -> None:
-    """The whole flow: the first instance dies, the second runs the real server with the certificate
-    made here; the printed lines get the Pi (and this test) a verified, authenticated reply."""
+    """The whole flow: the first instance dies, the second runs its onstart, which starts the real server
+    (offline: embedded LLM, Piper voice) with the certificate made here; the printed lines get the Pi
+    (and this test) a verified, authenticated reply."""
     offers = [make_offer(51, dlperf_per_dphtotal=400.0), make_offer(52, dlperf_per_dphtotal=200.0)]
     statuses = {51: ["loading", "exited"], 52: ["loading", "loading", "running"]}
+    port = free_port()
     slow = ("--repo-url", "https://example.invalid/ai-telephone.git", "--poll", "0.25", "--start-timeout", "30",
-            "--health-timeout", "180")
-    with VastStandIn(VAST_KEY, offers, statuses, on_create=instance_player) as api:
+            "--health-timeout", "180", "--port", str(port),
+            "--set", "server.llm.backend=embedded", "--set", "server.tts.engine=piper")
+    with VastStandIn(VAST_KEY, offers, statuses, on_create=onstart_player, on_destroy=onstart_player.destroy) as api:
         up = run_cli(api.url, "up", *slow, timeout=300)
-        logs = "\n".join(p.read_text(errors="replace") for p in instance_player.logs)
-        assert up.returncode == 0, up.stderr + logs
+        assert up.returncode == 0, up.stderr + onstart_player.logs()
 
         # stdout is exactly what the Pi needs; the log shows progress and never a secret.
         pi = _pi_lines(up.stdout)
         api_key = _stored_api_key(deploy_env)
         assert pi["AI_TELEPHONE_API_KEY"] == api_key
         assert pi["AI_TELEPHONE__PI__CLIENT__CA_CERT"] == "/etc/ai-telephone/server-cert.pem"
-        port = int(api.instances[31001]["ports"]["8000/tcp"][0]["HostPort"])
         assert pi["AI_TELEPHONE_SERVER"] == f"https://127.0.0.1:{port}"
         pem = up.stdout[up.stdout.index("-----BEGIN CERTIFICATE-----"):]
         assert tls.ip_addresses(pem.encode()) == ["127.0.0.1"]
@@ -169,6 +170,7 @@ def test_up_until_healthy_with_the_real_server_then_reuse_status_and_down(
         pinned.write_text(pem)
         health = requests.get(f"{cfg.pi.server_url}/health", verify=str(pinned), timeout=10).json()
         assert health["status"] == "ok" and health["tts"]["engine"] == "piper"
+        assert health["llm"]["backend"] == "embedded"
         turn = requests.post(f"{cfg.pi.server_url}/process-text", json={"text": "Hello, who is this?"},
                              headers={"Authorization": f"Bearer {pi['AI_TELEPHONE_API_KEY']}"},
                              verify=str(pinned), timeout=120)
@@ -195,8 +197,8 @@ def test_up_until_healthy_with_the_real_server_then_reuse_status_and_down(
         pi_env = (pi_scratch.root / "etc/ai-telephone/pi.env").read_text()
         assert f"AI_TELEPHONE_API_KEY={api_key}" in pi_env and f"AI_TELEPHONE_SERVER=https://127.0.0.1:{port}" in pi_env
 
-        # A second `up` finds the labelled instance instead of renting another.
-        again = run_cli(api.url, "up", *slow, timeout=120)
+        # A second `up` (no flags needed) finds the labelled instance instead of renting another.
+        again = run_cli(api.url, "up", "--repo-url", "https://example.invalid/ai-telephone.git", timeout=120)
         assert again.returncode == 0, again.stderr
         assert _pi_lines(again.stdout) == pi and "reusing it" in again.stderr
         assert len(api.calls("PUT", "/api/v0/asks/")) == 2
@@ -213,19 +215,20 @@ def test_up_until_healthy_with_the_real_server_then_reuse_status_and_down(
 
 
 def test_a_server_that_stays_degraded_is_replaced_unless_accepted(
-    run_cli: RunCli, deploy_env: dict[str, str], instance_player: InstancePlayer
+    run_cli: RunCli, deploy_env: dict[str, str], onstart_player: OnstartPlayer
 ) -> None:
-    """The real server with its LLM unreachable answers `degraded`: after the grace it counts as failed;
-    with --accept-degraded the maker gets it anyway, and the printed header says so."""
-    instance_player.llm_yaml = InstancePlayer.NO_OLLAMA
+    """The real server pointed at an Ollama nobody runs answers `degraded`: after the grace it counts as
+    failed; with --accept-degraded the maker gets it anyway, and the printed header says so."""
     flags = ("--repo-url", "https://example.invalid/ai-telephone.git", "--poll", "0.25", "--start-timeout", "30",
-             "--health-timeout", "180", "--max-attempts", "1")
-    with VastStandIn(VAST_KEY, [make_offer(61), make_offer(62, dph_total=0.5)], on_create=instance_player) as api:
-        refused = run_cli(api.url, "up", *flags, "--degraded-grace", "1", timeout=240)
+             "--health-timeout", "180", "--max-attempts", "1", "--set", "server.tts.engine=piper",
+             "--set", "server.llm.ollama_host=http://127.0.0.1:9", "--set", "server.llm.warm_up=false")
+    offers = [make_offer(61), make_offer(62, dph_total=0.5)]
+    with VastStandIn(VAST_KEY, offers, on_create=onstart_player, on_destroy=onstart_player.destroy) as api:
+        refused = run_cli(api.url, "up", *flags, "--port", str(free_port()), "--degraded-grace", "1", timeout=240)
         assert refused.returncode == 1
         assert "stays degraded (status degraded, llm reachable False, tts piper)" in refused.stderr
         assert [r.path for r in api.calls("DELETE", "/api/v0/instances/")] == ["/api/v0/instances/31000/"]
-        accepted = run_cli(api.url, "up", *flags, "--accept-degraded", timeout=240)
+        accepted = run_cli(api.url, "up", *flags, "--port", str(free_port()), "--accept-degraded", timeout=240)
         assert accepted.returncode == 0, accepted.stderr
         assert accepted.stdout.startswith("# AI Telephone server: Vast.ai instance 31001, status degraded")
         assert set(api.instances) == {31001}

@@ -72,6 +72,8 @@ class VastStandIn:
     """Per offer id: the ``actual_status`` sequence of an instance made from it (default loading, running)."""
     on_create: Callable[[int, dict[str, Any], dict[str, Any]], dict[str, Any] | None] | None = None
     """Called with (instance id, offer, create body); the dict it returns is merged into the record."""
+    on_destroy: Callable[[int], None] | None = None
+    """Called with the instance id once it is destroyed (a test stops what played the instance)."""
     taken: set[int] = field(default_factory=set)
     """Offer ids that search still lists but create refuses (rented by someone else in between)."""
     credit: float = 25.0
@@ -172,10 +174,12 @@ class VastStandIn:
             with self._lock:
                 if rec.method == "GET":
                     return 200, {"instances": self._look(iid) if iid in self.instances else None}
-                if rec.method == "DELETE":
-                    if self.instances.pop(iid, None) is None:
-                        return 404, {"success": False, "error": "no_such_instance", "msg": f"No instance {iid}"}
-                    return 200, {"success": True}
+                if rec.method == "DELETE" and self.instances.pop(iid, None) is None:
+                    return 404, {"success": False, "error": "no_such_instance", "msg": f"No instance {iid}"}
+            if rec.method == "DELETE":
+                if self.on_destroy:
+                    self.on_destroy(iid)
+                return 200, {"success": True}
         return 404, {"success": False, "error": "not_found", "msg": f"{rec.method} {rec.path} is not in the stand-in"}
 
     def _search(self, q: dict[str, Any]) -> list[dict[str, Any]]:

@@ -118,7 +118,7 @@ def _status(deployer: Deployer, out: TextIO) -> int:
     for row in live + dead:
         line = "instance {} {} {} ${:.3f}/h".format(row.get("id"), row.get("actual_status"), row.get("gpu_name"),
                                                      float(row.get("dph_total") or 0))
-        port, ip = mapped_port(row, deployer.plan.container_port), row.get("public_ipaddr")
+        port, ip = mapped_port(row, deployer.container_port(int(row["id"]))), row.get("public_ipaddr")
         if row in live and ip and port:
             url = server_url(str(ip), port)
             if deployer.store.cert_path.is_file():

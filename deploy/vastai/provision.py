@@ -109,6 +109,13 @@ class Deployer:
         except requests.RequestException as err:
             raise DeployError(f"Vast.ai show instance {instance_id} failed: {err.__class__.__name__}") from err
 
+    def container_port(self, instance_id: int) -> int:
+        """The port the server listens on inside this instance: as created (kept locally), else the plan's."""
+        saved = self.store.load_instance()
+        if saved and saved.get("id") == instance_id and isinstance(saved.get("container_port"), int):
+            return int(saved["container_port"])
+        return self.plan.container_port
+
     def destroy(self, instance_id: int) -> None:
         """Destroy one instance (billing stops)."""
         _api_call(f"destroy instance {instance_id}", lambda: self.vast.destroy_instance(instance_id))
@@ -190,7 +197,7 @@ class Deployer:
             raise OfferGone(f"Vast.ai did not create an instance from offer {offer['id']}: {detail}")
         instance_id = int(reply["new_contract"])
         self.store.save_instance({"id": instance_id, "offer": offer["id"], "ip": offer["public_ipaddr"],
-                                  "label": self.plan.label})
+                                  "label": self.plan.label, "container_port": self.plan.container_port})
         _LOGGER.info("Created instance %s from offer %s", instance_id, offer["id"])
         return instance_id
 
@@ -214,7 +221,7 @@ class Deployer:
         start = self._now()
         shown: tuple[str, float] = ("", -1e9)
         while True:
-            a = assess(self.record(instance_id), self.plan.container_port, self._now() - start,
+            a = assess(self.record(instance_id), self.container_port(instance_id), self._now() - start,
                        self.timing.start_timeout_seconds)
             shown = self._progress(instance_id, a.reason, shown, start)
             if a.phase is Phase.RUNNING:
@@ -241,7 +248,7 @@ class Deployer:
                 raise InstanceFailed(f"the server stays degraded ({health.summary}); --accept-degraded takes it so")
             if now - start >= self.timing.health_timeout_seconds:
                 raise InstanceFailed(f"no healthy /health after {now - start:.0f} s (last: {health.summary})")
-            again = assess(self.record(instance_id), self.plan.container_port, 0.0, 1.0)
+            again = assess(self.record(instance_id), self.container_port(instance_id), 0.0, 1.0)
             if again.phase is Phase.FAILED:
                 raise InstanceFailed(again.reason)
             self._sleep(self.timing.poll_seconds)
