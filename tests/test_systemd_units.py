@@ -47,8 +47,10 @@ def test_server_unit_runs_gunicorn_after_network_and_ollama() -> None:
     assert svc["EnvironmentFile"] == "/etc/ai-telephone/server.env"
     # The unit and the onstart agree on where things live.
     onstart = (REPO / "deploy/vastai/onstart.sh").read_text()
-    assert f"SVC_USER={svc['User']}" in onstart and "ETC=/etc/ai-telephone" in onstart
-    assert 'APP_DIR=/opt/ai-telephone' in onstart and "$ETC/server.env" in onstart
+    assert f"SVC_USER=${{AI_TELEPHONE_ONSTART_USER:-{svc['User']}}}" in onstart
+    assert "ETC=$R/etc/ai-telephone" in onstart and "APP_DIR=$R/opt/ai-telephone" in onstart
+    assert "DATA=$R/var/lib/ai-telephone" in onstart and svc["ReadWritePaths"] == "/var/lib/ai-telephone"
+    assert "$ETC/server.env" in onstart
 
 
 def test_pi_unit_matches_what_install_pi_writes() -> None:
