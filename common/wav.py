@@ -48,7 +48,8 @@ def wav_header(sample_rate: int, channels: int = 1, data_bytes: int | None = Non
 def float_to_pcm16(samples: np.ndarray) -> bytes:
     """Float samples in [-1, 1] (any shape, flattened) to little-endian int16 bytes, clipped."""
     flat = np.asarray(samples, dtype=np.float32).reshape(-1)
-    return (np.clip(flat, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+    # The inverse of pcm16_to_float: int16 → float → int16 is exact.
+    return np.clip(np.rint(flat * 32768.0), -32768, 32767).astype("<i2").tobytes()
 
 
 def pcm16_to_float(pcm: bytes) -> np.ndarray:

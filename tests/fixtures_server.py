@@ -55,7 +55,7 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def test_config(ollama_url: str, tmp_path: Any, **server: Any) -> Config:
+def server_config(ollama_url: str, tmp_path: Any, **server: Any) -> Config:
     """A server config for tests: Ollama at ``ollama_url``, the Piper voice, small limits."""
     base: dict[str, Any] = {
         "server": {

@@ -18,7 +18,7 @@ import requests
 from cloud_server.tts.base import TTSEngine, TTSError, VoiceSpec
 from common.config import ConfigError
 from common.wav import WavStreamReader, pcm16_to_float
-from tests.fixtures_server import TEST_KEY, test_config
+from tests.fixtures_server import TEST_KEY, server_config
 from tests.ollama_standin import OllamaStandIn
 
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
@@ -37,10 +37,11 @@ def ask(url: str, body: Any, headers: dict[str, str] | None = None, **kwargs: An
                          timeout=TIMEOUT, **kwargs)
 
 
-def spoken(response: requests.Response) -> tuple[int, np.ndarray]:
-    """Read a whole streamed WAV reply: (sample rate, float samples)."""
+def spoken(response: requests.Response | Iterator[bytes], already: bytes = b"") -> tuple[int, np.ndarray]:
+    """Read a whole streamed WAV reply (``already``: bytes read before): (sample rate, float samples)."""
+    chunks = response.iter_content(chunk_size=None) if isinstance(response, requests.Response) else response
     reader = WavStreamReader()
-    pcm = b"".join(reader.feed(chunk) for chunk in response.iter_content(chunk_size=None))
+    pcm = reader.feed(already) + b"".join(reader.feed(chunk) for chunk in chunks)
     assert reader.format is not None, "no WAV header in the reply"
     return reader.format.sample_rate, pcm16_to_float(pcm)
 
@@ -62,14 +63,15 @@ def assert_healthy_turn(url: str) -> None:
 
 def test_a_turn_is_a_streamed_spoken_reply(ollama: OllamaStandIn, start_server: Any, tmp_path: Path) -> None:
     ollama.script("The capital of France is Paris. ", "It is a lovely city on the Seine.")
-    server = start_server(test_config(ollama.url, tmp_path))
+    server = start_server(server_config(ollama.url, tmp_path))
     with ask(server.url, {"text": "What is the capital of France?", "prompt": "Be brief."}, stream=True) as reply:
         assert reply.status_code == 200
         assert reply.headers["Content-Type"] == "audio/wav"
         session_id = reply.headers["X-Session-Id"]
-        first = next(reply.iter_content(chunk_size=None))
+        chunks = reply.iter_content(chunk_size=None)
+        first = next(chunks)
         assert first[:4] == b"RIFF" and first[4:8] == b"\xff\xff\xff\xff"  # open-ended stream for aplay
-        rate, samples = spoken_rest(first, reply)
+        rate, samples = spoken(chunks, already=first)
     assert rate == server.services.pipeline.sample_rate
     # Two sentences of Piper speech: a couple of seconds of sound, not silence.
     assert 1.5 < speech_seconds(rate, samples) < 15
@@ -89,26 +91,20 @@ def test_a_turn_is_a_streamed_spoken_reply(ollama: OllamaStandIn, start_server: 
     assert [m["role"] for m in second.messages] == ["system", "user", "assistant", "user"]
 
 
-def spoken_rest(first: bytes, response: requests.Response) -> tuple[int, np.ndarray]:
-    reader = WavStreamReader()
-    pcm = reader.feed(first) + b"".join(reader.feed(c) for c in response.iter_content(chunk_size=None))
-    assert reader.format is not None
-    return reader.format.sample_rate, pcm16_to_float(pcm)
-
-
 def test_first_audio_arrives_before_the_llm_has_finished(
     ollama: OllamaStandIn, start_server: Any, tmp_path: Path
 ) -> None:
     ollama.script("Here is the first sentence of my answer. ", 4.0, "And here, much later, is the second one.")
-    server = start_server(test_config(ollama.url, tmp_path))
+    server = start_server(server_config(ollama.url, tmp_path))
     with ask(server.url, {"text": "Tell me something."}, stream=True) as reply:
         reader = WavStreamReader()
-        for chunk in reply.iter_content(chunk_size=None):
+        chunks = reply.iter_content(chunk_size=None)
+        for chunk in chunks:
             if reader.feed(chunk):
                 break  # the first PCM bytes
         (chat,) = ollama.chat_requests()
         assert not chat.completed, "audio only came after the LLM had finished: nothing was streamed"
-        spoken(reply)
+        b"".join(chunks)
     assert chat.finished.wait(10) and chat.completed
 
 
@@ -133,7 +129,7 @@ def test_bad_requests_get_a_clear_json_error_and_the_server_stays_healthy(
     ollama: OllamaStandIn, start_server: Any, tmp_path: Path, headers: dict[str, str], body: Any, status: int,
     code: str,
 ) -> None:
-    server = start_server(test_config(ollama.url, tmp_path))
+    server = start_server(server_config(ollama.url, tmp_path))
     if isinstance(body, str):
         reply = requests.post(server.url + "/process-text", data=body, timeout=TIMEOUT,
                               headers={**headers, "Content-Type": "application/json"})
@@ -147,7 +143,7 @@ def test_bad_requests_get_a_clear_json_error_and_the_server_stays_healthy(
 
 
 def test_unknown_routes_and_sessions_are_json_404s(ollama: OllamaStandIn, start_server: Any, tmp_path: Path) -> None:
-    server = start_server(test_config(ollama.url, tmp_path))
+    server = start_server(server_config(ollama.url, tmp_path))
     assert requests.get(server.url + "/nowhere", timeout=TIMEOUT).json()["error"]["code"] == "not_found"
     missing = requests.get(server.url + "/sessions/abc", headers=AUTH, timeout=TIMEOUT)
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_session"
@@ -157,14 +153,15 @@ def test_unknown_routes_and_sessions_are_json_404s(ollama: OllamaStandIn, start_
 
 def test_a_full_queue_answers_503_with_retry_after(ollama: OllamaStandIn, start_server: Any, tmp_path: Path) -> None:
     ollama.script("Hold the line, this first sentence is long enough. ", 3.0, "Thanks for waiting.")
-    server = start_server(test_config(ollama.url, tmp_path, limits={"queue_depth": 1, "retry_after_seconds": 7}))
+    server = start_server(server_config(ollama.url, tmp_path, limits={"queue_depth": 1, "retry_after_seconds": 7}))
     with ask(server.url, {"text": "first caller"}, stream=True) as first:
-        next(first.iter_content(chunk_size=None))  # admitted and streaming
+        chunks = first.iter_content(chunk_size=None)
+        head = next(chunks)  # admitted and streaming
         busy = ask(server.url, {"text": "second caller"})
         assert busy.status_code == 503
         assert busy.headers["Retry-After"] == "7"
         assert busy.json()["error"]["code"] == "busy"
-        spoken(first)
+        spoken(chunks, already=head)
     deadline = time.monotonic() + 10
     while server.services.slots.active and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -175,7 +172,7 @@ def test_ollama_down_means_a_spoken_apology(start_server: Any, tmp_path: Path) -
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         dead_url = f"http://127.0.0.1:{sock.getsockname()[1]}"  # bound, not listening: connection refused
-        server = start_server(test_config(dead_url, tmp_path))
+        server = start_server(server_config(dead_url, tmp_path))
         with ask(server.url, {"text": "Hello?"}, stream=True) as reply:
             assert reply.status_code == 200
             session_id = reply.headers["X-Session-Id"]
@@ -191,7 +188,7 @@ def test_ollama_stalling_mid_reply_ends_in_an_apology_not_silence(
     ollama: OllamaStandIn, start_server: Any, tmp_path: Path
 ) -> None:
     ollama.script("I was saying something quite important. ", end="stall")
-    server = start_server(test_config(ollama.url, tmp_path, llm={"timeout_seconds": 1.5}))
+    server = start_server(server_config(ollama.url, tmp_path, llm={"timeout_seconds": 1.5}))
     with ask(server.url, {"text": "Go on."}, stream=True) as reply:
         rate, samples = spoken(reply)
     ollama.script("Back to normal now, all good.")
@@ -207,7 +204,7 @@ def test_hanging_up_stops_the_llm_and_frees_the_slot(
     for i in range(20):
         steps += [1.0, f"Part {i} of the story goes on and on. "]
     ollama.script(*steps)
-    server = start_server(test_config(ollama.url, tmp_path))
+    server = start_server(server_config(ollama.url, tmp_path))
     reply = ask(server.url, {"text": "Tell me a long story."}, stream=True)
     reader = WavStreamReader()
     for chunk in reply.iter_content(chunk_size=None):
@@ -250,7 +247,7 @@ def test_the_fallback_voice_takes_over_when_the_voice_model_fails_mid_reply(
     ollama.script("The first sentence comes from the big voice. ", "The second one must still be heard. ",
                   "And so must the third one, clearly.")
     primary = FailsAfterFirstSentence(piper_engines[1])
-    server = start_server(test_config(ollama.url, tmp_path), engines=(primary, piper_engines[1]))
+    server = start_server(server_config(ollama.url, tmp_path), engines=(primary, piper_engines[1]))
     with ask(server.url, {"text": "Talk to me."}, stream=True) as reply:
         rate, samples = spoken(reply)
     assert rate == 24000
@@ -262,8 +259,8 @@ def test_the_server_refuses_to_start_without_a_key_unless_told_to(
     ollama: OllamaStandIn, start_server: Any, tmp_path: Path
 ) -> None:
     with pytest.raises(ConfigError, match="AI_TELEPHONE_API_KEY"):
-        start_server(test_config(ollama.url, tmp_path), env={})
-    open_server = start_server(test_config(ollama.url, tmp_path), env={"AI_TELEPHONE_INSECURE_NO_AUTH": "1"})
+        start_server(server_config(ollama.url, tmp_path), env={})
+    open_server = start_server(server_config(ollama.url, tmp_path), env={"AI_TELEPHONE_INSECURE_NO_AUTH": "1"})
     assert ask(open_server.url, {"text": "hi"}, headers={}).status_code == 200
 
 
@@ -281,7 +278,7 @@ def test_a_bad_config_stops_the_server_with_one_line_naming_the_key(tmp_path: Pa
 
 
 def test_health_needs_no_key_and_shows_no_secret(ollama: OllamaStandIn, start_server: Any, tmp_path: Path) -> None:
-    server = start_server(test_config(ollama.url, tmp_path))
+    server = start_server(server_config(ollama.url, tmp_path))
     health = requests.get(server.url + "/health", timeout=TIMEOUT)
     body = health.json()
     assert health.status_code == 200 and TEST_KEY not in health.text

@@ -1,0 +1,213 @@
+"""Endpointing: where the caller's utterance starts and ends, from per-frame speech probabilities.
+
+:class:`Endpointer` is pure and clock-free (time is counted in frames), in the manner of Home
+Assistant's ``VoiceCommandSegmenter``; :func:`listen` drives it with a live audio source and
+Silero VAD, running the model in a worker thread so the event loop keeps hearing the hook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import math
+from dataclasses import dataclass
+
+from common.config import VADConfig
+from pi_client.audio_in import BLOCK_SAMPLES, SAMPLE_RATE, AudioSource
+from pi_client.vad import SileroVad
+
+_LOGGER = logging.getLogger(__name__)
+
+HYSTERESIS = 0.15
+"""Once speaking, a frame counts as silence only below threshold minus this (Silero's advice)."""
+_MAX_BATCH = 32
+"""Most frames handed to the VAD thread at once (~1 s of audio)."""
+
+
+class EndpointEvent(enum.Enum):
+    """What one frame decided."""
+
+    NONE = "none"
+    SPEECH_STARTED = "speech_started"
+    UTTERANCE_ENDED = "utterance_ended"
+    TIMEOUT = "timeout"
+
+
+def _frames(seconds: float, frame_seconds: float) -> int:
+    """Frames needed to cover ``seconds`` (rounded up)."""
+    return max(1, math.ceil(seconds / frame_seconds - 1e-9))
+
+
+def _frames_within(seconds: float, frame_seconds: float) -> int:
+    """Frames that fit in ``seconds`` (rounded down)."""
+    return max(1, math.floor(seconds / frame_seconds + 1e-9))
+
+
+class Endpointer:
+    """Turns speech probabilities, one per frame, into start/end decisions; counts time in frames."""
+
+    def __init__(self, cfg: VADConfig, frame_seconds: float) -> None:
+        self.cfg = cfg
+        self.frame_seconds = frame_seconds
+        self._min_speech = _frames(cfg.min_speech_seconds, frame_seconds)
+        self._trailing = _frames(cfg.trailing_silence_seconds, frame_seconds)
+        self._max_utterance = _frames_within(cfg.max_utterance_seconds, frame_seconds)
+        self._timeout = _frames(cfg.no_speech_timeout_seconds, frame_seconds)
+        self.preroll_frames = round(cfg.preroll_seconds / frame_seconds)
+        self.frame_index = -1
+        """Index of the last frame processed."""
+        self.in_speech = False
+        """Speech has been confirmed (lasted at least min_speech_seconds)."""
+        self.done = False
+        self.speech_start_frame: int | None = None
+        """First frame of the current (candidate or confirmed) speech run."""
+        self.last_speech_frame: int | None = None
+        self._run = 0  # consecutive speech frames of a candidate
+        self._silence = 0  # consecutive silent frames inside an utterance
+
+    @property
+    def utterance_start_frame(self) -> int:
+        """First frame of the utterance audio: speech start minus the pre-roll (never before 0)."""
+        start = self.speech_start_frame if self.speech_start_frame is not None else self.frame_index + 1
+        return max(0, start - self.preroll_frames)
+
+    @property
+    def speech_seconds(self) -> float:
+        """Audio time from the first to the last speech frame."""
+        if self.speech_start_frame is None or self.last_speech_frame is None:
+            return 0.0
+        return (self.last_speech_frame - self.speech_start_frame + 1) * self.frame_seconds
+
+    @property
+    def endpoint_delay_seconds(self) -> float:
+        """Audio time from the last speech frame to the latest frame processed."""
+        if self.last_speech_frame is None:
+            return 0.0
+        return (self.frame_index - self.last_speech_frame) * self.frame_seconds
+
+    def process(self, speech_prob: float) -> EndpointEvent:
+        """Take the next frame's speech probability; return what it decided."""
+        if self.done:
+            return EndpointEvent.NONE
+        self.frame_index += 1
+        n = self.frame_index
+        threshold = self.cfg.threshold
+        if not self.in_speech:
+            if speech_prob >= threshold:
+                if self._run == 0:
+                    self.speech_start_frame = n
+                self._run += 1
+                self.last_speech_frame = n
+                if self._run >= self._min_speech:
+                    self.in_speech = True
+                    self._silence = 0
+                    return self._check_max(EndpointEvent.SPEECH_STARTED)
+            elif not (self._run and speech_prob >= threshold - HYSTERESIS):
+                # A run shorter than min_speech_seconds was a click or a cough: forget it.
+                self._run = 0
+                self.speech_start_frame = self.last_speech_frame = None
+            if n + 1 >= self._timeout:
+                self.done = True
+                return EndpointEvent.TIMEOUT
+            return EndpointEvent.NONE
+        if speech_prob >= threshold or (self._silence == 0 and speech_prob >= threshold - HYSTERESIS):
+            self._silence = 0
+            self.last_speech_frame = n
+        else:
+            self._silence += 1
+            if self._silence >= self._trailing:
+                self.done = True
+                return EndpointEvent.UTTERANCE_ENDED
+        return self._check_max(EndpointEvent.NONE)
+
+    def _check_max(self, event: EndpointEvent) -> EndpointEvent:
+        assert self.speech_start_frame is not None
+        if self.frame_index - self.speech_start_frame + 1 >= self._max_utterance:
+            _LOGGER.debug("Utterance cut at %.1f s", self.cfg.max_utterance_seconds)
+            self.done = True
+            return EndpointEvent.UTTERANCE_ENDED
+        return event
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One caller utterance, ready for STT."""
+
+    pcm: bytes
+    """16 kHz mono PCM16, pre-roll included."""
+    speech_seconds: float
+    """Audio time from the first to the last speech frame, in seconds."""
+    endpoint_delay_seconds: float
+    """Audio time from the last speech frame to the end-of-utterance decision, in seconds."""
+
+
+async def _pump(source: AudioSource, queue: asyncio.Queue[bytes | None]) -> None:
+    """Copy the source's frames into ``queue``, then None when it ends; closes the iterator on cancel."""
+    frames = source.frames()
+    try:
+        async for frame in frames:
+            await queue.put(frame)
+    finally:
+        aclose = getattr(frames, "aclose", None)
+        if aclose is not None:
+            await aclose()  # an async generator releases the device now, not at garbage collection
+        with contextlib.suppress(asyncio.QueueFull):
+            queue.put_nowait(None)
+
+
+async def listen(source: AudioSource, vad: SileroVad, cfg: VADConfig) -> Utterance | None:
+    """Listen until the caller has said something; None on timeout or when the source ends silent."""
+    endpointer = Endpointer(cfg, BLOCK_SAMPLES / SAMPLE_RATE)
+    kept: list[bytes] = []  # frames from index kept_from onwards
+    kept_from = 0
+    await asyncio.to_thread(vad.reset)
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=4 * _MAX_BATCH)
+    pump = asyncio.create_task(_pump(source, queue), name="listen-audio")
+    try:
+        while True:
+            batch: list[bytes | None] = [await queue.get()]
+            while len(batch) < _MAX_BATCH and not queue.empty():
+                batch.append(queue.get_nowait())
+            frames = [f for f in batch if f is not None]
+            probs = await asyncio.to_thread(vad.speech_probabilities, frames) if frames else []
+            for frame, prob in zip(frames, probs, strict=True):
+                kept.append(frame)
+                event = endpointer.process(prob)
+                if event is EndpointEvent.TIMEOUT:
+                    _LOGGER.info("No speech within %.1f s", cfg.no_speech_timeout_seconds)
+                    return None
+                if event is EndpointEvent.SPEECH_STARTED:
+                    _LOGGER.debug("Speech started at frame %s", endpointer.speech_start_frame)
+                if event is EndpointEvent.UTTERANCE_ENDED:
+                    return _utterance(endpointer, kept, kept_from)
+                drop = endpointer.utterance_start_frame - kept_from  # keep only pre-roll + candidate
+                if drop > 0:
+                    del kept[:drop]
+                    kept_from += drop
+            if len(frames) < len(batch):  # the source ended
+                if endpointer.in_speech:
+                    return _utterance(endpointer, kept, kept_from)
+                _LOGGER.info("Audio ended without speech")
+                return None
+    finally:
+        pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pump
+
+
+def _utterance(endpointer: Endpointer, kept: list[bytes], kept_from: int) -> Utterance:
+    start = max(0, endpointer.utterance_start_frame - kept_from)
+    utterance = Utterance(
+        pcm=b"".join(kept[start:]),
+        speech_seconds=endpointer.speech_seconds,
+        endpoint_delay_seconds=endpointer.endpoint_delay_seconds,
+    )
+    _LOGGER.info(
+        "Utterance: %.2f s of speech, %.2f s of audio, ended %.2f s after the last speech",
+        utterance.speech_seconds,
+        len(utterance.pcm) / 2 / SAMPLE_RATE,
+        utterance.endpoint_delay_seconds,
+    )
+    return utterance

@@ -1,0 +1,97 @@
+"""The endpointer, driven with numbers: 0.1 s frames, probabilities 0.9 (speech) and 0.05 (silence)."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.config import VADConfig
+from pi_client.endpoint import Endpointer, EndpointEvent
+
+FRAME = 0.1
+S, Q = 0.9, 0.05  # speech, quiet
+CFG = VADConfig(
+    threshold=0.5,
+    trailing_silence_seconds=0.5,
+    min_speech_seconds=0.3,
+    max_utterance_seconds=3.0,
+    preroll_seconds=0.2,
+    no_speech_timeout_seconds=2.0,
+)
+
+
+def _run(probs: list[float], cfg: VADConfig = CFG) -> tuple[Endpointer, list[tuple[int, EndpointEvent]]]:
+    ep = Endpointer(cfg, FRAME)
+    events = [(i, e) for i, p in enumerate(probs) if (e := ep.process(p)) is not EndpointEvent.NONE]
+    return ep, events
+
+
+def test_speech_then_trailing_silence_ends_the_utterance() -> None:
+    ep, events = _run([Q] * 5 + [S] * 10 + [Q] * 8)
+    # speech from frame 5; confirmed after 3 frames (0.3 s); last speech frame 14; ended after 5 quiet frames
+    assert events == [(7, EndpointEvent.SPEECH_STARTED), (19, EndpointEvent.UTTERANCE_ENDED)]
+    assert ep.speech_start_frame == 5
+    assert ep.last_speech_frame == 14
+    assert ep.speech_seconds == pytest.approx(1.0)
+    assert ep.endpoint_delay_seconds == pytest.approx(0.5)
+    assert ep.utterance_start_frame == 3  # two frames of pre-roll
+
+
+def test_preroll_never_reaches_before_the_start() -> None:
+    ep, events = _run([S] * 5 + [Q] * 5)
+    assert events[-1] == (9, EndpointEvent.UTTERANCE_ENDED)
+    assert ep.utterance_start_frame == 0
+
+
+def test_a_pause_shorter_than_the_trailing_silence_does_not_end_it() -> None:
+    ep, events = _run([S] * 5 + [Q] * 4 + [S] * 5 + [Q] * 5)
+    assert events == [(2, EndpointEvent.SPEECH_STARTED), (18, EndpointEvent.UTTERANCE_ENDED)]
+    assert ep.speech_seconds == pytest.approx(1.4)
+
+
+def test_short_noises_are_ignored() -> None:
+    # clicks of one and two frames (shorter than 0.3 s) between silences, then nothing until the timeout
+    ep, events = _run([Q, S, Q, Q, S, S, Q, Q, Q, S, Q] + [Q] * 20)
+    assert events == [(19, EndpointEvent.TIMEOUT)]
+    assert not ep.in_speech
+
+
+def test_a_noise_does_not_shift_the_start_of_later_speech() -> None:
+    ep, events = _run([S, S, Q, Q, Q, S, S, S, S, Q, Q, Q, Q, Q])
+    assert events[0] == (7, EndpointEvent.SPEECH_STARTED)
+    assert ep.speech_start_frame == 5
+
+
+def test_wavering_probability_keeps_speech_going_but_not_silence() -> None:
+    # 0.4 is under the threshold but within the hysteresis: speech continues through it...
+    ep, events = _run([S] * 4 + [0.4] * 6 + [Q] * 5)
+    assert events == [(2, EndpointEvent.SPEECH_STARTED), (14, EndpointEvent.UTTERANCE_ENDED)]
+    assert ep.last_speech_frame == 9
+    # ...but once silence has begun, 0.4 does not count as speech again.
+    ep, events = _run([S] * 4 + [Q, 0.4, 0.4, 0.4, 0.4])
+    assert events == [(2, EndpointEvent.SPEECH_STARTED), (8, EndpointEvent.UTTERANCE_ENDED)]
+    assert ep.last_speech_frame == 3
+
+
+def test_max_utterance_cuts_a_caller_who_keeps_talking() -> None:
+    ep, events = _run([Q] * 2 + [S] * 100)
+    assert events == [(4, EndpointEvent.SPEECH_STARTED), (31, EndpointEvent.UTTERANCE_ENDED)]
+    assert ep.speech_seconds == pytest.approx(3.0)
+    assert ep.endpoint_delay_seconds == pytest.approx(0.0)
+
+
+def test_no_speech_times_out_once() -> None:
+    ep, events = _run([Q] * 50)
+    assert events == [(19, EndpointEvent.TIMEOUT)]
+    assert ep.done
+
+
+def test_threshold_is_the_configured_one() -> None:
+    strict = VADConfig(threshold=0.95, min_speech_seconds=0.1, no_speech_timeout_seconds=1.0)
+    _, events = _run([S] * 20, strict)
+    assert events == [(9, EndpointEvent.TIMEOUT)]
+
+
+def test_nothing_after_the_decision() -> None:
+    ep, _ = _run([S] * 5 + [Q] * 5)
+    assert ep.done
+    assert ep.process(S) is EndpointEvent.NONE
