@@ -45,6 +45,16 @@ def test_dead_instance_is_destroyed_and_the_next_offer_tried(run_cli: RunCli, de
     assert "status exited" in result.stderr and "still loading after" in result.stderr
 
 
+def test_an_instance_that_vanishes_is_given_up_and_the_next_offer_tried(run_cli: RunCli) -> None:
+    offers = [make_offer(13, dlperf_per_dphtotal=300.0), make_offer(14)]
+    with VastStandIn(VAST_KEY, offers, {13: ["loading", "gone"], 14: ["loading", "exited"]}) as api:
+        result = run_cli(api.url, "up", *FAST)
+    assert "Instance 31000 failed: the instance disappeared" in result.stderr
+    assert "Instance 31000 was already gone" in result.stderr
+    assert [r.path for r in api.calls("PUT", "/api/v0/asks/")] == ["/api/v0/asks/13/", "/api/v0/asks/14/"]
+    assert result.returncode == 1 and "2 offers tried" in result.stderr
+
+
 def test_server_never_healthy_times_out_and_is_destroyed(run_cli: RunCli, deploy_env: dict[str, str]) -> None:
     with VastStandIn(VAST_KEY, [make_offer(21)], on_create=lambda *_: _NO_PORT) as api:
         result = run_cli(api.url, "up", *FAST, "--max-attempts", "1")

@@ -167,7 +167,7 @@ class VastStandIn:
             return self._create(int(p[4]), rec.body or {})
         if rec.method == "GET" and rec.path == "/api/v1/instances/":
             with self._lock:
-                rows = [self._look(i) for i in sorted(self.instances)]
+                rows = [row for i in sorted(self.instances) if (row := self._look(i)) is not None]
             return 200, {"instances": rows, "next_token": None, "total_instances": len(rows)}
         if len(p) == 5 and p[:4] == ["", "api", "v0", "instances"]:
             iid = int(p[4])
@@ -217,11 +217,16 @@ class VastStandIn:
             self._steps[iid] = list(self.statuses.get(offer_id, ["loading", "running"]))
         return 200, {"success": True, "new_contract": iid}
 
-    def _look(self, iid: int) -> dict[str, Any]:
-        """The record as the API shows it now; each look advances the scripted status one step."""
+    def _look(self, iid: int) -> dict[str, Any] | None:
+        """The record as the API shows it now; each look advances the scripted status one step.
+
+        The status ``gone`` makes the instance vanish (the host took it back)."""
         record = self.instances[iid]
         steps = self._steps[iid]
         record["actual_status"] = steps.pop(0) if len(steps) > 1 else steps[0]
+        if record["actual_status"] == "gone":
+            del self.instances[iid]
+            return None
         shown = dict(record)
         if record["actual_status"] != "running":
             shown["ports"] = {}

@@ -117,8 +117,16 @@ class Deployer:
         return self.plan.container_port
 
     def destroy(self, instance_id: int) -> None:
-        """Destroy one instance (billing stops)."""
-        _api_call(f"destroy instance {instance_id}", lambda: self.vast.destroy_instance(instance_id))
+        """Destroy one instance (billing stops); one that is already gone counts as destroyed."""
+        try:
+            self.vast.destroy_instance(instance_id)
+        except requests.HTTPError as err:
+            if err.response is None or err.response.status_code != 404:
+                raise _deploy_error(f"destroy instance {instance_id} (destroy it in the Vast.ai console)", err) from err
+            _LOGGER.info("Instance %s was already gone", instance_id)
+            return
+        except requests.RequestException as err:
+            raise _deploy_error(f"destroy instance {instance_id} (destroy it in the Vast.ai console)", err) from err
         _LOGGER.info("Destroyed instance %s", instance_id)
 
     # ------------------------------------------------------------------ up
@@ -203,6 +211,9 @@ class Deployer:
 
     def _reuse(self, live: list[Mapping[str, Any]], api_key: str) -> Deployment:
         row = max(live, key=lambda r: r.get("start_date") or 0)
+        if len(live) > 1:
+            _LOGGER.warning("%d instances are labelled %s; using the newest, %s (`down` destroys them all)",
+                            len(live), self.plan.label, row.get("id"))
         saved = self.store.load_instance()
         if not saved or saved.get("id") != row.get("id") or not self.store.cert_path.is_file():
             raise DeployError(
