@@ -255,3 +255,13 @@ def test_an_offer_taken_before_create_is_skipped(run_cli: RunCli, deploy_env: di
     with VastStandIn(VAST_KEY, offers, taken={81, 82}) as api:
         gone = run_cli(api.url, "up", *FAST)
     assert gone.returncode == 1 and "every matching offer was taken" in gone.stderr
+
+
+def test_an_instance_on_another_address_than_its_offer_is_replaced(run_cli: RunCli) -> None:
+    """The certificate names the offer's IP; an instance elsewhere could not be verified by the Pi."""
+    moved = {**_NO_PORT, "public_ipaddr": "127.0.0.2"}
+    with VastStandIn(VAST_KEY, [make_offer(91)], on_create=lambda *_: moved) as api:
+        result = run_cli(api.url, "up", *FAST, "--max-attempts", "1")
+    assert result.returncode == 1
+    assert "its address 127.0.0.2 is not the offer's, so the certificate does not name it" in result.stderr
+    assert [r.path for r in api.calls("DELETE", "/api/v0/instances/")] == ["/api/v0/instances/31000/"]
