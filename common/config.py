@@ -306,6 +306,8 @@ class ClientConfig:
     """Longest wait between health checks while the server is down, in seconds."""
     ca_cert: str | None = None
     """Pinned server certificate (PEM) for TLS; None uses the system trust store."""
+    busy_retry_max_seconds: float = 5.0
+    """A 503 whose Retry-After is at most this is retried once; longer waits get the offline voice, in seconds."""
 
 
 @dataclass(frozen=True)
