@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+
+from cloud_server.errors import ApiError
 
 
 class ReplySlots:
@@ -20,6 +23,28 @@ class ReplySlots:
                 return False
             self._active += 1
             return True
+
+    def admit(self, retry_after_seconds: int) -> Callable[[], None]:
+        """Take a slot or refuse with 503 + Retry-After; returns the slot's release (safe to call twice)."""
+        if not self.try_acquire():
+            raise ApiError(
+                503,
+                "busy",
+                "All voice slots are busy; try again shortly.",
+                {"Retry-After": str(retry_after_seconds)},
+            )
+        once = threading.Lock()
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            with once:
+                if released:
+                    return
+                released = True
+            self.release()
+
+        return release
 
     def release(self) -> None:
         """Give a slot back."""

@@ -7,6 +7,7 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -80,24 +81,8 @@ def stream_turn(turn: Turn, extra_headers: dict[str, str] | None = None) -> Resp
     status cannot change, and failures degrade to the fallback voice or an apology instead.
     """
     svc = services()
-    limits = svc.config.server.limits
-    if not svc.slots.try_acquire():
-        raise ApiError(
-            503,
-            "busy",
-            "All voice slots are busy; try again shortly.",
-            {"Retry-After": str(limits.retry_after_seconds)},
-        )
+    release = svc.slots.admit(svc.config.server.limits.retry_after_seconds)
     cancel = threading.Event()
-    released = threading.Event()
-
-    def on_close() -> None:
-        # Called by the WSGI server when the reply ends or the caller hangs up.
-        cancel.set()
-        if not released.is_set():
-            released.set()
-            svc.slots.release()
-
     headers = {
         "X-Session-Id": turn.session_id,
         "X-Character": turn.character_id,
@@ -106,7 +91,20 @@ def stream_turn(turn: Turn, extra_headers: dict[str, str] | None = None) -> Resp
         "X-Accel-Buffering": "no",
         **(extra_headers or {}),
     }
-    response = Response(svc.pipeline.speak(turn, cancel), mimetype="audio/wav", headers=headers)
+    return streaming_response(svc.pipeline.speak(turn, cancel), "audio/wav", headers, cancel, release)
+
+
+def streaming_response(
+    body: Iterator[bytes], mimetype: str, headers: dict[str, str], cancel: threading.Event, release: Callable[[], None]
+) -> Response:
+    """A streamed response whose end, or the caller hanging up, cancels the work and frees its slot."""
+
+    def on_close() -> None:
+        # Called by the WSGI server when the reply ends or the caller hangs up.
+        cancel.set()
+        release()
+
+    response = Response(body, mimetype=mimetype, headers=headers)
     response.call_on_close(on_close)
     return response
 

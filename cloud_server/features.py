@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from flask import Flask, current_app
 
 from cloud_server.characters import CharacterBook
-from cloud_server.errors import ApiError
 from cloud_server.idle import IdleUnloadingEngine, reloader
 from cloud_server.metrics import Metrics, init_metrics
 from cloud_server.phrase_cache import CachingEngine, PhraseCache
@@ -54,13 +53,11 @@ def prepare(svc: Services, spec: VoiceSpec) -> None:
 @contextmanager
 def voice_slot(svc: Services) -> Iterator[None]:
     """Hold one of the voice model's admission slots for a whole (non-streamed) synthesis; 503 when full."""
-    if not svc.slots.try_acquire():
-        retry = str(svc.config.server.limits.retry_after_seconds)
-        raise ApiError(503, "busy", "All voice slots are busy; try again shortly.", {"Retry-After": retry})
+    release = svc.slots.admit(svc.config.server.limits.retry_after_seconds)
     try:
         yield
     finally:
-        svc.slots.release()
+        release()
 
 
 def init_features(app: Flask) -> Features:

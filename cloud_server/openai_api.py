@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from flask import Blueprint, Response, jsonify
 
-from cloud_server.api import json_body, require_key, services
+from cloud_server.api import json_body, require_key, services, streaming_response
 from cloud_server.audio_codec import (
     CONTENT_TYPES,
     OPENAI_PCM_RATE,
@@ -152,16 +152,8 @@ def _sse(kind: str, audio: bytes | None = None) -> bytes:
 
 def _streamed(svc: Services, text: str, voice: VoiceSpec, fmt: str, speed: float, sse: bool) -> Response:
     """wav/pcm: each sentence goes out as soon as it is spoken; the slot is held until the stream ends."""
-    limits = svc.config.server.limits
-    if not svc.slots.try_acquire():
-        raise ApiError(
-            503,
-            "busy",
-            "All voice slots are busy; try again shortly.",
-            {"Retry-After": str(limits.retry_after_seconds)},
-        )
+    release = svc.slots.admit(svc.config.server.limits.retry_after_seconds)
     cancel = threading.Event()
-    released = threading.Event()
     started = time.monotonic()
     stats = TurnStats(engine=svc.primary.name)
     metrics = features().metrics  # the generator runs outside the app context
@@ -180,17 +172,9 @@ def _streamed(svc: Services, text: str, voice: VoiceSpec, fmt: str, speed: float
             yield _sse("done")
         _record(metrics, stats, started)
 
-    def on_close() -> None:
-        cancel.set()
-        if not released.is_set():
-            released.set()
-            svc.slots.release()
-
     mimetype = "text/event-stream" if sse else CONTENT_TYPES[fmt]
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no", "X-Sample-Rate": str(OPENAI_PCM_RATE)}
-    response = Response(body(), mimetype=mimetype, headers=headers)
-    response.call_on_close(on_close)
-    return response
+    return streaming_response(body(), mimetype, headers, cancel, release)
 
 
 def _whole(svc: Services, text: str, voice: VoiceSpec, fmt: str, speed: float, sse: bool) -> Response:
