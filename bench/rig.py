@@ -74,6 +74,8 @@ class LLMCall:
     """One reply as the LLM produced it: when it was asked, and each piece with its time."""
 
     started: float
+    said: str = ""
+    """The caller's words (the last user message), to match a reply to its turn."""
     pieces: list[tuple[float, str]] = field(default_factory=list)
     ended: float | None = None
 
@@ -102,7 +104,8 @@ class RecordingLLM(LLM):
 
     def stream_reply(self, messages: list[dict[str, str]], cancel: threading.Event | None = None) -> Iterator[str]:
         """The inner reply, each piece stamped as it is handed to the stand-in."""
-        call = LLMCall(started=time.monotonic())
+        users = [m.get("content", "") for m in messages if m.get("role") == "user"]
+        call = LLMCall(started=time.monotonic(), said=str(users[-1]) if users else "")
         with self._lock:
             self.calls.append(call)
         for piece in self.inner.stream_reply(messages, cancel):
