@@ -38,9 +38,10 @@ ROOT = Path(__file__).resolve().parent.parent
 RATE = 16000
 WAIT = 120.0
 QUESTION = "What is the capital of France?"
-APOLOGY_WORDS = {"sorry", "think", "right", "now"}  # the server's: "Sorry, I can't think right now..."
-OFFLINE_WORDS = {"reach", "brain"}  # the phone's: "Sorry, I can't reach my brain right now..."
-BROKEN_WORDS = {"line", "dropped"}  # the phone's: "Sorry, the line dropped. Please say that again."
+# Whisper may mishear a word or two of each message, so a message counts as heard with 3 of its words.
+APOLOGY_WORDS = {"sorry", "think", "right", "now", "moment"}  # the server's: "Sorry, I can't think right now..."
+OFFLINE_WORDS = {"reach", "brain", "try", "little", "while"}  # the phone's: "...reach my brain ... a little while."
+BROKEN_WORDS = {"line", "dropped", "say", "that"}  # the phone's: "Sorry, the line dropped. Please say that again."
 
 
 # --------------------------------------------------------------------------- helpers
@@ -48,6 +49,11 @@ BROKEN_WORDS = {"line", "dropped"}  # the phone's: "Sorry, the line dropped. Ple
 
 def words(text: str) -> set[str]:
     return set(re.findall(r"[a-z]+", text.lower()))
+
+
+def spoke(heard: set[str], message: set[str]) -> bool:
+    """Whether at least three words of a known message were heard."""
+    return len(heard & message) >= 3
 
 
 def speech_seconds(pcm: bytes, rate: int = RATE) -> float:
@@ -235,8 +241,8 @@ def test_ollama_down_the_caller_hears_the_servers_apology_then_it_recovers(
     call = phone.call(server.url)
     assert call.returncode == 0, call.stderr[-3000:]
     assert call.speech > 1.5
-    assert len(call.said & APOLOGY_WORDS) >= 3, call.heard  # the server spoke: the line is up, the LLM is not
-    assert not call.said & OFFLINE_WORDS, call.heard
+    assert spoke(call.said, APOLOGY_WORDS), call.heard  # the server spoke: the line is up, the LLM is not
+    assert not spoke(call.said, OFFLINE_WORDS), call.heard
     sock.close()
     with OllamaStandIn(port=port) as ollama:  # Ollama comes back on its address
         assert_next_call_is_normal(phone, server.url, ollama)
@@ -250,7 +256,7 @@ def test_ollama_stalling_mid_reply_the_caller_hears_the_first_sentence_then_the_
     call = phone.call(server.url)
     assert call.returncode == 0, call.stderr[-3000:]
     assert {"paris", "lovely"} <= call.said, call.heard
-    assert len(call.said & APOLOGY_WORDS) >= 3, call.heard
+    assert spoke(call.said, APOLOGY_WORDS), call.heard
     assert call.speech > 3.0
     assert_next_call_is_normal(phone, server.url, standin)
 
@@ -282,7 +288,7 @@ def test_voice_model_failing_mid_reply_the_fallback_voice_speaks_the_rest(
     call = phone.call(server.url)
     assert call.returncode == 0, call.stderr[-3000:]
     assert {"paris", "river", "museums"} <= call.said, call.heard  # all three sentences reached the ear
-    assert not call.said & (OFFLINE_WORDS | APOLOGY_WORDS), call.heard
+    assert not spoke(call.said, OFFLINE_WORDS) and not spoke(call.said, APOLOGY_WORDS), call.heard
     primary.failing = False
     assert_next_call_is_normal(phone, server.url, standin)
 
@@ -300,7 +306,7 @@ def test_server_killed_while_streaming_the_phone_plays_what_came_then_its_messag
         call = phone.finish(proc, reply)
         assert call.returncode == 0, call.stderr[-3000:]
         assert {"sentence", "number"} <= call.said, call.heard  # what arrived was played
-        assert call.said >= BROKEN_WORDS, call.heard  # then the phone's own voice, no dead line
+        assert spoke(call.said, BROKEN_WORDS), call.heard  # then the phone's own voice, no dead line
         assert call.speech > 4.0
         server.start()  # restarted (systemd Restart=always) on the same address
         assert_next_call_is_normal(phone, server.url, standin)
@@ -366,7 +372,7 @@ def test_queue_full_the_phone_waits_retry_after_and_asks_again(
     assert call.returncode == 0, call.stderr[-3000:]
     assert statuses.count(503) == 1 and statuses[-1] == 200  # refused once, then served
     assert {"waiting", "paris"} <= call.said, call.heard
-    assert not call.said & OFFLINE_WORDS, call.heard
+    assert not spoke(call.said, OFFLINE_WORDS), call.heard
 
 
 def test_queue_full_for_long_the_phone_speaks_its_offline_message(
@@ -380,7 +386,7 @@ def test_queue_full_for_long_the_phone_speaks_its_offline_message(
         occupant.join(timeout=WAIT)
     assert call.returncode == 0, call.stderr[-3000:]
     assert 503 in statuses
-    assert call.said >= OFFLINE_WORDS, call.heard  # not silence: the phone's own voice
+    assert spoke(call.said, OFFLINE_WORDS), call.heard  # not silence: the phone's own voice
     assert call.speech > 2.0
     wait_for(lambda: server.services.slots.active == 0, 15, "the slot to be free")
     assert_next_call_is_normal(phone, server.url, standin)
