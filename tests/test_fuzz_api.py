@@ -66,6 +66,7 @@ def _json_bytes(value: Any) -> bytes:
 
 bodies = st.one_of(
     st.none(),
+    st.integers(1, 32000).map(lambda n: b"[" * n + b"]" * n),  # deep nesting (json.loads recurses)
     turn_bodies.map(_json_bytes),
     turn_bodies.map(_json_bytes),
     json_values.map(_json_bytes),
@@ -181,6 +182,22 @@ def _send(server: RunningServer, req: dict[str, Any]) -> None:
 def test_no_request_gets_a_5xx_and_every_error_is_clear_json(fuzz_server: RunningServer, req: dict[str, Any]) -> None:
     STATS["cases"] += 1
     _send(fuzz_server, req)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 30000 + b"]" * 30000,
+        b'{"text": ' + b"[" * 20000 + b"]" * 20000 + b"}",
+        b'{"a":' * 10000 + b"1" + b"}" * 10000,
+    ],
+)
+def test_deeply_nested_json_is_a_clear_400_not_a_crash(fuzz_server: RunningServer, body: bytes) -> None:
+    # json.loads raises RecursionError on deep nesting, which is not a ValueError: this was a 500.
+    reply = requests.post(fuzz_server.url + "/process-text", data=body, timeout=TIMEOUT,
+                          headers={"Authorization": f"Bearer {TEST_KEY}", "Content-Type": "application/json"})
+    assert reply.status_code == 400, reply.text[:300]
+    assert reply.json()["error"]["code"] == "bad_json"
 
 
 def test_after_the_fuzzing_the_server_is_healthy_and_holds_no_slot(fuzz_server: RunningServer, tmp_path: Path) -> None:
