@@ -159,8 +159,7 @@ def health() -> Response:
     llm_ok = svc.llm_reachable()
     tts_degraded = svc.primary.name != cfg.tts.engine or bool(getattr(svc.primary, "degraded", False))
     status = "ok" if llm_ok and not tts_degraded else "degraded"
-    llm_info: dict[str, Any] = {"backend": cfg.llm.backend, "reachable": llm_ok}
-    llm_info["model"] = cfg.llm.model if cfg.llm.backend == "ollama" else "embedded-gguf"
+    llm_info: dict[str, Any] = {"backend": cfg.llm.backend, "model": svc.llm.model, "reachable": llm_ok}
     return jsonify(
         status=status,
         llm=llm_info,

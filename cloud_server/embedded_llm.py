@@ -67,8 +67,19 @@ class EmbeddedLLM(LLM):
             _LOGGER.info("Embedded LLM %s loaded in %.2f s", path.name, time.monotonic() - started)
             return self._llama
 
-    def stream_reply(self, messages: list[dict[str, str]], cancel: threading.Event | None = None) -> Iterator[str]:
-        """Stream a reply token by token; ``cancel`` is checked between tokens."""
+    def stream_reply(
+        self,
+        messages: list[dict[str, str]],
+        cancel: threading.Event | None = None,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> Iterator[str]:
+        """Stream a reply token by token; ``cancel`` is checked between tokens.
+
+        ``max_tokens`` / ``temperature`` override the config for one reply (the Ollama stand-in
+        passes on a request's ``num_predict`` / ``temperature`` this way).
+        """
         llama = self._load()
         if not self._lock.acquire(timeout=self._cfg.timeout_seconds):
             raise LLMError(f"the embedded LLM is busy (waited {self._cfg.timeout_seconds:g} s)")
@@ -78,8 +89,8 @@ class EmbeddedLLM(LLM):
             stream = llama.create_chat_completion(
                 messages=messages,
                 stream=True,
-                max_tokens=self._cfg.max_tokens,
-                temperature=self._cfg.temperature,
+                max_tokens=self._cfg.max_tokens if max_tokens is None else max_tokens,
+                temperature=self._cfg.temperature if temperature is None else temperature,
             )
             try:
                 for chunk in stream:

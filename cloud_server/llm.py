@@ -76,14 +76,16 @@ class _StreamCanceller:
         self._lock = threading.Lock()
         self._socket: socket.socket | None = None
 
-    def attach(self, response: Any) -> None:
-        """Remember the response's socket (httpx response hook, runs when headers arrive)."""
-        stream = response.extensions.get("network_stream")
-        sock = stream.get_extra_info("socket") if stream is not None else None
-        with self._lock:
-            self._socket = sock
-        if self._cancel.is_set():
-            self._abort()
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpcore trace hook: remember the connection's socket as soon as it exists."""
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            stream = info.get("return_value")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if sock is not None:
+                with self._lock:
+                    self._socket = sock
+                if self._cancel.is_set():
+                    self._abort()
 
     def watch(self) -> None:
         """Thread body: wait for cancel (or the end of the reply), then abort the stream."""
@@ -104,6 +106,25 @@ class _StreamCanceller:
                 sock.shutdown(socket.SHUT_RDWR)
 
 
+def _traced_transport(local: threading.local) -> Any:
+    """An httpx transport that hands each chat request's new socket to the caller's canceller.
+
+    Connections are not kept alive, so every reply opens its own and the socket is known from
+    the moment it connects: cancel then works even while Ollama has not answered yet.
+    """
+    import httpx
+
+    class _TracedTransport(httpx.HTTPTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            canceller = getattr(local, "canceller", None)
+            if canceller is not None:
+                local.canceller = None
+                request.extensions = {**request.extensions, "trace": canceller.trace}
+            return super().handle_request(request)
+
+    return _TracedTransport(limits=httpx.Limits(max_keepalive_connections=0))
+
+
 class OllamaLLM(LLM):
     """Replies from an Ollama server through the official ``ollama`` client, streamed."""
 
@@ -117,24 +138,18 @@ class OllamaLLM(LLM):
         self.model = cfg.model
         self._host = public_host(cfg.ollama_host)
         self._local = threading.local()
-        connect = min(cfg.timeout_seconds, _CONNECT_TIMEOUT_SECONDS)
+        connect = self._connect_timeout = min(cfg.timeout_seconds, _CONNECT_TIMEOUT_SECONDS)
         # The client's default timeout is None (wait forever): always pass one.
         self._client = ollama.Client(
             host=cfg.ollama_host,
             timeout=httpx.Timeout(cfg.timeout_seconds, connect=connect),
-            event_hooks={"response": [self._on_response]},
+            transport=_traced_transport(self._local),
         )
         self._warm_client = ollama.Client(
             host=cfg.ollama_host, timeout=httpx.Timeout(cfg.warm_up_timeout_seconds, connect=connect)
         )
         probe = min(cfg.health_timeout_seconds, connect)
         self._probe_client = ollama.Client(host=cfg.ollama_host, timeout=httpx.Timeout(probe))
-
-    def _on_response(self, response: Any) -> None:
-        canceller = getattr(self._local, "canceller", None)
-        if canceller is not None:
-            self._local.canceller = None
-            canceller.attach(response)
 
     def stream_reply(self, messages: list[dict[str, str]], cancel: threading.Event | None = None) -> Iterator[str]:
         """Stream a chat reply; cancel or closing the iterator closes the HTTP stream at once."""
@@ -158,7 +173,7 @@ class OllamaLLM(LLM):
             )
             if watched:
                 watcher.start()
-            # The request goes out on the first next(), in this thread: the response hook finds it here.
+            # The request goes out on the first next(), in this thread: the transport finds it here.
             self._local.canceller = canceller
             for part in stream:
                 if cancel.is_set():
@@ -183,7 +198,7 @@ class OllamaLLM(LLM):
             if cancel.is_set():
                 _LOGGER.info("LLM reply cancelled after %d pieces", pieces)
                 return
-            raise self._error(err, self._cfg.timeout_seconds) from None
+            raise self._error(err, self._cfg.timeout_seconds) from err
         finally:
             self._local.canceller = None
             canceller.finish()
@@ -198,7 +213,7 @@ class OllamaLLM(LLM):
         try:
             self._warm_client.chat(model=self._cfg.model, messages=[], keep_alive=self._cfg.keep_alive)
         except Exception as err:
-            raise self._error(err, self._cfg.warm_up_timeout_seconds) from None
+            raise self._error(err, self._cfg.warm_up_timeout_seconds) from err
         _LOGGER.info("LLM %s loaded on %s in %.2f s", self.model, self._host, time.monotonic() - started)
 
     def is_reachable(self) -> bool:
@@ -223,7 +238,7 @@ class OllamaLLM(LLM):
         where = f"Ollama at {self._host}"
         if isinstance(err, ollama.ResponseError):
             detail = str(err.error)[:200]
-            if err.status_code == 404 or "not found" in detail:
+            if err.status_code == 404 and "model" in detail:
                 return LLMError(f"model '{self.model}' is not available on {where} (run: ollama pull {self.model})")
             if err.status_code > 0:
                 return LLMError(f"{where} answered HTTP {err.status_code}: {detail}")
@@ -231,7 +246,7 @@ class OllamaLLM(LLM):
         if isinstance(err, (ConnectionError, httpx.ConnectError)):
             return LLMError(f"cannot reach {where}: is it running?")
         if isinstance(err, httpx.ConnectTimeout):
-            return LLMError(f"cannot reach {where}: no answer to connect within {_CONNECT_TIMEOUT_SECONDS:g} s")
+            return LLMError(f"cannot reach {where}: no answer to connect within {self._connect_timeout:g} s")
         if isinstance(err, httpx.TimeoutException):
             return LLMError(f"{where} stopped answering (no data for {timeout:g} s)")
         if isinstance(err, (httpx.RemoteProtocolError, httpx.ReadError)):

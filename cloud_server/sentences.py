@@ -16,11 +16,28 @@ from common.config import SentenceConfig
 _LINK = re.compile(r"!?\[([^\[\]\n]{0,200})\]\([^()\s]{0,500}\)")
 _PARTIAL_LINK = re.compile(r"!?\[[^\[\]\n]{0,200}(?:\](?:\([^()\s]{0,500})?)?\Z")
 # Heading hashes, bullets and "1." numbering at the start of a line.
-_MARKER_BODY = r"[ \t]*(?:#{1,6}|[-*+•]|\d{1,3}[.)])[ \t]+"
+# Indents are bounded so the splitter never holds an endless run of blanks waiting to see a marker.
+_MARKER_BODY = r"[ \t]{0,16}(?:#{1,6}|[-*+•]|\d{1,3}[.)])[ \t]+"
 _MARKER_AT_START = re.compile(r"\A" + _MARKER_BODY)
 _MARKER_AFTER_NL = re.compile(r"\n" + _MARKER_BODY)
-_PARTIAL_MARKER = re.compile(r"[ \t]*(?:#{1,6}|[-*+•]|\d{1,3}[.)]?)?[ \t]*")
-_DROP_CHARS = str.maketrans({"*": None, "`": None, "~": None, "[": None, "]": None, "_": " ", "\r": "\n"})
+_PARTIAL_MARKER = re.compile(r"[ \t]{0,16}(?:#{1,6}|[-*+•]|\d{1,3}[.)]?)?[ \t]{0,16}")
+_DROP_CHARS = str.maketrans(
+    {
+        "*": None,
+        "`": None,
+        "~": None,
+        "[": None,
+        "]": None,
+        "{": None,
+        "}": None,
+        "|": " ",
+        "\\": " ",
+        "^": " ",
+        "_": " ",
+        "\r": "\n",
+    }
+)
+_DASH_RUN = re.compile(r"-{2,}")  # "--" and "---" rules read as a pause, not "dash dash dash"
 # Emoji glue: variation selectors, zero-width joiner, keycap, skin tones, tag characters.
 _INVISIBLE = {0x200D, 0x20E3, *range(0xFE00, 0xFE10), *range(0x1F3FB, 0x1F400), *range(0xE0020, 0xE0080)}
 _KEEP_SYMBOLS = {"°"}
@@ -28,41 +45,11 @@ _KEEP_SYMBOLS = {"°"}
 _WHITESPACE = re.compile(r"\s+")
 _SENTENCE_END = re.compile(r"([.!?…。！？]+)[\"'”’»)\]]*(?=\s|\Z)|\n")
 _CLAUSE_END = re.compile(r"[,;:](?=\s)|[—–]")
-_ABBREVIATIONS = frozenset(
-    [
-        "mr",
-        "mrs",
-        "ms",
-        "dr",
-        "prof",
-        "sr",
-        "jr",
-        "st",
-        "mt",
-        "vs",
-        "e.g",
-        "i.e",
-        "cf",
-        "al",
-        "approx",
-        "dept",
-        "fig",
-        "inc",
-        "ltd",
-        "co",
-        "gen",
-        "col",
-        "lt",
-        "sgt",
-        "capt",
-        "rev",
-        "hon",
-        "a.m",
-        "p.m",
-        "u.s",
-        "u.k",
-    ]
+# A full stop after these does not end a sentence.
+_ABBREVIATION_WORDS = (
+    "mr mrs ms dr prof sr jr st mt vs e.g i.e cf al approx dept fig inc ltd co gen col lt sgt capt rev"
 )
+_ABBREVIATIONS = frozenset(_ABBREVIATION_WORDS.split() + ["hon", "a.m", "p.m", "u.s", "u.k"])
 
 
 def _strip_symbols(text: str) -> str:
@@ -79,7 +66,7 @@ def _clean(text: str, at_line_start: bool) -> str:
     text = _MARKER_AFTER_NL.sub("\n", text)
     if at_line_start:
         text = _MARKER_AT_START.sub("", text)
-    text = _LINK.sub(r"\1", text)
+    text = _DASH_RUN.sub(" — ", _LINK.sub(r"\1", text))
     return _strip_symbols(text.translate(_DROP_CHARS))
 
 
@@ -111,6 +98,7 @@ def _stable_length(raw: str, at_line_start: bool) -> int:
         cut = min(cut, link.start())
     if raw.endswith("!"):  # may be the start of an image link "![alt](url)"
         cut = min(cut, len(raw) - 1)
+    cut = min(cut, len(raw.rstrip("-")))  # a hyphen may become a "--" dash
     return cut
 
 

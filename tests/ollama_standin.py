@@ -26,7 +26,8 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
-from cloud_server.llm import LLM
+from cloud_server.embedded_llm import EmbeddedLLM
+from cloud_server.llm import LLM, LLMError
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -45,8 +46,9 @@ class Script:
     status: int = 200
     """Answer with this HTTP status and ``{"error": error}`` instead of a reply."""
     error: str = "internal error"
-    end: Literal["done", "stall", "drop"] = "done"
-    """done: a final ``done: true`` line; stall: stop sending but keep the connection; drop: cut it."""
+    end: Literal["done", "stall", "drop", "error"] = "done"
+    """done: a final ``done: true`` line; stall: stop sending, keep the connection; drop: cut it;
+    error: an ``{"error": error}`` line, as Ollama sends when generation fails mid-reply."""
 
 
 @dataclass
@@ -289,19 +291,33 @@ class _Handler(BaseHTTPRequestHandler):
 
         cancel = threading.Event()
         if not body.get("stream", True):
-            text = "".join(self._steps(script, body, cancel))
+            try:
+                text = "".join(self._steps(script, body, cancel))
+            except LLMError as err:  # the real model behind --smollm2 failed
+                self._send_json(500, {"error": str(err)})
+                return
             self._send_json(200, {**line(text), **self._final(started, rec)})
             rec.completed = True
             return
         head = [False]
+        end, error = script.end, script.error
         try:
-            for text in self._steps(script, body, cancel, rec):
-                self._write_chunk(json.dumps(line(text)).encode() + b"\n", rec, head)
-                rec.pieces_sent += 1
-            if script.end == "stall":
+            # closing() ends a real model's generation (and frees it) when the client hangs up.
+            with contextlib.closing(self._steps(script, body, cancel, rec)) as steps:
+                try:
+                    for text in steps:
+                        self._write_chunk(json.dumps(line(text)).encode() + b"\n", rec, head)
+                        rec.pieces_sent += 1
+                except LLMError as err:  # the real model behind --smollm2 failed
+                    end, error = "error", str(err)
+            if end == "error":
+                self._write_chunk(json.dumps({"error": error}).encode() + b"\n", rec, head)
+                self.wfile.write(b"0\r\n\r\n")
+                return
+            if end == "stall":
                 self._pause(_MAX_STALL_SECONDS, rec)
                 return
-            if script.end == "drop":
+            if end == "drop":
                 self.connection.shutdown(socket.SHUT_RDWR)
                 self.close_connection = True
                 return
@@ -320,6 +336,13 @@ class _Handler(BaseHTTPRequestHandler):
     ) -> Iterator[str]:
         """Text pieces of the reply, pausing where the script says (or from the real model)."""
         backend = self.server.standin.backend
+        if isinstance(backend, EmbeddedLLM):
+            messages = body.get("messages") or [{"role": "user", "content": body.get("prompt", "")}]
+            options = body.get("options") or {}
+            yield from backend.stream_reply(
+                messages, cancel, max_tokens=options.get("num_predict"), temperature=options.get("temperature")
+            )
+            return
         if backend is not None:
             messages = body.get("messages") or [{"role": "user", "content": body.get("prompt", "")}]
             yield from backend.stream_reply(messages, cancel)
@@ -382,7 +405,7 @@ class OllamaStandIn:
         *steps: str | float | threading.Event,
         status: int = 200,
         error: str = "internal error",
-        end: Literal["done", "stall", "drop"] = "done",
+        end: Literal["done", "stall", "drop", "error"] = "done",
     ) -> None:
         """Set what the following chat/generate replies do (see :class:`Script`)."""
         self.current_script = Script(tuple(steps) if steps else DEFAULT_REPLY, status, error, end)
@@ -425,15 +448,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=11434)
     parser.add_argument("--smollm2", action="store_true", help="answer with the real SmolLM2-135M (embedded)")
     parser.add_argument("--model", action="append", default=[], help="also accept this model name")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for SmolLM2 (default: config's)")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(asctime)s %(name)s %(message)s")
     backend = None
     if args.smollm2:
-        from cloud_server.embedded_llm import EmbeddedLLM
-        from common.config import LLMConfig
+        from common.config import LLMConfig, replace
 
-        backend = EmbeddedLLM(LLMConfig(backend="embedded"))
+        cfg = LLMConfig(backend="embedded")
+        if args.threads is not None:
+            cfg = replace(cfg, embedded_threads=args.threads)
+        backend = EmbeddedLLM(cfg)
         backend.warm_up()
     standin = OllamaStandIn(DEFAULT_MODELS + tuple(args.model), backend=backend, port=args.port)
     with standin:

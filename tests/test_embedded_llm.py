@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
+import select
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,3 +77,46 @@ def test_the_standin_can_answer_with_smollm2_through_the_official_client(smollm2
         assert len(pieces) > 1 and "".join(pieces).strip()
         (request,) = standin.chat_requests()
         assert request.finished.wait(60) and request.completed and request.messages == MESSAGES
+
+
+def test_the_standin_passes_the_requests_token_cap_to_smollm2(smollm2: EmbeddedLLM) -> None:
+    with OllamaStandIn(backend=smollm2) as standin:
+        llm = OllamaLLM(LLMConfig(ollama_host=standin.url, timeout_seconds=60.0, max_tokens=3))
+        pieces = list(llm.stream_reply(MESSAGES))
+        assert 1 <= len(pieces) <= 3
+        assert standin.chat_requests()[0].options["num_predict"] == 3
+
+
+def test_the_standin_runs_as_a_command_for_the_offline_demo() -> None:
+    """``python -m tests.ollama_standin --port 0 --smollm2`` serves SmolLM2 until stopped."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.ollama_standin", "--port", "0", "--smollm2"],
+        cwd=Path(__file__).resolve().parents[1],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = _ready_url(proc, timeout=60.0)
+        llm = OllamaLLM(LLMConfig(ollama_host=url, timeout_seconds=60.0))
+        assert llm.is_reachable()
+        llm.warm_up()
+        assert "".join(llm.stream_reply(MESSAGES)).strip()
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+    assert proc.returncode is not None
+
+
+def _ready_url(proc: subprocess.Popen[str], timeout: float) -> str:
+    """Read the process's log until its Ready line; return the URL it names."""
+    assert proc.stderr is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        readable, _, _ = select.select([proc.stderr], [], [], 0.2)
+        if readable:
+            line = proc.stderr.readline()
+            match = re.search(r"Ready: Ollama stand-in on (http://\S+)", line)
+            if match:
+                return match.group(1)
+            assert line or proc.poll() is None, "the stand-in exited before it was ready"
+    raise AssertionError("the stand-in did not report Ready")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import httpx
 import ollama
@@ -124,6 +125,28 @@ def test_cancel_closes_the_stream_and_the_server_sees_it(
     assert request.pieces_sent == 1 and not request.completed
 
 
+def test_cancel_works_while_ollama_has_not_answered_yet(
+    ollama_standin: OllamaStandIn, standin_llm_config: LLMConfig
+) -> None:
+    ollama_standin.script(60.0, "too late")  # a slow prompt evaluation: not even headers yet
+    cancel = threading.Event()
+    consumer = Consumer(OllamaLLM(replace(standin_llm_config, timeout_seconds=60.0)), cancel)
+    assert _wait_for(lambda: len(ollama_standin.chat_requests()) == 1)
+    cancel.set()
+    assert consumer.done.wait(WAIT), "cancel must not wait for the 60 s read timeout"
+    assert consumer.error is None and consumer.pieces == []
+    assert ollama_standin.chat_requests()[0].client_closed.wait(WAIT)
+
+
+def _wait_for(condition: Callable[[], bool]) -> bool:
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def test_closing_the_iterator_closes_the_stream(ollama_standin: OllamaStandIn, standin_llm_config: LLMConfig) -> None:
     ollama_standin.script("First sentence. ", 60.0, "never sent")
     reply = OllamaLLM(standin_llm_config).stream_reply(MESSAGES)
@@ -184,6 +207,12 @@ def test_an_unknown_model_is_named_in_the_error(ollama_standin: OllamaStandIn, s
         llm.warm_up()
 
 
+def test_a_wrong_server_is_not_mistaken_for_a_missing_model(ollama_standin: OllamaStandIn) -> None:
+    llm = OllamaLLM(LLMConfig(ollama_host=ollama_standin.url + "/not-ollama", timeout_seconds=2.0))
+    with pytest.raises(LLMError, match="answered HTTP 404: 404 page not found"):
+        list(llm.stream_reply(MESSAGES))
+
+
 def test_an_http_500_becomes_an_llm_error(ollama_standin: OllamaStandIn, standin_llm_config: LLMConfig) -> None:
     ollama_standin.script(status=500, error="llama runner process has terminated")
     with pytest.raises(LLMError, match="HTTP 500: llama runner process has terminated"):
@@ -216,6 +245,14 @@ def test_a_dropped_connection_mid_reply_becomes_an_llm_error(
         for piece in OllamaLLM(standin_llm_config).stream_reply(MESSAGES):
             pieces.append(piece)
     assert pieces == ["Half a "]
+
+
+def test_an_error_line_mid_reply_becomes_an_llm_error(
+    ollama_standin: OllamaStandIn, standin_llm_config: LLMConfig
+) -> None:
+    ollama_standin.script("Well, ", end="error", error="CUDA error: out of memory")
+    with pytest.raises(LLMError, match="failed mid-reply: CUDA error: out of memory"):
+        list(OllamaLLM(standin_llm_config).stream_reply(MESSAGES))
 
 
 # --------------------------------------------------------------------------- warm-up and health

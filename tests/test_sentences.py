@@ -134,6 +134,9 @@ def test_a_line_break_ends_a_chunk() -> None:
         ("It is 25°C and 50% humid", "It is 25°C and 50% humid"),
         ("lots   of\n\n\nspace\t here", "lots of space here"),
         ("~~old~~ new", "old new"),
+        ("| a | b |\n|---|---|", "a b — —"),
+        ("wait -- really\n\n---\nyes", "wait — really — yes"),
+        ("well-known snake_case", "well-known snake case"),
         ("3.5 and 1,000 and 2024. Fine", "3.5 and 1,000 and 2024. Fine"),
     ],
 )
@@ -146,6 +149,15 @@ def test_markdown_split_across_pieces_is_still_removed() -> None:
     for step in (1, 2, 3, 5):
         chunks = split(text, SentenceConfig(max_chars=200, min_chars=1, first_chunk_chars=200), step=step)
         assert chunks == ["Sure!", "Options", "Visit the museum today.", "Walk in the park."], step
+
+
+def test_endless_blanks_or_an_unclosed_link_are_not_held_forever() -> None:
+    splitter = SentenceSplitter(CFG)
+    for _ in range(1000):
+        splitter.push("\n   ")
+    chunks = splitter.push("[an unclosed link that just goes on " + "and on " * 40)
+    # Nothing waits for a "]" that never arrives: the text is spoken, capped at max_chars.
+    assert chunks and chunks[0].startswith("an unclosed link that just goes on and on")
 
 
 def test_emoji_only_or_empty_input_gives_no_chunks() -> None:
@@ -170,7 +182,10 @@ def test_default_config_keeps_ordinary_replies_whole() -> None:
 # --------------------------------------------------------------------------- properties
 
 _TOKENS = st.sampled_from(
-    list("abcdefghij ABC") + list(".,;:!?…—-'\"()[]*_#`~\n\t") + ["Dr. ", "e.g. ", "3.5", "🎉", "👍🏽", "](x)", "\n- "]
+    list("abcdefghij ABC")
+    + ["    ", "\t\t\t\t"]
+    + list(".,;:!?…—-'\"()[]{}|*_#`~\n\t")
+    + ["Dr. ", "e.g. ", "3.5", "🎉", "👍🏽", "](x)", "\n- "]
 )
 
 

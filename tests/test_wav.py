@@ -1,0 +1,67 @@
+"""WAV streaming helpers: the open-ended header aplay plays, and reading streams as they arrive."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from common.wav import (
+    WavFormatError,
+    WavStreamReader,
+    float_to_pcm16,
+    pcm16_to_float,
+    read_wav_pcm16,
+    resample_pcm16,
+    stream_wav,
+    wav_header,
+    write_wav,
+)
+
+
+def tone(rate: int, seconds: float, hz: float = 440.0) -> bytes:
+    t = np.arange(int(rate * seconds)) / rate
+    return float_to_pcm16(0.5 * np.sin(2 * np.pi * hz * t))
+
+
+def test_an_open_ended_stream_plays_in_sox_and_reads_back_sample_exact(tmp_path: Path) -> None:
+    pcm = tone(24000, 0.5)
+    path = tmp_path / "stream.wav"
+    path.write_bytes(b"".join(stream_wav(24000, [pcm[:1000], b"", pcm[1000:]])))
+    # sox (a real consumer, like aplay) accepts the unknown-length header and finds 0.5 s.
+    out = subprocess.run(["soxi", "-D", str(path)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    reader = WavStreamReader()
+    data = path.read_bytes()
+    got = b"".join(reader.feed(data[i : i + 7]) for i in range(0, len(data), 7))  # byte dribbles
+    assert reader.format is not None and reader.format.sample_rate == 24000
+    assert got == pcm
+
+
+def test_a_complete_file_has_true_sizes_and_round_trips(tmp_path: Path) -> None:
+    pcm = tone(16000, 0.25)
+    write_wav(str(tmp_path / "a.wav"), pcm, 16000)
+    data, rate = soundfile.read(tmp_path / "a.wav", dtype="int16")
+    assert rate == 16000 and data.tobytes() == pcm
+    again, rate = read_wav_pcm16(str(tmp_path / "a.wav"))
+    assert again == pcm
+
+
+def test_resampling_keeps_duration_and_pitch() -> None:
+    pcm = tone(22050, 1.0, hz=300.0)
+    out = pcm16_to_float(resample_pcm16(pcm, 22050, 16000))
+    assert abs(len(out) - 16000) <= 2
+    spectrum = np.abs(np.fft.rfft(out))
+    assert abs(np.argmax(spectrum) * 16000 / len(out) - 300.0) < 3
+
+
+def test_garbage_is_refused_with_a_clear_error() -> None:
+    with pytest.raises(WavFormatError, match="no WAV header"):
+        WavStreamReader().feed(b"<html>" + b"x" * 5000)
+    header = bytearray(wav_header(8000))
+    header[34] = 8  # 8-bit samples
+    with pytest.raises(WavFormatError, match="unsupported"):
+        WavStreamReader().feed(bytes(header))
