@@ -302,6 +302,7 @@ def test_server_killed_while_streaming_the_phone_plays_what_came_then_its_messag
         proc, reply = phone.start(server.url)
         wait_for(lambda: bool(standin.chat_requests()) and standin.chat_requests()[-1].pieces_sent >= 4, WAIT,
                  "the reply to be streaming")
+        time.sleep(1.5)  # a few sentences spoken and sent; more keep coming every 0.3 s
         server.kill()  # SIGKILL mid-stream: the GPU box dies
         call = phone.finish(proc, reply)
         assert call.returncode == 0, call.stderr[-3000:]
