@@ -278,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chatterbox-tokens", type=int, default=20, help="speech tokens per sentence at most")
     parser.add_argument("--smollm2-tokens", type=int, default=48, help="SmolLM2 reply length cap")
     parser.add_argument("--no-write", action="store_true", help="do not update docs/")
+    parser.add_argument("--from-json", default=None, help="re-render docs/ from a saved docs/latency.json")
     args = parser.parse_args(argv)
     if args.quick:
         args.runs, args.chatterbox_runs, args.chatterbox_tokens, args.smollm2_tokens = 1, 1, 10, 32
@@ -291,29 +292,41 @@ def main(argv: list[str] | None = None) -> int:
     _LOGGER.setLevel(logging.INFO)
     _LOGGER.propagate = False
 
+    if args.from_json:
+        with open(args.from_json, encoding="utf-8") as fh:
+            saved = json.load(fh)
+        results = [TurnTiming(**turn) for turn in saved["turns"]]
+        return _finish(results, saved["meta"], args)
     started = time.monotonic()
     results = run(args)
-    table = median_table(results)
     meta = {
         "runs": args.runs, "chatterbox_runs": args.chatterbox_runs, "chatterbox_tokens": args.chatterbox_tokens,
         "smollm2_tokens": args.smollm2_tokens, "cpus": os.cpu_count(), "machine": platform.machine(),
         "python": platform.python_version(), "load_average": os.getloadavg(),
         "seconds": round(time.monotonic() - started, 1), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
+    return _finish(results, meta, args)
+
+
+def _finish(results: list[TurnTiming], meta: dict[str, Any], args: argparse.Namespace) -> int:
+    """Print the stage table, write docs/ (unless told not to), print the ratios, the headline last."""
     from bench.latency_report import ratio_lines, stage_table, write_report
 
+    table = median_table(results)
     for line in stage_table(table):
         _LOGGER.info("%s", line)
     if not args.no_write:
         (ROOT / "docs").mkdir(exist_ok=True)
-        with open(ROOT / "docs" / "latency.json", "w", encoding="utf-8") as fh:
-            json.dump({"meta": meta, "turns": [asdict(r) for r in results]}, fh, indent=1)
+        if not args.from_json:
+            with open(ROOT / "docs" / "latency.json", "w", encoding="utf-8") as fh:
+                json.dump({"meta": meta, "turns": [asdict(r) for r in results]}, fh, indent=1)
         write_report(table, results, meta, ROOT / "docs")
         _LOGGER.info("Wrote docs/PERFORMANCE.md and docs/latency.png (%.0f s in all)", meta["seconds"])
     lines = ratio_lines(table, HEADLINE)
     for line in lines:
         _LOGGER.info("%s", line)
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())
