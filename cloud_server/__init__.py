@@ -28,6 +28,7 @@ def create_app(
     """
     from cloud_server import api
     from cloud_server.errors import register_error_handlers
+    from cloud_server.features import init_features
     from cloud_server.services import build_services
 
     cfg = config if config is not None else load_config(env=env)
@@ -40,6 +41,7 @@ def create_app(
     app.extensions["ai_telephone"] = build_services(cfg, env, engines)
     register_error_handlers(app)
     app.register_blueprint(api.bp)
+    init_features(app)
     svc = app.extensions["ai_telephone"]
     _LOGGER.info("Ready: voice %s (fallback %s), LLM %s", svc.primary.name, svc.fallback.name, cfg.server.llm.backend)
     return app

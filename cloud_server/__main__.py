@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from common.config import ConfigError, load_config
@@ -13,6 +14,8 @@ _LOGGER = logging.getLogger("cloud_server")
 
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, load config, serve until interrupted."""
+    # Chatterbox draws a tqdm bar per speech token; tqdm reads this once, at its first import.
+    os.environ.setdefault("TQDM_DISABLE", "1")
     parser = argparse.ArgumentParser(prog="python -m cloud_server", description=__doc__)
     parser.add_argument("--config", default=None, help="config.yaml path (default: $AI_TELEPHONE_CONFIG)")
     parser.add_argument("--host", default=None, help="address to bind (default: server.host)")

@@ -7,6 +7,9 @@ AI_TELEPHONE_TLS_KEY name a certificate and key.
 import logging
 import os
 
+# Chatterbox draws a tqdm bar per speech token; tqdm reads this once, at its first import.
+os.environ.setdefault("TQDM_DISABLE", "1")
+
 from common.config import load_config
 
 # The app logs through the standard logging module; give it a handler in the master (workers inherit).

@@ -149,6 +149,27 @@ class ReplyPipeline:
             stats.total_seconds = time.monotonic() - started
             self._finish(turn, stats)
 
+    def speak_sentences(
+        self, text: str, voice: VoiceSpec, cancel: threading.Event, stats: TurnStats | None = None
+    ) -> Iterator[bytes]:
+        """Speak a given text without the LLM (the OpenAI speech route): one PCM16 block per sentence.
+
+        Same splitter and same fallback as a reply; audio is at ``self.sample_rate``.
+        """
+        stats = stats if stats is not None else TurnStats(engine=self.primary.name)
+        splitter = SentenceSplitter(self._cfg.sentences)
+        use_fallback = False
+        for sentence in [*splitter.push(text), *splitter.flush()]:
+            parts: list[bytes] = []
+            for pcm, via_fallback in self._speak_sentence(sentence, voice, cancel, use_fallback, stats):
+                use_fallback = use_fallback or via_fallback
+                parts.append(pcm)
+            if cancel.is_set():
+                return
+            block = b"".join(parts)
+            stats.audio_seconds += len(block) / SAMPLE_WIDTH / self.sample_rate
+            yield block
+
     def _produce(
         self,
         messages: list[dict[str, str]],

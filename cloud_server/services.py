@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from cloud_server.admission import ReplySlots
 from cloud_server.errors import ApiError
@@ -35,6 +36,8 @@ class Services:
     sessions: SessionStore
     slots: ReplySlots
     pipeline: ReplyPipeline
+    characters: Any = None
+    """The character book with runtime voice switches (cloud_server.features); None: config only."""
     started: float = field(default_factory=time.monotonic)
     _llm_seen: tuple[float, bool] = (0.0, False)
 
@@ -49,6 +52,8 @@ class Services:
 
     def voice_for(self, character_id: str, character: CharacterConfig) -> VoiceSpec:
         """The voice a character speaks with."""
+        if self.characters is not None:
+            return self.characters.voice_spec(character_id)  # type: ignore[no-any-return]
         return VoiceSpec(
             voice_id=character_id,
             clip=character.voice_clip or self.config.server.tts.chatterbox.voice_clip,

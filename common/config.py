@@ -186,6 +186,26 @@ class ServerSTTConfig:
 
 
 @dataclass(frozen=True)
+class VoiceLibraryConfig:
+    max_upload_bytes: int = 10_000_000
+    """Largest accepted voice clip upload, in bytes (the request body cap follows limits.max_audio_bytes)."""
+    max_seconds: float = 60.0
+    """Longest accepted voice clip, in seconds."""
+    min_seconds: float = 2.0
+    """Shortest accepted voice clip, in seconds (Turbo needs more than 5 s and is checked for that)."""
+
+
+@dataclass(frozen=True)
+class PhraseCacheConfig:
+    enabled: bool = True
+    """Keep synthesized greetings, apologies and other short repeated texts on disk."""
+    max_text_chars: int = 120
+    """Only texts up to this length are cached (greetings, apologies, short stock phrases), in characters."""
+    max_bytes: int = 200_000_000
+    """Disk budget of the cache, in bytes; the least recently used entries go first."""
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     """Address to bind (0.0.0.0 on the GPU server)."""
@@ -205,6 +225,8 @@ class ServerConfig:
     """The people one can call, by id."""
     data_dir: str = "~/.local/share/ai-telephone"
     """Where uploaded voices and runtime state persist."""
+    voices: VoiceLibraryConfig = field(default_factory=VoiceLibraryConfig)
+    phrase_cache: PhraseCacheConfig = field(default_factory=PhraseCacheConfig)
 
 
 # --------------------------------------------------------------------------- Pi side
@@ -282,6 +304,8 @@ class ClientConfig:
     """Longest wait between health checks while the server is down, in seconds."""
     ca_cert: str | None = None
     """Pinned server certificate (PEM) for TLS; None uses the system trust store."""
+    busy_retry_max_seconds: float = 5.0
+    """A 503 whose Retry-After is at most this is retried once; longer waits get the offline voice, in seconds."""
 
 
 @dataclass(frozen=True)

@@ -59,9 +59,7 @@ class WhisperTranscriber(Transcriber):
         model = _model_location(cfg.model) if cfg.model else default_model_path()
         started = time.monotonic()
         try:
-            self._model: Any = WhisperModel(
-                model, device="cpu", compute_type=cfg.compute_type, cpu_threads=cfg.threads
-            )
+            self._model: Any = WhisperModel(model, device="cpu", compute_type=cfg.compute_type, cpu_threads=cfg.threads)
         except Exception as err:  # CTranslate2 and the hub raise many kinds; all mean "bad setting"
             raise TranscriberError(f"pi.stt.model: cannot load Whisper model {model!r}: {err}") from err
         self._lock = threading.Lock()
@@ -84,7 +82,5 @@ class WhisperTranscriber(Transcriber):
             )
             # segments is a lazy generator: the decoding happens here, inside the lock and the worker thread.
             text = " ".join(segment.text.strip() for segment in segments).strip()
-        _LOGGER.info(
-            "Transcribed %.2f s of audio in %.2f s: %r", audio.size / 16000, time.monotonic() - started, text
-        )
+        _LOGGER.info("Transcribed %.2f s of audio in %.2f s: %r", audio.size / 16000, time.monotonic() - started, text)
         return text

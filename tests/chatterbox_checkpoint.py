@@ -33,6 +33,8 @@ LOCK_WAIT_SECONDS = 1200.0
 BUILD_TIMEOUT_SECONDS = 1200.0
 TOKENIZER_SIZE = 704
 """Entries in the standard model's text vocabulary (T3Config.english_only)."""
+TURBO_TOKENIZER_SIZE = 50276
+"""Entries in Turbo's GPT-2-style vocabulary."""
 
 
 def cache_root() -> Path:
@@ -148,7 +150,66 @@ def _build_standard(out: Path) -> None:
     model.conds.save(out / "conds.pt")
 
 
-_BUILDERS = {"standard": _build_standard}
+def _build_turbo_tokenizer(out: Path) -> None:
+    """A byte-level BPE tokenizer of GPT-2's shape (50276 entries) that ``AutoTokenizer`` loads from ``out``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {c: i for i, c in enumerate(alphabet)}
+    merges: list[tuple[str, str]] = []
+    first = ["Ġ", *"etaoinshrdlucmfwypvbgkqjxzETAOINSHRDLUCMFWYPVBGKQJXZ"]
+    symbols = first + [c for c in alphabet if c not in first]
+    for a in symbols:
+        for b in symbols:
+            if len(vocab) >= TURBO_TOKENIZER_SIZE - 1:
+                break
+            if a + b not in vocab:
+                vocab[a + b] = len(vocab)
+                merges.append((a, b))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    eos = "<|endoftext|>"
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, bos_token=eos, unk_token=eos)
+    fast.save_pretrained(str(out))
+
+
+def _build_turbo(out: Path) -> None:
+    import torch
+    from chatterbox.models.s3gen import S3Gen
+    from chatterbox.models.t3 import T3
+    from chatterbox.models.t3.modules.t3_config import T3Config
+    from chatterbox.models.voice_encoder import VoiceEncoder
+    from chatterbox.tts_turbo import ChatterboxTurboTTS
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(SEED)
+    _build_turbo_tokenizer(out)
+    # The hyper-parameters ChatterboxTurboTTS.from_local sets for its T3.
+    hp = T3Config(text_tokens_dict_size=TURBO_TOKENIZER_SIZE)
+    hp.llama_config_name = "GPT2_medium"
+    hp.speech_tokens_dict_size = 6563
+    hp.input_pos_emb = None
+    hp.speech_cond_prompt_len = 375
+    hp.use_perceiver_resampler = False
+    hp.emotion_adv = False
+    ve, t3, s3gen = VoiceEncoder().eval(), T3(hp).eval(), S3Gen(meanflow=True).eval()
+    _save_half(ve, out / "ve.safetensors")
+    _save_half(t3, out / "t3_turbo_v1.safetensors")
+    _save_half(s3gen, out / "s3gen_meanflow.safetensors")
+    model = ChatterboxTurboTTS(t3, s3gen, ve, AutoTokenizer.from_pretrained(str(out)), "cpu")
+    with tempfile.TemporaryDirectory() as tmp:  # Turbo wants more than 5 s of reference speech
+        clip = make_voice_clip(
+            Path(tmp) / "builtin.wav",
+            "This is the built in voice of the turbo test checkpoint. It speaks for a little while, "
+            "so that the reference is longer than five seconds.",
+        )
+        model.prepare_conditionals(str(clip), exaggeration=0.0)
+    model.conds.save(out / "conds.pt")
+
+
+_BUILDERS = {"standard": _build_standard, "turbo": _build_turbo}
 
 
 def build(kind: str, root: Path) -> Path:
@@ -177,6 +238,7 @@ def build(kind: str, root: Path) -> Path:
             (tmp / "BUILD_INFO.json").write_text(json.dumps({"version": BUILD_VERSION, "seed": SEED, "kind": kind}))
             if target.exists():
                 shutil.rmtree(target)
+            tmp.chmod(0o755)
             tmp.rename(target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

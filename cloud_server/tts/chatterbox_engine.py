@@ -20,7 +20,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from cloud_server.tts.base import TTSEngine, TTSError, VoiceSpec
@@ -138,7 +137,8 @@ def _install_bounds(loaded: LoadedChatterbox) -> None:
         inner_turbo = t3.inference_turbo
 
         def bounded_turbo(*args: Any, max_gen_len: int = 1000, **kwargs: Any) -> Any:
-            return inner_turbo(*args, max_gen_len=loaded.cap(max_gen_len), **kwargs)
+            # inference_turbo samples one token before its loop of max_gen_len more.
+            return inner_turbo(*args, max_gen_len=max(loaded.cap(max_gen_len) - 1, 0), **kwargs)
 
         t3.inference_turbo = bounded_turbo
     else:
@@ -162,7 +162,7 @@ class ChatterboxEngine(TTSEngine):
     def __init__(self, cfg: ChatterboxConfig, loaded: LoadedChatterbox | None = None) -> None:
         self.cfg = cfg
         self.loaded = loaded if loaded is not None else load_chatterbox(cfg)
-        self.name = "chatterbox" if self.loaded.kind == "standard" else "chatterbox-turbo"
+        self.name = "chatterbox"  # the model kind is in self.loaded.kind
         self.sample_rate = int(self.loaded.model.sr)
         self.device = self.loaded.plan.device
         conds_cls = _conditionals_class(self.loaded.kind)
@@ -201,7 +201,8 @@ class ChatterboxEngine(TTSEngine):
             raise TTSError(f"chatterbox failed: {err}") from err
         finally:
             self.loaded.call = None
-            self.loaded.model.conds = None  # the next call brings its own copy
+            if self.loaded.model is not None:
+                self.loaded.model.conds = None  # the next call brings its own copy
             self.loaded.lock.release()
         _LOGGER.info(
             "Synthesized %d chars (budget %d tokens) into %.2f s of audio in %.1f s",
@@ -291,7 +292,3 @@ def _conditionals_class(kind: str) -> Any:
         from chatterbox.tts import Conditionals
     return Conditionals
 
-
-def checkpoint_exists(cfg: ChatterboxConfig) -> bool:
-    """Whether a configured local checkpoint directory is there (None means the hub: assume yes)."""
-    return cfg.checkpoint is None or Path(expand_path(cfg.checkpoint)).is_dir()

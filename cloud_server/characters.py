@@ -1,0 +1,152 @@
+"""The people one can call: characters from the config, with runtime voice choices from the library.
+
+A character's voice is, in order: the library voice it was switched to at runtime
+(``POST /characters/<id>/voice``), its configured ``voice_clip``, then the server-wide default
+clip. The listing says which of the knobs the active voice model ignores instead of pretending.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cloud_server.tts.base import VoiceSpec
+from cloud_server.voices import UnknownVoice, VoiceError, VoiceLibrary, VoiceOverrides, check_voice_id
+from common.config import CharacterConfig, ServerConfig
+
+_LOGGER = logging.getLogger(__name__)
+
+_KNOBS = ("voice_clip", "exaggeration", "cfg_weight", "temperature")
+
+
+class UnknownCharacter(VoiceError):
+    """No character with that id."""
+
+    status = 404
+    code = "unknown_character"
+
+
+def ignored_parameters(engine: str, model: str) -> list[str]:
+    """Which character knobs the speaking engine does not use (Turbo: exaggeration, cfg_weight)."""
+    if engine == "chatterbox-turbo" or (engine == "chatterbox" and model == "turbo"):
+        return ["exaggeration", "cfg_weight"]
+    if engine == "chatterbox":
+        return []
+    return list(_KNOBS)  # Piper and espeak-ng speak with their own fixed voice
+
+
+@dataclass(frozen=True)
+class VoiceChoice:
+    """Where a character's voice comes from now."""
+
+    clip: str | None
+    source: str
+    """``library`` (switched at runtime), ``character`` (its config), ``default`` or ``builtin``."""
+    library_voice: str | None = None
+
+
+class CharacterBook:
+    """Characters from config merged with the persisted runtime voice overrides."""
+
+    def __init__(self, server: ServerConfig, library: VoiceLibrary, overrides: VoiceOverrides) -> None:
+        self._characters: Mapping[str, CharacterConfig] = server.characters
+        self._default_id = server.default_character
+        self._default_clip = server.tts.chatterbox.voice_clip
+        self._model = server.tts.chatterbox.model
+        self.library = library
+        self.overrides = overrides
+
+    def get(self, character_id: str | None) -> tuple[str, CharacterConfig]:
+        """The named character, or the default one for None; UnknownCharacter otherwise."""
+        cid = character_id or self._default_id
+        found = self._characters.get(cid)
+        if found is None:
+            known = ", ".join(sorted(self._characters))
+            raise UnknownCharacter(f"No character named {cid!r}. Known: {known}.")
+        return cid, found
+
+    def __contains__(self, character_id: object) -> bool:
+        return character_id in self._characters
+
+    def voice_choice(self, character_id: str) -> VoiceChoice:
+        """The clip a character speaks with now, and why."""
+        cid, character = self.get(character_id)
+        voice_id = self.overrides.get(cid)
+        if voice_id is not None:
+            try:
+                return VoiceChoice(str(self.library.path(voice_id)), "library", voice_id)
+            except UnknownVoice:
+                _LOGGER.warning("Character %s points at missing voice %s: using its configured clip", cid, voice_id)
+        if character.voice_clip:
+            return VoiceChoice(character.voice_clip, "character")
+        if self._default_clip:
+            return VoiceChoice(self._default_clip, "default")
+        return VoiceChoice(None, "builtin")
+
+    def voice_spec(self, character_id: str) -> VoiceSpec:
+        """What the TTS engine needs to speak as this character."""
+        cid, character = self.get(character_id)
+        return VoiceSpec(
+            voice_id=cid,
+            clip=self.voice_choice(cid).clip,
+            exaggeration=character.exaggeration,
+            cfg_weight=character.cfg_weight,
+            temperature=character.temperature,
+        )
+
+    def library_voice_spec(self, voice_id: str) -> VoiceSpec:
+        """A library voice spoken with the default knobs (for the OpenAI route)."""
+        defaults = CharacterConfig()
+        return VoiceSpec(
+            voice_id=voice_id,
+            clip=str(self.library.path(voice_id)),
+            exaggeration=defaults.exaggeration,
+            cfg_weight=defaults.cfg_weight,
+            temperature=defaults.temperature,
+        )
+
+    def resolve(self, name: str) -> VoiceSpec:
+        """An OpenAI ``voice``: a character id first, then a library voice; UnknownVoice otherwise."""
+        if name in self._characters:
+            return self.voice_spec(name)
+        try:
+            return self.library_voice_spec(name)
+        except VoiceError:
+            known = sorted([*self._characters, *(v.voice_id for v in self.library.list())])
+            raise UnknownVoice(f"No voice or character named {name!r}. Known: {', '.join(known)}.") from None
+
+    def set_voice(self, character_id: str, voice_id: str | None) -> VoiceSpec:
+        """Switch a character to a library voice (None: back to its configured clip), persisted."""
+        cid, _ = self.get(character_id)
+        if voice_id is not None:
+            self.library.path(check_voice_id(voice_id))  # UnknownVoice when not uploaded
+        self.overrides.set(cid, voice_id)
+        _LOGGER.info("Character %s now speaks with %s", cid, voice_id or "its configured voice")
+        return self.voice_spec(cid)
+
+    def specs(self) -> list[VoiceSpec]:
+        """Every character's current voice (to precompute conditionals at start)."""
+        return [self.voice_spec(cid) for cid in self._characters]
+
+    def listing(self, engine: str) -> list[dict[str, Any]]:
+        """``GET /characters``: each character, its voice and the knobs the active engine ignores."""
+        ignored = ignored_parameters(engine, self._model)
+        out = []
+        for cid, character in self._characters.items():
+            choice = self.voice_choice(cid)
+            out.append(
+                {
+                    "id": cid,
+                    "display_name": character.display_name,
+                    "default": cid == self._default_id,
+                    "voice": {"source": choice.source, "library_voice": choice.library_voice},
+                    "exaggeration": character.exaggeration,
+                    "cfg_weight": character.cfg_weight,
+                    "temperature": character.temperature,
+                    "greeting": character.greeting,
+                    "ignored_parameters": ignored,
+                }
+            )
+        return out

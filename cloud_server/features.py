@@ -1,0 +1,97 @@
+"""The parts that grow the core server into what users of other Chatterbox servers expect.
+
+``init_features(app)`` is called once by ``create_app`` after the core services exist: it adds the
+voice library and character book (runtime voice switches reach /process-text through
+``Services.voice_for``), the phrase cache in front of the voice model, server-side Whisper,
+metrics, and the /process-audio, characters, voices, OpenAI and /metrics routes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from flask import Flask, current_app
+
+from cloud_server.characters import CharacterBook
+from cloud_server.errors import ApiError
+from cloud_server.metrics import Metrics, init_metrics
+from cloud_server.phrase_cache import CachingEngine, PhraseCache
+from cloud_server.services import Services
+from cloud_server.stt import ServerTranscriber
+from cloud_server.tts.base import VoiceSpec
+from cloud_server.voices import VoiceLibrary, VoiceOverrides
+from common.config import expand_path
+
+_LOGGER = logging.getLogger(__name__)
+EXTENSION = "ai_telephone_features"
+
+
+@dataclass
+class Features:
+    """Per-app state of the feature routes."""
+
+    library: VoiceLibrary
+    characters: CharacterBook
+    phrases: PhraseCache
+    transcriber: ServerTranscriber
+    metrics: Metrics
+
+
+def features() -> Features:
+    """The current app's Features."""
+    return current_app.extensions[EXTENSION]  # type: ignore[no-any-return]
+
+
+def prepare(svc: Services, spec: VoiceSpec) -> None:
+    """Precompute a voice's conditionals now, so its first request does not pay for them."""
+    svc.primary.prepare_voice(spec)
+
+
+@contextmanager
+def voice_slot(svc: Services) -> Iterator[None]:
+    """Hold one of the voice model's admission slots for a whole (non-streamed) synthesis; 503 when full."""
+    if not svc.slots.try_acquire():
+        retry = str(svc.config.server.limits.retry_after_seconds)
+        raise ApiError(503, "busy", "All voice slots are busy; try again shortly.", {"Retry-After": retry})
+    try:
+        yield
+    finally:
+        svc.slots.release()
+
+
+def init_features(app: Flask) -> Features:
+    """Build the feature state on top of the core services and register the feature routes."""
+    from cloud_server import openai_api, voice_api
+
+    svc: Services = app.extensions["ai_telephone"]
+    server = svc.config.server
+    data_dir = expand_path(server.data_dir)
+    library = VoiceLibrary(data_dir / "voices", server.voices, model=server.tts.chatterbox.model)
+    book = CharacterBook(server, library, VoiceOverrides.in_data_dir(data_dir))
+    svc.characters = book
+    phrases = PhraseCache(data_dir / "phrases", server.phrase_cache)
+    if not isinstance(svc.primary, CachingEngine):
+        model = f"{server.tts.chatterbox.model}:{server.tts.chatterbox.checkpoint}"
+        cached = CachingEngine(svc.primary, phrases, model=model)
+        svc.primary = cached
+        svc.pipeline.primary = cached
+    transcriber = ServerTranscriber(server.stt)
+    transcriber.load()
+    metrics = init_metrics(app)
+    svc.pipeline.listeners.append(metrics.observe_turn)
+    state = Features(library=library, characters=book, phrases=phrases, transcriber=transcriber, metrics=metrics)
+    app.extensions[EXTENSION] = state
+    # Voices switched at runtime were not known to the core's start-up pass: prepare them too.
+    for cid, voice_id in book.overrides.all().items():
+        if cid in book:
+            try:
+                prepare(svc, book.voice_spec(cid))
+            except Exception as err:
+                _LOGGER.warning("Voice %s of character %s could not be prepared: %s", voice_id, cid, err)
+    app.register_blueprint(voice_api.bp)
+    app.register_blueprint(openai_api.bp)
+    _LOGGER.info("Features ready: %d library voices, Whisper on %s", len(library.list()), transcriber.device)
+    return state

@@ -1,0 +1,215 @@
+"""OpenAI-compatible speech, as Open WebUI, SillyTavern and Home Assistant bridges call it.
+
+``POST /v1/audio/speech`` speaks ``input`` with a character or a library voice. Every format comes
+out at 24 kHz mono (OpenAI's rate; Chatterbox's own). ``wav`` and ``pcm`` stream sentence by
+sentence; ``mp3``, ``flac`` and ``opus`` are encoded whole once the text is spoken (their headers
+need the length), and carry ``X-Audio-Duration`` / ``X-Generation-Time``. With
+``stream_format: "sse"`` the audio arrives as ``speech.audio.delta`` events: one per sentence for
+``pcm``/``wav``, one with the whole file for the compressed formats.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, Final
+
+from flask import Blueprint, Response, jsonify
+
+from cloud_server.api import json_body, require_key, services
+from cloud_server.audio_codec import (
+    CONTENT_TYPES,
+    OPENAI_PCM_RATE,
+    RESPONSE_FORMATS,
+    SUPPORTED_RESPONSE_FORMATS,
+    change_speed,
+    encode_audio,
+)
+from cloud_server.errors import ApiError
+from cloud_server.features import features, voice_slot
+from cloud_server.metrics import Metrics
+from cloud_server.reply import TurnStats
+from cloud_server.services import Services
+from cloud_server.tts.base import VoiceSpec
+from cloud_server.voices import VoiceError
+from common.wav import SAMPLE_WIDTH, float_to_pcm16, pcm16_to_float, resample_float, wav_header
+
+_LOGGER = logging.getLogger(__name__)
+bp = Blueprint("openai_api", __name__, url_prefix="/v1")
+
+MAX_INPUT_CHARS: Final = 4096
+MODELS: Final = ("chatterbox", "tts-1", "tts-1-hd", "gpt-4o-mini-tts")
+"""Accepted ``model`` names: all are served by the one loaded voice model."""
+_BODY_BYTES: Final = 65536
+
+
+@bp.get("/models")
+def list_models() -> Response:
+    """The model names clients may send (all served by the loaded voice model)."""
+    require_key()
+    return jsonify(
+        object="list", data=[{"id": m, "object": "model", "created": 0, "owned_by": "ai-telephone"} for m in MODELS]
+    )
+
+
+@bp.get("/audio/voices")
+def list_voices() -> Response:
+    """Characters and library voices usable as ``voice``."""
+    require_key()
+    book = features().characters
+    characters = [{"id": c["id"], "name": c["display_name"], "type": "character"} for c in book.listing("")]
+    library = [{"id": v.voice_id, "name": v.voice_id, "type": "library"} for v in book.library.list()]
+    return jsonify(voices=characters + library)
+
+
+@bp.post("/audio/speech")
+def speech() -> Response:
+    """Speak ``input`` in the requested voice and format."""
+    require_key()
+    svc = services()
+    body = json_body(_BODY_BYTES)
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise ApiError(400, "missing_field", f"'model' is required (one of: {', '.join(MODELS)}).")
+    if model not in MODELS:
+        raise ApiError(400, "unknown_model", f"Unknown model {model!r}; use one of: {', '.join(MODELS)}.")
+    text = _input(body.get("input"))
+    voice = _voice(body.get("voice"))
+    fmt = body.get("response_format") or "mp3"
+    if fmt not in RESPONSE_FORMATS:
+        raise ApiError(400, "bad_response_format", f"'response_format' must be one of {', '.join(RESPONSE_FORMATS)}.")
+    if fmt not in SUPPORTED_RESPONSE_FORMATS:
+        raise ApiError(
+            400, "unsupported_response_format", f"{fmt} is not available here; use mp3, opus, flac, wav or pcm."
+        )
+    speed = _speed(body.get("speed", 1.0))
+    stream_format = body.get("stream_format") or "audio"
+    if stream_format not in ("audio", "sse"):
+        raise ApiError(400, "bad_stream_format", "'stream_format' must be 'audio' or 'sse'.")
+    instructions = body.get("instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        raise ApiError(400, "bad_field", "'instructions' must be a string.")
+    if fmt in ("wav", "pcm"):
+        return _streamed(svc, text, voice, fmt, speed, sse=stream_format == "sse")
+    return _whole(svc, text, voice, fmt, speed, sse=stream_format == "sse")
+
+
+def _input(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ApiError(400, "missing_field", "'input' must be a non-empty string.")
+    if len(value) > MAX_INPUT_CHARS:
+        raise ApiError(400, "input_too_long", f"'input' is {len(value)} characters; the limit is {MAX_INPUT_CHARS}.")
+    return value.strip()
+
+
+def _voice(value: Any) -> VoiceSpec:
+    """A character id or a library voice id (also as ``{"id": ...}``); never a silent default."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    if not isinstance(value, str) or not value:
+        raise ApiError(
+            400, "missing_field", "'voice' is required: a character or an uploaded voice (GET /v1/audio/voices)."
+        )
+    try:
+        return features().characters.resolve(value)
+    except VoiceError as err:
+        raise ApiError(400, "unknown_voice", str(err)) from err
+
+
+def _speed(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.25 <= float(value) <= 4.0:
+        raise ApiError(400, "bad_speed", "'speed' must be a number from 0.25 to 4.0.")
+    return float(value)
+
+
+def _sentences(
+    svc: Services, text: str, voice: VoiceSpec, speed: float, cancel: threading.Event, stats: TurnStats
+) -> Iterator[bytes]:
+    """Each sentence as PCM16 at 24 kHz, at the requested speed."""
+    rate = svc.pipeline.sample_rate
+    for block in svc.pipeline.speak_sentences(text, voice, cancel, stats):
+        samples = resample_float(pcm16_to_float(block), rate, OPENAI_PCM_RATE)
+        yield float_to_pcm16(change_speed(samples, OPENAI_PCM_RATE, speed))
+
+
+def _record(metrics: Metrics, stats: TurnStats, started: float) -> None:
+    metrics.observe_synthesis(stats.sentence_seconds, stats.audio_seconds)
+    metrics.speech_total.observe(time.monotonic() - started)
+    if stats.fallback_sentences:
+        metrics.fallbacks.labels("tts_sentence").inc(stats.fallback_sentences)
+
+
+def _sse(kind: str, audio: bytes | None = None) -> bytes:
+    event: dict[str, Any] = {"type": f"speech.audio.{kind}"}
+    if audio is not None:
+        event["audio"] = base64.b64encode(audio).decode("ascii")
+    return f"data: {json.dumps(event)}\n\n".encode()
+
+
+def _streamed(svc: Services, text: str, voice: VoiceSpec, fmt: str, speed: float, sse: bool) -> Response:
+    """wav/pcm: each sentence goes out as soon as it is spoken; the slot is held until the stream ends."""
+    limits = svc.config.server.limits
+    if not svc.slots.try_acquire():
+        raise ApiError(
+            503,
+            "busy",
+            "All voice slots are busy; try again shortly.",
+            {"Retry-After": str(limits.retry_after_seconds)},
+        )
+    cancel = threading.Event()
+    released = threading.Event()
+    started = time.monotonic()
+    stats = TurnStats(engine=svc.primary.name)
+    metrics = features().metrics  # the generator runs outside the app context
+
+    def body() -> Iterator[bytes]:
+        head = wav_header(OPENAI_PCM_RATE) if fmt == "wav" else b""
+        if head and not sse:
+            yield head
+        for pcm in _sentences(svc, text, voice, speed, cancel, stats):
+            if sse:
+                yield _sse("delta", head + pcm)
+                head = b""
+            else:
+                yield pcm
+        if sse:
+            yield _sse("done")
+        _record(metrics, stats, started)
+
+    def on_close() -> None:
+        cancel.set()
+        if not released.is_set():
+            released.set()
+            svc.slots.release()
+
+    mimetype = "text/event-stream" if sse else CONTENT_TYPES[fmt]
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no", "X-Sample-Rate": str(OPENAI_PCM_RATE)}
+    response = Response(body(), mimetype=mimetype, headers=headers)
+    response.call_on_close(on_close)
+    return response
+
+
+def _whole(svc: Services, text: str, voice: VoiceSpec, fmt: str, speed: float, sse: bool) -> Response:
+    """mp3/flac/opus: speak everything, encode once, answer with the length known."""
+    started = time.monotonic()
+    stats = TurnStats(engine=svc.primary.name)
+    with voice_slot(svc):
+        pcm = b"".join(_sentences(svc, text, voice, speed, threading.Event(), stats))
+    spoken = time.monotonic()
+    data, rate = encode_audio(pcm, OPENAI_PCM_RATE, fmt)
+    encoded = time.monotonic()
+    _record(features().metrics, stats, started)
+    seconds = len(pcm) / SAMPLE_WIDTH / OPENAI_PCM_RATE
+    headers = {
+        "X-Audio-Duration": f"{seconds:.3f}",
+        "X-Generation-Time": f"{encoded - started:.3f}",
+        "X-Sample-Rate": str(rate),
+        "Server-Timing": f"tts;dur={(spoken - started) * 1000:.1f}, encode;dur={(encoded - spoken) * 1000:.1f}",
+    }
+    if sse:
+        return Response(_sse("delta", data) + _sse("done"), mimetype="text/event-stream", headers=headers)
+    return Response(data, mimetype=CONTENT_TYPES[fmt], headers=headers)

@@ -1,0 +1,205 @@
+"""Routes for speech in and the people who speak: /process-audio, /characters, /voices, /metrics."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+from urllib.parse import quote
+
+from flask import Blueprint, Response, jsonify, request
+
+from cloud_server.api import require_key, services, session_id_field, stream_turn, text_field
+from cloud_server.audio_codec import AudioError, decode_audio
+from cloud_server.errors import ApiError, error_response
+from cloud_server.features import features, prepare, voice_slot
+from cloud_server.reply import Turn
+from cloud_server.voices import VoiceError, check_voice_id
+from common.wav import wav_header
+
+_LOGGER = logging.getLogger(__name__)
+bp = Blueprint("voice_api", __name__)
+_RAW_AUDIO_TYPES = ("audio/", "application/octet-stream")
+
+
+@bp.app_errorhandler(AudioError)
+def _audio_error(err: AudioError) -> Response:
+    return error_response(err.status, err.code, str(err))
+
+
+@bp.app_errorhandler(VoiceError)
+def _voice_error(err: VoiceError) -> Response:
+    return error_response(err.status, err.code, str(err))
+
+
+def audio_upload(max_bytes: int) -> tuple[bytes, dict[str, str]]:
+    """The uploaded audio (multipart field ``audio`` or a raw ``audio/*`` body) and the other fields."""
+    if request.content_length is not None and request.content_length > max_bytes + 65536:
+        raise ApiError(413, "audio_too_large", f"The upload is over {max_bytes} bytes.")
+    if request.mimetype == "multipart/form-data":
+        upload = request.files.get("audio")
+        if upload is None:
+            raise ApiError(400, "missing_audio", "Send the recording in the multipart field 'audio'.")
+        data = upload.read(max_bytes + 1)
+        return data, {k: v for k, v in request.form.items()}
+    if request.mimetype.startswith(_RAW_AUDIO_TYPES):
+        return request.get_data(cache=False), dict(request.args.items())
+    raise ApiError(
+        415,
+        "unsupported_media_type",
+        "Send audio as multipart/form-data (field 'audio') or as a raw audio/wav, audio/flac, audio/ogg "
+        "or audio/mpeg body.",
+    )
+
+
+@bp.post("/process-audio")
+def process_audio() -> Response:
+    """The caller's recording → transcript → the same streamed spoken reply as /process-text."""
+    require_key()
+    svc, feat = services(), features()
+    limits = svc.config.server.limits
+    if svc.slots.active >= svc.slots.capacity:  # refuse before spending Whisper time on a reply we cannot give
+        retry = str(limits.retry_after_seconds)
+        raise ApiError(503, "busy", "All voice slots are busy; try again shortly.", {"Retry-After": retry})
+    data, fields = audio_upload(limits.max_audio_bytes)
+    t0 = time.monotonic()
+    audio = decode_audio(data, max_bytes=limits.max_audio_bytes, max_seconds=limits.max_audio_seconds)
+    t1 = time.monotonic()
+    transcript = feat.transcriber.transcribe(audio.samples)
+    t2 = time.monotonic()
+    feat.metrics.stt.observe(t2 - t1)
+    if not transcript:
+        raise ApiError(400, "no_speech", "No speech was heard in the recording.")
+    prompt = text_field(fields, "prompt", limits.max_prompt_chars, required=False)
+    character_id, character = svc.character(fields.get("character") or None)
+    turn = Turn(
+        text=transcript[: limits.max_text_chars],
+        session_id=session_id_field(fields),
+        character_id=character_id,
+        character=character,
+        voice=svc.voice_for(character_id, character),
+        prompt=prompt,
+        transcript=transcript,
+    )
+    _LOGGER.info("Heard %.1f s (%s): %d chars in %.2f s", audio.duration, audio.source_format, len(transcript), t2 - t1)
+    headers = {
+        "X-Transcript": quote(transcript, safe=""),
+        "X-Input-Audio-Duration": f"{audio.duration:.3f}",
+        "Server-Timing": f"decode;dur={(t1 - t0) * 1000:.1f}, stt;dur={(t2 - t1) * 1000:.1f}",
+    }
+    return stream_turn(turn, headers)
+
+
+@bp.get("/characters")
+def list_characters() -> Response:
+    """Who one can call, with their voice and the knobs the active model ignores."""
+    require_key()
+    svc, feat = services(), features()
+    return jsonify(
+        characters=feat.characters.listing(svc.primary.name),
+        default=svc.config.server.default_character,
+        engine=svc.primary.name,
+    )
+
+
+@bp.post("/characters/<character_id>/voice")
+def switch_voice(character_id: str) -> Response:
+    """Make a character speak with a library voice (``{"voice": id}``) or its own again (``null``)."""
+    require_key()
+    svc, feat = services(), features()
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or "voice" not in body:
+        raise ApiError(400, "bad_json", 'Send {"voice": "<library voice id>"} or {"voice": null}.')
+    voice_id = body["voice"]
+    spec = feat.characters.set_voice(character_id, None if voice_id is None else check_voice_id(voice_id))
+    _prepare_or_warn(spec)
+    entry = next(c for c in feat.characters.listing(svc.primary.name) if c["id"] == character_id)
+    return jsonify(entry)
+
+
+@bp.get("/characters/<character_id>/greeting")
+def greeting(character_id: str) -> Response:
+    """The character's greeting as a WAV file, synthesized once and then served from the phrase cache."""
+    require_key()
+    svc, feat = services(), features()
+    cid, character = feat.characters.get(character_id)
+    spec = feat.characters.voice_spec(cid)
+    t0 = time.monotonic()
+    with voice_slot(svc):
+        pcm = b"".join(svc.pipeline.speak_sentences(character.greeting, spec, threading.Event()))
+    took = time.monotonic() - t0
+    seconds = len(pcm) / 2 / svc.pipeline.sample_rate
+    return Response(
+        wav_header(svc.pipeline.sample_rate, data_bytes=len(pcm)) + pcm,
+        mimetype="audio/wav",
+        headers={
+            "X-Audio-Duration": f"{seconds:.3f}",
+            "X-Generation-Time": f"{took:.3f}",
+            "Server-Timing": f"tts;dur={took * 1000:.1f}",
+        },
+    )
+
+
+@bp.get("/voices")
+def list_voices() -> Response:
+    """The uploaded voices."""
+    require_key()
+    feat = features()
+    return jsonify(
+        voices=[v.as_json() for v in feat.library.list()],
+        min_seconds=feat.library.min_seconds,
+        max_seconds=services().config.server.voices.max_seconds,
+    )
+
+
+@bp.post("/voices")
+def add_voice() -> tuple[Response, int]:
+    """Upload a reference clip (multipart ``audio`` + ``id``, or a raw body with ``?id=``); 201 when new."""
+    require_key()
+    svc, feat = services(), features()
+    data, fields = audio_upload(svc.config.server.voices.max_upload_bytes)
+    voice_id = check_voice_id(fields.get("id") or fields.get("name"))
+    if voice_id in feat.characters:
+        raise ApiError(409, "name_taken", f"A character is called {voice_id!r}; pick another name for the voice.")
+    existed = voice_id in feat.library
+    info, changed = feat.library.add(voice_id, data)
+    try:
+        prepare(svc, feat.characters.library_voice_spec(voice_id))
+        for cid in feat.characters.overrides.users_of(voice_id):
+            prepare(svc, feat.characters.voice_spec(cid))
+    except Exception as err:
+        _LOGGER.warning("Voice model could not use clip %s: %s", voice_id, err)
+        if not existed:
+            feat.library.delete(voice_id)
+        raise ApiError(400, "unusable_voice", f"The voice model could not use this clip: {err}") from err
+    return jsonify(info.as_json() | {"changed": changed}), (200 if existed else 201)
+
+
+@bp.delete("/voices/<voice_id>")
+def delete_voice(voice_id: str) -> tuple[str, int]:
+    """Remove an uploaded voice; 409 while a character still speaks with it."""
+    require_key()
+    feat = features()
+    check_voice_id(voice_id)
+    users = feat.characters.overrides.users_of(voice_id)
+    if users:
+        raise ApiError(
+            409, "voice_in_use", f"Characters {', '.join(users)} speak with {voice_id!r}; switch them first."
+        )
+    feat.library.delete(voice_id)
+    return "", 204
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Prometheus scrape target (same key as the API; Prometheus sends it as a bearer token)."""
+    require_key()
+    return features().metrics.exposition()
+
+
+def _prepare_or_warn(spec: Any) -> None:
+    try:
+        prepare(services(), spec)
+    except Exception as err:
+        _LOGGER.warning("Voice %s could not be prepared now (it will be tried on use): %s", spec.voice_id, err)

@@ -1,0 +1,185 @@
+"""`python -m deploy.vastai up|status|down`: parse, build the SDK client and store, run, report."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from deploy.vastai import tls
+from deploy.vastai.health import probe, server_url
+from deploy.vastai.lifecycle import mapped_port
+from deploy.vastai.onstart import OnstartError
+from deploy.vastai.provision import Deployer, DeployError, Deployment
+from deploy.vastai.settings import LABEL_DEFAULT, InstancePlan, OfferCriteria, Timing
+from deploy.vastai.store import DeployStore, StoreError, default_root
+
+_LOGGER = logging.getLogger(__name__)
+PI_CERT_PATH = "/etc/ai-telephone/server-cert.pem"
+"""Where scripts/install-pi puts the pinned certificate on the Pi."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Flags are run-mode overrides only; None means the default in settings.py."""
+    p = argparse.ArgumentParser(prog="python -m deploy.vastai", description="Run the AI Telephone server on Vast.ai.")
+    p.add_argument("--url", default=None, help="Vast.ai API base URL (default: $VAST_URL, else the SDK's)")
+    p.add_argument("--label", default=LABEL_DEFAULT, help="instance label that makes `up` idempotent")
+    p.add_argument("--state-dir", type=Path, default=None, help="local secrets (default ~/.config/ai-telephone/vast)")
+    p.add_argument("--debug", action="store_true", help="log at DEBUG level")
+    sub = p.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="rent (or reuse) an instance, wait until healthy, print the Pi's settings")
+    plan, crit, timing = InstancePlan(), OfferCriteria(), Timing()
+
+    def opt(flag: str, dest: str, kind: type, default: object, what: str) -> None:
+        # The default shown is read from settings.py, where it lives (the flag itself defaults to None).
+        up.add_argument(flag, dest=dest, type=kind, default=None, help=f"{what} (default: {default})")
+
+    up.add_argument("--repo-url", default=None, help="git URL the instance clones (default: this checkout's origin)")
+    opt("--ref", "repo_ref", str, plan.repo_ref, "branch or tag to deploy")
+    opt("--model", "ollama_model", str, plan.ollama_model, "Ollama model")
+    up.add_argument("--chatterbox", dest="chatterbox_model", choices=("standard", "turbo"), default=None,
+                    help=f"Chatterbox model (default: {plan.chatterbox_model})")
+    opt("--image", "image", str, plan.image, "Docker image with Python 3.11 and CUDA torch 2.6.0")
+    opt("--port", "container_port", int, plan.container_port, "server port inside the container")
+    up.add_argument("--set", dest="server_settings", action="append", default=None, metavar="server.KEY=VALUE",
+                    help="a server setting on the instance, e.g. server.llm.temperature=0.5 (repeatable)")
+    opt("--max-price", "max_dollars_per_hour", float, crit.max_dollars_per_hour, "price ceiling, $/hour")
+    opt("--min-gpu-ram", "min_gpu_ram_gb", float, crit.min_gpu_ram_gb, "least GPU memory, GB")
+    opt("--min-cuda", "min_cuda", float, crit.min_cuda, "least CUDA version of the host driver")
+    opt("--min-reliability", "min_reliability", float, crit.min_reliability, "least host reliability, 0-1")
+    opt("--disk", "min_disk_gb", float, crit.min_disk_gb, "disk, GB")
+    opt("--order", "order", str, crit.order, "offer field ranked best first (dph_total: cheapest first)")
+    opt("--max-attempts", "max_attempts", int, timing.max_attempts, "offers rented before giving up")
+    opt("--start-timeout", "start_timeout_seconds", float, timing.start_timeout_seconds, "wait for running, s")
+    opt("--health-timeout", "health_timeout_seconds", float, timing.health_timeout_seconds, "wait for /health ok, s")
+    opt("--poll", "poll_seconds", float, timing.poll_seconds, "between polls, s")
+    opt("--degraded-grace", "degraded_grace_seconds", float, timing.degraded_grace_seconds,
+        "a server degraded this long counts as failed, s")
+    up.add_argument("--accept-degraded", action="store_true", help="accept /health status degraded")
+    sub.add_parser("status", help="show the labelled instance and its health")
+    down = sub.add_parser("down", help="destroy the labelled instance")
+    down.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    return p
+
+
+def _override(obj: Any, args: argparse.Namespace) -> Any:
+    names = [f.name for f in dataclasses.fields(obj)]
+    changes = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    changes = {n: tuple(v) if isinstance(v, list) else v for n, v in changes.items()}
+    return dataclasses.replace(obj, **changes)
+
+
+def default_repo_url(cwd: Path) -> str:
+    """This checkout's `origin` as an https URL the instance can clone without keys."""
+    try:
+        url = subprocess.run(["git", "-C", str(cwd), "remote", "get-url", "origin"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as err:
+        raise DeployError("no git remote `origin` here: pass --repo-url (a public https git URL)") from err
+    ssh = re.match(r"^(?:ssh://)?git@([^:/]+)[:/](.+)$", url)
+    if ssh:
+        url = f"https://{ssh.group(1)}/{ssh.group(2)}"
+    if not url.startswith("https://"):
+        raise DeployError(f"origin {url!r} is not an https URL the instance can clone: pass --repo-url")
+    return url
+
+
+def make_client(url: str | None) -> Any:
+    """The official SDK client; the API key comes from VAST_API_KEY or the vastai CLI's key file."""
+    from vastai import VastAI
+
+    try:
+        return VastAI(api_key=None, server_url=url or os.environ.get("VAST_URL") or None, retry=3, quiet=True)
+    except RuntimeError as err:
+        raise DeployError(
+            "no Vast.ai API key: set VAST_API_KEY or run `vastai set api-key KEY` "
+            "(it is kept in ~/.config/vastai/vast_api_key)"
+        ) from err
+
+
+def pi_settings(d: Deployment, local_cert: Path) -> str:
+    """The block printed for the Pi: env lines for /etc/ai-telephone/pi.env, then the pinned PEM."""
+    return (
+        f"# AI Telephone server: Vast.ai instance {d.instance_id}, {d.health}\n"
+        f"# Pinned certificate SHA-256 {tls.fingerprint(d.cert_pem)} (local copy: {local_cert})\n"
+        "# On the Pi: save this whole block to a file and run `sudo scripts/install-pi FILE`.\n"
+        f"AI_TELEPHONE_SERVER={d.url}\n"
+        f"AI_TELEPHONE_API_KEY={d.api_key}\n"
+        f"AI_TELEPHONE__PI__CLIENT__CA_CERT={PI_CERT_PATH}\n"
+        f"# {PI_CERT_PATH}:\n" + d.cert_pem.decode("ascii")
+    )
+
+
+def _status(deployer: Deployer, out: TextIO) -> int:
+    live, dead = deployer.labelled()
+    if not live and not dead:
+        out.write(f"no instance labelled {deployer.plan.label}\n")
+        return 0
+    for row in live + dead:
+        line = "instance {} {} {} ${:.3f}/h".format(row.get("id"), row.get("actual_status"), row.get("gpu_name"),
+                                                     float(row.get("dph_total") or 0))
+        port, ip = mapped_port(row, deployer.container_port(int(row["id"]))), row.get("public_ipaddr")
+        if row in live and ip and port:
+            url = server_url(str(ip), port)
+            if deployer.store.cert_path.is_file():
+                line += f" {url} health: {probe(url, deployer.store.cert_path).summary}"
+            else:
+                line += f" {url} (no local certificate)"
+        out.write(line + "\n")
+    return 0
+
+
+def _down(deployer: Deployer, assume_yes: bool, out: TextIO, answer: TextIO) -> int:
+    live, dead = deployer.labelled()
+    rows = live + dead
+    if not rows:
+        out.write(f"no instance labelled {deployer.plan.label}\n")
+        return 0
+    for row in rows:
+        if not assume_yes:
+            out.write(f"Destroy instance {row.get('id')} ({row.get('gpu_name')}, {row.get('actual_status')})? [y/N] ")
+            out.flush()
+            if answer.readline().strip().lower() not in ("y", "yes"):
+                out.write(f"kept instance {row.get('id')}\n")
+                continue
+        deployer.destroy(int(row["id"]))
+        deployer.store.forget_instance()
+        out.write(f"destroyed instance {row.get('id')}\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    """Entry point; exit status 0 on success, 1 with one clear line on error."""
+    args = build_parser().parse_args(argv)
+    env = os.environ if env is None else env
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    deployer: Deployer | None = None
+    try:
+        store = DeployStore(args.state_dir or default_root(env), args.label)
+        plan = _override(InstancePlan(label=args.label), args)
+        deployer = Deployer(make_client(args.url), store, _override(OfferCriteria(), args), plan,
+                            _override(Timing(), args), accept_degraded=getattr(args, "accept_degraded", False))
+        if args.command == "status":
+            return _status(deployer, sys.stdout)
+        if args.command == "down":
+            return _down(deployer, args.yes, sys.stdout, sys.stdin)
+        deployment = deployer.up(args.repo_url or plan.repo_url or default_repo_url(Path.cwd()))
+        sys.stdout.write(pi_settings(deployment, store.cert_path))
+        return 0
+    except (DeployError, StoreError, OnstartError) as err:
+        _LOGGER.error("%s", err)
+        return 1
+    except KeyboardInterrupt:
+        saved = deployer.store.load_instance() if deployer else None
+        if saved:
+            _LOGGER.warning("Interrupted: instance %s is left as it is; `python -m deploy.vastai down` destroys it",
+                            saved.get("id"))
+        return 130

@@ -1,0 +1,181 @@
+"""``python -m pi_client``: the phone (hook switch or keyboard), or one turn from a WAV file.
+
+python -m pi_client                         # the handset on GPIO, config from config.yaml
+python -m pi_client --keyboard              # Enter lifts / hangs up
+python -m pi_client --server URL --input-wav Q.wav --output-wav R.wav   # one turn, files
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from common.config import Config, ConfigError, load_config, replace, resolve_api_key
+
+_LOGGER = logging.getLogger("pi_client")
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m pi_client", description="AI Telephone: the phone.")
+    parser.add_argument("--config", default=None, help="config.yaml (default: $AI_TELEPHONE_CONFIG or ./config.yaml)")
+    parser.add_argument("--server", default=None, help="server base URL (default: pi.server_url)")
+    parser.add_argument("--input-wav", default=None, help="one turn: find the speech in this WAV instead of the mic")
+    parser.add_argument("--output-wav", default=None, help="write what the earpiece would play to this WAV")
+    parser.add_argument("--keyboard", action="store_true", default=None, help="Enter lifts and hangs up (no GPIO)")
+    parser.add_argument("--debug", action="store_true", help="log at DEBUG level")
+    return parser.parse_args(argv)
+
+
+def _load(args: argparse.Namespace) -> tuple[Config, str]:
+    """The validated config (with run-mode overrides applied) and the API key."""
+    from pi_client.server_client import check_server_url
+
+    cfg = load_config(args.config)
+    if args.server:
+        cfg = replace(cfg, pi=replace(cfg.pi, server_url=args.server))
+    check_server_url(cfg.pi.server_url)
+    if args.input_wav and not args.output_wav:
+        raise ConfigError("--input-wav needs --output-wav (where the reply is written)")
+    key = resolve_api_key(cfg.pi.api_key_file)
+    if not key:
+        raise ConfigError("AI_TELEPHONE_API_KEY: not set (nor pi.api_key_file); the server refuses calls without it")
+    return cfg, key
+
+
+@dataclass
+class _Stages:
+    """What a run needs, built once at start-up."""
+
+    phone: Any
+    client: Any
+    sink: Any
+    monitor: Any
+
+
+async def _build(args: argparse.Namespace, cfg: Config, key: str) -> _Stages:
+    """Load the models and open what the phone needs; startup failures become one ConfigError line."""
+    from pi_client.audio_out import AplaySink, AudioSink, WavFileSink
+    from pi_client.endpoint import listen
+    from pi_client.health import HealthMonitor
+    from pi_client.offline_voice import OfflineVoice
+    from pi_client.phone import Phone
+    from pi_client.server_client import ServerClient
+    from pi_client.stt import TranscriberError, WhisperTranscriber
+    from pi_client.vad import SileroVad, VadError
+
+    pi = cfg.pi
+    voice = OfflineVoice(pi.offline_voice, pi.greeting, pi.cache_dir)
+    await asyncio.to_thread(voice.prepare)  # greeting and apologies ready before the first call
+    try:
+        vad = SileroVad(pi.vad.threshold)
+        transcribe = None
+        if not pi.stt.use_server:
+            transcribe = (await asyncio.to_thread(WhisperTranscriber, pi.stt)).transcribe
+    except (TranscriberError, VadError) as err:
+        raise ConfigError(str(err)) from err
+
+    def make_source() -> Any:
+        if args.input_wav:
+            from pi_client.audio_in import WavFileSource
+
+            return WavFileSource(args.input_wav)
+        from pi_client.audio_in import SoundDeviceSource
+
+        return SoundDeviceSource(pi.audio)
+
+    async def listen_once() -> Any:
+        source = make_source()
+        try:
+            return await listen(source, vad, pi.vad)
+        finally:
+            source.close()
+
+    sink: AudioSink = WavFileSink(args.output_wav) if args.output_wav else AplaySink(pi.audio.output_device)
+    client = ServerClient(pi.server_url, key, pi.client)
+    monitor = None if args.input_wav else HealthMonitor(client.health, pi.client)
+    phone = Phone(
+        settings=pi, listen=listen_once, transcribe=transcribe, client=client, voice=voice, sink=sink, monitor=monitor
+    )
+    return _Stages(phone, client, sink, monitor)
+
+
+async def _main(args: argparse.Namespace, cfg: Config, key: str) -> int:
+    # systemd stops the phone with SIGTERM: cancel like a hang-up, so aplay and the request are closed.
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
+    stages = await _build(args, cfg, key)
+    try:
+        if args.input_wav:
+            _LOGGER.info("Ready (one turn from %s, server %s)", args.input_wav, stages.client.base_url)
+            if await stages.phone.run_one_turn() is None:
+                _LOGGER.error("no speech found in %s", args.input_wav)
+                return 1
+            return 0
+        hook = _make_hook(cfg, keyboard=bool(args.keyboard))
+        stages.monitor.start()
+        _LOGGER.info(
+            "Ready: server %s, hook %s, STT %s",
+            stages.client.base_url,
+            "keyboard" if args.keyboard or cfg.pi.hook.mode == "keyboard" else f"GPIO{cfg.pi.hook.pin}",
+            "server" if cfg.pi.stt.use_server else "local",
+        )
+        await stages.phone.run(hook)
+        return 0
+    except asyncio.CancelledError:
+        _LOGGER.info("Stopping")
+        return 0
+    finally:
+        if stages.monitor is not None:
+            await stages.monitor.close()
+        await stages.sink.close()
+        stages.client.close()
+
+
+def _make_hook(cfg: Config, keyboard: bool) -> Any:
+    from pi_client.hook import GpioHook, HookError, KeyboardHook
+
+    if keyboard or cfg.pi.hook.mode == "keyboard":
+        return KeyboardHook()
+    try:
+        return GpioHook(cfg.pi.hook)
+    except HookError as err:  # it names pi.hook.pin
+        raise ConfigError(str(err)) from err
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, load config, configure logging, run; exit 1 with one line when a setting is bad."""
+    args = _parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        cfg, key = _load(args)
+    except ConfigError as err:
+        _LOGGER.error("%s", err)
+        return 1
+    try:
+        return asyncio.run(_main(args, cfg, key))
+    except (KeyboardInterrupt, asyncio.CancelledError):  # stopped while starting up
+        return 0
+    except ConfigError as err:
+        _LOGGER.error("%s", err)
+        return 1
+
+
+def run() -> None:
+    """Console entry point."""
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,233 @@
+"""The call state machine: what the phone does next, decided from plain values (no clock, no I/O).
+
+The asyncio runner in :mod:`pi_client.phone` executes the actions and turns their results into
+the next events. Hang-up (``PutDown``) from any state yields ``StopAll``: the runner cancels the
+one task in flight (capture, STT, request or playback) and kills playback.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+
+
+class State(enum.Enum):
+    """Where the call is."""
+
+    ON_HOOK = "on-hook"
+    GREETING = "greeting"
+    LISTENING = "listening"
+    TRANSCRIBING = "transcribing"
+    REPLYING = "replying"
+    APOLOGIZING = "apologizing"
+
+
+class Outcome(enum.Enum):
+    """How one request to the server ended."""
+
+    DONE = "done"
+    """The whole reply streamed and played."""
+    BROKEN = "broken"
+    """Some audio played, then the stream broke off."""
+    UNREACHABLE = "unreachable"
+    """No connection, a 5xx, or not our protocol."""
+    NO_AUDIO = "no-audio"
+    """Connected, but no audio within first_audio_timeout_seconds."""
+    REJECTED = "rejected"
+    """The server refused the request (4xx)."""
+    BUSY = "busy"
+    """503: the server's voice queue is full."""
+    NOTHING_HEARD = "nothing-heard"
+    """/process-audio found no words in the recording (a noise): just listen again."""
+
+
+class Phrase(enum.Enum):
+    """What the phone says in its own voice."""
+
+    GREETING = "greeting"
+    OFFLINE = "offline"
+    BROKEN = "broken"
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class Lifted:
+    """The handset left the cradle."""
+
+
+@dataclass(frozen=True)
+class PutDown:
+    """The handset is back on the cradle."""
+
+
+@dataclass(frozen=True)
+class Played:
+    """A phrase in the phone's own voice (greeting, apology) has been played."""
+
+
+@dataclass(frozen=True)
+class Heard:
+    """The caller spoke and stopped; ``server_up`` is the health monitor's belief (None: unknown)."""
+
+    pcm: bytes = field(repr=False)
+    server_up: bool | None = None
+
+
+@dataclass(frozen=True)
+class NoSpeech:
+    """Listening timed out without speech (or the input ended)."""
+
+
+@dataclass(frozen=True)
+class Transcribed:
+    """STT finished; ``ok`` False when it failed (the caller is asked to repeat)."""
+
+    text: str
+    ok: bool = True
+
+
+@dataclass(frozen=True)
+class Ask:
+    """Action: send a turn (text, or the recording for /process-audio) and play the reply as it streams."""
+
+    text: str | None = None
+    pcm: bytes | None = field(default=None, repr=False)
+    attempt: int = 0
+    delay_seconds: float = 0.0
+    """Wait this long before sending (a retry after 503)."""
+
+
+@dataclass(frozen=True)
+class ReplyFinished:
+    """The request for ``ask`` ended with ``outcome``; ``retry_after`` from a 503."""
+
+    ask: Ask
+    outcome: Outcome
+    retry_after: float | None = None
+
+
+Event = Lifted | PutDown | Played | Heard | NoSpeech | Transcribed | ReplyFinished
+
+
+# --------------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True)
+class StopAll:
+    """Cancel whatever runs (capture, STT, request, playback) and forget the session."""
+
+
+@dataclass(frozen=True)
+class CheckHealth:
+    """Ask the health monitor to check now (the answer is needed within seconds)."""
+
+
+@dataclass(frozen=True)
+class Say:
+    """Play a phrase in the phone's own voice."""
+
+    phrase: Phrase
+
+
+@dataclass(frozen=True)
+class Listen:
+    """Capture until the caller stops talking."""
+
+
+@dataclass(frozen=True)
+class Transcribe:
+    """Run STT on the utterance."""
+
+    pcm: bytes = field(repr=False)
+
+
+Action = StopAll | CheckHealth | Say | Listen | Transcribe | Ask
+
+
+@dataclass(frozen=True)
+class CallPolicy:
+    """The settings the decisions depend on."""
+
+    use_server_stt: bool = False
+    """Send the recording to /process-audio instead of transcribing locally."""
+    busy_retry_max_seconds: float = 5.0
+    """A 503 whose Retry-After is at most this is retried once; longer waits get the offline voice."""
+
+
+def next_state(state: State, event: Event, policy: CallPolicy = CallPolicy()) -> tuple[State, list[Action]]:
+    """The call's next state and the actions that get it there."""
+    if isinstance(event, PutDown):
+        return (State.ON_HOOK, []) if state is State.ON_HOOK else (State.ON_HOOK, [StopAll()])
+    if isinstance(event, Lifted):
+        if state is State.ON_HOOK:
+            return State.GREETING, [CheckHealth(), Say(Phrase.GREETING)]
+        return state, []
+    transition = _TRANSITIONS.get((state, type(event)))
+    if transition is None:
+        return state, []  # a late result from work the call no longer waits for
+    return transition(event, policy)
+
+
+def _played_greeting(_event: Event, _policy: CallPolicy) -> tuple[State, list[Action]]:
+    return State.LISTENING, [Listen()]
+
+
+def _heard(event: Event, policy: CallPolicy) -> tuple[State, list[Action]]:
+    assert isinstance(event, Heard)
+    if event.server_up is False:
+        # Known down: answer at once rather than after a connect timeout of silence.
+        return State.APOLOGIZING, [Say(Phrase.OFFLINE)]
+    if policy.use_server_stt:
+        return State.REPLYING, [Ask(pcm=event.pcm)]
+    return State.TRANSCRIBING, [Transcribe(event.pcm)]
+
+
+def _no_speech(_event: Event, _policy: CallPolicy) -> tuple[State, list[Action]]:
+    return State.GREETING, [Say(Phrase.GREETING)]
+
+
+def _transcribed(event: Event, _policy: CallPolicy) -> tuple[State, list[Action]]:
+    assert isinstance(event, Transcribed)
+    if not event.ok:
+        return State.APOLOGIZING, [Say(Phrase.BROKEN)]
+    if not event.text.strip():
+        return State.LISTENING, [Listen()]  # a noise Whisper found no words in
+    return State.REPLYING, [Ask(text=event.text.strip())]
+
+
+def _reply_finished(event: Event, policy: CallPolicy) -> tuple[State, list[Action]]:
+    assert isinstance(event, ReplyFinished)
+    if event.outcome in (Outcome.DONE, Outcome.NOTHING_HEARD):
+        return State.LISTENING, [Listen()]
+    if event.outcome is Outcome.BROKEN:
+        return State.APOLOGIZING, [Say(Phrase.BROKEN)]
+    if will_retry(event, policy):
+        assert event.retry_after is not None
+        return State.REPLYING, [replace(event.ask, attempt=1, delay_seconds=event.retry_after)]
+    return State.APOLOGIZING, [Say(Phrase.OFFLINE)]
+
+
+def will_retry(event: ReplyFinished, policy: CallPolicy) -> bool:
+    """A 503 is retried once, and only when the server asks for a short wait."""
+    return (
+        event.outcome is Outcome.BUSY
+        and event.ask.attempt == 0
+        and event.retry_after is not None
+        and 0 <= event.retry_after <= policy.busy_retry_max_seconds
+    )
+
+
+def _apologized(_event: Event, _policy: CallPolicy) -> tuple[State, list[Action]]:
+    return State.LISTENING, [Listen()]
+
+
+_TRANSITIONS = {
+    (State.GREETING, Played): _played_greeting,
+    (State.LISTENING, Heard): _heard,
+    (State.LISTENING, NoSpeech): _no_speech,
+    (State.TRANSCRIBING, Transcribed): _transcribed,
+    (State.REPLYING, ReplyFinished): _reply_finished,
+    (State.APOLOGIZING, Played): _apologized,
+}

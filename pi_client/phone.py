@@ -1,0 +1,348 @@
+"""The asyncio runner for the call state machine: one task in flight, hang-up cancels it.
+
+Each action of :func:`pi_client.call.next_state` becomes at most one named task whose result
+is the next event. ``StopAll`` cancels that task, kills playback and closes the HTTP response,
+so putting the handset down stops everything at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol
+
+from common.config import PiConfig
+from pi_client.audio_out import AudioSink
+from pi_client.call import (
+    Action,
+    Ask,
+    CallPolicy,
+    CheckHealth,
+    Event,
+    Heard,
+    Lifted,
+    Listen,
+    NoSpeech,
+    Outcome,
+    Phrase,
+    Played,
+    PutDown,
+    ReplyFinished,
+    Say,
+    State,
+    StopAll,
+    Transcribe,
+    Transcribed,
+    next_state,
+    will_retry,
+)
+from pi_client.health import HealthMonitor
+from pi_client.offline_voice import OfflineVoice, SpokenPhrase
+from pi_client.reply_pump import ReplyAudio, ReplyEnd, ReplyHead, ReplyPump
+from pi_client.server_client import (
+    Busy,
+    ReplyRequest,
+    ServerClient,
+    ServerRejected,
+    ServerUnavailable,
+    StreamBroken,
+)
+from pi_client.turn_log import REPLY_TEXT_TIMEOUT_SECONDS, Turn, log_turn
+
+_LOGGER = logging.getLogger(__name__)
+
+_CANCEL_WAIT_SECONDS = 5.0
+"""How long a cancelled stage may take to clean up before the call moves on, in seconds."""
+_TURNS_KEPT = 20
+"""Finished turns remembered in memory (the log has them all)."""
+_PLAY_BLOCK_SECONDS = 0.25
+"""Phrases are fed to the sink in blocks this long so a hang-up interrupts them quickly."""
+
+
+class HeardUtterance(Protocol):
+    """What endpointing hands over (pi_client.endpoint.Utterance)."""
+
+    pcm: bytes
+    speech_seconds: float
+    endpoint_delay_seconds: float
+
+
+class HookSource(Protocol):
+    """The hook switch (pi_client.hook): puts HookEvent values on a queue."""
+
+    def start(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+ListenFn = Callable[[], Awaitable[HeardUtterance | None]]
+TranscribeFn = Callable[[bytes], str]
+
+
+class Phone:
+    """Runs calls: hook events in, the caller's ears (an AudioSink) out."""
+
+    def __init__(
+        self,
+        *,
+        settings: PiConfig,
+        listen: ListenFn,
+        transcribe: TranscribeFn | None,
+        client: ServerClient,
+        voice: OfflineVoice,
+        sink: AudioSink,
+        monitor: HealthMonitor | None = None,
+        policy: CallPolicy | None = None,
+    ) -> None:
+        self._settings = settings
+        self._listen_fn = listen
+        self._transcribe_fn = transcribe
+        self._client = client
+        self._voice = voice
+        self._sink = sink
+        self._monitor = monitor
+        self._policy = policy or CallPolicy(
+            use_server_stt=settings.stt.use_server or transcribe is None,
+            busy_retry_max_seconds=settings.client.busy_retry_max_seconds,
+        )
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self.state = State.ON_HOOK
+        self._task: asyncio.Task[None] | None = None
+        self._session_id: str | None = None
+        self._turn: Turn | None = None
+        self.turns: deque[Turn] = deque(maxlen=_TURNS_KEPT)
+        """The latest finished turns, newest last (file mode reads the one turn it ran)."""
+        self._log_tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ driving
+
+    async def run(self, hook: HookSource) -> None:
+        """Answer calls until cancelled."""
+        hook_events: asyncio.Queue[Any] = asyncio.Queue()
+        hook.start(asyncio.get_running_loop(), hook_events)
+        forward = asyncio.create_task(self._forward_hook(hook_events), name="hook")
+        try:
+            while True:
+                await self._step(await self._events.get())
+        finally:
+            forward.cancel()
+            await self._execute(StopAll())
+            hook.close()
+            await self.drain_logs()
+
+    async def run_one_turn(self) -> Turn | None:
+        """File mode: listen once, answer, and return when the phone would listen again."""
+        self.state = State.LISTENING
+        await self._execute(Listen())
+        try:
+            while True:
+                event = await self._events.get()
+                if isinstance(event, NoSpeech):
+                    return None
+                self.state, actions = next_state(self.state, event, self._policy)
+                if any(isinstance(a, Listen) or a == Say(Phrase.GREETING) for a in actions):
+                    break
+                for action in actions:
+                    await self._execute(action)
+        finally:
+            await self._execute(StopAll())
+            await self.drain_logs()
+        return self.turns[-1] if self.turns else None
+
+    async def _forward_hook(self, hook_events: asyncio.Queue[Any]) -> None:
+        from pi_client.hook import HookEvent
+
+        while True:
+            event = await hook_events.get()
+            await self._events.put(Lifted() if event == HookEvent.LIFTED else PutDown())
+
+    async def _step(self, event: Event) -> None:
+        state, actions = next_state(self.state, event, self._policy)
+        if _LOGGER.isEnabledFor(logging.DEBUG):
+            _LOGGER.debug("%s --%s--> %s %s", self.state.value, type(event).__name__, state.value, actions)
+        if isinstance(event, Lifted) and self.state is State.ON_HOOK:
+            _LOGGER.info("handset lifted")
+        if isinstance(event, PutDown) and self.state is not State.ON_HOOK:
+            _LOGGER.info("handset put down (%s)", self.state.value)
+        self.state = state
+        for action in actions:
+            await self._execute(action)
+
+    async def _execute(self, action: Action) -> None:
+        if isinstance(action, StopAll):
+            await self._cancel_current()
+            await self._sink.kill()
+            self._session_id, self._turn = None, None
+        elif isinstance(action, CheckHealth):
+            if self._monitor is not None:
+                self._monitor.poke()
+        elif isinstance(action, Say):
+            self._spawn(lambda: self._say(action.phrase), Played(), "say")
+        elif isinstance(action, Listen):
+            self._spawn(self._listen, NoSpeech(), "listen")
+        elif isinstance(action, Transcribe):
+            self._spawn(lambda: self._transcribe(action.pcm), Transcribed("", ok=False), "stt")
+        elif isinstance(action, Ask):
+            self._spawn(lambda: self._ask(action), ReplyFinished(action, Outcome.UNREACHABLE), "reply")
+
+    def _spawn(self, work: Callable[[], Coroutine[Any, Any, Event]], fallback: Event, name: str) -> None:
+        """Run one stage as the call's task; its result (or ``fallback`` if it crashed) is the next event."""
+
+        async def stage() -> None:
+            try:
+                event = await work()  # made here: a task cancelled before it starts leaves no coroutine behind
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # degrade inside the turn: log it, and let the machine move on
+                _LOGGER.exception("%s failed", name)
+                event = fallback
+            self._events.put_nowait(event)
+
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._task = asyncio.create_task(stage(), name=name)
+
+    async def _cancel_current(self) -> None:
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=_CANCEL_WAIT_SECONDS)
+
+    # ------------------------------------------------------------------ stages
+
+    async def _say(self, phrase: Phrase) -> Event:
+        spoken = await asyncio.to_thread(self._voice.phrase, phrase)
+        await self._play(spoken)
+        return Played()
+
+    async def _play(self, spoken: SpokenPhrase) -> None:
+        await self._sink.start(spoken.sample_rate)
+        block = max(2, int(spoken.sample_rate * _PLAY_BLOCK_SECONDS) * 2)
+        for i in range(0, len(spoken.pcm), block):
+            await self._sink.write(spoken.pcm[i : i + block])
+        await self._sink.finish()
+
+    async def _listen(self) -> Event:
+        utterance = await self._listen_fn()
+        if utterance is None:
+            return NoSpeech()
+        self._turn = Turn(
+            speech_seconds=utterance.speech_seconds,
+            endpoint_delay=utterance.endpoint_delay_seconds,
+            heard_at=time.monotonic(),
+        )
+        up = self._monitor.up if self._monitor is not None else None
+        if up is False:
+            _LOGGER.info("turn: %.1fs of speech, server down: offline voice", utterance.speech_seconds)
+        return Heard(utterance.pcm, up)
+
+    async def _transcribe(self, pcm: bytes) -> Event:
+        assert self._transcribe_fn is not None  # the policy sends audio to the server without one
+        started = time.monotonic()
+        text = (await asyncio.to_thread(self._transcribe_fn, pcm)).strip()
+        if self._turn is not None:
+            self._turn.stt_seconds, self._turn.transcript = time.monotonic() - started, text
+        if not text:
+            _LOGGER.info("turn: no words in %.1fs of speech", self._turn.speech_seconds if self._turn else 0.0)
+        return Transcribed(text)
+
+    async def _ask(self, ask: Ask) -> Event:
+        if ask.delay_seconds > 0:
+            _LOGGER.info("server busy; asking again in %.1fs", ask.delay_seconds)
+            await asyncio.sleep(ask.delay_seconds)
+        turn = self._turn or Turn(heard_at=time.monotonic(), transcript=ask.text)
+        turn.request_at = time.monotonic()
+        request = ReplyRequest(
+            text=ask.text,
+            audio_pcm=ask.pcm,
+            session_id=self._session_id,
+            character=self._settings.character,
+            prompt=self._settings.prompt,
+        )
+        pump = ReplyPump(self._client, request)
+        retry_after: float | None = None
+        try:
+            outcome = await self._stream_reply(pump, turn)
+        except asyncio.CancelledError:
+            _LOGGER.info("turn: heard=%r, hung up before the reply ended", turn.transcript)
+            raise
+        except Busy as err:
+            outcome, retry_after = Outcome.BUSY, err.retry_after
+        except ServerRejected as err:
+            if err.code == "no_speech" and ask.pcm is not None:
+                _LOGGER.info("turn: the server heard no words in %.1fs of audio", len(ask.pcm) / 32000)
+                outcome = Outcome.NOTHING_HEARD
+            else:
+                _LOGGER.error("server refused the turn: %s", err)
+                outcome = Outcome.REJECTED
+        except ServerUnavailable as err:
+            _LOGGER.warning("server unavailable: %s", err)
+            outcome = Outcome.UNREACHABLE
+        finally:
+            pump.stop()
+        if self._monitor is not None:
+            self._monitor.report(outcome not in (Outcome.UNREACHABLE, Outcome.BROKEN), outcome.value)
+        turn.outcome, turn.ended_at, turn.session_id = outcome, time.monotonic(), self._session_id
+        finished = ReplyFinished(ask, outcome, retry_after)
+        if not will_retry(finished, self._policy):
+            self._log_turn(turn)
+        return finished
+
+    async def _stream_reply(self, pump: ReplyPump, turn: Turn) -> Outcome:
+        """Play the reply as it arrives; returns how it ended (typed server errors propagate)."""
+        cfg = self._settings.client
+        assert turn.request_at is not None
+        deadline = turn.request_at + cfg.first_audio_timeout_seconds
+        playing = False
+        while True:
+            timeout = cfg.read_timeout_seconds + 1.0 if playing else deadline - time.monotonic()
+            try:
+                piece = await pump.next(timeout)
+            except TimeoutError:
+                if not playing:
+                    _LOGGER.warning("no audio within %.1fs", cfg.first_audio_timeout_seconds)
+                    return Outcome.NO_AUDIO
+                return await self._broken(pump, "the reply stalled")
+            except StreamBroken as err:
+                if not playing:
+                    raise ServerUnavailable(str(err)) from err
+                return await self._broken(pump, str(err))
+            if isinstance(piece, ReplyHead):
+                self._session_id = piece.session_id or self._session_id
+                if piece.transcript is not None:
+                    turn.transcript = piece.transcript
+            elif isinstance(piece, ReplyAudio):
+                if not playing:
+                    await self._sink.start(piece.sample_rate)
+                    turn.first_audio_at, playing = time.monotonic(), True
+                await self._sink.write(piece.pcm)
+            elif isinstance(piece, ReplyEnd):
+                break
+        if not playing:
+            _LOGGER.warning("the reply had no audio")
+            return Outcome.NO_AUDIO
+        await self._sink.finish()
+        return Outcome.DONE
+
+    async def _broken(self, pump: ReplyPump, reason: str) -> Outcome:
+        _LOGGER.warning("reply broke off: %s", reason)
+        pump.stop()
+        await self._sink.finish()
+        return Outcome.BROKEN
+
+    # ------------------------------------------------------------------ logging
+
+    def _log_turn(self, turn: Turn) -> None:
+        self.turns.append(turn)
+        self._turn = None
+        task = asyncio.create_task(log_turn(turn, self._client.reply_text), name="turn-log")
+        self._log_tasks.add(task)
+        task.add_done_callback(self._log_tasks.discard)
+
+    async def drain_logs(self) -> None:
+        """Wait (bounded) for pending turn log lines."""
+        if self._log_tasks:
+            await asyncio.wait(set(self._log_tasks), timeout=REPLY_TEXT_TIMEOUT_SECONDS + 1.0)

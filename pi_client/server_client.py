@@ -1,0 +1,287 @@
+"""The phone's line to the cloud server: one persistent HTTP session, streamed WAV replies.
+
+Blocking ``requests`` code lives here; the event loop reaches it through
+:class:`~pi_client.reply_pump.ReplyPump` (one worker thread per reply, a ``threading.Event``
+checked between chunks) and :class:`~pi_client.health.HealthMonitor`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+import requests
+
+from common.config import ClientConfig, ConfigError, expand_path
+from common.wav import WavFormatError, WavStreamReader, write_wav
+
+_LOGGER = logging.getLogger(__name__)
+
+_CHUNK_BYTES = 8192
+"""Largest piece read from the socket at once; a chunked reply yields each HTTP chunk as it lands."""
+_SIDE_TIMEOUT_SECONDS = 3.0
+"""Read timeout for the small side requests (health, session history), in seconds."""
+
+
+class ServerError(Exception):
+    """The server could not give a reply; the phone speaks with its own voice instead."""
+
+
+class ServerUnavailable(ServerError):
+    """No answer: refused, unreachable, timed out, a 5xx, or not the protocol we speak."""
+
+
+class ServerRejected(ServerError):
+    """The server refused this request (400/401/404/413): retrying the same request will not help."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+class Busy(ServerError):
+    """The server's voice queue is full (503); it suggests trying again after ``retry_after`` seconds."""
+
+    def __init__(self, retry_after: float, message: str = "") -> None:
+        super().__init__(f"server busy, retry after {retry_after:g}s {message}".strip())
+        self.retry_after = retry_after
+
+
+class StreamBroken(ServerError):
+    """The reply stream stopped before its end (connection lost, server died, stalled)."""
+
+
+@dataclass(frozen=True)
+class ReplyRequest:
+    """One turn to send: the caller's words as text (/process-text) or as audio (/process-audio)."""
+
+    text: str | None = None
+    audio_pcm: bytes | None = None
+    """16 kHz PCM16 mono of the utterance, for /process-audio."""
+    session_id: str | None = None
+    character: str | None = None
+    prompt: str | None = None
+
+
+class ReplyStream:
+    """An open streamed reply: status and headers checked, the WAV body still to read."""
+
+    def __init__(self, response: requests.Response) -> None:
+        self._response = response
+        self.session_id: str | None = response.headers.get("X-Session-Id") or None
+        transcript = response.headers.get("X-Transcript")
+        self.transcript: str | None = unquote(transcript) if transcript is not None else None
+        self.sample_rate: int | None = None
+        """Known once the WAV header has arrived (before the first chunk is yielded)."""
+
+    def audio(self, cancel: threading.Event) -> Iterator[bytes]:
+        """PCM16 chunks (whole samples) as they arrive; stops early when ``cancel`` is set."""
+        reader = WavStreamReader()
+        carry = b""
+        try:
+            for data in self._response.iter_content(chunk_size=_CHUNK_BYTES):
+                if cancel.is_set():
+                    return
+                pcm = carry + reader.feed(data)
+                if reader.format is None or not pcm:
+                    carry = pcm
+                    continue
+                self.sample_rate = reader.format.sample_rate
+                cut = len(pcm) - len(pcm) % 2
+                carry = pcm[cut:]
+                if cut:
+                    yield pcm[:cut]
+        except WavFormatError as err:
+            raise ServerUnavailable(f"reply is not a WAV stream: {err}") from err
+        except (requests.RequestException, OSError) as err:
+            if cancel.is_set():
+                return
+            raise StreamBroken(f"reply stream broke: {_short(err)}") from err
+        if cancel.is_set():
+            return
+        if reader.format is None:
+            raise StreamBroken("reply ended before its WAV header")
+
+    def abort(self) -> None:
+        """Wake a read blocked in another thread and drop the connection (the server sees it go)."""
+        # requests cannot interrupt a read from another thread, and close() alone does not wake a
+        # thread blocked in recv() on Linux; shutting the socket down does.
+        sock = _socket_of(self._response)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        """Release the response (stream=True holds the connection until closed)."""
+        self._response.close()
+
+    def __enter__(self) -> ReplyStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _socket_of(response: requests.Response) -> socket.socket | None:
+    """The TCP socket under a streamed response (urllib3 2.x layout), or None."""
+    conn = getattr(response.raw, "_connection", None)
+    sock = getattr(conn, "sock", None)
+    return sock if isinstance(sock, socket.socket) else None
+
+
+def _short(err: BaseException) -> str:
+    text = str(err) or type(err).__name__
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def check_server_url(url: str) -> str:
+    """The base URL without a trailing slash; ConfigError naming pi.server_url when it is unusable."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"pi.server_url: expected http://host:port or https://host, got {url!r}")
+    return url.rstrip("/")
+
+
+class ServerClient:
+    """Talks to one cloud server over a single keep-alive session (a TLS handshake costs two round trips)."""
+
+    def __init__(self, base_url: str, api_key: str | None, cfg: ClientConfig) -> None:
+        self.base_url = check_server_url(base_url)
+        self._cfg = cfg
+        self._session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=4, max_retries=0)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        # Passed on every request: a Session.verify path loses to $REQUESTS_CA_BUNDLE, which would
+        # silently drop the pin on a machine that sets it.
+        self._verify: str | bool = True
+        if cfg.ca_cert:
+            ca = expand_path(cfg.ca_cert)
+            if not ca.is_file():
+                raise ConfigError(f"pi.client.ca_cert: no such file {ca}")
+            self._verify = str(ca)
+        if api_key:
+            self._session.headers["Authorization"] = f"Bearer {api_key}"
+        self._session.headers["User-Agent"] = "ai-telephone-pi"
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._session.close()
+
+    def _timeout(self, read: float) -> tuple[float, float]:
+        return (self._cfg.connect_timeout_seconds, read)
+
+    def open_reply(
+        self,
+        text: str,
+        session_id: str | None = None,
+        character: str | None = None,
+        prompt: str | None = None,
+    ) -> ReplyStream:
+        """POST /process-text; returns the open stream (use it in a ``with`` block)."""
+        body: dict[str, Any] = {"text": text}
+        for key, value in (("session_id", session_id), ("character", character), ("prompt", prompt)):
+            if value:
+                body[key] = value
+        return self._post_stream("/process-text", json=body)
+
+    def send_audio(
+        self,
+        pcm16k: bytes,
+        session_id: str | None = None,
+        character: str | None = None,
+        prompt: str | None = None,
+    ) -> ReplyStream:
+        """POST /process-audio with the utterance as a WAV body; the transcript comes back in a header."""
+        wav = io.BytesIO()
+        write_wav(wav, pcm16k, 16000)
+        fields = (("session_id", session_id), ("character", character), ("prompt", prompt))
+        return self._post_stream(
+            "/process-audio",
+            data=wav.getvalue(),
+            headers={"Content-Type": "audio/wav"},
+            params={name: value for name, value in fields if value},
+        )
+
+    def open(self, request: ReplyRequest) -> ReplyStream:
+        """Send one turn the way the request says (text or audio)."""
+        if request.audio_pcm is not None:
+            return self.send_audio(request.audio_pcm, request.session_id, request.character, request.prompt)
+        return self.open_reply(request.text or "", request.session_id, request.character, request.prompt)
+
+    def _post_stream(self, path: str, **kwargs: Any) -> ReplyStream:
+        try:
+            response = self._session.post(
+                self.base_url + path,
+                stream=True,
+                timeout=self._timeout(self._cfg.read_timeout_seconds),
+                verify=self._verify,
+                **kwargs,
+            )
+        except requests.RequestException as err:
+            raise ServerUnavailable(f"{self.base_url} unreachable: {_short(err)}") from err
+        if response.status_code == 200:
+            ctype = response.headers.get("Content-Type", "")
+            if not ctype.startswith("audio/"):
+                response.close()
+                raise ServerUnavailable(f"expected audio/wav, got {ctype or 'no content type'}")
+            return ReplyStream(response)
+        with response:
+            raise _error_for(response)
+
+    def health(self) -> dict[str, Any]:
+        """GET /health (no key needed); raises ServerUnavailable when it does not answer ok."""
+        try:
+            response = self._session.get(
+                self.base_url + "/health", timeout=self._timeout(_SIDE_TIMEOUT_SECONDS), verify=self._verify
+            )
+            payload = response.json()
+        except (requests.RequestException, ValueError) as err:
+            raise ServerUnavailable(f"health check failed: {_short(err)}") from err
+        if response.status_code != 200 or not isinstance(payload, dict):
+            raise ServerUnavailable(f"health check answered {response.status_code}")
+        return payload
+
+    def reply_text(self, session_id: str) -> str | None:
+        """The last assistant message of a session (for the turn's log line); None when unavailable."""
+        try:
+            response = self._session.get(
+                f"{self.base_url}/sessions/{quote(session_id, safe='')}",
+                timeout=self._timeout(_SIDE_TIMEOUT_SECONDS),
+                verify=self._verify,
+            )
+            history = response.json().get("history") if response.status_code == 200 else None
+        except (requests.RequestException, ValueError, AttributeError) as err:
+            _LOGGER.debug("no reply text for session %s: %s", session_id, err)
+            return None
+        if not isinstance(history, list):
+            return None
+        for entry in reversed(history):
+            if isinstance(entry, dict) and entry.get("role") == "assistant":
+                return str(entry.get("content", ""))
+        return None
+
+
+def _error_for(response: requests.Response) -> ServerError:
+    """Turn a non-200 answer into the typed error the call logic decides on."""
+    code, message = "", ""
+    with contextlib.suppress(ValueError, AttributeError, requests.RequestException):
+        error = response.json().get("error", {})
+        code, message = str(error.get("code", "")), str(error.get("message", ""))
+    status = response.status_code
+    if status == 503:
+        try:
+            retry_after = float(response.headers.get("Retry-After", ""))
+        except ValueError:
+            retry_after = float("inf")
+        return Busy(retry_after, message)
+    if 400 <= status < 500:
+        return ServerRejected(status, code or str(status), message or response.reason or "")
+    return ServerUnavailable(f"server answered {status} {code} {message}".strip())

@@ -1,0 +1,63 @@
+"""One INFO line per turn for journald: what the caller said, what the phone answered, and how long each stage took."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pi_client.call import Outcome
+
+_LOGGER = logging.getLogger(__name__)
+
+REPLY_TEXT_TIMEOUT_SECONDS = 4.0
+"""Bound on fetching the reply text for the turn's log line, in seconds."""
+
+
+@dataclass
+class Turn:
+    """What one turn took (monotonic timestamps), for its log line."""
+
+    speech_seconds: float = 0.0
+    endpoint_delay: float = 0.0
+    heard_at: float = 0.0
+    """When endpointing decided the caller had finished."""
+    stt_seconds: float | None = None
+    transcript: str | None = None
+    request_at: float | None = None
+    first_audio_at: float | None = None
+    ended_at: float | None = None
+    outcome: Outcome | None = None
+    session_id: str | None = None
+    reply_text: str | None = None
+
+
+async def log_turn(turn: Turn, reply_text: Callable[[str], str | None]) -> None:
+    """Fetch the reply text (best effort, bounded, in a thread), then log the turn's one line."""
+    if turn.session_id and turn.outcome in (Outcome.DONE, Outcome.BROKEN):
+        with contextlib.suppress(TimeoutError):
+            turn.reply_text = await asyncio.wait_for(
+                asyncio.to_thread(reply_text, turn.session_id), REPLY_TEXT_TIMEOUT_SECONDS
+            )
+    _LOGGER.info(
+        "turn: heard=%r reply=%r outcome=%s speech=%.2fs endpoint=%.2fs stt=%s first_audio=%s latency=%s total=%s",
+        turn.transcript,
+        turn.reply_text,
+        turn.outcome.value if turn.outcome else None,
+        turn.speech_seconds,
+        turn.endpoint_delay,
+        _secs(turn.stt_seconds),
+        _secs(_diff(turn.first_audio_at, turn.request_at)),
+        _secs(_diff(turn.first_audio_at, turn.heard_at)),
+        _secs(_diff(turn.ended_at, turn.heard_at)),
+    )
+
+
+def _diff(later: float | None, earlier: float | None) -> float | None:
+    return later - earlier if later is not None and earlier is not None else None
+
+
+def _secs(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}s"

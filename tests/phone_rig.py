@@ -1,0 +1,138 @@
+"""The phone built in-process the way ``python -m pi_client`` builds it, plus helpers to hear what it played.
+
+Only the hardware seams differ: the microphone is a WAV file (optionally gated, so the "caller"
+speaks when the test says), the hook is gpiozero's MockFactory, the earpiece a WAV file or aplay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from common.config import config_from_dict
+from common.wav import read_wav_pcm16
+from tests.fixtures_pi import PI_RATE
+from tests.server_rig import ServerProcess
+
+OFFLINE_WORDS = {"sorry", "reach", "brain", "try", "again"}
+"""Words of the default offline message; Whisper must hear at least three."""
+BROKEN_WORDS = {"sorry", "line", "dropped", "say", "again"}
+"""Words of the default broken-line message."""
+
+
+def words(text: str) -> set[str]:
+    """Lower-case words of a transcript."""
+    return set(re.findall(r"[a-z]+", text.lower()))
+
+
+def heard(whisper: Any, path: Path) -> tuple[str, float]:
+    """What Whisper hears in a WAV the earpiece got, and its length in seconds."""
+    pcm, _ = read_wav_pcm16(str(path), PI_RATE)
+    return whisper.transcribe(pcm), len(pcm) / 2 / PI_RATE
+
+
+def alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie (a zombie means nobody reaped it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@contextlib.contextmanager
+def mock_pins() -> Iterator[Any]:
+    """gpiozero's MockFactory as the pin factory for the duration."""
+    from gpiozero import Device
+    from gpiozero.pins.mock import MockFactory
+
+    previous = Device.pin_factory
+    factory = MockFactory()
+    Device.pin_factory = factory
+    try:
+        yield factory
+    finally:
+        factory.close()
+        Device.pin_factory = previous
+
+
+@dataclass
+class PhoneRig:
+    """A phone and what it holds, closed together."""
+
+    phone: Any
+    settings: Any
+    """The PiConfig it was built with."""
+    client: Any
+    sink: Any
+    monitor: Any
+    talk: asyncio.Queue[None] | None
+    """Put one item to let the caller speak once (None: the caller speaks whenever listened to)."""
+
+    async def close(self) -> None:
+        if self.monitor is not None:
+            await self.monitor.close()
+        await self.sink.close()
+        self.client.close()
+
+
+def build_phone(
+    server: ServerProcess,
+    question: Path,
+    whisper: Any,
+    tmp_path: Path,
+    sink: Any,
+    *,
+    gated: bool = False,
+    monitor: bool = False,
+    pi: dict[str, Any] | None = None,
+) -> PhoneRig:
+    """A Phone against ``server`` hearing ``question``; call inside a running event loop."""
+    from pi_client.audio_in import WavFileSource
+    from pi_client.endpoint import listen
+    from pi_client.health import HealthMonitor
+    from pi_client.offline_voice import OfflineVoice
+    from pi_client.phone import Phone
+    from pi_client.server_client import ServerClient
+    from pi_client.vad import SileroVad
+
+    settings = config_from_dict({"pi": {"cache_dir": str(tmp_path / "cache"), **(pi or {})}}).pi
+    voice = OfflineVoice(settings.offline_voice, settings.greeting, settings.cache_dir)
+    vad = SileroVad(settings.vad.threshold)
+    talk: asyncio.Queue[None] | None = asyncio.Queue() if gated else None
+
+    async def listen_once() -> Any:
+        if talk is not None:
+            await talk.get()
+        source = WavFileSource(question)
+        try:
+            return await listen(source, vad, settings.vad)
+        finally:
+            source.close()
+
+    client = ServerClient(server.url, server.key, settings.client)
+    health = HealthMonitor(client.health, settings.client) if monitor else None
+    phone = Phone(
+        settings=settings,
+        listen=listen_once,
+        transcribe=whisper.transcribe,
+        client=client,
+        voice=voice,
+        sink=sink,
+        monitor=health,
+    )
+    return PhoneRig(phone, settings, client, sink, health, talk)
+
+
+async def until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    """Wait (bounded) on the event loop until ``condition`` holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        await asyncio.sleep(0.02)

@@ -1,0 +1,117 @@
+"""Characters speak with their configured voice until switched; the switch outlives a restart."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from cloud_server.characters import CharacterBook, UnknownCharacter, ignored_parameters
+from cloud_server.voices import BadVoiceId, UnknownVoice, VoiceLibrary, VoiceOverrides
+from common.config import ServerConfig, config_from_dict
+
+
+def server_config(tmp_path: Path, model: str = "standard") -> ServerConfig:
+    return config_from_dict(
+        {
+            "server": {
+                "data_dir": str(tmp_path),
+                "default_character": "operator",
+                "tts": {"chatterbox": {"model": model, "voice_clip": "/srv/voices/house.wav"}},
+                "characters": {
+                    "operator": {"display_name": "Operator"},
+                    "pirate": {
+                        "display_name": "Captain",
+                        "persona": "You are a pirate.",
+                        "voice_clip": "/srv/voices/pirate.wav",
+                        "exaggeration": 1.2,
+                        "cfg_weight": 0.3,
+                        "temperature": 0.6,
+                    },
+                },
+            }
+        }
+    ).server
+
+
+def book_for(tmp_path: Path, model: str = "standard") -> CharacterBook:
+    cfg = server_config(tmp_path, model)
+    library = VoiceLibrary(tmp_path / "voices", cfg.voices, model=model)
+    return CharacterBook(cfg, library, VoiceOverrides.in_data_dir(tmp_path))
+
+
+def upload(book: CharacterBook, voice_id: str) -> None:
+    t = np.arange(24000 * 6) / 24000
+    buf = io.BytesIO()
+    sf.write(buf, (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32), 24000, format="WAV")
+    book.library.add(voice_id, buf.getvalue())
+
+
+def test_configured_voices_and_knobs(tmp_path: Path) -> None:
+    book = book_for(tmp_path)
+    pirate = book.voice_spec("pirate")
+    assert (pirate.voice_id, pirate.clip) == ("pirate", "/srv/voices/pirate.wav")
+    assert (pirate.exaggeration, pirate.cfg_weight, pirate.temperature) == (1.2, 0.3, 0.6)
+    operator = book.voice_spec("operator")
+    assert operator.clip == "/srv/voices/house.wav"  # falls back to the server-wide clip
+    assert book.get(None)[0] == "operator"
+    with pytest.raises(UnknownCharacter) as err:
+        book.get("ghost")
+    assert err.value.status == 404 and "operator, pirate" in str(err.value)
+
+
+def test_switch_voice_persists_across_restart(tmp_path: Path) -> None:
+    book = book_for(tmp_path)
+    upload(book, "gruff")
+    spec = book.set_voice("pirate", "gruff")
+    assert spec.clip == str(tmp_path / "voices" / "gruff.wav") and spec.exaggeration == 1.2
+
+    restarted = book_for(tmp_path)
+    assert restarted.voice_spec("pirate").clip == str(tmp_path / "voices" / "gruff.wav")
+    assert restarted.voice_choice("pirate").source == "library"
+    restarted.set_voice("pirate", None)
+    assert book_for(tmp_path).voice_spec("pirate").clip == "/srv/voices/pirate.wav"
+
+
+def test_switch_refuses_unknown_things(tmp_path: Path) -> None:
+    book = book_for(tmp_path)
+    with pytest.raises(UnknownVoice):
+        book.set_voice("pirate", "never-uploaded")
+    with pytest.raises(BadVoiceId):
+        book.set_voice("pirate", "../../etc/passwd")
+    with pytest.raises(UnknownCharacter):
+        book.set_voice("ghost", None)
+    assert book.overrides.all() == {}
+
+
+def test_a_deleted_clip_falls_back_to_the_configured_one(tmp_path: Path) -> None:
+    book = book_for(tmp_path)
+    upload(book, "gruff")
+    book.set_voice("pirate", "gruff")
+    (tmp_path / "voices" / "gruff.wav").unlink()  # removed behind the server's back
+    assert book.voice_spec("pirate").clip == "/srv/voices/pirate.wav"
+
+
+def test_openai_voice_names(tmp_path: Path) -> None:
+    book = book_for(tmp_path)
+    upload(book, "narrator")
+    assert book.resolve("pirate").exaggeration == 1.2
+    narrator = book.resolve("narrator")
+    assert narrator.voice_id == "narrator" and narrator.clip == str(tmp_path / "voices" / "narrator.wav")
+    for name in ["alloy", "../narrator", "Narrator", ""]:
+        with pytest.raises(UnknownVoice, match="narrator, operator, pirate"):
+            book.resolve(name)
+
+
+def test_listing_says_what_the_model_ignores(tmp_path: Path) -> None:
+    standard = {c["id"]: c for c in book_for(tmp_path).listing("chatterbox")}
+    assert standard["pirate"]["ignored_parameters"] == [] and standard["operator"]["default"]
+    assert standard["pirate"]["voice"] == {"source": "character", "library_voice": None}
+    assert "voice_clip" not in standard["pirate"]  # no server paths in the listing
+    turbo = book_for(tmp_path, "turbo").listing("chatterbox")
+    assert turbo[1]["ignored_parameters"] == ["exaggeration", "cfg_weight"]
+    assert ignored_parameters("chatterbox-turbo", "standard") == ["exaggeration", "cfg_weight"]
+    assert ignored_parameters("piper", "standard") == ["voice_clip", "exaggeration", "cfg_weight", "temperature"]
