@@ -5,8 +5,9 @@ Each case runs the real Pi client in one-turn file mode (``python -m pi_client -
 server on 127.0.0.1 (the Piper voice, the Ollama stand-in), breaks one part, then checks what the
 earpiece got: seconds of non-silent audio, and, by Whisper, whose words they were (the server's
 reply, its spoken apology, or the phone's own offline message). Then the server must serve the next
-call normally. Server-only versions of several faults live in tests/test_server_api.py and the
-phone's own in tests/test_pi_call_e2e.py; docs/RELIABILITY.md maps every fault to its tests.
+call normally. Server-only versions of several faults live in tests/test_server_api.py, the
+phone's own in tests/test_pi_call_e2e.py and tests/test_phone_live.py; docs/RELIABILITY.md maps
+every fault to its tests.
 """
 
 from __future__ import annotations
