@@ -169,6 +169,7 @@ def health() -> Response:
             "fallback": svc.fallback.name,
             "degraded": tts_degraded,
             "device": getattr(svc.primary, "device", "cpu"),
+            "model_resident": bool(getattr(svc.primary, "model_resident", True)),
             "sample_rate": svc.pipeline.sample_rate,
         },
         queue={"active": svc.slots.active, "capacity": svc.slots.capacity},

@@ -17,6 +17,7 @@ from flask import Flask, current_app
 
 from cloud_server.characters import CharacterBook
 from cloud_server.errors import ApiError
+from cloud_server.idle import IdleUnloadingEngine, reloader
 from cloud_server.metrics import Metrics, init_metrics
 from cloud_server.phrase_cache import CachingEngine, PhraseCache
 from cloud_server.services import Services
@@ -73,6 +74,10 @@ def init_features(app: Flask) -> Features:
     book = CharacterBook(server, library, VoiceOverrides.in_data_dir(data_dir))
     svc.characters = book
     phrases = PhraseCache(data_dir / "phrases", server.phrase_cache)
+    if server.tts.idle_unload_seconds > 0 and not isinstance(svc.primary, (CachingEngine, IdleUnloadingEngine)):
+        idle = IdleUnloadingEngine(svc.primary, reloader(svc.primary, server.tts), server.tts.idle_unload_seconds)
+        svc.primary = idle
+        svc.pipeline.primary = idle
     if not isinstance(svc.primary, CachingEngine):
         model = f"{server.tts.chatterbox.model}:{server.tts.chatterbox.checkpoint}"
         cached = CachingEngine(svc.primary, phrases, model=model)
@@ -84,13 +89,15 @@ def init_features(app: Flask) -> Features:
     svc.pipeline.listeners.append(metrics.observe_turn)
     state = Features(library=library, characters=book, phrases=phrases, transcriber=transcriber, metrics=metrics)
     app.extensions[EXTENSION] = state
-    # Voices switched at runtime were not known to the core's start-up pass: prepare them too.
-    for cid, voice_id in book.overrides.all().items():
-        if cid in book:
-            try:
-                prepare(svc, book.voice_spec(cid))
-            except Exception as err:
-                _LOGGER.warning("Voice %s of character %s could not be prepared: %s", voice_id, cid, err)
+    # Library voices and runtime switches were not known to the core's start-up pass: prepare them
+    # too (a disk load when their conditionals were computed before, so a restart recomputes nothing).
+    specs = [book.library_voice_spec(v.voice_id) for v in library.list()]
+    specs += [book.voice_spec(cid) for cid in book.overrides.all() if cid in book]
+    for spec in specs:
+        try:
+            prepare(svc, spec)
+        except Exception as err:
+            _LOGGER.warning("Voice %s could not be prepared at start: %s", spec.voice_id, err)
     app.register_blueprint(voice_api.bp)
     app.register_blueprint(openai_api.bp)
     _LOGGER.info("Features ready: %d library voices, Whisper on %s", len(library.list()), transcriber.device)

@@ -142,6 +142,8 @@ class TTSConfig:
     """Preferred engine; it falls back to piper, then espeak-ng, when it cannot run."""
     chatterbox: ChatterboxConfig = field(default_factory=ChatterboxConfig)
     piper: PiperConfig = field(default_factory=PiperConfig)
+    idle_unload_seconds: float = 0.0
+    """Unload the voice model after this long unused and reload it on the next request, in seconds; 0 never."""
 
 
 @dataclass(frozen=True)

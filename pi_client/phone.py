@@ -55,6 +55,8 @@ from pi_client.turn_log import REPLY_TEXT_TIMEOUT_SECONDS, Turn, log_turn
 _LOGGER = logging.getLogger(__name__)
 
 _CANCEL_WAIT_SECONDS = 5.0
+_LISTEN_RETRY_SECONDS = 2.0
+"""Pause after the microphone failed, so a dead input device does not spin the call loop."""
 """How long a cancelled stage may take to clean up before the call moves on, in seconds."""
 _TURNS_KEPT = 20
 """Finished turns remembered in memory (the log has them all)."""
@@ -226,7 +228,12 @@ class Phone:
         await self._sink.finish()
 
     async def _listen(self) -> Event:
-        utterance = await self._listen_fn()
+        try:
+            utterance = await self._listen_fn()
+        except Exception:  # a microphone that fails mid-call: log, pause, and let the call prompt again
+            _LOGGER.exception("listening failed; retrying in %.0f s", _LISTEN_RETRY_SECONDS)
+            await asyncio.sleep(_LISTEN_RETRY_SECONDS)
+            return NoSpeech()
         if utterance is None:
             return NoSpeech()
         self._turn = Turn(

@@ -130,9 +130,13 @@ class ReplyStream:
 
 
 def _socket_of(response: requests.Response) -> socket.socket | None:
-    """The TCP socket under a streamed response (urllib3 2.x layout), or None."""
-    conn = getattr(response.raw, "_connection", None)
-    sock = getattr(conn, "sock", None)
+    """The TCP socket a streamed response reads from (urllib3 2.x over http.client), or None."""
+    # The body's file object holds the socket even when the server said "Connection: close"
+    # (http.client then drops the connection's own reference, so conn.sock is None).
+    fp = getattr(getattr(response.raw, "_fp", None), "fp", None)
+    sock = getattr(getattr(fp, "raw", None), "_sock", None)
+    if not isinstance(sock, socket.socket):
+        sock = getattr(getattr(response.raw, "_connection", None), "sock", None)
     return sock if isinstance(sock, socket.socket) else None
 
 

@@ -146,6 +146,14 @@ def test_a_library_voice_can_be_used(client: openai.OpenAI, server: Any) -> None
     )
     samples, rate = decode(reply.content, "flac")
     assert rate == 24000 and samples.size > 0
+    # Newer clients send a custom voice as an object.
+    as_object = requests.post(
+        server.url + "/v1/audio/speech",
+        json={"model": "tts-1", "voice": {"id": "narrator"}, "input": "The end.", "response_format": "pcm"},
+        headers=AUTH,
+        timeout=TIMEOUT,
+    )
+    assert as_object.status_code == 200 and len(as_object.content) > 24000
 
 
 @pytest.mark.parametrize(

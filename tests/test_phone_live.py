@@ -121,7 +121,7 @@ def test_busy_is_retried_once_after_retry_after_and_then_answered(
     call_standin: OllamaStandIn, call_whisper: Any, call_question_wav: Path, tmp_path: Path, caplog: Any
 ) -> None:
     server = start_server(tmp_path / "srv", call_standin.url, {"limits": {"queue_depth": 1, "retry_after_seconds": 4}})
-    call_standin.script("Just a moment please, I am busy. ", 3.0, "Paris is the capital of France.")
+    call_standin.script("Just a moment please, I am busy. ", 3.0, "It is a lovely city to visit in the spring.")
     try:
         with caplog.at_level("INFO"):
             phone, done = _turn_while_busy(server, call_whisper, call_question_wav, tmp_path)
@@ -131,7 +131,7 @@ def test_busy_is_retried_once_after_retry_after_and_then_answered(
     assert "server busy; asking again in 4.0s" in caplog.text
     assert [t.outcome for t in phone.turns] == [Outcome.DONE]
     text, _ = heard(call_whisper, tmp_path / "r.wav")
-    assert "paris" in words(text), text
+    assert {"lovely", "city", "spring"} <= words(text), text
 
 
 def test_busy_with_a_long_retry_after_gets_the_offline_voice_at_once(

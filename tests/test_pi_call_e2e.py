@@ -53,7 +53,7 @@ def test_a_whole_turn_in_file_mode(
     user_text = last_chat(call_standin).messages[-1]["content"].lower()
     assert {"capital", "france"} <= words(user_text)
     text, seconds = heard(call_whisper, reply)
-    assert {"paris", "lovely", "city"} <= words(text), text
+    assert {"lovely", "city", "spring"} <= words(text), text
     assert 3.0 < seconds < 15.0
     # One INFO line for the turn: transcript, reply text (from /sessions) and stage timings.
     turn_line = next(line for line in result.stderr.splitlines() if "turn: heard=" in line)
@@ -67,7 +67,7 @@ def test_a_whole_turn_with_the_server_transcribing(
     call_server: ServerProcess, call_standin: OllamaStandIn, call_whisper: Any, call_question_wav: Path, tmp_path: Path
 ) -> None:
     """pi.stt.use_server: the recording goes to /process-audio; the transcript comes back in a header."""
-    call_standin.script("Paris is the capital of France. ")
+    call_standin.script("It is a lovely city to visit in the spring. ")
     reply = tmp_path / "r.wav"
     config = pi_config(tmp_path, stt={"use_server": True})
     result = run_pi_client(config, call_server.url, call_server.key, call_question_wav, reply)
@@ -77,7 +77,7 @@ def test_a_whole_turn_with_the_server_transcribing(
     turn_line = next(line for line in result.stderr.splitlines() if "turn: heard=" in line)
     assert "capital of France" in turn_line and "stt=-" in turn_line
     text, _ = heard(call_whisper, reply)
-    assert "paris" in words(text), text
+    assert {"lovely", "city", "spring"} <= words(text), text
 
 
 def test_server_down_the_phone_answers_in_its_own_voice(
