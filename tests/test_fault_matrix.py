@@ -338,7 +338,7 @@ def _busy_server(
 ) -> tuple[RunningServer, threading.Event, list[int], threading.Thread]:
     """A server with one reply slot, taken by another caller whose reply waits on ``gate``."""
     gate = threading.Event()
-    standin.script("Please hold the line, the operator is busy. ", gate, "Thank you for waiting, Paris is the answer.")
+    standin.script("Please hold the line, the operator is busy. ", gate, "Thank you for waiting, the answer is Paris.")
     server = start_server(server_config(standin.url, tmp_path,
                                         limits={"queue_depth": 1, "retry_after_seconds": retry_after}))
     statuses: list[int] = []
