@@ -155,6 +155,8 @@ class Bench:
             "llm": {"backend": "ollama", "ollama_host": self.standins[setup.llm].url, "timeout_seconds": 300.0,
                     "warm_up": False},
             "tts": {"engine": setup.tts},
+            # Every run repeats the same reply; a real reply rarely does: each sentence is synthesized afresh.
+            "phrase_cache": {"enabled": False},
             "data_dir": str(tmp / f"data-{setup.tts}-{setup.llm}"),
         }})
         app = create_app(cfg, env={"AI_TELEPHONE_API_KEY": KEY}, engines=(timed, fallback))

@@ -226,7 +226,8 @@ def write_report(table: Table, results: list[Any], meta: dict[str, Any], docs: P
         f"checkpoint of the true architecture, capped at {meta['chatterbox_tokens']} speech tokens per sentence on "
         "this CPU: its audio is noise and its speed is a CPU's, so its rows show the pipeline's shape with a slow "
         "voice model, not GPU speed. The sequential design runs on the same server, LLM client, voices and "
-        "sentence chunks (`bench/sequential.py`); only the order differs.",
+        "sentence chunks (`bench/sequential.py`); only the order differs. The server's phrase cache is off: "
+        "every run repeats the same reply, which a real conversation rarely does.",
         "",
         "Why streaming wins: the first sentence is spoken while the LLM is still writing and while the rest is "
         "being synthesized, so the caller waits for one sentence of speech instead of the whole reply; the slower "
