@@ -40,7 +40,7 @@ def json_body(max_bytes: int) -> dict[str, Any]:
         raise ApiError(413, "body_too_large", f"The request body is over {max_bytes} bytes.")
     try:
         body = json.loads(raw) if raw else None
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
         body = None
     if not isinstance(body, dict):
         raise ApiError(400, "bad_json", "The body must be a JSON object, e.g. {\"text\": \"Hello\"}.")

@@ -1,0 +1,258 @@
+"""Several phones at once against one server: time to first audio, the server's own overhead, 503s.
+
+Run: ``python -m bench.load [--phones 1 2 4 8] [--turns 6]``. The server is production's: gunicorn
+with ``cloud_server/gunicorn.conf.py`` (one worker, threads) in its own process on 127.0.0.1, the
+real Piper voice, and a fast Ollama stand-in (50 ms to the first token, 5 ms per word), so what is
+left of the time to first audio is the server itself. Each phone is a thread with its own kept-alive
+session, sending its turns back to back; a 503 is counted and the phone waits its Retry-After
+before the next turn. Bounded: phones x turns requests, each with a timeout. Results go to
+docs/PERFORMANCE.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.rig import Heard, PacedLLM, RecordingLLM, ask, percentile, replace_section
+
+_LOGGER = logging.getLogger("bench.load")
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "load-key-0123456789abcdef"
+QUEUE_DEPTH = 4
+RETRY_AFTER = 1
+REPLY = "Certainly, the line is clear. I can hear you well. What else can I do for you today?"
+START_TIMEOUT = 60.0
+PHASE_TIMEOUT = 120.0
+
+
+@dataclass
+class TurnResult:
+    """One phone turn as the phone saw it, plus the LLM's side."""
+
+    phones: int
+    phone: int
+    heard: Heard
+    llm_first_sentence: float | None = None
+    """Seconds from the request to the LLM's first complete sentence."""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_gunicorn(workdir: Path, ollama_url: str) -> tuple[subprocess.Popen[bytes], str]:
+    """gunicorn as in production, Piper voice, the stand-in as Ollama; wait until /health answers."""
+    import yaml
+
+    config = workdir / "server.yaml"
+    config.write_text(yaml.safe_dump({"server": {
+        "llm": {"backend": "ollama", "ollama_host": ollama_url, "timeout_seconds": 30.0, "warm_up": False},
+        "tts": {"engine": "piper"},
+        "limits": {"queue_depth": QUEUE_DEPTH, "retry_after_seconds": RETRY_AFTER},
+        "phrase_cache": {"enabled": False},  # every turn's reply is the same text: synthesize it each time
+        "data_dir": str(workdir / "data"),
+    }}))
+    port = _free_port()
+    env = dict(os.environ, AI_TELEPHONE_CONFIG=str(config), AI_TELEPHONE_API_KEY=KEY,
+               AI_TELEPHONE_BIND=f"127.0.0.1:{port}", AI_TELEPHONE_LOG_LEVEL="warning", TQDM_DISABLE="1")
+    env.pop("OLLAMA_HOST", None)
+    log = open(workdir / "server.log", "wb")  # noqa: SIM115 - the server process owns it until the end
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "cloud_server/gunicorn.conf.py", "cloud_server:create_app()"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gunicorn exited {proc.returncode}: {(workdir / 'server.log').read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as resp:
+                json.loads(resp.read())
+                return proc, url
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("gunicorn did not become healthy in time")
+
+
+def piper_first_sentence_seconds(text: str, repeats: int = 7) -> float:
+    """Piper's own time for the reply's first sentence, uncontended (the fastest of a few), in this process."""
+    from cloud_server.sentences import SentenceSplitter
+    from common.config import SentenceConfig
+    from common.speech import open_local_voice
+
+    splitter = SentenceSplitter(SentenceConfig())
+    first = next(iter(splitter.push(text) + splitter.flush()))
+    voice = open_local_voice()
+    times = []
+    for _ in range(repeats):
+        t0 = time.monotonic()
+        for _chunk in voice.synthesize(first):
+            break
+        times.append(time.monotonic() - t0)
+    return min(times)
+
+
+def run_phase(url: str, phones: int, turns: int, llm: RecordingLLM) -> list[TurnResult]:
+    """``phones`` threads, ``turns`` turns each, started together."""
+    import requests
+
+    from common.config import SentenceConfig
+
+    results: list[TurnResult] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(phones)
+
+    def phone(index: int) -> None:
+        with requests.Session() as session:
+            barrier.wait(timeout=30)
+            for turn in range(turns):
+                said = f"Phone {index} of {phones}, turn {turn}: can you hear me?"
+                heard = ask(session, url + "/process-text", KEY, {"text": said}, timeout=60)
+                result = TurnResult(phones, index, heard)
+                call = next((c for c in llm.calls_since(heard.sent) if c.said == said), None)
+                if call is not None:
+                    at = call.first_sentence_at(SentenceConfig())
+                    result.llm_first_sentence = None if at is None else at - heard.sent
+                with lock:
+                    results.append(result)
+                if heard.status == 503:
+                    time.sleep(float(heard.retry_after or RETRY_AFTER))
+
+    threads = [threading.Thread(target=phone, args=(i,), name=f"phone-{i}", daemon=True) for i in range(phones)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + PHASE_TIMEOUT
+    for t in threads:
+        t.join(timeout=max(0.1, deadline - time.monotonic()))
+    if any(t.is_alive() for t in threads):
+        _LOGGER.warning("phase with %d phones hit its %0.f s bound", phones, PHASE_TIMEOUT)
+    return results
+
+
+def summarize(results: list[TurnResult], piper_seconds: float) -> dict[str, Any]:
+    """p50/p95 of time to first audio and server overhead, counts of 200/503/errors."""
+    ok = [r for r in results if r.heard.status == 200 and r.heard.first_audio_at is not None and not r.heard.error]
+    busy = [r for r in results if r.heard.status == 503]
+    ttfa = [r.heard.first_audio_at - r.heard.sent for r in ok]  # type: ignore[operator]
+    whole = [(r.heard.done_at or r.heard.sent) - r.heard.sent for r in ok]
+    overhead = [
+        r.heard.first_audio_at - r.heard.sent - r.llm_first_sentence - piper_seconds  # type: ignore[operator]
+        for r in ok if r.llm_first_sentence is not None
+    ]
+    return {
+        "turns": len(results), "ok": len(ok), "busy_503": len(busy), "errors": len(results) - len(ok) - len(busy),
+        "ttfa_p50": percentile(ttfa, 50), "ttfa_p95": percentile(ttfa, 95),
+        "overhead_p50": percentile(overhead, 50), "overhead_p95": percentile(overhead, 95),
+        "whole_p50": percentile(whole, 50), "llm_first_sentence_p50": percentile(
+            [r.llm_first_sentence for r in ok if r.llm_first_sentence is not None], 50),
+    }
+
+
+def report(rows: dict[int, dict[str, Any]], meta: dict[str, Any]) -> list[str]:
+    """The Markdown section."""
+    lines = [
+        "## Load: several phones at once (measured here)",
+        "",
+        f"`python -m bench.load` on {meta['date']}: {meta['cpus']} CPUs, no GPU, load average "
+        f"{meta['load_average'][0]:.1f} at the end (shared machine). One gunicorn server as in production "
+        f"(one worker, gthread), queue bound {QUEUE_DEPTH} replies, Retry-After {RETRY_AFTER} s; real Piper voice; "
+        f"Ollama stand-in at 50 ms to the first token and 5 ms per word (first sentence ready after "
+        f"~{meta['llm_first_sentence']:.2f} s). Each phone sends {meta['turns']} turns back to back on a kept-alive "
+        f"connection, all phones starting together; the phrase cache off (every turn's reply is the same text). "
+        "Seconds.",
+        "",
+        "**Server overhead** = time to first audio - the LLM's time to its first sentence - Piper's own time for "
+        f"that sentence uncontended (fastest of 7: {meta['piper_seconds'] * 1000:.0f} ms): HTTP, admission, thread "
+        "hand-offs, queues and waiting for the one shared voice.",
+        "",
+        "| phones | turns | 200 | 503 (past the queue bound) | errors | first audio p50 | p95 | overhead p50 | p95 "
+        "| whole reply p50 |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for phones, s in sorted(rows.items()):
+        lines.append(
+            f"| {phones} | {s['turns']} | {s['ok']} | {s['busy_503']} | {s['errors']} | {s['ttfa_p50']:.3f} | "
+            f"{s['ttfa_p95']:.3f} | {s['overhead_p50']:.3f} | {s['overhead_p95']:.3f} | {s['whole_p50']:.2f} |"
+        )
+    lines += ["", f"After the last phase: /health {meta['health']}."]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every phase against one server, write the results, log a summary."""
+    from tests.ollama_standin import OllamaStandIn
+
+    parser = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.splitlines()[0])
+    parser.add_argument("--phones", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--turns", type=int, default=6, help="turns per phone")
+    parser.add_argument("--no-write", action="store_true", help="do not update docs/PERFORMANCE.md")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    out = logging.StreamHandler(sys.stdout)
+    out.setFormatter(logging.Formatter("%(message)s"))
+    _LOGGER.addHandler(out)
+    _LOGGER.setLevel(logging.INFO)
+    _LOGGER.propagate = False
+
+    started = time.monotonic()
+    piper_seconds = piper_first_sentence_seconds(REPLY)
+    llm = RecordingLLM(PacedLLM(REPLY, first_token_seconds=0.05, token_seconds=0.005))
+    rows: dict[int, dict[str, Any]] = {}
+    all_results: list[TurnResult] = []
+    with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp, OllamaStandIn(backend=llm) as standin:
+        proc, url = start_gunicorn(Path(tmp), standin.url)
+        try:
+            run_phase(url, 1, 2, llm)  # warm-up, not counted
+            for phones in args.phones:
+                results = run_phase(url, phones, args.turns, llm)
+                all_results += results
+                rows[phones] = summarize(results, piper_seconds)
+                s = rows[phones]
+                _LOGGER.info("%d phones: %d turns, %d ok, %d x 503, %d errors; first audio p50 %.3f s p95 %.3f s; "
+                             "overhead p50 %.3f s p95 %.3f s", phones, s["turns"], s["ok"], s["busy_503"],
+                             s["errors"], s["ttfa_p50"], s["ttfa_p95"], s["overhead_p50"], s["overhead_p95"])
+                time.sleep(RETRY_AFTER)
+            with urllib.request.urlopen(url + "/health", timeout=5) as resp:
+                health = json.loads(resp.read())
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    health_line = f"status {health['status']}, queue {health['queue']['active']}/{health['queue']['capacity']} active"
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(), "turns": args.turns, "piper_seconds": piper_seconds, "health": health_line,
+        "llm_first_sentence": statistics.median(
+            [r.llm_first_sentence for r in all_results if r.llm_first_sentence is not None] or [float("nan")]),
+    }
+    if not args.no_write:
+        (ROOT / "docs").mkdir(exist_ok=True)
+        replace_section(str(ROOT / "docs" / "PERFORMANCE.md"), "load", "\n".join(report(rows, meta)))
+        _LOGGER.info("Wrote docs/PERFORMANCE.md")
+    _LOGGER.info("after the load: %s (%.0f s in all)", health_line, time.monotonic() - started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
