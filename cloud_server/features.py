@@ -2,7 +2,7 @@
 
 ``init_features(app)`` is called once by ``create_app`` after the core services exist: it adds the
 voice library and character book (runtime voice switches reach /process-text through
-``Services.voice_for``), the phrase cache in front of the voice model, server-side Whisper,
+``Services.voice_for``), server-side Whisper,
 metrics, and the /process-audio, characters, voices, OpenAI and /metrics routes.
 """
 
@@ -16,9 +16,7 @@ from dataclasses import dataclass
 from flask import Flask, current_app
 
 from cloud_server.characters import CharacterBook
-from cloud_server.idle import IdleUnloadingEngine, reloader
 from cloud_server.metrics import Metrics, init_metrics
-from cloud_server.phrase_cache import CachingEngine, PhraseCache
 from cloud_server.services import Services
 from cloud_server.stt import ServerTranscriber
 from cloud_server.tts.base import VoiceSpec
@@ -35,7 +33,6 @@ class Features:
 
     library: VoiceLibrary
     characters: CharacterBook
-    phrases: PhraseCache
     transcriber: ServerTranscriber
     metrics: Metrics
 
@@ -70,21 +67,11 @@ def init_features(app: Flask) -> Features:
     library = VoiceLibrary(data_dir / "voices", server.voices, model=server.tts.chatterbox.model)
     book = CharacterBook(server, library, VoiceOverrides.in_data_dir(data_dir))
     svc.characters = book
-    phrases = PhraseCache(data_dir / "phrases", server.phrase_cache)
-    if server.tts.idle_unload_seconds > 0 and not isinstance(svc.primary, (CachingEngine, IdleUnloadingEngine)):
-        idle = IdleUnloadingEngine(svc.primary, reloader(svc.primary, server.tts), server.tts.idle_unload_seconds)
-        svc.primary = idle
-        svc.pipeline.primary = idle
-    if not isinstance(svc.primary, CachingEngine):
-        model = f"{server.tts.chatterbox.model}:{server.tts.chatterbox.checkpoint}"
-        cached = CachingEngine(svc.primary, phrases, model=model)
-        svc.primary = cached
-        svc.pipeline.primary = cached
     transcriber = ServerTranscriber(server.stt)
     transcriber.load()
     metrics = init_metrics(app)
     svc.pipeline.listeners.append(metrics.observe_turn)
-    state = Features(library=library, characters=book, phrases=phrases, transcriber=transcriber, metrics=metrics)
+    state = Features(library=library, characters=book, transcriber=transcriber, metrics=metrics)
     app.extensions[EXTENSION] = state
     # Library voices and runtime switches were not known to the core's start-up pass: prepare them
     # too (a disk load when their conditionals were computed before, so a restart recomputes nothing).

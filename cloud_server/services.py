@@ -12,12 +12,14 @@ from typing import Any
 
 from cloud_server.admission import ReplySlots
 from cloud_server.errors import ApiError
+from cloud_server.idle import IdleUnloadingEngine, reloader
 from cloud_server.llm import LLM, make_llm
+from cloud_server.phrase_cache import CachingEngine, PhraseCache
 from cloud_server.reply import ReplyPipeline
 from cloud_server.sessions import SessionStore
 from cloud_server.tts.base import TTSEngine, VoiceSpec
 from cloud_server.tts.select import build_engines
-from common.config import CharacterConfig, Config, ConfigError, resolve_api_key
+from common.config import CharacterConfig, Config, ConfigError, ServerConfig, expand_path, resolve_api_key
 
 _LOGGER = logging.getLogger(__name__)
 INSECURE_ENV = "AI_TELEPHONE_INSECURE_NO_AUTH"
@@ -89,6 +91,17 @@ def api_key_or_refuse(config: Config, env: Mapping[str, str]) -> str | None:
     )
 
 
+def wrap_voice_model(primary: TTSEngine, server: ServerConfig) -> TTSEngine:
+    """Idle unload (when configured), then the phrase cache, in front of the voice model."""
+    if isinstance(primary, CachingEngine):
+        return primary
+    if server.tts.idle_unload_seconds > 0 and not isinstance(primary, IdleUnloadingEngine):
+        primary = IdleUnloadingEngine(primary, reloader(primary, server.tts), server.tts.idle_unload_seconds)
+    phrases = PhraseCache(expand_path(server.data_dir) / "phrases", server.phrase_cache)
+    model = f"{server.tts.chatterbox.model}:{server.tts.chatterbox.checkpoint}"
+    return CachingEngine(primary, phrases, model=model)
+
+
 def build_services(
     config: Config,
     env: Mapping[str, str] | None = None,
@@ -102,6 +115,7 @@ def build_services(
         raise ConfigError(f"server.default_character: {server.default_character!r} is not in server.characters")
     llm = make_llm(server.llm)
     primary, fallback = engines if engines is not None else build_engines(server.tts)
+    primary = wrap_voice_model(primary, server)
     sessions = SessionStore(server.sessions)
     services = Services(
         config=config,
