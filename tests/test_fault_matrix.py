@@ -212,13 +212,9 @@ def whisper() -> Any:
 
 
 @pytest.fixture(scope="module")
-def question(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def question(piper_speech: Callable[[str], bytes], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The caller's question, spoken by Piper, with silence around it, as the microphone would hear it."""
-    from common.speech import open_local_voice
-    from common.wav import resample_pcm16
-
-    voice = open_local_voice()
-    speech = resample_pcm16(b"".join(voice.synthesize(QUESTION)), voice.sample_rate, RATE)
+    speech = piper_speech(QUESTION)  # 16 kHz, deterministic (no sampling noise)
     path = tmp_path_factory.mktemp("question") / "q.wav"
     write_wav(str(path), b"\0\0" * (RATE // 2) + speech + b"\0\0" * (3 * RATE // 2), RATE)
     return path
