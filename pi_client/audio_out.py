@@ -167,26 +167,20 @@ async def _read_tail(proc: asyncio.subprocess.Process) -> str:
 async def _terminate(proc: asyncio.subprocess.Process) -> None:
     """Stop aplay now and reap it, so no zombie is left behind.
 
-    aplay's SIGTERM handler only aborts the PCM and waits for its main loop, which may sit in a
-    read on stdin: close stdin too, and SIGKILL if it still lingers.
+    SIGKILL, not SIGTERM: aplay's SIGTERM handler only aborts the PCM and waits for its main loop,
+    which may sit in a read on stdin, and a hung-up caller must hear silence at once. The kernel
+    closes the sound device when the process dies.
     """
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
+            proc.kill()
     if proc.stdin is not None:
         proc.stdin.close()
     try:
-        await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=_KILL_WAIT_SECONDS / 2)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
         await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=_KILL_WAIT_SECONDS)
-    except asyncio.CancelledError:
-        # Cancelled mid-kill (the whole phone shutting down): never leave the player running,
-        # and let the cancellation go on.
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        raise
+    except TimeoutError:
+        _LOGGER.warning("aplay %d not reaped %.0fs after SIGKILL", proc.pid, _KILL_WAIT_SECONDS)
+        return
     _LOGGER.debug("aplay %d ended (%s)", proc.pid, proc.returncode)
 
 

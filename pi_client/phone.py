@@ -175,8 +175,11 @@ class Phone:
 
     async def _execute(self, action: Action) -> None:
         if isinstance(action, StopAll):
-            await self._cancel_current()
+            # Silence first (the caller put the handset down), then wait for the work to unwind.
+            task = self._cancel_current()
             await self._sink.kill()
+            if task is not None:
+                await asyncio.wait({task}, timeout=_CANCEL_WAIT_SECONDS)
             self._session_id, self._turn = None, None
         elif isinstance(action, CheckHealth):
             if self._monitor is not None:
@@ -207,11 +210,13 @@ class Phone:
             self._task.cancel()
         self._task = asyncio.create_task(stage(), name=name)
 
-    async def _cancel_current(self) -> None:
+    def _cancel_current(self) -> asyncio.Task[None] | None:
+        """Cancel the running stage; returns it (still unwinding) so the caller can wait for it."""
         task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            await asyncio.wait({task}, timeout=_CANCEL_WAIT_SECONDS)
+        if task is None or task.done():
+            return None
+        task.cancel()
+        return task
 
     # ------------------------------------------------------------------ stages
 
