@@ -8,11 +8,11 @@ from collections.abc import Coroutine, Iterator
 from typing import Any
 
 import pytest
-from gpiozero import Device
 from gpiozero.pins.mock import MockFactory
 
 from common.config import HookConfig
 from pi_client.hook import Debouncer, GpioHook, HookError, HookEvent, KeyboardHook
+from tests.phone_rig import mock_pins as installed_mock_pins
 
 TIMEOUT = 2.0
 QUIET = 0.25  # "must not happen" window: five times the debounce
@@ -66,14 +66,8 @@ def test_debouncer_both_directions() -> None:
 @pytest.fixture
 def mock_pins() -> Iterator[MockFactory]:
     """gpiozero's real mock pin factory, installed for one test."""
-    previous = Device.pin_factory
-    factory = MockFactory()
-    Device.pin_factory = factory
-    try:
+    with installed_mock_pins() as factory:
         yield factory
-    finally:
-        factory.reset()
-        Device.pin_factory = previous
 
 
 async def _next(queue: asyncio.Queue[HookEvent]) -> HookEvent:
