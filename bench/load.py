@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.rig import Heard, PacedLLM, RecordingLLM, ask, percentile, replace_section
+from tests.server_rig import free_port, wait_healthy
 
 _LOGGER = logging.getLogger("bench.load")
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,14 +50,6 @@ class TurnResult:
     """Seconds from the request to the LLM's first complete sentence."""
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start_gunicorn(workdir: Path, ollama_url: str) -> tuple[subprocess.Popen[bytes], str]:
     """gunicorn as in production, Piper voice, the stand-in as Ollama; wait until /health answers."""
     import yaml
@@ -69,7 +62,7 @@ def start_gunicorn(workdir: Path, ollama_url: str) -> tuple[subprocess.Popen[byt
         "phrase_cache": {"enabled": False},  # every turn's reply is the same text: synthesize it each time
         "data_dir": str(workdir / "data"),
     }}))
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, AI_TELEPHONE_CONFIG=str(config), AI_TELEPHONE_API_KEY=KEY,
                AI_TELEPHONE_BIND=f"127.0.0.1:{port}", AI_TELEPHONE_LOG_LEVEL="warning", TQDM_DISABLE="1")
     env.pop("OLLAMA_HOST", None)
@@ -79,16 +72,10 @@ def start_gunicorn(workdir: Path, ollama_url: str) -> tuple[subprocess.Popen[byt
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gunicorn exited {proc.returncode}: {(workdir / 'server.log').read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as resp:
-                json.loads(resp.read())
-                return proc, url
-        except OSError:
-            time.sleep(0.2)
+    if wait_healthy(url, proc, START_TIMEOUT) is not None:
+        return proc, url
+    if proc.poll() is not None:
+        raise RuntimeError(f"gunicorn exited {proc.returncode}: {(workdir / 'server.log').read_text()[-2000:]}")
     proc.kill()
     raise RuntimeError("gunicorn did not become healthy in time")
 

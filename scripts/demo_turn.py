@@ -12,12 +12,10 @@ import json
 import logging
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from common.speech import open_local_voice  # noqa: E402
 from common.wav import write_wav  # noqa: E402
+from tests.server_rig import free_port, wait_healthy  # noqa: E402
 
 _LOGGER = logging.getLogger("demo")
 DEMO_CONFIG = """
@@ -32,27 +31,6 @@ server:
   llm: {backend: embedded, max_tokens: 60}
   tts: {engine: piper}
 """
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> dict[str, object]:
-    """Poll /health until it answers (bounded), or fail if the server died."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"demo: the server exited with code {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as resp:
-                return json.loads(resp.read())  # type: ignore[no-any-return]
-        except OSError:
-            time.sleep(0.3)
-    raise SystemExit("demo: the server did not become healthy in time")
 
 
 def main() -> int:
@@ -80,7 +58,9 @@ def main() -> int:
         [sys.executable, "-m", "cloud_server", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env
     )
     try:
-        health = wait_healthy(url, server)
+        health = wait_healthy(url, server, timeout=120.0)
+        if health is None:
+            raise SystemExit(f"demo: the server did not become healthy (exit code {server.poll()})")
         _LOGGER.info("server healthy: %s", json.dumps(health))
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()

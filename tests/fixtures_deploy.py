@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.server_rig import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 VAST_KEY = "vast-test-key-0123456789"
 
@@ -117,15 +119,6 @@ def pi_scratch(tmp_path: Path) -> PiScratch:
                USERMOD=str(bin_dir / "usermod"), GROUPADD=str(bin_dir / "groupadd"), PIP=str(bin_dir / "pip"),
                PYTHON3=str(python3))
     return PiScratch(root, env, log)
-
-
-def free_port() -> int:
-    """A port nothing listens on right now (bind 0, read it, close)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 _OLLAMA_CLI = """#!/bin/bash

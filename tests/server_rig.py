@@ -32,6 +32,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def wait_healthy(
+    url: str, proc: subprocess.Popen[bytes], timeout: float, context: ssl.SSLContext | None = None
+) -> dict[str, Any] | None:
+    """Poll ``url``/health until it answers: its JSON; None when ``proc`` exited or ``timeout`` passed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return None
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2, context=context) as resp:
+                return json.loads(resp.read())  # type: ignore[no-any-return]
+        except OSError:
+            time.sleep(0.2)
+    return None
+
+
 @dataclass
 class ServerProcess:
     """A running cloud server and how to reach it."""
@@ -104,16 +120,10 @@ def start_server(
         )
     running = ServerProcess(f"{scheme}://127.0.0.1:{port}", key, proc, log)
     context = ssl.create_default_context(cafile=str(tls[0])) if tls else None
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"cloud_server exited with {proc.returncode}:\n{running.log_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(running.url + "/health", timeout=2, context=context) as resp:
-                json.loads(resp.read())
-                return running
-        except OSError:
-            time.sleep(0.2)
+    if wait_healthy(running.url, proc, START_TIMEOUT, context) is not None:
+        return running
+    if proc.poll() is not None:
+        raise RuntimeError(f"cloud_server exited with {proc.returncode}:\n{running.log_text()[-3000:]}")
     running.stop()
     raise RuntimeError(f"cloud_server not healthy within {START_TIMEOUT}s:\n{running.log_text()[-3000:]}")
 

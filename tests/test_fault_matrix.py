@@ -34,6 +34,7 @@ from cloud_server.tts.base import TTSEngine, TTSError, VoiceSpec
 from common.wav import pcm16_to_float, read_wav_pcm16, write_wav
 from tests.fixtures_server import TEST_KEY, RunningServer, server_config
 from tests.ollama_standin import OllamaStandIn
+from tests.server_rig import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 16000
@@ -72,12 +73,6 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

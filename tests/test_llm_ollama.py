@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -15,19 +14,13 @@ from cloud_server.embedded_llm import EmbeddedLLM
 from cloud_server.llm import LLMError, OllamaLLM, make_llm
 from common.config import LLMConfig, replace
 from tests.ollama_standin import OllamaStandIn
+from tests.server_rig import free_port
 
 MESSAGES = [
     {"role": "system", "content": "You are a friendly telephone operator."},
     {"role": "user", "content": "Hello, who is this?"},
 ]
 WAIT = 10.0  # upper bound for anything that should happen "at once"; never reached when all is well
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Consumer:
