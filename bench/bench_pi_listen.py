@@ -16,10 +16,10 @@ from pathlib import Path
 
 from common.config import PiSTTConfig, VADConfig
 from common.wav import resample_pcm16, write_wav
-from pi_client.audio_in import BLOCK_SAMPLES, SAMPLE_RATE, WavFileSource
-from pi_client.endpoint import listen
-from pi_client.stt import WhisperTranscriber
-from pi_client.vad import SileroVad
+from pi_client.audio.capture import BLOCK_SAMPLES, SAMPLE_RATE, WavFileSource
+from pi_client.turns.endpoint import listen
+from pi_client.turns.stt import WhisperTranscriber
+from pi_client.turns.vad import SileroVad
 
 _LOGGER = logging.getLogger("bench.pi_listen")
 TEXT = "Could you tell me what the weather will be like in Chicago tomorrow afternoon?"

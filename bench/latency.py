@@ -85,7 +85,7 @@ def _question_wav(path: Path) -> float:
     """Write the spoken question (Piper, 16 kHz, silence around it); return its speech length."""
     from common.speech import open_local_voice
     from common.wav import resample_pcm16, write_wav
-    from pi_client.audio_in import SAMPLE_RATE
+    from pi_client.audio.capture import SAMPLE_RATE
 
     voice = open_local_voice()
     speech = resample_pcm16(b"".join(voice.synthesize(QUESTION)), voice.sample_rate, SAMPLE_RATE)
@@ -98,11 +98,11 @@ class Bench:
 
     def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
         from bench.rig import PacedLLM, RecordingLLM
-        from cloud_server.embedded_llm import EmbeddedLLM
+        from cloud_server.llm.embedded import EmbeddedLLM
         from cloud_server.tts.select import build_engines
         from common.config import LLMConfig, PiSTTConfig, TTSConfig
-        from pi_client.stt import WhisperTranscriber
-        from pi_client.vad import SileroVad
+        from pi_client.turns.stt import WhisperTranscriber
+        from pi_client.turns.vad import SileroVad
         from tests.ollama_standin import OllamaStandIn
 
         self.args = args
@@ -173,8 +173,8 @@ class Bench:
     def hear_question(self) -> tuple[float, float, str]:
         """The Pi side: endpointing over the recording, then Whisper; (endpoint delay, STT seconds, text)."""
         from common.config import VADConfig
-        from pi_client.audio_in import WavFileSource
-        from pi_client.endpoint import listen
+        from pi_client.audio.capture import WavFileSource
+        from pi_client.turns.endpoint import listen
 
         utterance = asyncio.run(listen(WavFileSource(self.question), self.vad, VADConfig()))
         if utterance is None:

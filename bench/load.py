@@ -82,7 +82,7 @@ def start_gunicorn(workdir: Path, ollama_url: str) -> tuple[subprocess.Popen[byt
 
 def piper_first_sentence_seconds(text: str, repeats: int = 7) -> float:
     """Piper's own time for the reply's first sentence, uncontended (the fastest of a few), in this process."""
-    from cloud_server.sentences import SentenceSplitter
+    from cloud_server.pipeline.sentences import SentenceSplitter
     from common.config import SentenceConfig
     from common.speech import open_local_voice
 

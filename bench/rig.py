@@ -17,8 +17,8 @@ from typing import Any
 
 import requests
 
-from cloud_server.llm import LLM
-from cloud_server.sentences import SentenceSplitter
+from cloud_server.llm.base import LLM
+from cloud_server.pipeline.sentences import SentenceSplitter
 from cloud_server.tts.base import TTSEngine, VoiceSpec
 from common.config import SentenceConfig
 from common.wav import SAMPLE_WIDTH, WavStreamReader

@@ -12,10 +12,10 @@ import uuid
 
 from flask import Flask, Response
 
-from cloud_server.api import json_body, require_key, services
 from cloud_server.errors import ApiError
-from cloud_server.reply import Turn
-from cloud_server.sentences import SentenceSplitter
+from cloud_server.pipeline.reply import Turn
+from cloud_server.pipeline.sentences import SentenceSplitter
+from cloud_server.routes.core import json_body, require_key, services
 from common.wav import wav_header
 
 SEQUENTIAL_PATH = "/bench/sequential"

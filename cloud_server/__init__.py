@@ -26,9 +26,9 @@ def create_app(
     ``config`` lets tests pass their own tree; ``engines`` (primary, fallback) lets several apps in
     one process share voices that are already loaded (Chatterbox takes seconds and gigabytes).
     """
-    from cloud_server import api
     from cloud_server.errors import register_error_handlers
     from cloud_server.features import init_features
+    from cloud_server.routes import core as core_routes
     from cloud_server.services import build_services
 
     cfg = config if config is not None else load_config(env=env)
@@ -40,7 +40,7 @@ def create_app(
     _LOGGER.info("Pre-loading models (llm=%s, tts=%s)", cfg.server.llm.backend, cfg.server.tts.engine)
     app.extensions["ai_telephone"] = build_services(cfg, env, engines)
     register_error_handlers(app)
-    app.register_blueprint(api.bp)
+    app.register_blueprint(core_routes.bp)
     init_features(app)
     svc = app.extensions["ai_telephone"]
     _LOGGER.info("Ready: voice %s (fallback %s), LLM %s", svc.primary.name, svc.fallback.name, cfg.server.llm.backend)

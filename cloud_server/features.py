@@ -15,12 +15,12 @@ from dataclasses import dataclass
 
 from flask import Flask, current_app
 
-from cloud_server.characters import CharacterBook
+from cloud_server.library.characters import CharacterBook
+from cloud_server.library.voices import VoiceLibrary, VoiceOverrides
 from cloud_server.metrics import Metrics, init_metrics
 from cloud_server.services import Services
 from cloud_server.stt import ServerTranscriber
 from cloud_server.tts.base import VoiceSpec
-from cloud_server.voices import VoiceLibrary, VoiceOverrides
 from common.config import expand_path
 
 _LOGGER = logging.getLogger(__name__)
@@ -59,7 +59,8 @@ def voice_slot(svc: Services) -> Iterator[None]:
 
 def init_features(app: Flask) -> Features:
     """Build the feature state on top of the core services and register the feature routes."""
-    from cloud_server import openai_api, voice_api
+    from cloud_server.routes import openai as openai_routes
+    from cloud_server.routes import voices as voice_routes
 
     svc: Services = app.extensions["ai_telephone"]
     server = svc.config.server
@@ -82,7 +83,7 @@ def init_features(app: Flask) -> Features:
             prepare(svc, spec)
         except Exception as err:
             _LOGGER.warning("Voice %s could not be prepared at start: %s", spec.voice_id, err)
-    app.register_blueprint(voice_api.bp)
-    app.register_blueprint(openai_api.bp)
+    app.register_blueprint(voice_routes.bp)
+    app.register_blueprint(openai_routes.bp)
     _LOGGER.info("Features ready: %d library voices, Whisper on %s", len(library.list()), transcriber.device)
     return state

@@ -10,14 +10,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cloud_server.admission import ReplySlots
 from cloud_server.errors import ApiError
-from cloud_server.idle import IdleUnloadingEngine, reloader
-from cloud_server.llm import LLM, make_llm
-from cloud_server.phrase_cache import CachingEngine, PhraseCache
-from cloud_server.reply import ReplyPipeline
-from cloud_server.sessions import SessionStore
+from cloud_server.llm.base import LLM, make_llm
+from cloud_server.pipeline.admission import ReplySlots
+from cloud_server.pipeline.reply import ReplyPipeline
+from cloud_server.pipeline.sessions import SessionStore
 from cloud_server.tts.base import TTSEngine, VoiceSpec
+from cloud_server.tts.idle import IdleUnloadingEngine, reloader
+from cloud_server.tts.phrase_cache import CachingEngine, PhraseCache
 from cloud_server.tts.select import build_engines
 from common.config import CharacterConfig, Config, ConfigError, ServerConfig, expand_path, resolve_api_key
 

@@ -35,7 +35,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _load(args: argparse.Namespace) -> tuple[Config, str]:
     """The validated config (with run-mode overrides applied) and the API key."""
-    from pi_client.server_client import check_server_url
+    from pi_client.server.client import check_server_url
 
     cfg = load_config(args.config)
     if args.server:
@@ -61,14 +61,14 @@ class _Stages:
 
 async def _build(args: argparse.Namespace, cfg: Config, key: str) -> _Stages:
     """Load the models and open what the phone needs; startup failures become one ConfigError line."""
-    from pi_client.audio_out import AplaySink, AudioSink, WavFileSink
-    from pi_client.endpoint import listen
-    from pi_client.health import HealthMonitor
-    from pi_client.offline_voice import OfflineVoice
-    from pi_client.phone import Phone
-    from pi_client.server_client import ServerClient
-    from pi_client.stt import TranscriberError, WhisperTranscriber
-    from pi_client.vad import SileroVad, VadError
+    from pi_client.audio.offline_voice import OfflineVoice
+    from pi_client.audio.playback import AplaySink, AudioSink, WavFileSink
+    from pi_client.call.runner import Phone
+    from pi_client.server.client import ServerClient
+    from pi_client.server.health import HealthMonitor
+    from pi_client.turns.endpoint import listen
+    from pi_client.turns.stt import TranscriberError, WhisperTranscriber
+    from pi_client.turns.vad import SileroVad, VadError
 
     pi = cfg.pi
     voice = OfflineVoice(pi.offline_voice, pi.greeting, pi.cache_dir)
@@ -83,10 +83,10 @@ async def _build(args: argparse.Namespace, cfg: Config, key: str) -> _Stages:
 
     def make_source() -> Any:
         if args.input_wav:
-            from pi_client.audio_in import WavFileSource
+            from pi_client.audio.capture import WavFileSource
 
             return WavFileSource(args.input_wav)
-        from pi_client.audio_in import SoundDeviceSource
+        from pi_client.audio.capture import SoundDeviceSource
 
         return SoundDeviceSource(pi.audio)
 
@@ -140,7 +140,7 @@ async def _main(args: argparse.Namespace, cfg: Config, key: str) -> int:
 
 
 def _make_hook(cfg: Config, keyboard: bool) -> Any:
-    from pi_client.hook import GpioHook, HookError, KeyboardHook
+    from pi_client.telephone.hook import GpioHook, HookError, KeyboardHook
 
     if keyboard or cfg.pi.hook.mode == "keyboard":
         return KeyboardHook()

@@ -130,7 +130,7 @@ def call_server(call_standin: Any, tmp_path_factory: pytest.TempPathFactory) -> 
 def call_whisper() -> Any:
     """The Pi's real Whisper (packaged tiny.en), to hear what the earpiece played."""
     from common.config import PiSTTConfig
-    from pi_client.stt import WhisperTranscriber
+    from pi_client.turns.stt import WhisperTranscriber
 
     return WhisperTranscriber(PiSTTConfig())
 

@@ -26,8 +26,8 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
-from cloud_server.embedded_llm import EmbeddedLLM
-from cloud_server.llm import LLM, LLMError
+from cloud_server.llm.base import LLM, LLMError
+from cloud_server.llm.embedded import EmbeddedLLM
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -94,13 +94,13 @@ def build_phone(
     pi: dict[str, Any] | None = None,
 ) -> PhoneRig:
     """A Phone against ``server`` hearing ``question``; call inside a running event loop."""
-    from pi_client.audio_in import WavFileSource
-    from pi_client.endpoint import listen
-    from pi_client.health import HealthMonitor
-    from pi_client.offline_voice import OfflineVoice
-    from pi_client.phone import Phone
-    from pi_client.server_client import ServerClient
-    from pi_client.vad import SileroVad
+    from pi_client.audio.capture import WavFileSource
+    from pi_client.audio.offline_voice import OfflineVoice
+    from pi_client.call.runner import Phone
+    from pi_client.server.client import ServerClient
+    from pi_client.server.health import HealthMonitor
+    from pi_client.turns.endpoint import listen
+    from pi_client.turns.vad import SileroVad
 
     settings = config_from_dict({"pi": {"cache_dir": str(tmp_path / "cache"), **(pi or {})}}).pi
     voice = OfflineVoice(settings.offline_voice, settings.greeting, settings.cache_dir)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from common.wav import pcm16_to_float, read_wav_pcm16, write_wav
-from pi_client.audio_in import BLOCK_SAMPLES, SAMPLE_RATE, WavFileSource
+from pi_client.audio.capture import BLOCK_SAMPLES, SAMPLE_RATE, WavFileSource
 from tests.alsa_rig import AlsaRig
 from tests.fixtures_pi import PI_RATE, SPEECH_TEXT, silence, speech_extent, white_noise
 
@@ -21,7 +21,7 @@ FRAME_BYTES = BLOCK_SAMPLES * 2
 _CAPTURE = """
 import asyncio, sys
 from common.config import AudioConfig
-from pi_client.audio_in import SoundDeviceSource
+from pi_client.audio.capture import SoundDeviceSource
 
 async def main(n, out, rate):
     source = SoundDeviceSource(AudioConfig(sample_rate=rate))
@@ -43,9 +43,9 @@ asyncio.run(main(int(sys.argv[1]), sys.argv[2], int(sys.argv[3])))
 _LISTEN = """
 import asyncio, json, sys
 from common.config import AudioConfig, VADConfig
-from pi_client.audio_in import SoundDeviceSource
-from pi_client.endpoint import listen
-from pi_client.vad import SileroVad
+from pi_client.audio.capture import SoundDeviceSource
+from pi_client.turns.endpoint import listen
+from pi_client.turns.vad import SileroVad
 
 async def main(out):
     source = SoundDeviceSource(AudioConfig())
@@ -60,9 +60,9 @@ asyncio.run(main(sys.argv[1]))
 _CANCEL = """
 import asyncio
 from common.config import AudioConfig, VADConfig
-from pi_client.audio_in import SoundDeviceSource
-from pi_client.endpoint import listen
-from pi_client.vad import SileroVad
+from pi_client.audio.capture import SoundDeviceSource
+from pi_client.turns.endpoint import listen
+from pi_client.turns.vad import SileroVad
 
 async def main():
     source = SoundDeviceSource(AudioConfig())
@@ -87,7 +87,7 @@ asyncio.run(main())
 _STALL = """
 import asyncio, json, logging, sys
 from common.config import AudioConfig
-from pi_client.audio_in import SoundDeviceSource
+from pi_client.audio.capture import SoundDeviceSource
 
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
@@ -107,7 +107,7 @@ asyncio.run(main(sys.argv[1]))
 _BAD_DEVICE = """
 import asyncio
 from common.config import AudioConfig
-from pi_client.audio_in import AudioInputError, SoundDeviceSource
+from pi_client.audio.capture import AudioInputError, SoundDeviceSource
 
 async def main():
     try:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from common.wav import read_wav_pcm16
-from pi_client.audio_out import AplaySink, PlaybackError, WavFileSink
+from pi_client.audio.playback import AplaySink, PlaybackError, WavFileSink
 from tests.alsa_rig import AlsaRig
 from tests.phone_rig import alive
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pi_client.call import (
+from pi_client.call.machine import (
     Ask,
     CallPolicy,
     CheckHealth,

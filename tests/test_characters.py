@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from cloud_server.characters import CharacterBook, UnknownCharacter, ignored_parameters
-from cloud_server.voices import BadVoiceId, UnknownVoice, VoiceLibrary, VoiceOverrides
+from cloud_server.library.characters import CharacterBook, UnknownCharacter, ignored_parameters
+from cloud_server.library.voices import BadVoiceId, UnknownVoice, VoiceLibrary, VoiceOverrides
 from common.config import ServerConfig, config_from_dict
 
 

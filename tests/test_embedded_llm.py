@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from cloud_server.embedded_llm import EmbeddedLLM, packaged_gguf_path
-from cloud_server.llm import LLMError, OllamaLLM
+from cloud_server.llm.base import LLMError, OllamaLLM
+from cloud_server.llm.embedded import EmbeddedLLM, packaged_gguf_path
 from common.config import LLMConfig
 from tests.ollama_standin import OllamaStandIn
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from common.config import VADConfig
-from pi_client.endpoint import Endpointer, EndpointEvent
+from pi_client.turns.endpoint import Endpointer, EndpointEvent
 
 FRAME = 0.1
 S, Q = 0.9, 0.05  # speech, quiet

@@ -201,7 +201,7 @@ def long_reply(sentences: int = 30, pause: float = 0.3) -> list[str | float]:
 @pytest.fixture(scope="module")
 def whisper() -> Any:
     from common.config import PiSTTConfig
-    from pi_client.stt import WhisperTranscriber
+    from pi_client.turns.stt import WhisperTranscriber
 
     return WhisperTranscriber(PiSTTConfig(threads=2))
 

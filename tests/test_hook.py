@@ -11,7 +11,7 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from common.config import HookConfig
-from pi_client.hook import Debouncer, GpioHook, HookError, HookEvent, KeyboardHook
+from pi_client.telephone.hook import Debouncer, GpioHook, HookError, HookEvent, KeyboardHook
 from tests.phone_rig import mock_pins as installed_mock_pins
 
 TIMEOUT = 2.0

@@ -10,8 +10,8 @@ from typing import Any
 
 import requests
 
-from cloud_server.idle import IdleUnloadingEngine
 from cloud_server.tts.base import TTSEngine, VoiceSpec
+from cloud_server.tts.idle import IdleUnloadingEngine
 from cloud_server.tts.piper_engine import LocalVoiceEngine
 from common.speech import PiperLocalVoice, packaged_piper_voice
 from tests.fixtures_server import TEST_KEY, server_config

@@ -10,8 +10,8 @@ import httpx
 import ollama
 import pytest
 
-from cloud_server.embedded_llm import EmbeddedLLM
-from cloud_server.llm import LLMError, OllamaLLM, make_llm
+from cloud_server.llm.base import LLMError, OllamaLLM, make_llm
+from cloud_server.llm.embedded import EmbeddedLLM
 from common.config import LLMConfig, replace
 from tests.ollama_standin import OllamaStandIn
 from tests.server_rig import free_port

@@ -7,8 +7,8 @@ from typing import Any
 
 from common.config import OfflineVoiceConfig
 from common.speech import open_local_voice
-from pi_client.call import Phrase
-from pi_client.offline_voice import OfflineVoice
+from pi_client.audio.offline_voice import OfflineVoice
+from pi_client.call.machine import Phrase
 
 GREETING = "Hello? Go ahead, I'm listening."
 

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from common.config import ClientConfig
-from pi_client.audio_out import AplaySink, WavFileSink
-from pi_client.call import Outcome, State
-from pi_client.hook import GpioHook
+from pi_client.audio.playback import AplaySink, WavFileSink
+from pi_client.call.machine import Outcome, State
+from pi_client.telephone.hook import GpioHook
 from tests.alsa_rig import AlsaRig
 from tests.ollama_standin import OllamaStandIn
 from tests.phone_rig import OFFLINE_WORDS, alive, build_phone, heard, mock_pins, until, words
@@ -84,7 +84,7 @@ def test_hang_up_mid_reply_kills_playback_and_closes_the_request(
 
 def _hold_the_only_slot(server: ServerProcess, done: threading.Event, first_audio: threading.Event) -> None:
     """Another caller's reply, read to its end (the server's one slot stays taken meanwhile)."""
-    from pi_client.server_client import ServerClient, ServerError
+    from pi_client.server.client import ServerClient, ServerError
 
     client = ServerClient(server.url, server.key, ClientConfig())
     try:

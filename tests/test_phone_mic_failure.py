@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from common.config import config_from_dict
-from pi_client.audio_out import WavFileSink
-from pi_client.call import State
-from pi_client.hook import GpioHook
-from pi_client.offline_voice import OfflineVoice
-from pi_client.phone import Phone
-from pi_client.server_client import ServerClient
+from pi_client.audio.offline_voice import OfflineVoice
+from pi_client.audio.playback import WavFileSink
+from pi_client.call.machine import State
+from pi_client.call.runner import Phone
+from pi_client.server.client import ServerClient
+from pi_client.telephone.hook import GpioHook
 from tests.phone_rig import mock_pins, until
 from tests.server_rig import free_port
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cloud_server.phrase_cache import CachingEngine, PhraseCache
 from cloud_server.tts.base import VoiceSpec
+from cloud_server.tts.phrase_cache import CachingEngine, PhraseCache
 from cloud_server.tts.piper_engine import LocalVoiceEngine
 from common.config import PhraseCacheConfig
 from common.speech import PiperLocalVoice, packaged_piper_voice

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloud_server.sentences import SentenceSplitter, clean_for_speech
+from cloud_server.pipeline.sentences import SentenceSplitter, clean_for_speech
 from common.config import SentenceConfig
 
 CFG = SentenceConfig(max_chars=80, min_chars=12, first_chunk_chars=40)

@@ -12,15 +12,15 @@ from typing import Any
 import pytest
 
 from common.config import ClientConfig, ConfigError
-from pi_client.health import HealthMonitor, next_check_delay
-from pi_client.reply_pump import ReplyAudio, ReplyEnd, ReplyHead, ReplyPump
-from pi_client.server_client import (
+from pi_client.server.client import (
     Busy,
     ReplyRequest,
     ServerClient,
     ServerRejected,
     ServerUnavailable,
 )
+from pi_client.server.health import HealthMonitor, next_check_delay
+from pi_client.server.reply_pump import ReplyAudio, ReplyEnd, ReplyHead, ReplyPump
 from tests.server_rig import ServerProcess, free_port, self_signed_cert, start_server
 
 CFG = ClientConfig(connect_timeout_seconds=2.0, read_timeout_seconds=10.0)

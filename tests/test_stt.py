@@ -13,10 +13,10 @@ import pytest
 
 from common.config import PiSTTConfig, VADConfig
 from common.wav import write_wav
-from pi_client.audio_in import WavFileSource
-from pi_client.endpoint import listen
-from pi_client.stt import TranscriberError, WhisperTranscriber
-from pi_client.vad import SileroVad
+from pi_client.audio.capture import WavFileSource
+from pi_client.turns.endpoint import listen
+from pi_client.turns.stt import TranscriberError, WhisperTranscriber
+from pi_client.turns.vad import SileroVad
 from tests.alsa_rig import REPO_ROOT
 from tests.fixtures_pi import PI_RATE, SPEECH_TEXT, SPEECH_WORDS, mix, silence, white_noise
 
@@ -77,13 +77,14 @@ def test_the_listening_stack_never_imports_torch(piper_speech: Callable[[str], b
     write_wav(str(path), silence(0.5) + piper_speech(SPEECH_TEXT) + silence(1.0), PI_RATE)
     code = """
 import asyncio, sys
-import pi_client.audio_in, pi_client.endpoint, pi_client.hook, pi_client.stt, pi_client.vad
+import pi_client.audio.capture, pi_client.turns.endpoint, pi_client.telephone.hook
+import pi_client.turns.stt, pi_client.turns.vad
 heavy = {"onnxruntime", "ctranslate2", "faster_whisper", "sounddevice", "gpiozero", "torch"}
 assert not heavy & set(sys.modules), heavy & set(sys.modules)  # nothing heavy at import time
 from common.config import PiSTTConfig, VADConfig
-utt = asyncio.run(pi_client.endpoint.listen(
-    pi_client.audio_in.WavFileSource(sys.argv[1]), pi_client.vad.SileroVad(), VADConfig()))
-print(pi_client.stt.WhisperTranscriber(PiSTTConfig(threads=1)).transcribe(utt.pcm))
+utt = asyncio.run(pi_client.turns.endpoint.listen(
+    pi_client.audio.capture.WavFileSource(sys.argv[1]), pi_client.turns.vad.SileroVad(), VADConfig()))
+print(pi_client.turns.stt.WhisperTranscriber(PiSTTConfig(threads=1)).transcribe(utt.pcm))
 assert "torch" not in sys.modules
 """
     proc = subprocess.run(

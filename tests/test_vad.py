@@ -11,9 +11,9 @@ import pytest
 
 from common.config import VADConfig
 from common.wav import write_wav
-from pi_client.audio_in import BLOCK_SAMPLES, WavFileSource
-from pi_client.endpoint import Utterance, listen
-from pi_client.vad import SileroVad, VadError
+from pi_client.audio.capture import BLOCK_SAMPLES, WavFileSource
+from pi_client.turns.endpoint import Utterance, listen
+from pi_client.turns.vad import SileroVad, VadError
 from tests.fixtures_pi import PI_RATE, SPEECH_TEXT, mix, silence, speech_extent, white_noise
 
 FRAME_SECONDS = BLOCK_SAMPLES / PI_RATE

@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 
 from cloud_server.audio_codec import AudioTooLong, BadAudio, UnsupportedAudio
-from cloud_server.voices import BadVoiceId, UnknownVoice, VoiceLibrary, VoiceOverrides, check_voice_id
+from cloud_server.library.voices import BadVoiceId, UnknownVoice, VoiceLibrary, VoiceOverrides, check_voice_id
 from common.config import VoiceLibraryConfig
 
 Speech = Callable[[str], tuple[np.ndarray, int]]

@@ -52,7 +52,7 @@ class LLM(ABC):
 def make_llm(cfg: LLMConfig) -> LLM:
     """The backend the config names: Ollama (default) or the embedded llama.cpp model."""
     if cfg.backend == "embedded":
-        from cloud_server.embedded_llm import EmbeddedLLM
+        from cloud_server.llm.embedded import EmbeddedLLM
 
         return EmbeddedLLM(cfg)
     return OllamaLLM(cfg)

@@ -12,7 +12,7 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from pi_client.server_client import ReplyRequest, ReplyStream, ServerClient, ServerError, ServerUnavailable
+from pi_client.server.client import ReplyRequest, ReplyStream, ServerClient, ServerError, ServerUnavailable
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from cloud_server.llm import LLM, LLMError
-from cloud_server.sentences import SentenceSplitter
-from cloud_server.sessions import SessionStore
+from cloud_server.llm.base import LLM, LLMError
+from cloud_server.pipeline.sentences import SentenceSplitter
+from cloud_server.pipeline.sessions import SessionStore
 from cloud_server.tts.base import TTSEngine, VoiceSpec
 from common.config import CharacterConfig, ServerConfig
 from common.wav import SAMPLE_WIDTH, resample_pcm16, wav_header

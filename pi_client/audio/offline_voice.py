@@ -19,7 +19,7 @@ from typing import Any
 
 from common.config import OfflineVoiceConfig, expand_path
 from common.wav import read_wav_pcm16, write_wav
-from pi_client.call import Phrase
+from pi_client.call.machine import Phrase
 
 _LOGGER = logging.getLogger(__name__)
 

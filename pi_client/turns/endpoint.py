@@ -15,8 +15,8 @@ import math
 from dataclasses import dataclass
 
 from common.config import VADConfig
-from pi_client.audio_in import BLOCK_SAMPLES, SAMPLE_RATE, AudioSource
-from pi_client.vad import SileroVad
+from pi_client.audio.capture import BLOCK_SAMPLES, SAMPLE_RATE, AudioSource
+from pi_client.turns.vad import SileroVad
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The asyncio runner for the call state machine: one task in flight, hang-up cancels it.
 
-Each action of :func:`pi_client.call.next_state` becomes at most one named task whose result
+Each action of :func:`pi_client.call.machine.next_state` becomes at most one named task whose result
 is the next event. ``StopAll`` cancels that task, kills playback and closes the HTTP response,
 so putting the handset down stops everything at once.
 """
@@ -15,8 +15,9 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 from common.config import PiConfig
-from pi_client.audio_out import AudioSink
-from pi_client.call import (
+from pi_client.audio.offline_voice import OfflineVoice, SpokenPhrase
+from pi_client.audio.playback import AudioSink
+from pi_client.call.machine import (
     Action,
     Ask,
     CallPolicy,
@@ -39,10 +40,8 @@ from pi_client.call import (
     next_state,
     will_retry,
 )
-from pi_client.health import HealthMonitor
-from pi_client.offline_voice import OfflineVoice, SpokenPhrase
-from pi_client.reply_pump import ReplyAudio, ReplyEnd, ReplyHead, ReplyPump
-from pi_client.server_client import (
+from pi_client.call.turn_log import REPLY_TEXT_TIMEOUT_SECONDS, Turn, log_turn
+from pi_client.server.client import (
     Busy,
     ReplyRequest,
     ServerClient,
@@ -50,7 +49,8 @@ from pi_client.server_client import (
     ServerUnavailable,
     StreamBroken,
 )
-from pi_client.turn_log import REPLY_TEXT_TIMEOUT_SECONDS, Turn, log_turn
+from pi_client.server.health import HealthMonitor
+from pi_client.server.reply_pump import ReplyAudio, ReplyEnd, ReplyHead, ReplyPump
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ _PLAY_BLOCK_SECONDS = 0.25
 
 
 class HeardUtterance(Protocol):
-    """What endpointing hands over (pi_client.endpoint.Utterance)."""
+    """What endpointing hands over (pi_client.turns.endpoint.Utterance)."""
 
     pcm: bytes
     speech_seconds: float
@@ -73,7 +73,7 @@ class HeardUtterance(Protocol):
 
 
 class HookSource(Protocol):
-    """The hook switch (pi_client.hook): puts HookEvent values on a queue."""
+    """The hook switch (pi_client.telephone.hook): puts HookEvent values on a queue."""
 
     def start(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any]) -> None: ...
 
@@ -155,7 +155,7 @@ class Phone:
         return self.turns[-1] if self.turns else None
 
     async def _forward_hook(self, hook_events: asyncio.Queue[Any]) -> None:
-        from pi_client.hook import HookEvent
+        from pi_client.telephone.hook import HookEvent
 
         while True:
             event = await hook_events.get()

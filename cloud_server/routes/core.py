@@ -12,9 +12,9 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from cloud_server.auth import check_key
 from cloud_server.errors import ApiError
-from cloud_server.reply import Turn
+from cloud_server.pipeline.reply import Turn
+from cloud_server.routes.auth import check_key
 from cloud_server.services import Services
 
 bp = Blueprint("api", __name__)

@@ -10,12 +10,12 @@ from urllib.parse import quote
 
 from flask import Blueprint, Response, jsonify, request
 
-from cloud_server.api import require_key, services, session_id_field, stream_turn, text_field
 from cloud_server.audio_codec import AudioError, decode_audio
 from cloud_server.errors import ApiError, error_response
 from cloud_server.features import features, prepare, voice_slot
-from cloud_server.reply import Turn
-from cloud_server.voices import VoiceError, check_voice_id
+from cloud_server.library.voices import VoiceError, check_voice_id
+from cloud_server.pipeline.reply import Turn
+from cloud_server.routes.core import require_key, services, session_id_field, stream_turn, text_field
 from common.wav import wav_header
 
 _LOGGER = logging.getLogger(__name__)

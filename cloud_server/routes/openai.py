@@ -20,7 +20,6 @@ from typing import Any, Final
 
 from flask import Blueprint, Response, jsonify
 
-from cloud_server.api import json_body, require_key, services, streaming_response
 from cloud_server.audio_codec import (
     CONTENT_TYPES,
     OPENAI_PCM_RATE,
@@ -31,11 +30,12 @@ from cloud_server.audio_codec import (
 )
 from cloud_server.errors import ApiError
 from cloud_server.features import features, voice_slot
+from cloud_server.library.voices import VoiceError
 from cloud_server.metrics import Metrics
-from cloud_server.reply import TurnStats
+from cloud_server.pipeline.reply import TurnStats
+from cloud_server.routes.core import json_body, require_key, services, streaming_response
 from cloud_server.services import Services
 from cloud_server.tts.base import VoiceSpec
-from cloud_server.voices import VoiceError
 from common.wav import SAMPLE_WIDTH, float_to_pcm16, pcm16_to_float, resample_float, wav_header
 
 _LOGGER = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pi_client.call import Outcome
+from pi_client.call.machine import Outcome
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The call state machine: what the phone does next, decided from plain values (no clock, no I/O).
 
-The asyncio runner in :mod:`pi_client.phone` executes the actions and turns their results into
+The asyncio runner in :mod:`pi_client.call.runner` executes the actions and turns their results into
 the next events. Hang-up (``PutDown``) from any state yields ``StopAll``: the runner cancels the
 one task in flight (capture, STT, request or playback) and kills playback.
 """

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cloud_server.library.voices import UnknownVoice, VoiceError, VoiceLibrary, VoiceOverrides, check_voice_id
 from cloud_server.tts.base import VoiceSpec
-from cloud_server.voices import UnknownVoice, VoiceError, VoiceLibrary, VoiceOverrides, check_voice_id
 from common.config import CharacterConfig, ServerConfig
 
 _LOGGER = logging.getLogger(__name__)

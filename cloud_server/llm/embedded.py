@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cloud_server.llm import LLM, LLMError
+from cloud_server.llm.base import LLM, LLMError
 from common.config import LLMConfig, expand_path
 
 _LOGGER = logging.getLogger(__name__)

@@ -1,8 +1,8 @@
 """The phone's line to the cloud server: one persistent HTTP session, streamed WAV replies.
 
 Blocking ``requests`` code lives here; the event loop reaches it through
-:class:`~pi_client.reply_pump.ReplyPump` (one worker thread per reply, a ``threading.Event``
-checked between chunks) and :class:`~pi_client.health.HealthMonitor`.
+:class:`~pi_client.server.reply_pump.ReplyPump` (one worker thread per reply, a ``threading.Event``
+checked between chunks) and :class:`~pi_client.server.health.HealthMonitor`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""The people who speak: characters and the voice library."""

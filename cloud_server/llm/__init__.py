@@ -1,0 +1,1 @@
+"""The LLM seam and its backends (Ollama, embedded llama.cpp)."""

@@ -1,0 +1,1 @@
+"""The reply pipeline: admission, conversation sessions, sentence splitting, LLM text to streamed speech."""

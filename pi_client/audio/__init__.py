@@ -1,0 +1,1 @@
+"""Audio in and out: capture, the earpiece, and the phone's own offline voice."""

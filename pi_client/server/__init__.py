@@ -1,0 +1,1 @@
+"""The phone's line to the cloud server: streamed replies, health checks."""

@@ -1,0 +1,1 @@
+"""What makes it a telephone: the hook switch (dial, tones and bell to come)."""

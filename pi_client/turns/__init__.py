@@ -1,0 +1,1 @@
+"""Turn-taking: voice activity, endpointing and speech to text."""
