@@ -83,3 +83,20 @@ def test_onstart_server_config_and_env_are_what_the_server_reads() -> None:
     for name in ("AI_TELEPHONE_BIND", "AI_TELEPHONE_TLS_CERT", "AI_TELEPHONE_TLS_KEY"):
         assert name in env and f'"{name}"' in gunicorn_conf
     assert env["AI_TELEPHONE_BIND"] == "0.0.0.0:8000"
+
+
+def test_a_repo_url_with_a_token_is_refused_without_showing_the_token(tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(OnstartError, match="credentials") as refused:
+        render(InstancePlan(), "https://user:ghp_SECRET123@github.com/example/r.git")
+    assert "ghp_SECRET123" not in str(refused.value) and "github.com/example/r.git" in str(refused.value)
+    # A checkout cloned with a token in its origin deploys the same repository without it.
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True, timeout=30)
+    subprocess.run(["git", "-C", str(tmp_path), "remote", "add", "origin",
+                    "https://user:ghp_SECRET123@github.com/example/r.git"], check=True, timeout=30)
+    from deploy.vastai.cli import default_repo_url
+
+    url = default_repo_url(tmp_path)
+    assert url == "https://github.com/example/r.git"
+    assert "ghp_SECRET123" not in render(InstancePlan(), url)
+    assert "ghp_SECRET123" not in caplog.text

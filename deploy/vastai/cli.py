@@ -16,7 +16,7 @@ from typing import Any, TextIO
 from deploy.vastai import tls
 from deploy.vastai.health import probe, server_url
 from deploy.vastai.lifecycle import mapped_port
-from deploy.vastai.onstart import OnstartError
+from deploy.vastai.onstart import OnstartError, without_credentials
 from deploy.vastai.provision import Deployer, DeployError, Deployment
 from deploy.vastai.settings import LABEL_DEFAULT, InstancePlan, OfferCriteria, Timing
 from deploy.vastai.store import DeployStore, StoreError, default_root
@@ -83,6 +83,10 @@ def default_repo_url(cwd: Path) -> str:
                              text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError) as err:
         raise DeployError("no git remote `origin` here: pass --repo-url (a public https git URL)") from err
+    if without_credentials(url) != url:
+        _LOGGER.warning("origin %s carries credentials: the instance clones it without them",
+                        without_credentials(url))
+        url = without_credentials(url)
     ssh = re.match(r"^(?:ssh://)?git@([^:/]+)[:/](.+)$", url)
     if ssh:
         url = f"https://{ssh.group(1)}/{ssh.group(2)}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shlex
 from importlib import resources
+from urllib.parse import urlsplit, urlunsplit
 
 from deploy.vastai.settings import InstancePlan
 
@@ -43,6 +44,15 @@ def override_env(settings: tuple[str, ...]) -> dict[str, str]:
     return env
 
 
+def without_credentials(url: str) -> str:
+    """``url`` with any ``user:token@`` removed, so it can be logged or shown."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=host))
+
+
 def render(plan: InstancePlan, repo_url: str) -> str:
     """The onstart script for ``plan``, every value shell-quoted; OnstartError when too big."""
     if plan.chatterbox_model not in CHATTERBOX_WEIGHTS:
@@ -60,6 +70,12 @@ def render(plan: InstancePlan, repo_url: str) -> str:
     for name in ("REPO_REF", "OLLAMA_MODEL"):
         if not _SAFE_WORD.match(values[name]):
             raise OnstartError(f"{name.lower()}: {values[name]!r} is not a plain name")
+    if without_credentials(repo_url) != repo_url:
+        # The onstart script is stored by Vast.ai and its clone step is logged on the instance.
+        raise OnstartError(
+            f"repo_url: {without_credentials(repo_url)!r} carries credentials (user:token@); "
+            "the instance would store and log them: use a public https URL"
+        )
     if not re.match(r"^https://[^\s'\"]+$", repo_url):
         raise OnstartError(f"repo_url: {repo_url!r} is not an https URL")
     template = resources.files("deploy.vastai").joinpath("onstart.sh").read_text(encoding="utf-8")
