@@ -22,6 +22,8 @@ from pi_client.turns.smart_turn import (
 )
 from pi_client.turns.vad import SileroVad
 from tests.fixtures_pi import PI_RATE, silence
+from tests.server_rig import pi_config
+from tests.test_pi_main import base_env, run_main
 
 TURN_CFG = SmartTurnConfig()  # the shipped defaults: asked after 0.2 s, 0.5 threshold, 2.0 s ceiling
 VAD_CFG = VADConfig()  # 0.6 s trailing silence when there is no model
@@ -97,3 +99,10 @@ def test_a_local_model_path_is_used_and_a_bad_one_is_a_setting_error(tmp_path: P
     with pytest.raises(TurnDetectorError, match=r"pi\.turns\.smart_turn\.model_path"):
         load_turn_detector(SmartTurnConfig(model_path=str(tmp_path / "broken.onnx")))
     assert load_turn_detector(SmartTurnConfig(enabled=False)) is None
+
+
+def test_the_phone_refuses_to_start_with_a_missing_model_naming_the_setting(tmp_path: Path) -> None:
+    config = pi_config(tmp_path, turns={"smart_turn": {"model_path": str(tmp_path / "missing.onnx")}})
+    result = run_main("--config", str(config), env=base_env(AI_TELEPHONE_API_KEY="k", HF_HUB_OFFLINE="1"))
+    assert result.returncode == 1
+    assert "ERROR pi_client: pi.turns.smart_turn.model_path: no model file" in result.stderr.strip().splitlines()[-1]
