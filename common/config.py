@@ -277,6 +277,28 @@ class VADConfig:
 
 
 @dataclass(frozen=True)
+class SmartTurnConfig:
+    enabled: bool = True
+    """Ask Smart Turn v3.2 whether the caller has finished; false (or the model missing) keeps the silence rule."""
+    model_path: str | None = None
+    """Smart Turn ONNX file; None uses the one packaged in pipecat-ai (installed --no-deps)."""
+    threshold: float = 0.5
+    """Probability of "finished" at or above which the turn ends."""
+    check_after_silence_seconds: float = 0.2
+    """Silence after speech before the model is asked, in seconds."""
+    max_silence_seconds: float = 2.0
+    """After a "not finished" verdict, silence this long still ends the turn, in seconds."""
+    threads: int = 1
+    """CPU threads for the model (Whisper and the VAD share the Pi's cores)."""
+
+
+@dataclass(frozen=True)
+class TurnsConfig:
+    smart_turn: SmartTurnConfig = field(default_factory=SmartTurnConfig)
+    """End of turn by meaning, after a short silence (the silence rule in ``pi.vad`` is the fallback)."""
+
+
+@dataclass(frozen=True)
 class PiSTTConfig:
     model: str | None = None
     """faster-whisper model name or local path; None uses the packaged tiny.en."""
@@ -335,6 +357,7 @@ class PiConfig:
     hook: HookConfig = field(default_factory=HookConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
     vad: VADConfig = field(default_factory=VADConfig)
+    turns: TurnsConfig = field(default_factory=TurnsConfig)
     stt: PiSTTConfig = field(default_factory=PiSTTConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
     offline_voice: OfflineVoiceConfig = field(default_factory=OfflineVoiceConfig)
