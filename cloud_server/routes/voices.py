@@ -162,18 +162,14 @@ def add_voice() -> tuple[Response, int]:
     voice_id = check_voice_id(fields.get("id") or fields.get("name"))
     if voice_id in feat.characters:
         raise ApiError(409, "name_taken", f"A character is called {voice_id!r}; pick another name for the voice.")
-    existed = voice_id in feat.library
-    info, changed = feat.library.add(voice_id, data)
-    try:
+
+    def verify() -> None:  # runs under the library lock: a failure puts back what was there
         prepare(svc, feat.characters.library_voice_spec(voice_id))
         for cid in feat.characters.overrides.users_of(voice_id):
             prepare(svc, feat.characters.voice_spec(cid))
-    except Exception as err:
-        _LOGGER.warning("Voice model could not use clip %s: %s", voice_id, err)
-        if not existed:
-            feat.library.delete(voice_id)
-        raise ApiError(400, "unusable_voice", f"The voice model could not use this clip: {err}") from err
-    return jsonify(info.as_json() | {"changed": changed}), (200 if existed else 201)
+
+    stored = feat.library.add(voice_id, data, verify=verify)
+    return jsonify(stored.info.as_json() | {"changed": stored.changed}), (201 if stored.created else 200)
 
 
 @bp.delete("/voices/<voice_id>")
@@ -182,12 +178,7 @@ def delete_voice(voice_id: str) -> tuple[str, int]:
     require_key()
     feat = features()
     check_voice_id(voice_id)
-    users = feat.characters.overrides.users_of(voice_id)
-    if users:
-        raise ApiError(
-            409, "voice_in_use", f"Characters {', '.join(users)} speak with {voice_id!r}; switch them first."
-        )
-    feat.library.delete(voice_id)
+    feat.library.delete(voice_id, users=lambda: feat.characters.overrides.users_of(voice_id))
     return "", 204
 
 
