@@ -429,3 +429,24 @@ def test_the_library_refuses_more_voices_than_configured(
     full = upload_voice(server.url, "two", encoded(clip(3.0), 24000, "WAV"))
     assert full.status_code == 409 and full.json()["error"]["code"] == "library_full"
     assert upload_voice(server.url, "one", encoded(clip(4.0), 24000, "WAV")).status_code == 200
+
+
+def test_a_recording_far_past_full_scale_is_heard_and_a_busy_whisper_is_503(
+    ollama: OllamaStandIn, start_server: Any, tmp_path: Path, spoken_text: Speech
+) -> None:
+    ollama.script("Right away.")
+    server = start_server(server_config(ollama.url, tmp_path, limits={"max_stt_wait_seconds": 0.2}))
+    speech, rate = spoken_text(QUESTION)
+    loud = encoded(speech * np.float32(1e30), rate, "WAV", "FLOAT")
+    with requests.post(
+        server.url + "/process-audio", files={"audio": ("q.wav", loud, "audio/wav")}, headers=AUTH, timeout=TIMEOUT
+    ) as reply:
+        assert reply.status_code == 200, reply.text
+        assert words(unquote(reply.headers["X-Transcript"])) == words(QUESTION)
+    transcriber = server.app.extensions["ai_telephone_features"].transcriber
+    with transcriber._lock:  # Whisper busy with another caller for longer than the wait allows
+        busy = requests.post(
+            server.url + "/process-audio", files={"audio": ("q.wav", loud, "audio/wav")}, headers=AUTH, timeout=TIMEOUT
+        )
+    assert busy.status_code == 503 and busy.json()["error"]["code"] == "busy" and "Retry-After" in busy.headers
+    assert_still_healthy(server.url, ollama)

@@ -16,6 +16,7 @@ from cloud_server.features import features, prepare, voice_slot
 from cloud_server.library.voices import VoiceError, check_voice_id
 from cloud_server.pipeline.reply import Turn
 from cloud_server.routes.core import require_key, services, session_id_field, stream_turn, text_field
+from cloud_server.stt import TranscriberBusy
 from common.wav import wav_header
 
 _LOGGER = logging.getLogger(__name__)
@@ -66,7 +67,11 @@ def process_audio() -> Response:
     t0 = time.monotonic()
     audio = decode_audio(data, max_bytes=limits.max_audio_bytes, max_seconds=limits.max_audio_seconds)
     t1 = time.monotonic()
-    transcript = feat.transcriber.transcribe(audio.samples)
+    try:
+        transcript = feat.transcriber.transcribe(audio.samples, wait_seconds=limits.max_stt_wait_seconds)
+    except TranscriberBusy as err:
+        retry = str(limits.retry_after_seconds)
+        raise ApiError(503, "busy", f"{err}; try again shortly.", {"Retry-After": retry}) from err
     t2 = time.monotonic()
     feat.metrics.stt.observe(t2 - t1)
     if not transcript:
