@@ -41,7 +41,7 @@ class LimitsConfig:
     max_text_chars: int = 2000
     """Longest accepted ``text`` in /process-text, in characters."""
     max_prompt_chars: int = 2000
-    """Longest accepted extra system ``prompt``, in characters."""
+    """Longest accepted extra system ``prompt``, in characters (a trusted-client field: it follows the persona)."""
     max_body_bytes: int = 65536
     """Largest accepted JSON body, in bytes."""
     max_audio_bytes: int = 10_000_000
@@ -54,6 +54,10 @@ class LimitsConfig:
     """Value of the Retry-After header sent with 503, in seconds."""
     max_reply_seconds: float = 120.0
     """Hard cap on one streamed reply, in seconds; past it the stream is ended."""
+    max_speech_seconds: float = 300.0
+    """Longest audio one ``/v1/audio/speech`` request produces, in seconds of output (after ``speed``)."""
+    max_stt_wait_seconds: float = 30.0
+    """How long /process-audio waits for the one Whisper model before answering 503, in seconds."""
 
 
 @dataclass(frozen=True)
@@ -195,6 +199,10 @@ class VoiceLibraryConfig:
     """Longest accepted voice clip, in seconds."""
     min_seconds: float = 2.0
     """Shortest accepted voice clip, in seconds (Turbo needs more than 5 s and is checked for that)."""
+    max_voices: int = 100
+    """Most clips the library holds; one more upload gets 409 ``library_full``."""
+    max_total_bytes: int = 300_000_000
+    """Disk budget of all stored clips together, in bytes (a 60 s clip at 24 kHz is 2.9 MB)."""
 
 
 @dataclass(frozen=True)

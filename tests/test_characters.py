@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import soundfile as sf
 
 from cloud_server.library.characters import CharacterBook, UnknownCharacter, ignored_parameters
-from cloud_server.library.voices import BadVoiceId, UnknownVoice, VoiceLibrary, VoiceOverrides
+from cloud_server.library.voices import BadVoiceId, UnknownVoice, VoiceInUse, VoiceLibrary, VoiceOverrides
 from common.config import ServerConfig, config_from_dict
 
 
@@ -115,3 +116,45 @@ def test_listing_says_what_the_model_ignores(tmp_path: Path) -> None:
     assert turbo[1]["ignored_parameters"] == ["exaggeration", "cfg_weight"]
     assert ignored_parameters("chatterbox-turbo", "standard") == ["exaggeration", "cfg_weight"]
     assert ignored_parameters("piper", "standard") == ["voice_clip", "exaggeration", "cfg_weight", "temperature"]
+
+
+class SlowOverrides(VoiceOverrides):
+    """The overrides file, slow to write (a busy disk): the switch is caught between check and write."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.writing = threading.Event()
+        self.go_on = threading.Event()
+
+    def set(self, character_id: str, voice_id: str | None) -> None:
+        if voice_id is not None:
+            self.writing.set()
+            self.go_on.wait(timeout=3.0)
+        super().set(character_id, voice_id)
+
+
+def test_a_voice_cannot_be_deleted_while_a_character_is_being_switched_to_it(tmp_path: Path) -> None:
+    cfg = server_config(tmp_path, "standard")
+    overrides = SlowOverrides(tmp_path / "character_voices.json")
+    book = CharacterBook(cfg, VoiceLibrary(tmp_path / "voices", cfg.voices), overrides)
+    upload(book, "v")
+    switch = threading.Thread(target=book.set_voice, args=("operator", "v"))
+    switch.start()
+    assert overrides.writing.wait(timeout=10)  # the switch checked that "v" exists and is writing
+    outcome: list[str] = []
+
+    def delete() -> None:
+        try:
+            book.library.delete("v", users=lambda: overrides.users_of("v"))
+            outcome.append("deleted")
+        except VoiceInUse:
+            outcome.append("in use")
+
+    deleter = threading.Thread(target=delete)
+    deleter.start()
+    deleter.join(timeout=0.5)  # without the library lock the delete finishes here, mid-switch
+    overrides.go_on.set()
+    switch.join(timeout=10)
+    deleter.join(timeout=10)
+    assert outcome == ["in use"]
+    assert book.voice_choice("operator").library_voice == "v" and "v" in book.library

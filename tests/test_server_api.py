@@ -78,7 +78,8 @@ def test_a_turn_is_a_streamed_spoken_reply(ollama: OllamaStandIn, start_server: 
 
     (chat,) = ollama.chat_requests()
     assert chat.think is False and chat.stream is True
-    assert chat.messages[0]["role"] == "system" and "Be brief." in chat.messages[0]["content"]
+    persona = server.services.config.server.characters["operator"].persona
+    assert chat.messages[0] == {"role": "system", "content": f"{persona}\n\nBe brief."}  # below the persona
     assert chat.messages[-1] == {"role": "user", "content": "What is the capital of France?"}
 
     record = requests.get(f"{server.url}/sessions/{session_id}", headers=AUTH, timeout=TIMEOUT).json()
@@ -122,6 +123,7 @@ def test_first_audio_arrives_before_the_llm_has_finished(
         (AUTH, {"text": "hi", "session_id": "../../etc"}, 400, "bad_session_id"),
         (AUTH, {"text": "hi", "character": "nobody"}, 404, "unknown_character"),
         (AUTH, {"text": "x" * 3000}, 413, "text_too_long"),
+        (AUTH, {"text": "hi", "prompt": "p" * 2001}, 413, "text_too_long"),
         (AUTH, {"text": "hi", "prompt": "p" * 90000}, 413, "body_too_large"),
     ],
 )

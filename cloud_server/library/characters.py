@@ -120,9 +120,10 @@ class CharacterBook:
     def set_voice(self, character_id: str, voice_id: str | None) -> VoiceSpec:
         """Switch a character to a library voice (None: back to its configured clip), persisted."""
         cid, _ = self.get(character_id)
-        if voice_id is not None:
-            self.library.path(check_voice_id(voice_id))  # UnknownVoice when not uploaded
-        self.overrides.set(cid, voice_id)
+        with self.library.lock:  # a concurrent DELETE /voices cannot remove the voice between check and switch
+            if voice_id is not None:
+                self.library.path(check_voice_id(voice_id))  # UnknownVoice when not uploaded
+            self.overrides.set(cid, voice_id)
         _LOGGER.info("Character %s now speaks with %s", cid, voice_id or "its configured voice")
         return self.voice_spec(cid)
 

@@ -92,7 +92,11 @@ class ReplyPipeline:
         return self.primary.sample_rate
 
     def messages(self, turn: Turn) -> list[dict[str, str]]:
-        """System persona (+ the caller's extra prompt), the session history, then the new text."""
+        """System persona (+ the caller's extra prompt), the session history, then the new text.
+
+        ``prompt`` is a trusted-client field (whoever holds the API key: the Pi, an app): it is
+        added below the persona, never instead of it, and bounded by ``server.limits.max_prompt_chars``.
+        """
         system = turn.character.persona
         if turn.prompt:
             system = f"{system}\n\n{turn.prompt}"

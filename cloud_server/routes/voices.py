@@ -16,6 +16,7 @@ from cloud_server.features import features, prepare, voice_slot
 from cloud_server.library.voices import VoiceError, check_voice_id
 from cloud_server.pipeline.reply import Turn
 from cloud_server.routes.core import require_key, services, session_id_field, stream_turn, text_field
+from cloud_server.stt import TranscriberBusy
 from common.wav import wav_header
 
 _LOGGER = logging.getLogger(__name__)
@@ -66,7 +67,11 @@ def process_audio() -> Response:
     t0 = time.monotonic()
     audio = decode_audio(data, max_bytes=limits.max_audio_bytes, max_seconds=limits.max_audio_seconds)
     t1 = time.monotonic()
-    transcript = feat.transcriber.transcribe(audio.samples)
+    try:
+        transcript = feat.transcriber.transcribe(audio.samples, wait_seconds=limits.max_stt_wait_seconds)
+    except TranscriberBusy as err:
+        retry = str(limits.retry_after_seconds)
+        raise ApiError(503, "busy", f"{err}; try again shortly.", {"Retry-After": retry}) from err
     t2 = time.monotonic()
     feat.metrics.stt.observe(t2 - t1)
     if not transcript:
@@ -162,18 +167,14 @@ def add_voice() -> tuple[Response, int]:
     voice_id = check_voice_id(fields.get("id") or fields.get("name"))
     if voice_id in feat.characters:
         raise ApiError(409, "name_taken", f"A character is called {voice_id!r}; pick another name for the voice.")
-    existed = voice_id in feat.library
-    info, changed = feat.library.add(voice_id, data)
-    try:
+
+    def verify() -> None:  # runs under the library lock: a failure puts back what was there
         prepare(svc, feat.characters.library_voice_spec(voice_id))
         for cid in feat.characters.overrides.users_of(voice_id):
             prepare(svc, feat.characters.voice_spec(cid))
-    except Exception as err:
-        _LOGGER.warning("Voice model could not use clip %s: %s", voice_id, err)
-        if not existed:
-            feat.library.delete(voice_id)
-        raise ApiError(400, "unusable_voice", f"The voice model could not use this clip: {err}") from err
-    return jsonify(info.as_json() | {"changed": changed}), (200 if existed else 201)
+
+    stored = feat.library.add(voice_id, data, verify=verify)
+    return jsonify(stored.info.as_json() | {"changed": stored.changed}), (201 if stored.created else 200)
 
 
 @bp.delete("/voices/<voice_id>")
@@ -182,12 +183,7 @@ def delete_voice(voice_id: str) -> tuple[str, int]:
     require_key()
     feat = features()
     check_voice_id(voice_id)
-    users = feat.characters.overrides.users_of(voice_id)
-    if users:
-        raise ApiError(
-            409, "voice_in_use", f"Characters {', '.join(users)} speak with {voice_id!r}; switch them first."
-        )
-    feat.library.delete(voice_id)
+    feat.library.delete(voice_id, users=lambda: feat.characters.overrides.users_of(voice_id))
     return "", 204
 
 
