@@ -338,6 +338,14 @@ class ClientConfig:
     """Pinned server certificate (PEM) for TLS; None uses the system trust store."""
     busy_retry_max_seconds: float = 5.0
     """A 503 whose Retry-After is at most this is retried once; longer waits get the offline voice, in seconds."""
+    max_reply_seconds: float = 300.0
+    """Reply audio beyond this is cut and the broken-line message follows, in seconds of audio."""
+    min_bytes_per_second: float = 2000.0
+    """Mid-reply, less audio than this per second, averaged over read_timeout_seconds, counts as a
+    broken line (a trickling server), in bytes per second."""
+    reply_buffer_seconds: float = 5.0
+    """Reply audio held between the network and the player; when it is full the reader waits (and so
+    does the server), so memory stays bounded however fast the reply comes, in seconds of audio."""
 
 
 @dataclass(frozen=True)

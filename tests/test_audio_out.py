@@ -129,3 +129,33 @@ def test_wav_file_sink_writes_an_empty_file_when_nothing_played(tmp_path: Path) 
     asyncio.run(WavFileSink(path).close())
     pcm, _ = read_wav_pcm16(str(path))
     assert pcm == b"" and os.path.getsize(path) == 44
+
+
+def aplay_children() -> list[int]:
+    """This process's aplay children, zombies included (an unreaped one is a leak too)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            comm, rest = stat.read_text().rsplit(")", 1)
+        except OSError:
+            continue
+        if comm.endswith("(aplay") and int(rest.split()[1]) == os.getpid():
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.parametrize("rate", [0, 4000, 96000])
+def test_a_rate_no_player_can_play_is_refused_before_aplay_starts(alsa_rig: AlsaRig, rate: int) -> None:
+    async def play() -> None:
+        sink = AplaySink(env=rig_env(alsa_rig))
+        try:
+            with pytest.raises(PlaybackError, match=f"{rate} Hz"):
+                await sink.start(rate)
+            assert sink.pid is None
+            with pytest.raises(PlaybackError, match=f"{rate} Hz"):
+                await WavFileSink(alsa_rig.conf.parent / "r.wav").start(rate)
+        finally:
+            await sink.close()
+
+    asyncio.run(play())
+    assert aplay_children() == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import subprocess
 from pathlib import Path
 
@@ -65,3 +66,31 @@ def test_garbage_is_refused_with_a_clear_error() -> None:
     header[34] = 8  # 8-bit samples
     with pytest.raises(WavFormatError, match="unsupported"):
         WavStreamReader().feed(bytes(header))
+
+
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        (wav_header(0), "sample rate 0 Hz"),
+        (wav_header(96000), "sample rate 96000 Hz"),
+        (wav_header(16000, channels=2), "2 channels"),
+    ],
+)
+def test_a_header_no_player_should_get_is_refused(header: bytes, reason: str) -> None:
+    # Rate 0 crashed playback and left aplay behind; stereo played as mono at half speed.
+    with pytest.raises(WavFormatError, match=reason):
+        WavStreamReader().feed(header + b"\0" * 100)
+
+
+def test_an_extensible_header_must_carry_pcm() -> None:
+    fmt = struct.pack("<HHIIHH", 0xFFFE, 1, 16000, 32000, 2, 16) + struct.pack("<HHI", 22, 16, 4)
+    for sub, ok in ((1, True), (3, False)):  # PCM, IEEE float
+        body = fmt + struct.pack("<H", sub) + b"\0\0\0\0\x10\0\x80\0\0\xaa\0\x38\x9b\x71"
+        header = b"RIFF" + struct.pack("<I", 0xFFFFFFFF) + b"WAVEfmt " + struct.pack("<I", len(body)) + body
+        header += b"data" + struct.pack("<I", 0xFFFFFFFF)
+        reader = WavStreamReader()
+        if ok:
+            assert reader.feed(header + b"\1\0") == b"\1\0"
+        else:
+            with pytest.raises(WavFormatError, match="format 3"):
+                reader.feed(header)
