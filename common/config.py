@@ -359,6 +359,41 @@ class OfflineVoiceConfig:
 
 
 @dataclass(frozen=True)
+class RotaryConfig:
+    enabled: bool = False
+    """Read a rotary dial's pulse contact on a GPIO pin."""
+    pin: int = 27
+    """BCM pin number of the dial's pulse contact."""
+    pulse_when: Literal["open", "closed"] = "open"
+    """Contact state during a pulse (the pulse contact of most dials is closed at rest and opens per pulse)."""
+    pull_up: bool = True
+    """Use the internal pull-up (contact to ground) rather than pull-down."""
+    debounce_seconds: float = 0.008
+    """A contact state must hold this long to count, in seconds (shorter than the briefest make at 12 pulses/s)."""
+    digit_gap_seconds: float = 0.2
+    """No pulse for this long ends a digit, in seconds (longer than the longest make at 7 pulses/s)."""
+    max_break_seconds: float = 0.2
+    """A break longer than this is not a pulse (a line break); the digit in progress is dropped, in seconds."""
+
+
+@dataclass(frozen=True)
+class DialConfig:
+    rotary: RotaryConfig = field(default_factory=RotaryConfig)
+    dtmf: bool = True
+    """Decode touch-tone (DTMF) digits from the handset audio."""
+    digit_timeout_seconds: float = 4.0
+    """No digit for this long completes the number dialed so far, in seconds."""
+
+
+@dataclass(frozen=True)
+class TonesConfig:
+    plan: Literal["north_american", "european"] = "north_american"
+    """Call-progress tone plan: North American precise tones or the European 425 Hz plan."""
+    level_dbfs: float = -18.0
+    """Level of each frequency in a tone, in dB below full scale."""
+
+
+@dataclass(frozen=True)
 class PiConfig:
     server_url: str = "http://127.0.0.1:8000"
     """Base URL of the cloud server; AI_TELEPHONE_SERVER overrides it."""
@@ -379,6 +414,10 @@ class PiConfig:
     offline_voice: OfflineVoiceConfig = field(default_factory=OfflineVoiceConfig)
     cache_dir: str = "~/.cache/ai-telephone/pi"
     """Where the Pi caches its greeting audio."""
+    directory: dict[str, str] = field(default_factory=dict)
+    """Dialed number (digits, quoted in YAML) → character id; empty: lifting the handset calls ``character``."""
+    dial: DialConfig = field(default_factory=DialConfig)
+    tones: TonesConfig = field(default_factory=TonesConfig)
 
 
 @dataclass(frozen=True)
