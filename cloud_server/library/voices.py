@@ -25,9 +25,7 @@ from common.wav import float_to_pcm16, wav_header
 
 _LOGGER = logging.getLogger(__name__)
 
-VOICE_ID: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-TURBO_MIN_CLIP_SECONDS: Final = 5.0
-"""Chatterbox Turbo asserts its reference clip is longer than this."""
+VOICE_ID: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _OVERRIDES_FILE: Final = "character_voices.json"
 
 
@@ -49,13 +47,6 @@ class UnknownVoice(VoiceError):
 
     status = 404
     code = "unknown_voice"
-
-
-class VoiceInUse(VoiceError):
-    """A character still speaks with this voice."""
-
-    status = 409
-    code = "voice_in_use"
 
 
 def check_voice_id(voice_id: object) -> str:
@@ -105,11 +96,12 @@ class VoiceInfo:
 class VoiceLibrary:
     """Uploaded reference clips on disk; safe to use from several request threads."""
 
-    def __init__(self, root: Path, cfg: VoiceLibraryConfig, model: str = "standard") -> None:
+    def __init__(self, root: Path, cfg: VoiceLibraryConfig, clip_longer_than: float = 0.0) -> None:
         self.root = root
         self._cfg = cfg
-        self._turbo = model == "turbo"
-        self.min_seconds = max(cfg.min_seconds, TURBO_MIN_CLIP_SECONDS) if self._turbo else cfg.min_seconds
+        self._floor = clip_longer_than
+        """The voice model's own floor (its descriptor's ``clip_longer_than``): clips must be longer."""
+        self.min_seconds = max(cfg.min_seconds, clip_longer_than)
         """Shortest clip the active voice model accepts, in seconds."""
         self._lock = threading.Lock()
         root.mkdir(parents=True, exist_ok=True)
@@ -157,7 +149,7 @@ class VoiceLibrary:
             max_seconds=self._cfg.max_seconds,
             target_rate=None,
         )
-        if audio.duration < self.min_seconds or (self._turbo and audio.duration <= TURBO_MIN_CLIP_SECONDS):
+        if audio.duration < self.min_seconds or (self._floor and audio.duration <= self._floor):
             raise BadAudio(
                 f"The clip is {audio.duration:.1f} s long; this voice model needs more than {self.min_seconds:g} s."
             )
