@@ -19,7 +19,7 @@ from typing import Final
 
 import numpy as np
 
-from common.wav import float_to_pcm16, pcm16_to_float, resample_float, wav_header
+from common.wav import pcm16_to_float, resample_float, wav_header
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -268,9 +268,3 @@ def encode_audio(pcm: bytes, sample_rate: int, response_format: str) -> tuple[by
     sf.write(buf, samples, rate, format=container, subtype=subtype)
     return buf.getvalue(), rate
 
-
-def pcm_for_format(pcm: bytes, sample_rate: int, response_format: str) -> bytes:
-    """The raw PCM16 to stream for ``wav``/``pcm`` (``pcm`` is always 24 kHz, as OpenAI's)."""
-    if response_format == "pcm" and sample_rate != OPENAI_PCM_RATE:
-        return float_to_pcm16(resample_float(pcm16_to_float(pcm), sample_rate, OPENAI_PCM_RATE))
-    return pcm

@@ -53,7 +53,9 @@ class LimitsConfig:
     retry_after_seconds: int = 3
     """Value of the Retry-After header sent with 503, in seconds."""
     max_reply_seconds: float = 120.0
-    """Hard cap on one streamed reply, in seconds; past it the stream is ended."""
+    """Hard cap on one streamed reply, in seconds; past it the stream is ended, whatever the caller reads."""
+    write_timeout_seconds: float = 30.0
+    """Longest wait for one write to a caller that stopped reading, in seconds; then its reply slot is freed."""
     max_speech_seconds: float = 300.0
     """Longest audio one ``/v1/audio/speech`` request produces, in seconds of output (after ``speed``)."""
     max_stt_wait_seconds: float = 30.0

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import struct
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -155,14 +154,6 @@ class WavStreamReader:
         self.format = parse_header(self._buffer[:offset])
         pcm, self._buffer = self._buffer[offset:], b""
         return pcm
-
-
-def stream_wav(sample_rate: int, pcm_chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """An open-ended WAV header followed by the given PCM16 chunks (empty chunks skipped)."""
-    yield wav_header(sample_rate)
-    for chunk in pcm_chunks:
-        if chunk:
-            yield chunk
 
 
 def write_wav(target: str | BinaryIO, pcm: bytes, sample_rate: int) -> None:

@@ -199,7 +199,7 @@ def test_voice_library_and_character_switch_survive_a_restart(
     (operator,) = [c for c in characters["characters"] if c["id"] == "operator"]
     assert operator["voice"] == {"source": "library", "library_voice": "captain"}
     assert operator["ignored_parameters"] == ["voice_clip", "exaggeration", "cfg_weight", "temperature"]  # Piper
-    spec = restarted.services.voice_for("operator", restarted.services.config.server.characters["operator"])
+    spec = restarted.services.characters.voice_spec("operator")
     assert spec.clip == str(tmp_path / "data" / "voices" / "captain.wav")
 
     in_use = requests.delete(restarted.url + "/voices/captain", headers=AUTH, timeout=TIMEOUT)
@@ -251,7 +251,7 @@ def test_greeting_is_synthesized_once(ollama: OllamaStandIn, start_server: Any, 
     assert float(first.headers["X-Audio-Duration"]) == pytest.approx(samples.size / rate, abs=0.01)
     second = requests.get(server.url + "/characters/operator/greeting", headers=AUTH, timeout=TIMEOUT)
     assert second.content == first.content
-    assert server.services.primary.hits >= 1  # served from the phrase cache, not the voice model
+    assert server.services.primary.engine.hits >= 1  # served from the phrase cache, not the voice model
     assert requests.get(server.url + "/characters/ghost/greeting", headers=AUTH, timeout=TIMEOUT).status_code == 404
 
 
@@ -449,4 +449,14 @@ def test_a_recording_far_past_full_scale_is_heard_and_a_busy_whisper_is_503(
             server.url + "/process-audio", files={"audio": ("q.wav", loud, "audio/wav")}, headers=AUTH, timeout=TIMEOUT
         )
     assert busy.status_code == 503 and busy.json()["error"]["code"] == "busy" and "Retry-After" in busy.headers
+
+
+def test_a_voice_switch_reads_json_like_every_route(ollama: OllamaStandIn, start_server: Any, tmp_path: Path) -> None:
+    """Issue 14: deeply nested JSON on this route was a 500 (it had its own reader)."""
+    server = start_server(server_config(ollama.url, tmp_path))
+    deep = b'{"voice": ' + b"[" * 30000 + b"]" * 30000 + b"}"
+    for body in [deep, b"not json", b"[1]", b'{"other": 1}']:
+        reply = requests.post(server.url + "/characters/operator/voice", data=body, timeout=TIMEOUT,
+                              headers={**AUTH, "Content-Type": "application/json"})
+        assert reply.status_code == 400 and reply.json()["error"]["code"] == "bad_json", body[:20]
     assert_still_healthy(server.url, ollama)

@@ -27,9 +27,7 @@ from common.wav import float_to_pcm16, wav_header
 
 _LOGGER = logging.getLogger(__name__)
 
-VOICE_ID: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-TURBO_MIN_CLIP_SECONDS: Final = 5.0
-"""Chatterbox Turbo asserts its reference clip is longer than this."""
+VOICE_ID: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 STORAGE_RATE: Final = 24000
 """Every clip is stored at 24 kHz, whatever rate it was uploaded at. Chatterbox reads a reference
 at 24 kHz (S3Gen) and at 16 kHz resampled from that (tokenizer, speaker encoder), and the OpenAI
@@ -162,11 +160,12 @@ class VoiceLibrary:
     the index, or a clip copied in by hand).
     """
 
-    def __init__(self, root: Path, cfg: VoiceLibraryConfig, model: str = "standard") -> None:
+    def __init__(self, root: Path, cfg: VoiceLibraryConfig, clip_longer_than: float = 0.0) -> None:
         self.root = root
         self._cfg = cfg
-        self._turbo = model == "turbo"
-        self.min_seconds = max(cfg.min_seconds, TURBO_MIN_CLIP_SECONDS) if self._turbo else cfg.min_seconds
+        self._floor = clip_longer_than
+        """The voice model's own floor (its descriptor's ``clip_longer_than``): clips must be longer."""
+        self.min_seconds = max(cfg.min_seconds, clip_longer_than)
         """Shortest clip the active voice model accepts, in seconds."""
         self.lock = threading.RLock()
         """Held for every change to the library or to which character uses which voice."""
@@ -215,7 +214,7 @@ class VoiceLibrary:
             max_seconds=self._cfg.max_seconds,
             target_rate=STORAGE_RATE,
         )
-        if audio.duration < self.min_seconds or (self._turbo and audio.duration <= TURBO_MIN_CLIP_SECONDS):
+        if audio.duration < self.min_seconds or (self._floor and audio.duration <= self._floor):
             raise BadAudio(
                 f"The clip is {audio.duration:.1f} s long; this voice model needs more than {self.min_seconds:g} s."
             )

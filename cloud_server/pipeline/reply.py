@@ -13,7 +13,8 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 
 from cloud_server.llm.base import LLM, LLMError
@@ -135,12 +136,15 @@ class ReplyPipeline:
                     _LOGGER.warning("LLM failed (%s): speaking the apology", item.reason)
                     item = turn.character.apology
                 text = str(item)
-                for pcm, via_fallback in self._speak_sentence(text, turn.voice, cancel, use_fallback, stats):
-                    use_fallback = use_fallback or via_fallback
-                    if stats.first_audio_seconds is None:
-                        stats.first_audio_seconds = time.monotonic() - started
-                    stats.audio_seconds += len(pcm) / SAMPLE_WIDTH / self.sample_rate
-                    yield pcm
+                with closing(self._speak_sentence(text, turn.voice, cancel, use_fallback, stats)) as spoken:
+                    for pcm, via_fallback in spoken:
+                        use_fallback = use_fallback or via_fallback
+                        if stats.first_audio_seconds is None:
+                            stats.first_audio_seconds = time.monotonic() - started
+                        stats.audio_seconds += len(pcm) / SAMPLE_WIDTH / self.sample_rate
+                        yield pcm
+                        if time.monotonic() > deadline:  # checked per chunk: a slow reader cannot stretch it
+                            break
                 if stats.llm_failed:
                     break
         except GeneratorExit:
@@ -158,12 +162,17 @@ class ReplyPipeline:
     ) -> Iterator[bytes]:
         """Speak a given text without the LLM (the OpenAI speech route): one PCM16 block per sentence.
 
-        Same splitter and same fallback as a reply; audio is at ``self.sample_rate``.
+        Same splitter and same fallback as a reply, the same ``max_reply_seconds`` cap; audio is at
+        ``self.sample_rate``.
         """
         stats = stats if stats is not None else TurnStats(engine=self.primary.name)
         splitter = SentenceSplitter(self._cfg.sentences)
         use_fallback = False
+        deadline = time.monotonic() + self._cfg.limits.max_reply_seconds
         for sentence in [*splitter.push(text), *splitter.flush()]:
+            if time.monotonic() > deadline:
+                _LOGGER.warning("Speech cut at the %.0f s cap", self._cfg.limits.max_reply_seconds)
+                return
             parts: list[bytes] = []
             for pcm, via_fallback in self._speak_sentence(sentence, voice, cancel, use_fallback, stats):
                 use_fallback = use_fallback or via_fallback
@@ -218,7 +227,7 @@ class ReplyPipeline:
 
     def _speak_sentence(
         self, text: str, voice: VoiceSpec, cancel: threading.Event, use_fallback: bool, stats: TurnStats
-    ) -> Iterator[tuple[bytes, bool]]:
+    ) -> Generator[tuple[bytes, bool], None, None]:
         """Speak one sentence with the primary engine, or with the fallback once the primary failed."""
         t0 = time.monotonic()
         if not use_fallback:

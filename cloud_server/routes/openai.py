@@ -5,7 +5,8 @@ out at 24 kHz mono (OpenAI's rate; Chatterbox's own). ``wav`` and ``pcm`` stream
 sentence; ``mp3``, ``flac`` and ``opus`` are encoded whole once the text is spoken (their headers
 need the length), and carry ``X-Audio-Duration`` / ``X-Generation-Time``. With
 ``stream_format: "sse"`` the audio arrives as ``speech.audio.delta`` events: one per sentence for
-``pcm``/``wav``, one with the whole file for the compressed formats.
+``pcm``/``wav``, one with the whole file for the compressed formats. ``instructions`` is accepted
+(it must be a string) and not used: the character sets how the voice sounds.
 
 Output is bounded: text that would clearly speak longer than ``server.limits.max_speech_seconds``
 (estimated at a fast speaking rate, after ``speed``) is refused up front with 413, and the audio
@@ -35,14 +36,13 @@ from cloud_server.audio_codec import (
     encode_audio,
 )
 from cloud_server.errors import ApiError
-from cloud_server.features import features, voice_slot
 from cloud_server.library.voices import VoiceError
 from cloud_server.metrics import Metrics
 from cloud_server.pipeline.reply import TurnStats
 from cloud_server.pipeline.sentences import has_speech
-from cloud_server.routes.core import json_body, require_key, services, streaming_response
 from cloud_server.routes.disconnect import cancel_on_disconnect
-from cloud_server.services import Services
+from cloud_server.routes.request import json_body, require_key, streamed
+from cloud_server.services import Services, services
 from cloud_server.tts.base import VoiceSpec
 from common.wav import SAMPLE_WIDTH, float_to_pcm16, pcm16_to_float, resample_float, wav_header
 
@@ -70,7 +70,7 @@ def list_models() -> Response:
 def list_voices() -> Response:
     """Characters and library voices usable as ``voice``."""
     require_key()
-    book = features().characters
+    book = services().characters
     characters = [{"id": c["id"], "name": c["display_name"], "type": "character"} for c in book.listing("")]
     library = [{"id": v.voice_id, "name": v.voice_id, "type": "library"} for v in book.library.list()]
     return jsonify(voices=characters + library)
@@ -101,6 +101,8 @@ def speech() -> Response:
     stream_format = body.get("stream_format") or "audio"
     if stream_format not in ("audio", "sse"):
         raise ApiError(400, "bad_stream_format", "'stream_format' must be 'audio' or 'sse'.")
+    # Accepted and not used: the voice's style comes from the character (README, HTTP API). Refusing it
+    # would break clients that always send it with gpt-4o-mini-tts.
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
         raise ApiError(400, "bad_field", "'instructions' must be a string.")
@@ -140,7 +142,7 @@ def _voice(value: Any) -> VoiceSpec:
             400, "missing_field", "'voice' is required: a character or an uploaded voice (GET /v1/audio/voices)."
         )
     try:
-        return features().characters.resolve(value)
+        return services().characters.resolve(value)
     except VoiceError as err:
         raise ApiError(400, "unknown_voice", str(err)) from err
 
@@ -193,11 +195,10 @@ def _sse(kind: str, audio: bytes | None = None) -> bytes:
 
 def _streamed(svc: Services, text: str, voice: VoiceSpec, fmt: str, speed: float, sse: bool) -> Response:
     """wav/pcm: each sentence goes out as soon as it is spoken; the slot is held until the stream ends."""
-    release = svc.slots.admit(svc.config.server.limits.retry_after_seconds)
     cancel = threading.Event()
     started = time.monotonic()
     stats = TurnStats(engine=svc.primary.name)
-    metrics = features().metrics  # the generator runs outside the app context
+    metrics = svc.metrics
 
     def body() -> Iterator[bytes]:
         head = wav_header(OPENAI_PCM_RATE) if fmt == "wav" else b""
@@ -215,7 +216,7 @@ def _streamed(svc: Services, text: str, voice: VoiceSpec, fmt: str, speed: float
 
     mimetype = "text/event-stream" if sse else CONTENT_TYPES[fmt]
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no", "X-Sample-Rate": str(OPENAI_PCM_RATE)}
-    return streaming_response(body(), mimetype, headers, cancel, release)
+    return streamed(body(), mimetype, headers, cancel)
 
 
 def _whole(svc: Services, text: str, voice: VoiceSpec, fmt: str, speed: float, sse: bool) -> Response:
@@ -227,14 +228,14 @@ def _whole(svc: Services, text: str, voice: VoiceSpec, fmt: str, speed: float, s
     started = time.monotonic()
     stats = TurnStats(engine=svc.primary.name)
     cancel, capped = threading.Event(), threading.Event()
-    with voice_slot(svc), cancel_on_disconnect(request.environ, cancel):
+    with svc.slots.hold(), cancel_on_disconnect(request.environ, cancel):
         pcm = b"".join(_sentences(svc, text, voice, speed, cancel, stats, capped))
     if cancel.is_set() and not capped.is_set():
         raise ApiError(499, "client_closed_request", "The caller hung up before the audio was ready.")
     spoken = time.monotonic()
     data, rate = encode_audio(pcm, OPENAI_PCM_RATE, fmt)
     encoded = time.monotonic()
-    _record(features().metrics, stats, started)
+    _record(svc.metrics, stats, started)
     seconds = len(pcm) / SAMPLE_WIDTH / OPENAI_PCM_RATE
     headers = {
         "X-Audio-Duration": f"{seconds:.3f}",
