@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cloud_server.errors import ApiError
-from cloud_server.llm.base import LLM, make_llm
+from cloud_server.llm.base import LLM
+from cloud_server.llm.select import make_llm
 from cloud_server.pipeline.admission import ReplySlots
 from cloud_server.pipeline.reply import ReplyPipeline
 from cloud_server.pipeline.sessions import SessionStore

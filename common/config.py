@@ -72,6 +72,9 @@ class LLMConfig:
     """Sampling temperature."""
     max_tokens: int = 200
     """Cap on tokens per reply; a phone answer should be short."""
+    context_tokens: int = 2048
+    """The model's context window in tokens (Ollama's num_ctx; the embedded model's n_ctx): the
+    oldest history is dropped so persona, history, the new words and the reply fit in it."""
     embedded_model_path: str | None = None
     """GGUF file for the embedded backend; None uses the packaged SmolLM2-135M."""
     embedded_threads: int = 2

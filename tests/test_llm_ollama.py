@@ -5,14 +5,20 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import ollama
 import pytest
+import requests
 
-from cloud_server.llm.base import LLMError, OllamaLLM, make_llm
+from cloud_server.llm.base import LLMError
+from cloud_server.llm.context import MESSAGE_OVERHEAD_TOKENS
 from cloud_server.llm.embedded import EmbeddedLLM
+from cloud_server.llm.ollama import OllamaLLM
+from cloud_server.llm.select import make_llm
 from common.config import LLMConfig, replace
+from tests.fixtures_server import TEST_KEY, RunningServer, server_config
 from tests.ollama_standin import OllamaStandIn
 from tests.server_rig import free_port
 
@@ -85,7 +91,7 @@ def test_the_request_carries_history_think_off_keep_alive_and_options(
     assert request.stream is True
     assert request.think is False
     assert request.keep_alive == "45m"
-    assert request.options == {"temperature": 0.3, "num_predict": 77}
+    assert request.options == {"temperature": 0.3, "num_predict": 77, "num_ctx": 2048}
 
 
 def test_two_callers_at_once_each_get_their_whole_reply(
@@ -97,6 +103,53 @@ def test_two_callers_at_once_each_get_their_whole_reply(
     for consumer in consumers:
         assert consumer.done.wait(WAIT) and consumer.error is None
         assert consumer.pieces == ["One, ", "two, ", "three."]
+
+
+# --------------------------------------------------------------------------- the session's history
+
+HEADERS = {"X-API-Key": TEST_KEY}
+
+
+def _say(server: RunningServer, text: str, session_id: str) -> None:
+    body = {"text": text, "session_id": session_id}
+    with requests.post(f"{server.url}/process-text", json=body, headers=HEADERS, stream=True, timeout=60) as reply:
+        assert reply.status_code == 200
+        b"".join(reply.iter_content(chunk_size=None))
+
+
+def test_ollama_gets_the_history_trimmed_to_the_context_it_is_asked_for(
+    ollama_standin: OllamaStandIn, start_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    server = start_server(server_config(ollama_standin.url, tmp_path, llm={"context_tokens": 1024}))
+    for n in range(8):  # ~350 estimated tokens a message: far more than 1024
+        server.services.sessions.record("long-call", "operator", f"question {n} " * 80, f"answer {n} " * 90)
+    _say(server, "And now?", "long-call")
+
+    (chat,) = ollama_standin.chat_requests()
+    assert chat.options["num_ctx"] == 1024
+    assert chat.messages[0]["role"] == "system" and chat.messages[-1] == {"role": "user", "content": "And now?"}
+    kept = chat.messages[1:-1]
+    assert 0 < len(kept) < 16 and kept[0]["role"] == "user", "the oldest whole turns went, not all of them"
+    assert kept[-1]["content"] == "answer 7 " * 90, "the newest turn stays"
+    estimate = sum(len(m["content"].encode()) / 3 + MESSAGE_OVERHEAD_TOKENS for m in chat.messages)
+    assert estimate <= 1024 - 200, "room for the reply"
+
+
+def test_a_failed_turn_is_not_written_but_still_rotates_the_session(
+    ollama_standin: OllamaStandIn, start_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    server = start_server(server_config(ollama_standin.url, tmp_path))
+    for n in range(3):
+        server.services.sessions.record("failing-call", "operator", f"Question {n}", f"Answer {n}")
+    ollama_standin.script(status=500, error="this history breaks the model")
+    _say(server, "Question 3", "failing-call")
+    _say(server, "Question 4", "failing-call")
+
+    history = requests.get(f"{server.url}/sessions/failing-call", headers=HEADERS, timeout=10).json()["history"]
+    assert history == [{"role": "user", "content": "Question 2"}, {"role": "assistant", "content": "Answer 2"}]
+    ollama_standin.script("Back again.")
+    _say(server, "Question 5", "failing-call")
+    assert [m["role"] for m in ollama_standin.chat_requests()[-1].messages] == ["system", "user", "assistant", "user"]
 
 
 # --------------------------------------------------------------------------- hanging up
