@@ -12,9 +12,10 @@ import pytest
 import soundfile as sf
 
 from cloud_server.audio_codec import decode_audio
-from cloud_server.stt import ServerTranscriber, pick_compute_type, pick_device, resolve_model
+from cloud_server.stt import ServerTranscriber, pick_compute_type, pick_device
 from common.config import ServerSTTConfig
 from common.wav import resample_float
+from common.whisper import resolve_model
 
 SENTENCE = "Please connect me to the lighthouse keeper on the northern island."
 
