@@ -16,6 +16,7 @@ from cloud_server.errors import ApiError
 from cloud_server.pipeline.reply import Turn
 from cloud_server.routes.auth import check_key
 from cloud_server.services import Services
+from common.protocol import Field, Header, Route
 
 bp = Blueprint("api", __name__)
 SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -66,7 +67,7 @@ def text_field(body: dict[str, Any], name: str, max_chars: int, required: bool) 
 
 def session_id_field(body: dict[str, Any]) -> str:
     """The caller's session id, or a new one; ids are plain tokens (they appear in logs and URLs)."""
-    value = body.get("session_id")
+    value = body.get(Field.SESSION_ID)
     if value is None or value == "":
         return uuid.uuid4().hex
     if not isinstance(value, str) or not SESSION_ID.match(value):
@@ -84,9 +85,9 @@ def stream_turn(turn: Turn, extra_headers: dict[str, str] | None = None) -> Resp
     release = svc.slots.admit(svc.config.server.limits.retry_after_seconds)
     cancel = threading.Event()
     headers = {
-        "X-Session-Id": turn.session_id,
-        "X-Character": turn.character_id,
-        "X-Sample-Rate": str(svc.pipeline.sample_rate),
+        Header.SESSION_ID: turn.session_id,
+        Header.CHARACTER: turn.character_id,
+        Header.SAMPLE_RATE: str(svc.pipeline.sample_rate),
         "Cache-Control": "no-store",
         "X-Accel-Buffering": "no",
         **(extra_headers or {}),
@@ -109,16 +110,16 @@ def streaming_response(
     return response
 
 
-@bp.post("/process-text")
+@bp.post(Route.PROCESS_TEXT)
 def process_text() -> Response:
     """What the caller said, as text → the spoken reply, streamed."""
     require_key()
     svc = services()
     limits = svc.config.server.limits
     body = json_body(limits.max_body_bytes)
-    text = text_field(body, "text", limits.max_text_chars, required=True)
-    prompt = text_field(body, "prompt", limits.max_prompt_chars, required=False)
-    character_value = body.get("character")
+    text = text_field(body, Field.TEXT, limits.max_text_chars, required=True)
+    prompt = text_field(body, Field.PROMPT, limits.max_prompt_chars, required=False)
+    character_value = body.get(Field.CHARACTER)
     if character_value is not None and not isinstance(character_value, str):
         raise ApiError(400, "bad_field", "'character' must be a string.")
     character_id, character = svc.character(character_value or None)
@@ -133,7 +134,7 @@ def process_text() -> Response:
     return stream_turn(turn)
 
 
-@bp.get("/sessions/<session_id>")
+@bp.get(Route.SESSIONS + "/<session_id>")
 def get_session(session_id: str) -> Response:
     """The conversation so far: the Pi logs the reply text from here after the audio ended."""
     require_key()
@@ -149,7 +150,7 @@ def get_session(session_id: str) -> Response:
     )
 
 
-@bp.get("/health")
+@bp.get(Route.HEALTH)
 def health() -> Response:
     """Liveness and what is degraded; no key needed, no secrets."""
     svc = services()

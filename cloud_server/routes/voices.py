@@ -16,6 +16,7 @@ from cloud_server.features import features, prepare, voice_slot
 from cloud_server.library.voices import VoiceError, check_voice_id
 from cloud_server.pipeline.reply import Turn
 from cloud_server.routes.core import require_key, services, session_id_field, stream_turn, text_field
+from common.protocol import Field, Header, Route
 from common.wav import wav_header
 
 _LOGGER = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def audio_upload(max_bytes: int) -> tuple[bytes, dict[str, str]]:
     )
 
 
-@bp.post("/process-audio")
+@bp.post(Route.PROCESS_AUDIO)
 def process_audio() -> Response:
     """The caller's recording → transcript → the same streamed spoken reply as /process-text."""
     require_key()
@@ -71,8 +72,8 @@ def process_audio() -> Response:
     feat.metrics.stt.observe(t2 - t1)
     if not transcript:
         raise ApiError(400, "no_speech", "No speech was heard in the recording.")
-    prompt = text_field(fields, "prompt", limits.max_prompt_chars, required=False)
-    character_id, character = svc.character(fields.get("character") or None)
+    prompt = text_field(fields, Field.PROMPT, limits.max_prompt_chars, required=False)
+    character_id, character = svc.character(fields.get(Field.CHARACTER) or None)
     turn = Turn(
         text=transcript[: limits.max_text_chars],
         session_id=session_id_field(fields),
@@ -84,8 +85,8 @@ def process_audio() -> Response:
     )
     _LOGGER.info("Heard %.1f s (%s): %d chars in %.2f s", audio.duration, audio.source_format, len(transcript), t2 - t1)
     headers = {
-        "X-Transcript": quote(transcript, safe=""),
-        "X-Input-Audio-Duration": f"{audio.duration:.3f}",
+        Header.TRANSCRIPT: quote(transcript, safe=""),
+        Header.INPUT_AUDIO_DURATION: f"{audio.duration:.3f}",
         "Server-Timing": f"decode;dur={(t1 - t0) * 1000:.1f}, stt;dur={(t2 - t1) * 1000:.1f}",
     }
     return stream_turn(turn, headers)
