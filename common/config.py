@@ -167,7 +167,8 @@ class CharacterConfig:
     temperature: float = 0.8
     """Chatterbox sampling temperature."""
     greeting: str = "Hello, operator speaking. How can I help?"
-    """What the phone says when the handset is lifted."""
+    """The character's greeting, spoken in its voice by ``GET /characters/<id>/greeting`` (what the
+    phone itself says when the handset is lifted is ``pi.greeting``)."""
     apology: str = "Sorry, I can't think right now. Please try again in a moment."
     """What the caller hears when the LLM fails."""
 

@@ -74,7 +74,7 @@ async def _build(args: argparse.Namespace, cfg: Config, key: str) -> _Stages:
     voice = OfflineVoice(pi.offline_voice, pi.greeting, pi.cache_dir)
     await asyncio.to_thread(voice.prepare)  # greeting and apologies ready before the first call
     try:
-        vad = SileroVad(pi.vad.threshold)
+        vad = SileroVad()
         transcribe = None
         if not pi.stt.use_server:
             transcribe = (await asyncio.to_thread(WhisperTranscriber, pi.stt)).transcribe

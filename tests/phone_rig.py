@@ -104,7 +104,7 @@ def build_phone(
 
     settings = config_from_dict({"pi": {"cache_dir": str(tmp_path / "cache"), **(pi or {})}}).pi
     voice = OfflineVoice(settings.offline_voice, settings.greeting, settings.cache_dir)
-    vad = SileroVad(settings.vad.threshold)
+    vad = SileroVad()
     talk: asyncio.Queue[None] | None = asyncio.Queue() if gated else None
 
     async def listen_once() -> Any:
