@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import re
 import threading
 from collections.abc import Callable
 
@@ -16,12 +15,9 @@ from cloud_server.stt import ServerTranscriber, pick_compute_type, pick_device
 from common.config import ServerSTTConfig
 from common.wav import resample_float
 from common.whisper import resolve_model
+from tests.helpers import words
 
 SENTENCE = "Please connect me to the lighthouse keeper on the northern island."
-
-
-def words(text: str) -> list[str]:
-    return re.sub(r"[^a-z ]", "", text.lower()).split()
 
 
 def test_device_and_compute_type_choice() -> None:

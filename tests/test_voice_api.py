@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -23,12 +23,6 @@ AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
 TIMEOUT = 60
 QUESTION = "What time does the last train leave for the station?"
 Speech = Callable[[str], tuple[np.ndarray, int]]
-
-
-@pytest.fixture
-def ollama() -> Iterator[OllamaStandIn]:
-    with OllamaStandIn() as standin:
-        yield standin
 
 
 def encoded(samples: np.ndarray, rate: int, fmt: str, subtype: str | None = None) -> bytes:
