@@ -19,7 +19,8 @@ from flask import current_app
 
 from cloud_server.library.characters import CharacterBook
 from cloud_server.library.voices import VoiceLibrary, VoiceOverrides
-from cloud_server.llm.base import LLM, make_llm
+from cloud_server.llm.base import LLM
+from cloud_server.llm.select import make_llm
 from cloud_server.metrics import Metrics
 from cloud_server.pipeline.admission import ReplySlots
 from cloud_server.pipeline.reply import ReplyPipeline

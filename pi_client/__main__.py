@@ -75,7 +75,7 @@ async def _build(args: argparse.Namespace, cfg: Config, key: str) -> _Stages:
     voice = OfflineVoice(pi.offline_voice, pi.greeting, pi.cache_dir)
     await asyncio.to_thread(voice.prepare)  # greeting and apologies ready before the first call
     try:
-        vad = SileroVad(pi.vad.threshold)
+        vad = SileroVad()
         turn_detector = await asyncio.to_thread(load_turn_detector, pi.turns.smart_turn)
         transcribe = None
         if not pi.stt.use_server:

@@ -22,14 +22,9 @@ from cloud_server.audio_codec import (
     encode_audio,
 )
 from common.wav import float_to_pcm16, wav_header
+from tests.helpers import tone
 
 LIMITS = {"max_bytes": 5_000_000, "max_seconds": 10.0}
-
-
-def tone(seconds: float, rate: int, freq: float = 440.0, channels: int = 1) -> np.ndarray:
-    t = np.arange(int(seconds * rate)) / rate
-    mono = (0.4 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-    return mono if channels == 1 else np.stack([mono] * channels, axis=1)
 
 
 def encode(samples: np.ndarray, rate: int, fmt: str, subtype: str) -> bytes:

@@ -25,12 +25,6 @@ TIMEOUT = 30
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def ollama() -> Iterator[OllamaStandIn]:
-    with OllamaStandIn() as standin:
-        yield standin
-
-
 def ask(url: str, body: Any, headers: dict[str, str] | None = None, **kwargs: Any) -> requests.Response:
     return requests.post(url + "/process-text", json=body, headers=AUTH if headers is None else headers,
                          timeout=TIMEOUT, **kwargs)

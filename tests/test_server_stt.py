@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import re
 import threading
 from collections.abc import Callable
 
@@ -12,15 +11,13 @@ import pytest
 import soundfile as sf
 
 from cloud_server.audio_codec import decode_audio
-from cloud_server.stt import ServerTranscriber, TranscriberBusy, pick_compute_type, pick_device, resolve_model
+from cloud_server.stt import ServerTranscriber, TranscriberBusy, pick_compute_type, pick_device
 from common.config import ServerSTTConfig
 from common.wav import resample_float
+from common.whisper import resolve_model
+from tests.helpers import words
 
 SENTENCE = "Please connect me to the lighthouse keeper on the northern island."
-
-
-def words(text: str) -> list[str]:
-    return re.sub(r"[^a-z ]", "", text.lower()).split()
 
 
 def test_device_and_compute_type_choice() -> None:

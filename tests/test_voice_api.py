@@ -27,12 +27,6 @@ QUESTION = "What time does the last train leave for the station?"
 Speech = Callable[[str], tuple[np.ndarray, int]]
 
 
-@pytest.fixture
-def ollama() -> Iterator[OllamaStandIn]:
-    with OllamaStandIn() as standin:
-        yield standin
-
-
 def encoded(samples: np.ndarray, rate: int, fmt: str, subtype: str | None = None) -> bytes:
     if fmt == "OGG":  # Opus takes 48 kHz, not Piper's 22.05 kHz
         samples, rate = resample_float(samples, rate, 48000), 48000

@@ -13,22 +13,17 @@ import soundfile
 from common.wav import (
     WavFormatError,
     WavStreamReader,
-    float_to_pcm16,
     pcm16_to_float,
     read_wav_pcm16,
     resample_pcm16,
     wav_header,
     write_wav,
 )
-
-
-def tone(rate: int, seconds: float, hz: float = 440.0) -> bytes:
-    t = np.arange(int(rate * seconds)) / rate
-    return float_to_pcm16(0.5 * np.sin(2 * np.pi * hz * t))
+from tests.helpers import tone_pcm16
 
 
 def test_an_open_ended_stream_plays_in_sox_and_reads_back_sample_exact(tmp_path: Path) -> None:
-    pcm = tone(24000, 0.5)
+    pcm = tone_pcm16(0.5, 24000)
     path = tmp_path / "stream.wav"
     path.write_bytes(wav_header(24000) + pcm)  # the open-ended header the server streams first
     # sox (a real consumer, like aplay) accepts the unknown-length header and finds 0.5 s.
@@ -42,7 +37,7 @@ def test_an_open_ended_stream_plays_in_sox_and_reads_back_sample_exact(tmp_path:
 
 
 def test_a_complete_file_has_true_sizes_and_round_trips(tmp_path: Path) -> None:
-    pcm = tone(16000, 0.25)
+    pcm = tone_pcm16(0.25, 16000)
     write_wav(str(tmp_path / "a.wav"), pcm, 16000)
     data, rate = soundfile.read(tmp_path / "a.wav", dtype="int16")
     assert rate == 16000 and data.tobytes() == pcm
@@ -51,7 +46,7 @@ def test_a_complete_file_has_true_sizes_and_round_trips(tmp_path: Path) -> None:
 
 
 def test_resampling_keeps_duration_and_pitch() -> None:
-    pcm = tone(22050, 1.0, hz=300.0)
+    pcm = tone_pcm16(1.0, 22050, freq=300.0)
     out = pcm16_to_float(resample_pcm16(pcm, 22050, 16000))
     assert abs(len(out) - 16000) <= 2
     spectrum = np.abs(np.fft.rfft(out))

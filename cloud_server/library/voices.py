@@ -12,9 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ from pathlib import Path
 from typing import Final
 
 from cloud_server.audio_codec import BadAudio, decode_audio
+from common.atomic import atomic_write
 from common.config import VoiceLibraryConfig
 from common.wav import float_to_pcm16, wav_header
 
@@ -84,21 +83,6 @@ def check_voice_id(voice_id: object) -> str:
             "A voice id is 1-64 characters: lowercase letters, digits, '-' or '_', starting with a letter or digit."
         )
     return voice_id
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write a file so readers see the old or the new content, never half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)

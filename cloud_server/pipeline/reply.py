@@ -18,6 +18,7 @@ from contextlib import closing
 from dataclasses import dataclass, field
 
 from cloud_server.llm.base import LLM, LLMError
+from cloud_server.llm.context import fit_context
 from cloud_server.pipeline.sentences import SentenceSplitter
 from cloud_server.pipeline.sessions import SessionStore
 from cloud_server.tts.base import TTSEngine, VoiceSpec
@@ -97,12 +98,15 @@ class ReplyPipeline:
 
         ``prompt`` is a trusted-client field (whoever holds the API key: the Pi, an app): it is
         added below the persona, never instead of it, and bounded by ``server.limits.max_prompt_chars``.
+        The oldest history is dropped when the whole would not fit the LLM's context with its reply.
         """
         system = turn.character.persona
         if turn.prompt:
             system = f"{system}\n\n{turn.prompt}"
         history = self._sessions.history(turn.session_id, turn.character_id)
-        return [{"role": "system", "content": system}, *history, {"role": "user", "content": turn.text}]
+        return fit_context(
+            [{"role": "system", "content": system}, *history, {"role": "user", "content": turn.text}], self._llm
+        )
 
     def speak(self, turn: Turn, cancel: threading.Event) -> Iterator[bytes]:
         """The whole streamed reply: a WAV header for an open-ended stream, then PCM16 chunks."""
@@ -255,6 +259,8 @@ class ReplyPipeline:
     def _finish(self, turn: Turn, stats: TurnStats) -> None:
         if stats.reply_text and not stats.llm_failed and not stats.cancelled:
             self._sessions.record(turn.session_id, turn.character_id, turn.text, stats.reply_text, turn.transcript)
+        elif stats.llm_failed and not stats.cancelled:
+            self._sessions.drop_oldest_turn(turn.session_id, turn.character_id)
         _LOGGER.info(
             "Turn session=%s character=%s llm_first=%s first_audio=%s total=%.2fs audio=%.2fs "
             "fallback_sentences=%d llm_failed=%s cancelled=%s",

@@ -21,6 +21,7 @@ from cloud_server.routes.request import (
     text_field,
 )
 from cloud_server.services import Services, services
+from common.protocol import Field, Header, Route
 
 bp = Blueprint("api", __name__)
 
@@ -34,9 +35,9 @@ def stream_turn(turn: Turn, extra_headers: dict[str, str] | None = None) -> Resp
     svc = services()
     cancel = threading.Event()
     headers = {
-        "X-Session-Id": turn.session_id,
-        "X-Character": turn.character_id,
-        "X-Sample-Rate": str(svc.pipeline.sample_rate),
+        Header.SESSION_ID: turn.session_id,
+        Header.CHARACTER: turn.character_id,
+        Header.SAMPLE_RATE: str(svc.pipeline.sample_rate),
         "Cache-Control": "no-store",
         "X-Accel-Buffering": "no",
         **(extra_headers or {}),
@@ -44,15 +45,15 @@ def stream_turn(turn: Turn, extra_headers: dict[str, str] | None = None) -> Resp
     return streamed(svc.pipeline.speak(turn, cancel), "audio/wav", headers, cancel)
 
 
-@bp.post("/process-text")
+@bp.post(Route.PROCESS_TEXT)
 def process_text() -> Response:
     """What the caller said, as text → the spoken reply, streamed."""
     require_key()
     svc = services()
     limits = svc.config.server.limits
     body = json_body(limits.max_body_bytes)
-    text = text_field(body, "text", limits.max_text_chars, required=True)
-    prompt = text_field(body, "prompt", limits.max_prompt_chars, required=False)
+    text = text_field(body, Field.TEXT, limits.max_text_chars, required=True)
+    prompt = text_field(body, Field.PROMPT, limits.max_prompt_chars, required=False)
     character_id, character = svc.characters.get(character_field(body))
     turn = Turn(
         text=str(text),
@@ -65,7 +66,7 @@ def process_text() -> Response:
     return stream_turn(turn)
 
 
-@bp.get("/sessions/<session_id>")
+@bp.get(Route.SESSIONS + "/<session_id>")
 def get_session(session_id: str) -> Response:
     """The conversation so far: the Pi logs the reply text from here after the audio ended."""
     require_key()
@@ -81,7 +82,7 @@ def get_session(session_id: str) -> Response:
     )
 
 
-@bp.get("/health")
+@bp.get(Route.HEALTH)
 def health() -> Response:
     """``status`` (ok/degraded) for anyone, e.g. a load balancer; the details only with the key."""
     svc = services()

@@ -20,6 +20,7 @@ from cloud_server.services import services
 from cloud_server.stt import TranscriberBusy
 from cloud_server.tts.base import VoiceSpec
 from cloud_server.tts.engines import descriptor
+from common.protocol import Field, Header, Route
 from common.wav import wav_header
 
 _LOGGER = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def audio_upload(max_bytes: int) -> tuple[bytes, dict[str, str]]:
     )
 
 
-@bp.post("/process-audio")
+@bp.post(Route.PROCESS_AUDIO)
 def process_audio() -> Response:
     """The caller's recording → transcript → the same streamed spoken reply as /process-text."""
     require_key()
@@ -79,7 +80,7 @@ def process_audio() -> Response:
     svc.metrics.stt.observe(t2 - t1)
     if not transcript:
         raise ApiError(400, "no_speech", "No speech was heard in the recording.")
-    prompt = text_field(fields, "prompt", limits.max_prompt_chars, required=False)
+    prompt = text_field(fields, Field.PROMPT, limits.max_prompt_chars, required=False)
     character_id, character = svc.characters.get(character_field(fields))
     turn = Turn(
         text=transcript[: limits.max_text_chars],
@@ -92,8 +93,8 @@ def process_audio() -> Response:
     )
     _LOGGER.info("Heard %.1f s (%s): %d chars in %.2f s", audio.duration, audio.source_format, len(transcript), t2 - t1)
     headers = {
-        "X-Transcript": quote(transcript, safe=""),
-        "X-Input-Audio-Duration": f"{audio.duration:.3f}",
+        Header.TRANSCRIPT: quote(transcript, safe=""),
+        Header.INPUT_AUDIO_DURATION: f"{audio.duration:.3f}",
         "Server-Timing": f"decode;dur={(t1 - t0) * 1000:.1f}, stt;dur={(t2 - t1) * 1000:.1f}",
     }
     return stream_turn(turn, headers)

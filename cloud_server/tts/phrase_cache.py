@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cloud_server.library.voices import atomic_write
 from cloud_server.tts.base import EngineStatus, TTSEngine, VoiceSpec
+from common.atomic import atomic_write
 from common.config import PhraseCacheConfig
 from common.wav import WavFormatError, data_offset, parse_header, wav_header
 

@@ -20,6 +20,7 @@ from urllib.parse import quote, unquote, urlsplit
 import requests
 
 from common.config import ClientConfig, ConfigError, expand_path
+from common.protocol import Field, Header, Route
 from common.wav import WavFormatError, WavStreamReader, write_wav
 
 _LOGGER = logging.getLogger(__name__)
@@ -76,8 +77,8 @@ class ReplyStream:
     def __init__(self, response: requests.Response, max_seconds: float = float("inf")) -> None:
         self._response = response
         self._max_seconds = max_seconds
-        self.session_id: str | None = response.headers.get("X-Session-Id") or None
-        transcript = response.headers.get("X-Transcript")
+        self.session_id: str | None = response.headers.get(Header.SESSION_ID) or None
+        transcript = response.headers.get(Header.TRANSCRIPT)
         self.transcript: str | None = unquote(transcript) if transcript is not None else None
         self.sample_rate: int | None = None
         """Known once the WAV header has arrived (before the first chunk is yielded)."""
@@ -213,11 +214,11 @@ class ServerClient:
         prompt: str | None = None,
     ) -> ReplyStream:
         """POST /process-text; returns the open stream (use it in a ``with`` block)."""
-        body: dict[str, Any] = {"text": text}
-        for key, value in (("session_id", session_id), ("character", character), ("prompt", prompt)):
+        body: dict[str, Any] = {Field.TEXT: text}
+        for key, value in ((Field.SESSION_ID, session_id), (Field.CHARACTER, character), (Field.PROMPT, prompt)):
             if value:
                 body[key] = value
-        return self._post_stream("/process-text", json=body)
+        return self._post_stream(Route.PROCESS_TEXT, json=body)
 
     def send_audio(
         self,
@@ -229,9 +230,9 @@ class ServerClient:
         """POST /process-audio with the utterance as a WAV body; the transcript comes back in a header."""
         wav = io.BytesIO()
         write_wav(wav, pcm16k, 16000)
-        fields = (("session_id", session_id), ("character", character), ("prompt", prompt))
+        fields = ((Field.SESSION_ID, session_id), (Field.CHARACTER, character), (Field.PROMPT, prompt))
         return self._post_stream(
-            "/process-audio",
+            Route.PROCESS_AUDIO,
             data=wav.getvalue(),
             headers={"Content-Type": "audio/wav"},
             params={name: value for name, value in fields if value},
@@ -267,7 +268,7 @@ class ServerClient:
         """GET /health (no key needed); raises ServerUnavailable when it does not answer ok."""
         try:
             response = self._session.get(
-                self.base_url + "/health", timeout=self._timeout(_SIDE_TIMEOUT_SECONDS), verify=self._verify
+                self.base_url + Route.HEALTH, timeout=self._timeout(_SIDE_TIMEOUT_SECONDS), verify=self._verify
             )
             payload = response.json()
         except (requests.RequestException, ValueError) as err:
@@ -280,7 +281,7 @@ class ServerClient:
         """The last assistant message of a session (for the turn's log line); None when unavailable."""
         try:
             response = self._session.get(
-                f"{self.base_url}/sessions/{quote(session_id, safe='')}",
+                f"{self.base_url}{Route.SESSIONS}/{quote(session_id, safe='')}",
                 timeout=self._timeout(_SIDE_TIMEOUT_SECONDS),
                 verify=self._verify,
             )
