@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,3 +60,16 @@ def mock_pins() -> Iterator[Any]:
     finally:
         factory.close()
         Device.pin_factory = previous
+
+
+def aplay_children() -> list[int]:
+    """This process's aplay children, zombies included (an unreaped one is a leak too)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            comm, rest = stat.read_text().rsplit(")", 1)
+        except OSError:
+            continue
+        if comm.endswith("(aplay") and int(rest.split()[1]) == os.getpid():
+            found.append(int(stat.parent.name))
+    return found

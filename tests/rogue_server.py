@@ -12,9 +12,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
-import numpy as np
-
-from common.wav import wav_header
+from common.wav import float_to_pcm16, wav_header
+from tests import helpers
 
 Mode = Literal["endless", "trickle", "slow_header", "rate0", "stereo"]
 RATE = 16000
@@ -25,9 +24,7 @@ _BOUND_SECONDS = 300.0
 
 def tone(seconds: float, rate: int = RATE, channels: int = 1) -> bytes:
     """A 440 Hz tone as PCM16 (interleaved when ``channels`` > 1)."""
-    t = np.arange(round(seconds * rate)) / rate
-    mono = (0.4 * np.sin(2 * np.pi * 440.0 * t) * 32767).astype("<i2")
-    return np.repeat(mono, channels).tobytes()
+    return float_to_pcm16(helpers.tone(seconds, rate, amplitude=0.4, channels=channels).reshape(-1))
 
 
 class RogueServer:

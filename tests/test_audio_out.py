@@ -12,7 +12,7 @@ import pytest
 from common.wav import read_wav_pcm16
 from pi_client.audio.playback import AplaySink, PlaybackError, WavFileSink
 from tests.alsa_rig import AlsaRig
-from tests.helpers import tone_pcm16
+from tests.helpers import aplay_children, tone_pcm16
 from tests.phone_rig import alive
 
 TIMEOUT = 20.0
@@ -124,19 +124,6 @@ def test_wav_file_sink_writes_an_empty_file_when_nothing_played(tmp_path: Path) 
     asyncio.run(WavFileSink(path).close())
     pcm, _ = read_wav_pcm16(str(path))
     assert pcm == b"" and os.path.getsize(path) == 44
-
-
-def aplay_children() -> list[int]:
-    """This process's aplay children, zombies included (an unreaped one is a leak too)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            comm, rest = stat.read_text().rsplit(")", 1)
-        except OSError:
-            continue
-        if comm.endswith("(aplay") and int(rest.split()[1]) == os.getpid():
-            found.append(int(stat.parent.name))
-    return found
 
 
 @pytest.mark.parametrize("rate", [0, 4000, 96000])

@@ -19,10 +19,10 @@ from pi_client.audio.playback import AplaySink
 from pi_client.call.machine import Outcome
 from tests.alsa_rig import AlsaRig
 from tests.fixtures_pi import PI_RATE
-from tests.phone_rig import BROKEN_WORDS, OFFLINE_WORDS, build_phone, heard, words
+from tests.helpers import aplay_children, words
+from tests.phone_rig import BROKEN_WORDS, OFFLINE_WORDS, build_phone, heard
 from tests.rogue_server import Mode, RogueServer
 from tests.server_rig import pi_config, run_pi_client
-from tests.test_audio_out import aplay_children
 
 WAIT = 120.0
 

@@ -10,7 +10,7 @@ from gpiozero.pins.mock import MockFactory
 
 from common.config import RotaryConfig
 from pi_client.telephone.rotary import DialError, GpioDial, PulseDecoder
-from tests.phone_rig import mock_pins as installed_mock_pins
+from tests.helpers import mock_pins as installed_mock_pins
 
 CFG = RotaryConfig(enabled=True)
 BOUNCE = (0.0007, 0.0012, 0.0009)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import re
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cloud_server.tts.base import TTSEngine, TTSError, VoiceSpec
 from common.wav import WavStreamReader, pcm16_to_float, resample_float
 from tests.fixtures_server import TEST_KEY, server_config
+from tests.helpers import words
 from tests.ollama_standin import OllamaStandIn
 
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
@@ -38,10 +38,6 @@ def encoded(samples: np.ndarray, rate: int, fmt: str, subtype: str | None = None
 def clip(seconds: float, rate: int = 24000, freq: float = 220.0) -> np.ndarray:
     t = np.arange(int(seconds * rate)) / rate
     return (0.3 * np.sin(2 * np.pi * freq * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
-
-
-def words(text: str) -> list[str]:
-    return re.sub(r"[^a-z ]", "", text.lower()).split()
 
 
 def spoken_seconds(response: requests.Response) -> tuple[int, float]:
@@ -437,7 +433,7 @@ def test_a_recording_far_past_full_scale_is_heard_and_a_busy_whisper_is_503(
     ) as reply:
         assert reply.status_code == 200, reply.text
         assert words(unquote(reply.headers["X-Transcript"])) == words(QUESTION)
-    transcriber = server.app.extensions["ai_telephone_features"].transcriber
+    transcriber = server.services.transcriber
     with transcriber._lock:  # Whisper busy with another caller for longer than the wait allows
         busy = requests.post(
             server.url + "/process-audio", files={"audio": ("q.wav", loud, "audio/wav")}, headers=AUTH, timeout=TIMEOUT
