@@ -170,7 +170,7 @@ def _call(server: ServerProcess, cert: Path, text: str) -> requests.Response:
                          headers={"Authorization": f"Bearer {server.key}"}, verify=str(cert), timeout=(20, 120))
 
 
-def test_hundreds_of_slow_connections_do_not_stop_health_or_calls(front: ServerProcess,
+def test_hundreds_of_slow_connections_do_not_stop_health_or_calls(front: ServerProcess, standin: OllamaStandIn,
                                                                   cert: tuple[Path, Path]) -> None:
     """325 slow connections open: /health and calls are answered; and over the front's timeouts (the
     attacker reopening what the front closes) /health keeps answering and a second call too."""
@@ -186,6 +186,7 @@ def test_hundreds_of_slow_connections_do_not_stop_health_or_calls(front: ServerP
             assert health["status"] == "ok"
             latencies.append(seconds)
             assert slow.open_now(*HELD) >= 0.9 * SLOW, slow.by_kind()
+        standin.script("Yes, I can hear you through all that noise. ")  # new words: Piper speaks them now
         turn = _call(front, cert[0], "Operator, can you still hear me?")
         open_after_call = slow.open_now(*HELD)
         assert turn.status_code == 200, turn.text
@@ -202,7 +203,9 @@ def test_hundreds_of_slow_connections_do_not_stop_health_or_calls(front: ServerP
             latencies.append(_health(front.url, context, timeout=30)[0])
             time.sleep(0.5)
         open_at_second_call = slow.open_now(*HELD)
+        standin.script("Still here, on the line, and listening. ")
         second = _call(front, cert[0], "Are you still there?")
+        standin.script()
         by_kind, answered, closed = slow.by_kind(), dict(slow.answered), dict(slow.closed_by_server)
     assert all(closed[kind] > 0 for kind in HELD), closed  # the front bounds every kind
     assert second.status_code == 200 and len(second.content) > 44 + 22050
