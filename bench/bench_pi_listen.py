@@ -1,4 +1,5 @@
-"""How fast the Pi's listening side is: Silero VAD per frame, listen() over a file, Whisper per utterance.
+"""How fast the Pi's listening side is: Silero VAD per frame, listen() over a file, Smart Turn per decision,
+Whisper per utterance.
 
 Run: ``python -m bench.bench_pi_listen [--repeat N]``. Speech is made with the packaged Piper voice.
 Figures are wall-clock on this machine; the call's perceived delay is trailing silence + STT + server.
@@ -14,10 +15,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from common.config import PiSTTConfig, VADConfig
+from common.config import PiSTTConfig, SmartTurnConfig, VADConfig
 from common.wav import resample_pcm16, write_wav
 from pi_client.audio.capture import BLOCK_SAMPLES, SAMPLE_RATE, WavFileSource
 from pi_client.turns.endpoint import listen
+from pi_client.turns.smart_turn import SmartTurn
 from pi_client.turns.stt import WhisperTranscriber
 from pi_client.turns.vad import SileroVad
 
@@ -51,7 +53,9 @@ def main() -> None:
     step = BLOCK_SAMPLES * 2
     frames = [recording[i : i + step] for i in range(0, len(recording) - step + 1, step)]
 
-    single, batched, listened, transcribed = [], [], [], []
+    smart_turn = SmartTurn(SmartTurnConfig())
+    single, batched, listened, decided, transcribed = [], [], [], [], []
+    by_model = None
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "q.wav"
         write_wav(str(path), recording, SAMPLE_RATE)
@@ -74,9 +78,13 @@ def main() -> None:
             listened.append(time.perf_counter() - t0)
             assert utterance is not None
             t0 = time.perf_counter()
+            finished, prob = smart_turn.is_finished(utterance.pcm)
+            decided.append(time.perf_counter() - t0)
+            by_model = asyncio.run(listen(WavFileSource(path), vad, VADConfig(), smart_turn, SmartTurnConfig()))
+            t0 = time.perf_counter()
             text = stt.transcribe(utterance.pcm)
             transcribed.append(time.perf_counter() - t0)
-        assert utterance is not None
+        assert utterance is not None and by_model is not None
     frame_ms = BLOCK_SAMPLES / SAMPLE_RATE * 1000
     _LOGGER.info("vad per frame, one call each: %.3f ms (%.4fx real time)",
                  statistics.median(single) * 1000, statistics.median(single) * 1000 / frame_ms)
@@ -84,6 +92,11 @@ def main() -> None:
     _LOGGER.info("listen() over %.1f s of file audio: %.3f s", audio_seconds, statistics.median(listened))
     _LOGGER.info("utterance: %.2f s audio, %.2f s speech, endpoint %.2f s after the last speech",
                  len(utterance.pcm) / 2 / SAMPLE_RATE, utterance.speech_seconds, utterance.endpoint_delay_seconds)
+    _LOGGER.info("smart turn per decision (%.1f s of audio, 1 thread): %.1f ms -> %s (%.2f)",
+                 len(utterance.pcm) / 2 / SAMPLE_RATE, statistics.median(decided) * 1000,
+                 "finished" if finished else "not finished", prob)
+    _LOGGER.info("end of turn with smart turn: ended by %s %.2f s after the last speech (silence rule: %.2f s)",
+                 by_model.ended_by, by_model.endpoint_delay_seconds, utterance.endpoint_delay_seconds)
     _LOGGER.info("whisper transcribe (%d threads): %.3f s -> %r", args.threads, statistics.median(transcribed), text)
 
 

@@ -218,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
                              "overhead p50 %.3f s p95 %.3f s", phones, s["turns"], s["ok"], s["busy_503"],
                              s["errors"], s["ttfa_p50"], s["ttfa_p95"], s["overhead_p50"], s["overhead_p95"])
                 time.sleep(RETRY_AFTER)
-            with urllib.request.urlopen(url + "/health", timeout=5) as resp:
+            details = urllib.request.Request(url + "/health", headers={"Authorization": f"Bearer {KEY}"})
+            with urllib.request.urlopen(details, timeout=5) as resp:  # the queue is shown to the key holder
                 health = json.loads(resp.read())
         finally:
             proc.terminate()

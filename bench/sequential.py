@@ -15,7 +15,8 @@ from flask import Flask, Response
 from cloud_server.errors import ApiError
 from cloud_server.pipeline.reply import Turn
 from cloud_server.pipeline.sentences import SentenceSplitter
-from cloud_server.routes.core import json_body, require_key, services
+from cloud_server.routes.request import json_body, require_key
+from cloud_server.services import services
 from common.wav import wav_header
 
 SEQUENTIAL_PATH = "/bench/sequential"
@@ -33,13 +34,13 @@ def _sequential() -> Response:
     text = body.get("text")
     if not isinstance(text, str) or not text.strip():
         raise ApiError(400, "missing_field", "'text' is required.")
-    character_id, character = svc.character(None)
+    character_id, character = svc.characters.get(None)
     turn = Turn(
         text=text.strip(),
         session_id=uuid.uuid4().hex,
         character_id=character_id,
         character=character,
-        voice=svc.voice_for(character_id, character),
+        voice=svc.characters.voice_spec(character_id),
     )
     # 1. The whole reply from the LLM.
     reply = "".join(svc.llm.stream_reply(svc.pipeline.messages(turn)))

@@ -27,9 +27,10 @@ def create_app(
     one process share voices that are already loaded (Chatterbox takes seconds and gigabytes).
     """
     from cloud_server.errors import register_error_handlers
-    from cloud_server.features import init_features
-    from cloud_server.routes import core as core_routes
-    from cloud_server.services import build_services
+    from cloud_server.metrics import count_responses
+    from cloud_server.routes import core, openai, voices
+    from cloud_server.services import EXTENSION, build_services
+    from cloud_server.write_timeout import WriteTimeout
 
     cfg = config if config is not None else load_config(env=env)
     app = Flask(__name__)
@@ -38,10 +39,12 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = max(limits.max_body_bytes, limits.max_audio_bytes) + 65536
     app.json.sort_keys = False  # type: ignore[attr-defined]
     _LOGGER.info("Pre-loading models (llm=%s, tts=%s)", cfg.server.llm.backend, cfg.server.tts.engine)
-    app.extensions["ai_telephone"] = build_services(cfg, env, engines)
-    register_error_handlers(app)
-    app.register_blueprint(core_routes.bp)
-    init_features(app)
-    svc = app.extensions["ai_telephone"]
+    svc = build_services(cfg, env, engines)
+    app.extensions[EXTENSION] = svc
+    register_error_handlers(app, limits.retry_after_seconds)
+    count_responses(app, svc.metrics)
+    for blueprint in (core.bp, voices.bp, openai.bp):
+        app.register_blueprint(blueprint)
+    app.wsgi_app = WriteTimeout(app.wsgi_app, limits.write_timeout_seconds)  # type: ignore[method-assign]
     _LOGGER.info("Ready: voice %s (fallback %s), LLM %s", svc.primary.name, svc.fallback.name, cfg.server.llm.backend)
     return app

@@ -1,9 +1,13 @@
 """Audio in and out of the server: decode uploads (WAV, FLAC, OGG, MP3), encode replies for the OpenAI route.
 
 Decoding goes through libsndfile (``soundfile``), which reads all four containers. Limits are
-checked before the full decode: the byte count first, then the duration the header declares,
-and the decode itself reads at most one frame past the limit, so a header that lies (or says
-"unknown", as streamed WAV and FLAC do) cannot make the server decode an hour of audio.
+checked before the full decode: the byte count first, then the sample rate, channel count and
+duration the header declares, and the decode itself reads at most one block past the limit, so a
+header that lies (or says "unknown", as streamed WAV and FLAC do) cannot make the server decode an
+hour of audio. Blocks are resampled to the target rate as they are read (soxr keeps its state
+across blocks), so memory follows the output rate, not whatever rate the upload claims. The
+result is always in [-1, 1]: float files may hold any finite value, and Whisper slows down by
+orders of magnitude on samples like 1e30, so louder audio is scaled down to full scale.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Final
 
 import numpy as np
 
-from common.wav import float_to_pcm16, pcm16_to_float, resample_float, wav_header
+from common.wav import pcm16_to_float, resample_float, wav_header
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -23,6 +27,12 @@ STT_RATE: Final = 16000
 OPENAI_PCM_RATE: Final = 24000
 """OpenAI's ``pcm`` format: raw 24 kHz 16-bit little-endian mono."""
 _READ_BLOCK: Final = 65536
+MIN_SAMPLE_RATE: Final = 8000
+"""Lowest accepted upload rate, in Hz (telephone audio); below it there is no speech to hear."""
+MAX_SAMPLE_RATE: Final = 192000
+"""Highest accepted upload rate, in Hz (studio audio); a higher claim only makes the decode expensive."""
+MAX_CHANNELS: Final = 8
+"""Most channels accepted in an upload (7.1); each read block holds every channel."""
 
 ACCEPTED_FORMATS: Final = ("WAV", "FLAC", "OGG", "MP3")
 RESPONSE_FORMATS: Final = ("mp3", "opus", "aac", "flac", "wav", "pcm")
@@ -59,6 +69,12 @@ class UnsupportedAudio(AudioError):
 
     status = 415
     code = "unsupported_audio"
+
+
+class BadSampleRate(AudioError):
+    """A sample rate or channel count outside what speech uploads use."""
+
+    code = "bad_sample_rate"
 
 
 class AudioTooLong(AudioError):
@@ -107,7 +123,7 @@ def decode_audio(
     target_rate: int | None = STT_RATE,
     min_seconds: float = 0.0,
 ) -> DecodedAudio:
-    """Decode an upload to mono float32 (resampled to ``target_rate``; None keeps the source rate)."""
+    """Decode an upload to mono float32 in [-1, 1] (resampled to ``target_rate``; None keeps the source rate)."""
     if len(data) > max_bytes:
         raise AudioTooLong(f"audio is {len(data)} bytes; the limit is {max_bytes} bytes")
     if not data:
@@ -122,45 +138,87 @@ def decode_audio(
             if fh.format not in ACCEPTED_FORMATS:
                 raise UnsupportedAudio(f"unsupported audio container {fh.format}: send WAV, FLAC, OGG or MP3")
             rate = int(fh.samplerate)
-            if rate <= 0:
-                raise BadAudio("audio header has no sample rate")
+            _check_shape(rate, int(fh.channels))
             limit_frames = int(max_seconds * rate)
             declared = fh.frames
             # libsndfile reports a huge count when the header says "unknown" (streamed WAV/FLAC).
             if 0 < declared < 2**62 and declared > limit_frames:
                 raise AudioTooLong(f"audio is {declared / rate:.1f} s long; the limit is {max_seconds:g} s")
-            samples = _read_bounded(fh, limit_frames)
+            out_rate = target_rate or rate
+            samples, frames = _read_bounded(fh, limit_frames, out_rate)
     except AudioError:
         raise
     except (RuntimeError, ValueError, TypeError) as err:  # sf.LibsndfileError is a RuntimeError
         raise BadAudio(f"could not decode the {kind} audio: {err}") from err
-    if samples.size == 0:
+    if frames == 0 or samples.size == 0:
         raise BadAudio(f"the {kind} audio has no samples")
-    if not np.all(np.isfinite(samples)):
-        raise BadAudio(f"the {kind} audio contains invalid samples")
-    duration = samples.size / rate
+    duration = frames / rate
     if duration < min_seconds:
         raise BadAudio(f"audio is {duration:.1f} s long; at least {min_seconds:g} s is needed")
-    out_rate = target_rate or rate
-    out = resample_float(samples, rate, out_rate)
+    out = _full_scale(samples, kind)
     _LOGGER.debug("decoded %s: %.2f s at %d Hz -> %d Hz", kind, duration, rate, out_rate)
     return DecodedAudio(samples=out, sample_rate=out_rate, source_format=kind, source_rate=rate)
 
 
-def _read_bounded(fh: object, limit_frames: int) -> np.ndarray:
-    """Read mono float32 in blocks, refusing as soon as more than ``limit_frames`` arrive."""
+def _check_shape(rate: int, channels: int) -> None:
+    """Refuse rates and channel counts no speech recording has, before any sample is decoded."""
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise BadSampleRate(
+            f"audio at {rate} Hz: send {MIN_SAMPLE_RATE // 1000}-{MAX_SAMPLE_RATE // 1000} kHz"
+            " (16 or 48 kHz is typical)"
+        )
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise BadSampleRate(f"audio with {channels} channels: send mono or stereo")
+
+
+def _read_bounded(fh: object, limit_frames: int, out_rate: int) -> tuple[np.ndarray, int]:
+    """Mono float32 at ``out_rate`` and the source frame count; refused as soon as more than ``limit_frames`` arrive.
+
+    Each block is checked for NaN/inf and resampled on the way, so a long upload at a high rate
+    never sits in memory at its own rate.
+    """
+    rate = int(fh.samplerate)  # type: ignore[attr-defined]
+    resampler = None
+    if out_rate != rate:
+        import soxr
+
+        resampler = soxr.ResampleStream(rate, out_rate, 1, dtype="float32")
     blocks: list[np.ndarray] = []
     total = 0
     while True:
         block = fh.read(_READ_BLOCK, dtype="float32", always_2d=True)  # type: ignore[attr-defined]
-        if block.shape[0] == 0:
-            break
+        last = block.shape[0] == 0
         total += block.shape[0]
         if total > limit_frames:
-            rate = fh.samplerate  # type: ignore[attr-defined]
             raise AudioTooLong(f"audio is longer than the limit of {limit_frames / rate:g} s")
-        blocks.append(block.mean(axis=1) if block.shape[1] > 1 else block[:, 0])
-    return np.concatenate(blocks).astype(np.float32, copy=False) if blocks else np.zeros(0, np.float32)
+        if not np.all(np.isfinite(block)):
+            raise BadAudio("the audio contains invalid samples (NaN or infinity)")
+        mono = block.mean(axis=1, dtype=np.float64) if block.shape[1] > 1 else block[:, 0]
+        mono = mono.astype(np.float32, copy=False)
+        if resampler is not None:
+            mono = resampler.resample_chunk(_within_float32(mono), last=last)
+        if mono.size:
+            blocks.append(mono)
+        if last:
+            break
+    samples = np.concatenate(blocks).astype(np.float32, copy=False) if blocks else np.zeros(0, np.float32)
+    return samples, total
+
+
+def _within_float32(samples: np.ndarray) -> np.ndarray:
+    """Samples the resampler's filter cannot overflow (it sums many of them); speech is far inside this."""
+    return np.clip(samples, -1e35, 1e35)
+
+
+def _full_scale(samples: np.ndarray, kind: str) -> np.ndarray:
+    """Scale audio louder than full scale down to peak 1.0 (float files have no ceiling)."""
+    peak = float(np.max(np.abs(samples)))
+    if not np.isfinite(peak):
+        raise BadAudio(f"the {kind} audio contains invalid samples")
+    if peak > 1.0:
+        _LOGGER.info("Audio peaks at %.3g: scaled down to full scale", peak)
+        samples = samples / np.float32(peak)
+    return np.clip(samples, -1.0, 1.0).astype(np.float32, copy=False)
 
 
 # --------------------------------------------------------------------------- encoding
@@ -210,9 +268,3 @@ def encode_audio(pcm: bytes, sample_rate: int, response_format: str) -> tuple[by
     sf.write(buf, samples, rate, format=container, subtype=subtype)
     return buf.getvalue(), rate
 
-
-def pcm_for_format(pcm: bytes, sample_rate: int, response_format: str) -> bytes:
-    """The raw PCM16 to stream for ``wav``/``pcm`` (``pcm`` is always 24 kHz, as OpenAI's)."""
-    if response_format == "pcm" and sample_rate != OPENAI_PCM_RATE:
-        return float_to_pcm16(resample_float(pcm16_to_float(pcm), sample_rate, OPENAI_PCM_RATE))
-    return pcm

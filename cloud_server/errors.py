@@ -7,6 +7,8 @@ import logging
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
+from cloud_server.pipeline.admission import Busy
+
 _LOGGER = logging.getLogger(__name__)
 
 
@@ -30,12 +32,24 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
     return response
 
 
-def register_error_handlers(app: Flask) -> None:
-    """Turn ApiError, werkzeug's HTTP errors and anything unexpected into JSON, never a traceback."""
+def busy_error(retry_after_seconds: int) -> ApiError:
+    """The 503 a caller gets when every reply slot is taken."""
+    return ApiError(
+        503, "busy", "All voice slots are busy; try again shortly.", {"Retry-After": str(retry_after_seconds)}
+    )
+
+
+def register_error_handlers(app: Flask, retry_after_seconds: int) -> None:
+    """Turn ApiError, a full reply gate, werkzeug's HTTP errors and anything unexpected into JSON, never a traceback."""
 
     @app.errorhandler(ApiError)
     def _api_error(err: ApiError) -> Response:
         return error_response(err.status, err.code, err.message, err.headers)
+
+    @app.errorhandler(Busy)
+    def _busy(_err: Busy) -> Response:  # the pipeline says "full"; here, at the HTTP edge, it becomes 503
+        busy = busy_error(retry_after_seconds)
+        return error_response(busy.status, busy.code, busy.message, busy.headers)
 
     @app.errorhandler(HTTPException)
     def _http_error(err: HTTPException) -> Response:

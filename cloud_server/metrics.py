@@ -85,14 +85,11 @@ class Metrics:
         return Response(generate_latest(self.registry), mimetype=CONTENT_TYPE_LATEST)
 
 
-def init_metrics(app: Flask) -> Metrics:
-    """Create the app's metrics and count every response by its URL rule and status."""
-    metrics = Metrics()
+def count_responses(app: Flask, metrics: Metrics) -> None:
+    """Count every response of ``app`` by its URL rule and status."""
 
     @app.after_request
     def _count(response: Response) -> Response:
         rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
         metrics.observe_response(rule, response.status_code, response.headers)
         return response
-
-    return metrics

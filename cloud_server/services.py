@@ -1,4 +1,9 @@
-"""Everything a request needs, built once per process: the LLM, the voices, sessions, the gate."""
+"""The server's state, built once per process by ``build_services`` and reached by ``services()``.
+
+It holds the built parts and nothing else: the LLM, the voices (wrapped once: failure watch →
+phrase cache → idle unload → engine), sessions, the reply gate, the voice library and character
+book, server-side Whisper and the metrics. The parts do the work.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +13,32 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Final
 
-from cloud_server.errors import ApiError
-from cloud_server.llm.base import LLM, make_llm
+from flask import current_app
+
+from cloud_server.library.characters import CharacterBook
+from cloud_server.library.voices import VoiceLibrary, VoiceOverrides
+from cloud_server.llm.base import LLM
+from cloud_server.llm.select import make_llm
+from cloud_server.metrics import Metrics
 from cloud_server.pipeline.admission import ReplySlots
 from cloud_server.pipeline.reply import ReplyPipeline
 from cloud_server.pipeline.sessions import SessionStore
+from cloud_server.stt import ServerTranscriber
 from cloud_server.tts.base import TTSEngine, VoiceSpec
+from cloud_server.tts.engines import descriptor
 from cloud_server.tts.idle import IdleUnloadingEngine, reloader
 from cloud_server.tts.phrase_cache import CachingEngine, PhraseCache
 from cloud_server.tts.select import build_engines
-from common.config import CharacterConfig, Config, ConfigError, ServerConfig, expand_path, resolve_api_key
+from cloud_server.tts.watch import FailureWatch
+from common.config import Config, ConfigError, ServerConfig, expand_path, resolve_api_key
 
 _LOGGER = logging.getLogger(__name__)
-INSECURE_ENV = "AI_TELEPHONE_INSECURE_NO_AUTH"
-_HEALTH_CACHE_SECONDS = 5.0
+EXTENSION: Final = "ai_telephone"
+INSECURE_ENV: Final = "AI_TELEPHONE_INSECURE_NO_AUTH"
+_HEALTH_CACHE_SECONDS: Final = 5.0
+_STALE_MARGIN_SECONDS: Final = 30.0
 
 
 @dataclass
@@ -38,31 +53,18 @@ class Services:
     sessions: SessionStore
     slots: ReplySlots
     pipeline: ReplyPipeline
-    characters: Any = None
-    """The character book with runtime voice switches (cloud_server.features); None: config only."""
+    library: VoiceLibrary
+    characters: CharacterBook
+    transcriber: ServerTranscriber
+    metrics: Metrics
     started: float = field(default_factory=time.monotonic)
     _llm_seen: tuple[float, bool] = (0.0, False)
 
-    def character(self, character_id: str | None) -> tuple[str, CharacterConfig]:
-        """The named character (or the default); 404 when unknown."""
-        cid = character_id or self.config.server.default_character
-        found = self.config.server.characters.get(cid)
-        if found is None:
-            known = ", ".join(sorted(self.config.server.characters))
-            raise ApiError(404, "unknown_character", f"No character named {cid!r}. Known: {known}.")
-        return cid, found
-
-    def voice_for(self, character_id: str, character: CharacterConfig) -> VoiceSpec:
-        """The voice a character speaks with."""
-        if self.characters is not None:
-            return self.characters.voice_spec(character_id)  # type: ignore[no-any-return]
-        return VoiceSpec(
-            voice_id=character_id,
-            clip=character.voice_clip or self.config.server.tts.chatterbox.voice_clip,
-            exaggeration=character.exaggeration,
-            cfg_weight=character.cfg_weight,
-            temperature=character.temperature,
-        )
+    @property
+    def longest_reply_seconds(self) -> float:
+        """No reply may hold a slot longer than this: its cap, one stalled write, and a margin."""
+        limits = self.config.server.limits
+        return limits.max_reply_seconds + limits.write_timeout_seconds + _STALE_MARGIN_SECONDS
 
     def llm_reachable(self) -> bool:
         """Cached for a few seconds so /health stays cheap under polling."""
@@ -75,6 +77,11 @@ class Services:
                 ok = False
             self._llm_seen = (now, ok)
         return ok
+
+
+def services() -> Services:
+    """The current app's Services (the one accessor every route uses)."""
+    return current_app.extensions[EXTENSION]  # type: ignore[no-any-return]
 
 
 def api_key_or_refuse(config: Config, env: Mapping[str, str]) -> str | None:
@@ -92,14 +99,14 @@ def api_key_or_refuse(config: Config, env: Mapping[str, str]) -> str | None:
 
 
 def wrap_voice_model(primary: TTSEngine, server: ServerConfig) -> TTSEngine:
-    """Idle unload (when configured), then the phrase cache, in front of the voice model."""
-    if isinstance(primary, CachingEngine):
+    """Idle unload (when configured), the phrase cache, then the failure watch, in front of the voice model."""
+    if isinstance(primary, FailureWatch):
         return primary
     if server.tts.idle_unload_seconds > 0 and not isinstance(primary, IdleUnloadingEngine):
         primary = IdleUnloadingEngine(primary, reloader(primary, server.tts), server.tts.idle_unload_seconds)
     phrases = PhraseCache(expand_path(server.data_dir) / "phrases", server.phrase_cache)
-    model = f"{server.tts.chatterbox.model}:{server.tts.chatterbox.checkpoint}"
-    return CachingEngine(primary, phrases, model=model)
+    identity = descriptor(primary.name).cache_identity(server.tts)
+    return FailureWatch(CachingEngine(primary, phrases, identity))
 
 
 def build_services(
@@ -117,6 +124,15 @@ def build_services(
     primary, fallback = engines if engines is not None else build_engines(server.tts)
     primary = wrap_voice_model(primary, server)
     sessions = SessionStore(server.sessions)
+    data_dir = expand_path(server.data_dir)
+    # Clips must suit the configured engine (Turbo: > 5 s), even while a stand-in speaks.
+    floor = descriptor(server.tts.engine).clip_longer_than(server.tts)
+    library = VoiceLibrary(data_dir / "voices", server.voices, clip_longer_than=floor)
+    transcriber = ServerTranscriber(server.stt)
+    transcriber.load()
+    metrics = Metrics()
+    pipeline = ReplyPipeline(server, llm, primary, fallback, sessions)
+    pipeline.listeners.append(metrics.observe_turn)
     services = Services(
         config=config,
         api_key=api_key,
@@ -125,16 +141,32 @@ def build_services(
         fallback=fallback,
         sessions=sessions,
         slots=ReplySlots(server.limits.queue_depth),
-        pipeline=ReplyPipeline(server, llm, primary, fallback, sessions),
+        pipeline=pipeline,
+        library=library,
+        characters=CharacterBook(server, library, VoiceOverrides.in_data_dir(data_dir)),
+        transcriber=transcriber,
+        metrics=metrics,
     )
-    for cid, character in server.characters.items():
-        try:
-            primary.prepare_voice(services.voice_for(cid, character))
-        except Exception as err:
-            _LOGGER.warning("Voice for character %s could not be prepared: %s", cid, err)
+    prepare_voices(services)
     if server.llm.warm_up:
         threading.Thread(target=_warm_up, args=(llm,), name="llm-warm-up", daemon=True).start()
+    _LOGGER.info("%d library voices, Whisper on %s", len(library.list()), transcriber.device)
     return services
+
+
+def prepare_voices(svc: Services) -> None:
+    """Every character's voice and every library voice, once, so no first request pays for them.
+
+    A disk load when their conditionals were computed before: a restart recomputes nothing.
+    """
+    book = svc.characters
+    specs: dict[str, VoiceSpec] = {cid: book.voice_spec(cid) for cid in svc.config.server.characters}
+    specs |= {v.voice_id: book.library_voice_spec(v.voice_id) for v in svc.library.list() if v.voice_id not in specs}
+    for spec in specs.values():
+        try:
+            svc.primary.prepare_voice(spec)
+        except Exception as err:
+            _LOGGER.warning("Voice %s could not be prepared at start (it will be tried on use): %s", spec.voice_id, err)
 
 
 def _warm_up(llm: LLM) -> None:

@@ -41,7 +41,7 @@ class LimitsConfig:
     max_text_chars: int = 2000
     """Longest accepted ``text`` in /process-text, in characters."""
     max_prompt_chars: int = 2000
-    """Longest accepted extra system ``prompt``, in characters."""
+    """Longest accepted extra system ``prompt``, in characters (a trusted-client field: it follows the persona)."""
     max_body_bytes: int = 65536
     """Largest accepted JSON body, in bytes."""
     max_audio_bytes: int = 10_000_000
@@ -53,7 +53,13 @@ class LimitsConfig:
     retry_after_seconds: int = 3
     """Value of the Retry-After header sent with 503, in seconds."""
     max_reply_seconds: float = 120.0
-    """Hard cap on one streamed reply, in seconds; past it the stream is ended."""
+    """Hard cap on one streamed reply, in seconds; past it the stream is ended, whatever the caller reads."""
+    write_timeout_seconds: float = 30.0
+    """Longest wait for one write to a caller that stopped reading, in seconds; then its reply slot is freed."""
+    max_speech_seconds: float = 300.0
+    """Longest audio one ``/v1/audio/speech`` request produces, in seconds of output (after ``speed``)."""
+    max_stt_wait_seconds: float = 30.0
+    """How long /process-audio waits for the one Whisper model before answering 503, in seconds."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,9 @@ class LLMConfig:
     """Sampling temperature."""
     max_tokens: int = 200
     """Cap on tokens per reply; a phone answer should be short."""
+    context_tokens: int = 2048
+    """The model's context window in tokens (Ollama's num_ctx; the embedded model's n_ctx): the
+    oldest history is dropped so persona, history, the new words and the reply fit in it."""
     embedded_model_path: str | None = None
     """GGUF file for the embedded backend; None uses the packaged SmolLM2-135M."""
     embedded_threads: int = 2
@@ -164,7 +173,8 @@ class CharacterConfig:
     temperature: float = 0.8
     """Chatterbox sampling temperature."""
     greeting: str = "Hello, operator speaking. How can I help?"
-    """What the phone says when the handset is lifted."""
+    """The character's greeting, spoken in its voice by ``GET /characters/<id>/greeting`` (what the
+    phone itself says when the handset is lifted is ``pi.greeting``)."""
     apology: str = "Sorry, I can't think right now. Please try again in a moment."
     """What the caller hears when the LLM fails."""
 
@@ -195,6 +205,10 @@ class VoiceLibraryConfig:
     """Longest accepted voice clip, in seconds."""
     min_seconds: float = 2.0
     """Shortest accepted voice clip, in seconds (Turbo needs more than 5 s and is checked for that)."""
+    max_voices: int = 100
+    """Most clips the library holds; one more upload gets 409 ``library_full``."""
+    max_total_bytes: int = 300_000_000
+    """Disk budget of all stored clips together, in bytes (a 60 s clip at 24 kHz is 2.9 MB)."""
 
 
 @dataclass(frozen=True)
@@ -277,6 +291,28 @@ class VADConfig:
 
 
 @dataclass(frozen=True)
+class SmartTurnConfig:
+    enabled: bool = True
+    """Ask Smart Turn v3.2 whether the caller has finished; false (or the model missing) keeps the silence rule."""
+    model_path: str | None = None
+    """Smart Turn ONNX file; None uses the one packaged in pipecat-ai (installed --no-deps)."""
+    threshold: float = 0.5
+    """Probability of "finished" at or above which the turn ends."""
+    check_after_silence_seconds: float = 0.2
+    """Silence after speech before the model is asked, in seconds."""
+    max_silence_seconds: float = 2.0
+    """After a "not finished" verdict, silence this long still ends the turn, in seconds."""
+    threads: int = 1
+    """CPU threads for the model (Whisper and the VAD share the Pi's cores)."""
+
+
+@dataclass(frozen=True)
+class TurnsConfig:
+    smart_turn: SmartTurnConfig = field(default_factory=SmartTurnConfig)
+    """End of turn by meaning, after a short silence (the silence rule in ``pi.vad`` is the fallback)."""
+
+
+@dataclass(frozen=True)
 class PiSTTConfig:
     model: str | None = None
     """faster-whisper model name or local path; None uses the packaged tiny.en."""
@@ -308,6 +344,14 @@ class ClientConfig:
     """Pinned server certificate (PEM) for TLS; None uses the system trust store."""
     busy_retry_max_seconds: float = 5.0
     """A 503 whose Retry-After is at most this is retried once; longer waits get the offline voice, in seconds."""
+    max_reply_seconds: float = 300.0
+    """Reply audio beyond this is cut and the broken-line message follows, in seconds of audio."""
+    min_bytes_per_second: float = 2000.0
+    """Mid-reply, less audio than this per second, averaged over read_timeout_seconds, counts as a
+    broken line (a trickling server), in bytes per second."""
+    reply_buffer_seconds: float = 5.0
+    """Reply audio held between the network and the player; when it is full the reader waits (and so
+    does the server), so memory stays bounded however fast the reply comes, in seconds of audio."""
 
 
 @dataclass(frozen=True)
@@ -318,6 +362,41 @@ class OfflineVoiceConfig:
     """What the phone says when the server cannot answer."""
     broken_message: str = "Sorry, the line dropped. Please say that again."
     """Said after a reply that broke off mid-stream."""
+
+
+@dataclass(frozen=True)
+class RotaryConfig:
+    enabled: bool = False
+    """Read a rotary dial's pulse contact on a GPIO pin."""
+    pin: int = 27
+    """BCM pin number of the dial's pulse contact."""
+    pulse_when: Literal["open", "closed"] = "open"
+    """Contact state during a pulse (the pulse contact of most dials is closed at rest and opens per pulse)."""
+    pull_up: bool = True
+    """Use the internal pull-up (contact to ground) rather than pull-down."""
+    debounce_seconds: float = 0.008
+    """A contact state must hold this long to count, in seconds (shorter than the briefest make at 12 pulses/s)."""
+    digit_gap_seconds: float = 0.2
+    """No pulse for this long ends a digit, in seconds (longer than the longest make at 7 pulses/s)."""
+    max_break_seconds: float = 0.2
+    """A break longer than this is not a pulse (a line break); the digit in progress is dropped, in seconds."""
+
+
+@dataclass(frozen=True)
+class DialConfig:
+    rotary: RotaryConfig = field(default_factory=RotaryConfig)
+    dtmf: bool = True
+    """Decode touch-tone (DTMF) digits from the handset audio."""
+    digit_timeout_seconds: float = 4.0
+    """No digit for this long completes the number dialed so far, in seconds."""
+
+
+@dataclass(frozen=True)
+class TonesConfig:
+    plan: Literal["north_american", "european"] = "north_american"
+    """Call-progress tone plan: North American precise tones or the European 425 Hz plan."""
+    level_dbfs: float = -18.0
+    """Level of each frequency in a tone, in dB below full scale."""
 
 
 @dataclass(frozen=True)
@@ -335,11 +414,16 @@ class PiConfig:
     hook: HookConfig = field(default_factory=HookConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
     vad: VADConfig = field(default_factory=VADConfig)
+    turns: TurnsConfig = field(default_factory=TurnsConfig)
     stt: PiSTTConfig = field(default_factory=PiSTTConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
     offline_voice: OfflineVoiceConfig = field(default_factory=OfflineVoiceConfig)
     cache_dir: str = "~/.cache/ai-telephone/pi"
     """Where the Pi caches its greeting audio."""
+    directory: dict[str, str] = field(default_factory=dict)
+    """Dialed number (digits, quoted in YAML) → character id; empty: lifting the handset calls ``character``."""
+    dial: DialConfig = field(default_factory=DialConfig)
+    tones: TonesConfig = field(default_factory=TonesConfig)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import struct
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -17,6 +16,12 @@ import numpy as np
 UNKNOWN_SIZE = 0xFFFFFFFF
 HEADER_BYTES = 44
 SAMPLE_WIDTH = 2
+MIN_SAMPLE_RATE = 8000
+"""Lowest rate a stream may declare, in Hz (telephone band; a header saying 0 is garbage, not audio)."""
+MAX_SAMPLE_RATE = 48000
+"""Highest rate a stream may declare, in Hz (what the voices and the Pi's player use at most)."""
+_PCM = 1
+"""WAVE_FORMAT_PCM, also the sub-format an extensible (0xFFFE) header must name."""
 
 
 class WavFormatError(ValueError):
@@ -77,7 +82,7 @@ def resample_float(samples: np.ndarray, src_rate: int, dst_rate: int) -> np.ndar
 
 
 def parse_header(header: bytes) -> WavFormat:
-    """Read the format from the first bytes of a WAV stream (PCM16 only)."""
+    """Read the format from the first bytes of a WAV stream (PCM16 mono, 8-48 kHz only)."""
     if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
         raise WavFormatError("not a WAV stream (no RIFF/WAVE header)")
     pos = 12
@@ -89,16 +94,31 @@ def parse_header(header: bytes) -> WavFormat:
         if chunk_id == b"fmt ":
             if len(body) < 16:
                 raise WavFormatError("truncated fmt chunk")
-            audio_format, channels, rate, _, _, bits = struct.unpack("<HHIIHH", body[:16])
-            if audio_format not in (1, 0xFFFE) or bits != 16:
-                raise WavFormatError(f"unsupported WAV encoding (format {audio_format}, {bits} bits)")
-            fmt = WavFormat(sample_rate=rate, channels=channels, bits=bits)
+            fmt = _check_format(body)
         if chunk_id == b"data":
             if fmt is None:
                 raise WavFormatError("data chunk before fmt chunk")
             return fmt
         pos += 8 + size + (size & 1)
     raise WavFormatError("no data chunk in the header")
+
+
+def _check_format(body: bytes) -> WavFormat:
+    """The fmt chunk's format, refused unless it is one this project streams.
+
+    Everything downstream (players, resampling, the reply's length in seconds) assumes PCM16 mono
+    at a real rate: a header saying rate 0 crashed playback, and a stereo one played as mono.
+    """
+    audio_format, channels, rate, _, _, bits = struct.unpack("<HHIIHH", body[:16])
+    if audio_format == 0xFFFE and len(body) >= 26:
+        (audio_format,) = struct.unpack("<H", body[24:26])  # the sub-format GUID's first two bytes
+    if audio_format != _PCM or bits != 16:
+        raise WavFormatError(f"unsupported WAV encoding (format {audio_format}, {bits} bits)")
+    if channels != 1:
+        raise WavFormatError(f"unsupported WAV layout ({channels} channels, expected mono)")
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise WavFormatError(f"unsupported WAV sample rate {rate} Hz ({MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz)")
+    return WavFormat(sample_rate=rate, channels=channels, bits=bits)
 
 
 def data_offset(header: bytes) -> int:
@@ -134,14 +154,6 @@ class WavStreamReader:
         self.format = parse_header(self._buffer[:offset])
         pcm, self._buffer = self._buffer[offset:], b""
         return pcm
-
-
-def stream_wav(sample_rate: int, pcm_chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """An open-ended WAV header followed by the given PCM16 chunks (empty chunks skipped)."""
-    yield wav_header(sample_rate)
-    for chunk in pcm_chunks:
-        if chunk:
-            yield chunk
 
 
 def write_wav(target: str | BinaryIO, pcm: bytes, sample_rate: int) -> None:

@@ -67,6 +67,7 @@ async def _build(args: argparse.Namespace, cfg: Config, key: str) -> _Stages:
     from pi_client.server.client import ServerClient
     from pi_client.server.health import HealthMonitor
     from pi_client.turns.endpoint import listen
+    from pi_client.turns.smart_turn import TurnDetectorError, load_turn_detector
     from pi_client.turns.stt import TranscriberError, WhisperTranscriber
     from pi_client.turns.vad import SileroVad, VadError
 
@@ -74,11 +75,12 @@ async def _build(args: argparse.Namespace, cfg: Config, key: str) -> _Stages:
     voice = OfflineVoice(pi.offline_voice, pi.greeting, pi.cache_dir)
     await asyncio.to_thread(voice.prepare)  # greeting and apologies ready before the first call
     try:
-        vad = SileroVad(pi.vad.threshold)
+        vad = SileroVad()
+        turn_detector = await asyncio.to_thread(load_turn_detector, pi.turns.smart_turn)
         transcribe = None
         if not pi.stt.use_server:
             transcribe = (await asyncio.to_thread(WhisperTranscriber, pi.stt)).transcribe
-    except (TranscriberError, VadError) as err:
+    except (TranscriberError, VadError, TurnDetectorError) as err:
         raise ConfigError(str(err)) from err
 
     def make_source() -> Any:
@@ -93,7 +95,7 @@ async def _build(args: argparse.Namespace, cfg: Config, key: str) -> _Stages:
     async def listen_once() -> Any:
         source = make_source()
         try:
-            return await listen(source, vad, pi.vad)
+            return await listen(source, vad, pi.vad, turn_detector, pi.turns.smart_turn)
         finally:
             source.close()
 

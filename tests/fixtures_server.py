@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import requests
 from flask import Flask
 from werkzeug.serving import BaseWSGIServer, make_server
 
@@ -29,6 +31,24 @@ class RunningServer:
     @property
     def services(self) -> Any:
         return self.app.extensions["ai_telephone"]
+
+    def health(self) -> dict[str, Any]:
+        """GET /health with the key: the details (slots, voice status), as an operator sees them."""
+        reply = requests.get(self.url + "/health", headers={"Authorization": f"Bearer {TEST_KEY}"}, timeout=30)
+        assert reply.status_code == 200, reply.text
+        return reply.json()  # type: ignore[no-any-return]
+
+    def slots_in_use(self) -> int:
+        """Reply slots held now, read through /health (not the server's internals)."""
+        return int(self.health()["queue"]["active"])
+
+    def wait_slots_free(self, timeout: float = 15.0) -> None:
+        """Wait (bounded) until /health says no reply slot is held; AssertionError naming what is held."""
+        deadline = time.monotonic() + timeout
+        while self.slots_in_use() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        held = self.health()["queue"]
+        assert held["active"] == 0, f"reply slots still held after {timeout} s: {held}"
 
     def stop(self) -> None:
         self.http.shutdown()
@@ -70,11 +90,15 @@ def server_config(ollama_url: str, tmp_path: Any, **server: Any) -> Config:
 
 @pytest.fixture(scope="session")
 def piper_engines() -> tuple[TTSEngine, TTSEngine]:
-    """The real Piper voice as (primary, fallback), loaded once for the whole session."""
+    """The real Piper voice as primary, and the fallback chain Chatterbox gets (Piper, then espeak-ng), loaded once."""
+    from cloud_server.tts.chain import FallbackChain
+    from cloud_server.tts.engines import descriptor
     from cloud_server.tts.select import build_engines
     from common.config import TTSConfig
 
-    return build_engines(TTSConfig(engine="piper"))
+    cfg = TTSConfig(engine="piper")
+    primary, _ = build_engines(cfg)
+    return primary, FallbackChain([primary, descriptor("espeak").load(cfg, primary.sample_rate)])
 
 
 @pytest.fixture

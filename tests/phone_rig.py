@@ -7,10 +7,8 @@ speaks when the test says), the hook is gpiozero's MockFactory, the earpiece a W
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +24,6 @@ BROKEN_WORDS = {"sorry", "line", "dropped", "say", "again"}
 """Words of the default broken-line message."""
 
 
-def words(text: str) -> set[str]:
-    """Lower-case words of a transcript."""
-    return set(re.findall(r"[a-z]+", text.lower()))
-
-
 def heard(whisper: Any, path: Path) -> tuple[str, float]:
     """What Whisper hears in a WAV the earpiece got, and its length in seconds."""
     pcm, _ = read_wav_pcm16(str(path), PI_RATE)
@@ -44,22 +37,6 @@ def alive(pid: int) -> bool:
             return fh.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
-
-
-@contextlib.contextmanager
-def mock_pins() -> Iterator[Any]:
-    """gpiozero's MockFactory as the pin factory for the duration."""
-    from gpiozero import Device
-    from gpiozero.pins.mock import MockFactory
-
-    previous = Device.pin_factory
-    factory = MockFactory()
-    Device.pin_factory = factory
-    try:
-        yield factory
-    finally:
-        factory.close()
-        Device.pin_factory = previous
 
 
 @dataclass
@@ -104,7 +81,7 @@ def build_phone(
 
     settings = config_from_dict({"pi": {"cache_dir": str(tmp_path / "cache"), **(pi or {})}}).pi
     voice = OfflineVoice(settings.offline_voice, settings.greeting, settings.cache_dir)
-    vad = SileroVad(settings.vad.threshold)
+    vad = SileroVad()
     talk: asyncio.Queue[None] | None = asyncio.Queue() if gated else None
 
     async def listen_once() -> Any:

@@ -2,30 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import tracemalloc
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 import soundfile as sf
 
 from cloud_server.audio_codec import (
+    AudioError,
     AudioTooLong,
     BadAudio,
+    BadSampleRate,
     UnsupportedAudio,
     change_speed,
     decode_audio,
     encode_audio,
-    pcm_for_format,
 )
 from common.wav import float_to_pcm16, wav_header
+from tests.helpers import tone
 
 LIMITS = {"max_bytes": 5_000_000, "max_seconds": 10.0}
-
-
-def tone(seconds: float, rate: int, freq: float = 440.0, channels: int = 1) -> np.ndarray:
-    t = np.arange(int(seconds * rate)) / rate
-    mono = (0.4 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-    return mono if channels == 1 else np.stack([mono] * channels, axis=1)
 
 
 def encode(samples: np.ndarray, rate: int, fmt: str, subtype: str) -> bytes:
@@ -123,6 +122,61 @@ def test_minimum_length() -> None:
         decode_audio(data, min_seconds=5.0, **LIMITS)
 
 
+def peak_memory(call: Callable[[], object]) -> int:
+    """Bytes allocated at the peak of ``call`` (numpy arrays are traced too)."""
+    tracemalloc.start()
+    with contextlib.suppress(AudioError):
+        call()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize(("rate", "fmt"), [(655350, "FLAC"), (1, "WAV"), (4000, "WAV"), (384000, "WAV")])
+def test_absurd_sample_rates_are_refused_before_decoding(rate: int, fmt: str) -> None:
+    # The review's upload: a small FLAC at 655 kHz that decoded to a 77 MB clip.
+    data = encode(np.zeros(max(rate, 16) * 8, np.float32), rate, fmt, "PCM_16")
+    with pytest.raises(BadSampleRate) as info:
+        decode_audio(data, max_bytes=10**8, max_seconds=60.0)
+    assert info.value.status == 400 and "kHz" in str(info.value)
+    assert peak_memory(lambda: decode_audio(data, max_bytes=10**8, max_seconds=60.0)) < 1_000_000
+
+
+def test_too_many_channels_are_refused() -> None:
+    data = encode(tone(0.5, 16000, channels=9), 16000, "WAV", "PCM_16")
+    with pytest.raises(BadSampleRate, match="9 channels"):
+        decode_audio(data, **LIMITS)
+
+
+def test_a_high_rate_upload_is_resampled_block_by_block() -> None:
+    data = encode(tone(10.0, 192000), 192000, "WAV", "PCM_16")
+    out = decode_audio(data, max_bytes=10**8, max_seconds=60.0, target_rate=24000)
+    assert out.sample_rate == 24000 and out.duration == pytest.approx(10.0, abs=0.01)
+    assert dominant_freq(out.samples, 24000) == pytest.approx(440.0, abs=2.0)
+    # 10 s at 192 kHz is 7.7 MB of float32; the decode never holds it at that rate.
+    used = peak_memory(lambda: decode_audio(data, max_bytes=10**8, max_seconds=60.0, target_rate=24000))
+    assert used < 4_000_000
+
+
+@pytest.mark.parametrize("scale", [1e30, -3e38, 7.5])
+def test_float_audio_louder_than_full_scale_is_scaled_into_range(scale: float) -> None:
+    data = encode(tone(1.0, 16000) * np.float32(scale), 16000, "WAV", "FLOAT")
+    out = decode_audio(data, **LIMITS)
+    assert float(np.abs(out.samples).max()) == pytest.approx(1.0, abs=0.01)
+    assert dominant_freq(out.samples, 16000) == pytest.approx(440.0, abs=5.0)
+    resampled = decode_audio(data, target_rate=24000, **LIMITS)
+    assert float(np.abs(resampled.samples).max()) <= 1.0
+    assert dominant_freq(resampled.samples, 24000) == pytest.approx(440.0, abs=5.0)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_and_infinite_samples_are_refused(bad: float) -> None:
+    samples = tone(1.0, 16000)
+    samples[100] = bad
+    with pytest.raises(BadAudio, match="invalid samples"):
+        decode_audio(encode(samples, 16000, "WAV", "FLOAT"), **LIMITS)
+
+
 @pytest.mark.parametrize(
     ("response_format", "expected_rate"),
     [("wav", 24000), ("pcm", 24000), ("flac", 24000), ("mp3", 24000), ("opus", 24000)],
@@ -141,9 +195,8 @@ def test_encoded_reply_decodes_back(response_format: str, expected_rate: int) ->
     assert dominant_freq(samples, back_rate) == pytest.approx(300.0, abs=5.0)
 
 
-def test_piper_rate_is_resampled_for_pcm_and_opus() -> None:
+def test_piper_rate_is_resampled_for_opus() -> None:
     pcm = float_to_pcm16(tone(1.0, 22050))
-    assert len(pcm_for_format(pcm, 22050, "pcm")) == pytest.approx(2 * 24000, abs=8)
     data, rate = encode_audio(pcm, 22050, "opus")
     assert rate == 24000 and sf.info(io.BytesIO(data)).samplerate == 24000
 

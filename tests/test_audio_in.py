@@ -49,7 +49,7 @@ from pi_client.turns.vad import SileroVad
 
 async def main(out):
     source = SoundDeviceSource(AudioConfig())
-    utt = await asyncio.wait_for(listen(source, SileroVad(0.5), VADConfig()), timeout=30)
+    utt = await asyncio.wait_for(listen(source, SileroVad(), VADConfig()), timeout=30)
     open(out, "wb").write(utt.pcm)
     print(json.dumps({"speech_seconds": utt.speech_seconds}))
 
@@ -66,7 +66,7 @@ from pi_client.turns.vad import SileroVad
 
 async def main():
     source = SoundDeviceSource(AudioConfig())
-    task = asyncio.create_task(listen(source, SileroVad(0.5), VADConfig(no_speech_timeout_seconds=600)))
+    task = asyncio.create_task(listen(source, SileroVad(), VADConfig(no_speech_timeout_seconds=600)))
     for _ in range(500):
         await asyncio.sleep(0.01)
         if source.running:

@@ -12,15 +12,10 @@ import pytest
 from common.wav import read_wav_pcm16
 from pi_client.audio.playback import AplaySink, PlaybackError, WavFileSink
 from tests.alsa_rig import AlsaRig
+from tests.helpers import tone_pcm16
 from tests.phone_rig import alive
 
 TIMEOUT = 20.0
-
-
-def tone(seconds: float, rate: int, freq: float = 440.0) -> bytes:
-    """A sine tone as PCM16 mono."""
-    t = np.arange(round(seconds * rate)) / rate
-    return (0.5 * np.sin(2 * np.pi * freq * t) * 32767).astype("<i2").tobytes()
 
 
 def rig_env(rig: AlsaRig) -> dict[str, str]:
@@ -40,7 +35,7 @@ def dominant_frequency(pcm: bytes, rate: int) -> float:
 
 
 def test_aplay_plays_a_stream_fed_in_pieces(alsa_rig: AlsaRig) -> None:
-    audio = tone(1.0, 24000)
+    audio = tone_pcm16(1.0, 24000)
 
     async def play() -> None:
         sink = AplaySink(env=rig_env(alsa_rig))
@@ -63,10 +58,10 @@ def test_a_second_utterance_may_change_the_rate(alsa_rig: AlsaRig) -> None:
     async def play() -> None:
         sink = AplaySink(env=rig_env(alsa_rig))
         await sink.start(24000)
-        await sink.write(tone(0.3, 24000))
+        await sink.write(tone_pcm16(0.3, 24000))
         await asyncio.wait_for(sink.finish(), TIMEOUT)
         await sink.start(22050)
-        await sink.write(tone(0.5, 22050, freq=880.0))
+        await sink.write(tone_pcm16(0.5, 22050, freq=880.0))
         await asyncio.wait_for(sink.finish(), TIMEOUT)
 
     asyncio.run(play())
@@ -79,7 +74,7 @@ def test_kill_stops_aplay_at_once_and_reaps_it(alsa_rig: AlsaRig) -> None:
     async def play() -> int:
         sink = AplaySink(env=rig_env(alsa_rig))
         await sink.start(16000)
-        await sink.write(tone(0.2, 16000))
+        await sink.write(tone_pcm16(0.2, 16000))
         pid = sink.pid
         assert pid is not None and alive(pid)  # still waiting for the rest of the stream
         await asyncio.wait_for(sink.kill(), TIMEOUT)
@@ -94,7 +89,7 @@ def test_a_player_that_cannot_open_its_device_is_a_clear_error(alsa_rig: AlsaRig
     async def play() -> None:
         sink = AplaySink(device="no_such_device", env=rig_env(alsa_rig))
         await sink.start(16000)
-        await sink.write(tone(0.5, 16000))
+        await sink.write(tone_pcm16(0.5, 16000))
         await asyncio.wait_for(sink.finish(), TIMEOUT)
 
     with pytest.raises(PlaybackError, match="aplay"):
@@ -107,10 +102,10 @@ def test_wav_file_sink_keeps_the_first_rate_and_resamples_later_utterances(tmp_p
     async def play() -> WavFileSink:
         sink = WavFileSink(path)
         await sink.start(24000)
-        await sink.write(tone(1.0, 24000))
+        await sink.write(tone_pcm16(1.0, 24000))
         await sink.finish()
         await sink.start(22050)
-        await sink.write(tone(1.0, 22050, freq=880.0))
+        await sink.write(tone_pcm16(1.0, 22050, freq=880.0))
         await sink.finish()
         await sink.close()
         return sink
@@ -129,3 +124,33 @@ def test_wav_file_sink_writes_an_empty_file_when_nothing_played(tmp_path: Path) 
     asyncio.run(WavFileSink(path).close())
     pcm, _ = read_wav_pcm16(str(path))
     assert pcm == b"" and os.path.getsize(path) == 44
+
+
+def aplay_children() -> list[int]:
+    """This process's aplay children, zombies included (an unreaped one is a leak too)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            comm, rest = stat.read_text().rsplit(")", 1)
+        except OSError:
+            continue
+        if comm.endswith("(aplay") and int(rest.split()[1]) == os.getpid():
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.parametrize("rate", [0, 4000, 96000])
+def test_a_rate_no_player_can_play_is_refused_before_aplay_starts(alsa_rig: AlsaRig, rate: int) -> None:
+    async def play() -> None:
+        sink = AplaySink(env=rig_env(alsa_rig))
+        try:
+            with pytest.raises(PlaybackError, match=f"{rate} Hz"):
+                await sink.start(rate)
+            assert sink.pid is None
+            with pytest.raises(PlaybackError, match=f"{rate} Hz"):
+                await WavFileSink(alsa_rig.conf.parent / "r.wav").start(rate)
+        finally:
+            await sink.close()
+
+    asyncio.run(play())
+    assert aplay_children() == []

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import io
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from cloud_server.library.characters import CharacterBook, UnknownCharacter, ignored_parameters
-from cloud_server.library.voices import BadVoiceId, UnknownVoice, VoiceLibrary, VoiceOverrides
+from cloud_server.library.characters import CharacterBook, UnknownCharacter
+from cloud_server.library.voices import BadVoiceId, UnknownVoice, VoiceInUse, VoiceLibrary, VoiceOverrides
+from cloud_server.tts.engines import descriptor
 from common.config import ServerConfig, config_from_dict
 
 
@@ -39,7 +41,7 @@ def server_config(tmp_path: Path, model: str = "standard") -> ServerConfig:
 
 def book_for(tmp_path: Path, model: str = "standard") -> CharacterBook:
     cfg = server_config(tmp_path, model)
-    library = VoiceLibrary(tmp_path / "voices", cfg.voices, model=model)
+    library = VoiceLibrary(tmp_path / "voices", cfg.voices, descriptor("chatterbox").clip_longer_than(cfg.tts))
     return CharacterBook(cfg, library, VoiceOverrides.in_data_dir(tmp_path))
 
 
@@ -107,11 +109,64 @@ def test_openai_voice_names(tmp_path: Path) -> None:
 
 
 def test_listing_says_what_the_model_ignores(tmp_path: Path) -> None:
-    standard = {c["id"]: c for c in book_for(tmp_path).listing("chatterbox")}
+    standard_cfg, turbo_cfg = server_config(tmp_path).tts, server_config(tmp_path, "turbo").tts
+    chatterbox, piper = descriptor("chatterbox"), descriptor("piper")
+    standard = {c["id"]: c for c in book_for(tmp_path).listing(chatterbox.ignored_knobs(standard_cfg))}
     assert standard["pirate"]["ignored_parameters"] == [] and standard["operator"]["default"]
     assert standard["pirate"]["voice"] == {"source": "character", "library_voice": None}
     assert "voice_clip" not in standard["pirate"]  # no server paths in the listing
-    turbo = book_for(tmp_path, "turbo").listing("chatterbox")
+    turbo = book_for(tmp_path, "turbo").listing(chatterbox.ignored_knobs(turbo_cfg))
     assert turbo[1]["ignored_parameters"] == ["exaggeration", "cfg_weight"]
-    assert ignored_parameters("chatterbox-turbo", "standard") == ["exaggeration", "cfg_weight"]
-    assert ignored_parameters("piper", "standard") == ["voice_clip", "exaggeration", "cfg_weight", "temperature"]
+    assert list(piper.ignored_knobs(standard_cfg)) == ["voice_clip", "exaggeration", "cfg_weight", "temperature"]
+
+
+def test_the_engine_descriptor_holds_the_turbo_facts(tmp_path: Path) -> None:
+    standard_cfg, turbo_cfg = server_config(tmp_path).tts, server_config(tmp_path, "turbo").tts
+    chatterbox = descriptor("chatterbox")
+    assert (chatterbox.clip_longer_than(standard_cfg), chatterbox.clip_longer_than(turbo_cfg)) == (0.0, 5.0)
+    assert chatterbox.cache_identity(standard_cfg) != chatterbox.cache_identity(turbo_cfg)
+    assert book_for(tmp_path, "turbo").library.min_seconds == 5.0
+    with pytest.raises(ValueError, match="known: chatterbox, piper, espeak"):
+        descriptor("chatterbox-turbo")
+
+
+class SlowOverrides(VoiceOverrides):
+    """The overrides file, slow to write (a busy disk): the switch is caught between check and write."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.writing = threading.Event()
+        self.go_on = threading.Event()
+
+    def set(self, character_id: str, voice_id: str | None) -> None:
+        if voice_id is not None:
+            self.writing.set()
+            self.go_on.wait(timeout=3.0)
+        super().set(character_id, voice_id)
+
+
+def test_a_voice_cannot_be_deleted_while_a_character_is_being_switched_to_it(tmp_path: Path) -> None:
+    cfg = server_config(tmp_path, "standard")
+    overrides = SlowOverrides(tmp_path / "character_voices.json")
+    book = CharacterBook(cfg, VoiceLibrary(tmp_path / "voices", cfg.voices), overrides)
+    upload(book, "v")
+    switch = threading.Thread(target=book.set_voice, args=("operator", "v"))
+    switch.start()
+    assert overrides.writing.wait(timeout=10)  # the switch checked that "v" exists and is writing
+    outcome: list[str] = []
+
+    def delete() -> None:
+        try:
+            book.library.delete("v", users=lambda: overrides.users_of("v"))
+            outcome.append("deleted")
+        except VoiceInUse:
+            outcome.append("in use")
+
+    deleter = threading.Thread(target=delete)
+    deleter.start()
+    deleter.join(timeout=0.5)  # without the library lock the delete finishes here, mid-switch
+    overrides.go_on.set()
+    switch.join(timeout=10)
+    deleter.join(timeout=10)
+    assert outcome == ["in use"]
+    assert book.voice_choice("operator").library_voice == "v" and "v" in book.library

@@ -178,7 +178,8 @@ def test_up_until_healthy_with_the_real_server_then_reuse_status_and_down(
         assert cfg.pi.client.ca_cert == "/etc/ai-telephone/server-cert.pem"
         pinned = tmp_path / "pinned.pem"
         pinned.write_text(pem)
-        health = requests.get(f"{cfg.pi.server_url}/health", verify=str(pinned), timeout=10).json()
+        health = requests.get(f"{cfg.pi.server_url}/health", verify=str(pinned), timeout=10,  # details: key
+                              headers={"Authorization": f"Bearer {pi['AI_TELEPHONE_API_KEY']}"}).json()
         assert health["status"] == "ok" and health["tts"]["engine"] == "piper"
         assert health["llm"]["backend"] == "embedded"
         turn = requests.post(f"{cfg.pi.server_url}/process-text", json={"text": "Hello, who is this?"},

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import select
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
-from cloud_server.llm.base import LLMError, OllamaLLM
+from cloud_server.llm.base import LLMError
 from cloud_server.llm.embedded import EmbeddedLLM, packaged_gguf_path
-from common.config import LLMConfig
+from cloud_server.llm.ollama import OllamaLLM
+from common.config import CharacterConfig, LLMConfig
+from tests.fixtures_server import TEST_KEY, RunningServer, server_config
 from tests.ollama_standin import OllamaStandIn
 
 MESSAGES = [
@@ -68,6 +72,35 @@ def test_a_file_that_is_not_a_model_is_a_clear_error(tmp_path: Path) -> None:
     bogus.write_bytes(b"this is not a GGUF file" * 100)
     with pytest.raises(LLMError, match="cannot load the embedded LLM model bogus.gguf"):
         EmbeddedLLM(LLMConfig(backend="embedded", embedded_model_path=str(bogus))).warm_up()
+
+
+def _long_words(n: int) -> str:
+    """About 250 tokens of ordinary talk."""
+    return " ".join(f"Call {n}, note {i}: the lighthouse keeper counted {i * 7} ships in the bay." for i in range(12))
+
+
+def test_a_long_session_is_trimmed_to_the_2048_token_context_and_still_answered(
+    start_server: Callable[..., RunningServer], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    llm = {"backend": "embedded", "max_tokens": 24, "embedded_threads": 1}
+    server = start_server(server_config("http://127.0.0.1:9", tmp_path, llm=llm))
+    for n in range(8):  # eight long turns: ~4000 tokens of history, twice SmolLM2's context
+        server.services.sessions.record("long-call", "operator", _long_words(n), _long_words(100 + n))
+    caplog.set_level(logging.INFO, logger="cloud_server.llm.context")
+    headers = {"X-API-Key": TEST_KEY}
+    body = {"text": "Who is this?", "session_id": "long-call"}
+    with requests.post(f"{server.url}/process-text", json=body, headers=headers, stream=True, timeout=120) as reply:
+        assert reply.status_code == 200
+        b"".join(reply.iter_content(chunk_size=None))
+
+    history = requests.get(f"{server.url}/sessions/long-call", headers=headers, timeout=10).json()["history"]
+    assert history[-2] == {"role": "user", "content": "Who is this?"}
+    assert history[-1]["content"].strip(), "no reply"
+    assert CharacterConfig().apology not in history[-1]["content"], "the model failed (context overflow?)"
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("History trimmed")]
+    match = re.search(r"the 2048-token context: dropped (\d+) of 16 messages", line)
+    assert match, line
+    assert 2 <= int(match.group(1)) < 16 and int(match.group(1)) % 2 == 0, "whole turns, not all of them"
 
 
 def test_the_standin_can_answer_with_smollm2_through_the_official_client(smollm2: EmbeddedLLM) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.config import VADConfig
+from common.config import SmartTurnConfig, VADConfig
 from pi_client.turns.endpoint import Endpointer, EndpointEvent
 
 FRAME = 0.1
@@ -95,3 +95,64 @@ def test_nothing_after_the_decision() -> None:
     ep, _ = _run([S] * 5 + [Q] * 5)
     assert ep.done
     assert ep.process(S) is EndpointEvent.NONE
+
+
+# --- with a turn detector: asked after 0.2 s of silence, the verdict fed back as a value
+
+TURN = SmartTurnConfig(check_after_silence_seconds=0.2, max_silence_seconds=1.0)
+
+
+def _run_with_verdicts(
+    probs: list[float], verdicts: list[bool | None], cfg: VADConfig = CFG
+) -> tuple[Endpointer, list[tuple[int, EndpointEvent]]]:
+    """Drive the endpointer like listen() does: each TURN_CHECK is answered with the next verdict."""
+    ep = Endpointer(cfg, FRAME, TURN)
+    answers = iter(verdicts)
+    events = []
+    for i, p in enumerate(probs):
+        event = ep.process(p)
+        if event is EndpointEvent.TURN_CHECK:
+            events.append((i, event))
+            event = ep.turn_verdict(next(answers))
+        if event is not EndpointEvent.NONE:
+            events.append((i, event))
+    return ep, events
+
+
+def test_a_finished_turn_ends_after_the_short_silence() -> None:
+    ep, events = _run_with_verdicts([S] * 10 + [Q] * 8, [True])
+    # last speech frame 9; asked after 2 quiet frames (0.2 s) and ended there, not after 0.5 s
+    assert events[1:] == [(11, EndpointEvent.TURN_CHECK), (11, EndpointEvent.UTTERANCE_ENDED)]
+    assert ep.endpoint_delay_seconds == pytest.approx(0.2)
+    assert ep.ended_by == "model"
+
+
+def test_a_mid_sentence_pause_judged_unfinished_does_not_end_the_turn() -> None:
+    # speech, a 0.6 s pause (longer than the 0.5 s silence rule), more speech, then a finished end
+    ep, events = _run_with_verdicts([S] * 10 + [Q] * 6 + [S] * 5 + [Q] * 5, [False, True])
+    assert events[1:] == [
+        (11, EndpointEvent.TURN_CHECK),
+        (22, EndpointEvent.TURN_CHECK),
+        (22, EndpointEvent.UTTERANCE_ENDED),
+    ]
+    assert ep.speech_seconds == pytest.approx(2.1)
+    assert ep.ended_by == "model"
+
+
+def test_unfinished_then_silence_ends_at_the_ceiling() -> None:
+    ep, events = _run_with_verdicts([S] * 10 + [Q] * 20, [False])
+    assert events[1:] == [(11, EndpointEvent.TURN_CHECK), (19, EndpointEvent.UTTERANCE_ENDED)]
+    assert ep.endpoint_delay_seconds == pytest.approx(1.0)
+    assert ep.ended_by == "silence"
+
+
+def test_no_answer_from_the_model_falls_back_to_the_trailing_silence() -> None:
+    ep, events = _run_with_verdicts([S] * 10 + [Q] * 20, [None])
+    assert events[1:] == [(11, EndpointEvent.TURN_CHECK), (14, EndpointEvent.UTTERANCE_ENDED)]
+    assert ep.endpoint_delay_seconds == pytest.approx(0.5)
+
+
+def test_without_a_detector_the_silence_rule_is_unchanged() -> None:
+    ep, events = _run([S] * 10 + [Q] * 8)
+    assert events == [(2, EndpointEvent.SPEECH_STARTED), (14, EndpointEvent.UTTERANCE_ENDED)]
+    assert ep.ended_by == "silence"

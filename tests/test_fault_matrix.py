@@ -13,7 +13,6 @@ every fault to its tests.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -33,6 +32,7 @@ import yaml
 from cloud_server.tts.base import TTSEngine, TTSError, VoiceSpec
 from common.wav import pcm16_to_float, read_wav_pcm16, write_wav
 from tests.fixtures_server import TEST_KEY, RunningServer, server_config
+from tests.helpers import wait_for, word_set
 from tests.ollama_standin import OllamaStandIn
 from tests.server_rig import free_port
 
@@ -49,10 +49,6 @@ BROKEN_WORDS = {"line", "dropped", "say", "that"}  # the phone's: "Sorry, the li
 # --------------------------------------------------------------------------- helpers
 
 
-def words(text: str) -> set[str]:
-    return set(re.findall(r"[a-z]+", text.lower()))
-
-
 def spoke(heard: set[str], message: set[str]) -> bool:
     """Whether at least three words of a known message were heard."""
     return len(heard & message) >= 3
@@ -64,15 +60,6 @@ def speech_seconds(pcm: bytes, rate: int = RATE) -> float:
     frame = rate // 50
     usable = samples[: len(samples) // frame * frame].reshape(-1, frame)
     return float((np.sqrt((usable**2).mean(axis=1)) > 0.01).sum() * 0.02)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @dataclass
@@ -88,11 +75,11 @@ class Call:
 
     @property
     def said(self) -> set[str]:
-        return words(self.heard)
+        return word_set(self.heard)
 
     def said_in_last(self, seconds: float) -> set[str]:
         """Words in the end of the audio only (Whisper skips repeats in long, repetitive audio)."""
-        return words(self.whisper.transcribe(self.pcm[-int(seconds * RATE) * 2 :]))
+        return word_set(self.whisper.transcribe(self.pcm[-int(seconds * RATE) * 2 :]))
 
 
 class Phone:

@@ -12,7 +12,7 @@ from gpiozero.pins.mock import MockFactory
 
 from common.config import HookConfig
 from pi_client.telephone.hook import Debouncer, GpioHook, HookError, HookEvent, KeyboardHook
-from tests.phone_rig import mock_pins as installed_mock_pins
+from tests.helpers import mock_pins as installed_mock_pins
 
 TIMEOUT = 2.0
 QUIET = 0.25  # "must not happen" window: five times the debounce

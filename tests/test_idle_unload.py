@@ -77,7 +77,7 @@ def test_health_shows_the_unload_and_a_call_brings_the_model_back(start_server: 
         server = start_server(server_config(ollama.url, tmp_path, tts={"engine": "piper", "idle_unload_seconds": 0.5}))
 
         def resident() -> bool:
-            return bool(requests.get(server.url + "/health", timeout=TIMEOUT).json()["tts"]["model_resident"])
+            return bool(server.health()["tts"]["model_resident"])
 
         deadline = time.monotonic() + 10
         while resident() and time.monotonic() < deadline:
@@ -85,7 +85,7 @@ def test_health_shows_the_unload_and_a_call_brings_the_model_back(start_server: 
         assert not resident()
         reply = requests.post(server.url + "/process-text", json={"text": "Hello?"}, headers=AUTH, timeout=TIMEOUT)
         assert reply.status_code == 200 and len(reply.content) > 20000
-        idle = server.services.primary.engine
+        idle = server.services.primary.engine.engine  # failure watch → phrase cache → idle unload
         assert isinstance(idle, IdleUnloadingEngine) and idle.reloads == 1
 
 
@@ -118,5 +118,5 @@ def test_concurrent_callers_after_an_unload_load_one_model() -> None:
 def test_off_by_default(start_server: Any, tmp_path: Path) -> None:
     with OllamaStandIn() as ollama:
         server = start_server(server_config(ollama.url, tmp_path))
-        assert not isinstance(server.services.primary.engine, IdleUnloadingEngine)
-        assert requests.get(server.url + "/health", timeout=TIMEOUT).json()["tts"]["model_resident"] is True
+        assert not isinstance(server.services.primary.engine.engine, IdleUnloadingEngine)
+        assert server.health()["tts"]["model_resident"] is True

@@ -76,6 +76,8 @@ def test_install_pi_twice_in_a_scratch_root_is_idempotent(pi_scratch: PiScratch,
                                                       "python3-lgpio"))
     assert "systemctl enable ai-telephone-pi.service" in calls_first
     assert any(c.startswith("pip install") and "requirements-pi.txt" in c for c in calls_first)
+    no_deps = [c for c in calls_first if c.startswith("pip install") and "requirements-pi-nodeps.txt" in c]
+    assert no_deps and "--no-deps" in no_deps[0].split()  # Smart Turn's model without pipecat's dependencies
 
     # Run again: same files, no new user or group lines, no second venv, service restarted.
     second = pi_scratch.run(str(up_file))

@@ -5,14 +5,21 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
-import ollama
+import ollama as ollama_client
 import pytest
+import requests
 
-from cloud_server.llm.base import LLMError, OllamaLLM, make_llm
+from cloud_server.llm.base import LLMError
+from cloud_server.llm.context import MESSAGE_OVERHEAD_TOKENS
 from cloud_server.llm.embedded import EmbeddedLLM
+from cloud_server.llm.ollama import OllamaLLM
+from cloud_server.llm.select import make_llm
 from common.config import LLMConfig, replace
+from tests.fixtures_server import TEST_KEY, RunningServer, server_config
+from tests.helpers import wait_for
 from tests.ollama_standin import OllamaStandIn
 from tests.server_rig import free_port
 
@@ -56,15 +63,15 @@ class Consumer:
 
 
 def test_pieces_arrive_in_order_while_the_llm_is_still_writing(
-    ollama_standin: OllamaStandIn, standin_llm_config: LLMConfig
+    ollama: OllamaStandIn, standin_llm_config: LLMConfig
 ) -> None:
     gate = threading.Event()
-    ollama_standin.script("Hello, ", "operator speaking. ", gate, "How can I ", "help?")
+    ollama.script("Hello, ", "operator speaking. ", gate, "How can I ", "help?")
     consumer = Consumer(OllamaLLM(standin_llm_config))
 
     assert consumer.next_piece() == "Hello, "
     assert consumer.next_piece() == "operator speaking. "
-    (request,) = ollama_standin.chat_requests()
+    (request,) = ollama.chat_requests()
     assert not request.finished.is_set(), "the first sentence arrived before the reply was finished"
     gate.set()
     assert consumer.done.wait(WAIT) and consumer.error is None
@@ -73,25 +80,25 @@ def test_pieces_arrive_in_order_while_the_llm_is_still_writing(
 
 
 def test_the_request_carries_history_think_off_keep_alive_and_options(
-    ollama_standin: OllamaStandIn, standin_llm_config: LLMConfig
+    ollama: OllamaStandIn, standin_llm_config: LLMConfig
 ) -> None:
     cfg = replace(standin_llm_config, keep_alive="45m", temperature=0.3, max_tokens=77)
     assert "".join(OllamaLLM(cfg).stream_reply(MESSAGES)) == "".join(
-        piece for piece in ollama_standin.current_script.steps if isinstance(piece, str)
+        piece for piece in ollama.current_script.steps if isinstance(piece, str)
     )
-    (request,) = ollama_standin.chat_requests()
+    (request,) = ollama.chat_requests()
     assert request.model == "llama3.2:3b"
     assert request.messages == MESSAGES
     assert request.stream is True
     assert request.think is False
     assert request.keep_alive == "45m"
-    assert request.options == {"temperature": 0.3, "num_predict": 77}
+    assert request.options == {"temperature": 0.3, "num_predict": 77, "num_ctx": 2048}
 
 
 def test_two_callers_at_once_each_get_their_whole_reply(
-    ollama_standin: OllamaStandIn, standin_llm_config: LLMConfig
+    ollama: OllamaStandIn, standin_llm_config: LLMConfig
 ) -> None:
-    ollama_standin.script("One, ", 0.2, "two, ", 0.2, "three.")
+    ollama.script("One, ", 0.2, "two, ", 0.2, "three.")
     llm = OllamaLLM(standin_llm_config)
     consumers = [Consumer(llm), Consumer(llm)]
     for consumer in consumers:
@@ -99,13 +106,60 @@ def test_two_callers_at_once_each_get_their_whole_reply(
         assert consumer.pieces == ["One, ", "two, ", "three."]
 
 
+# --------------------------------------------------------------------------- the session's history
+
+HEADERS = {"X-API-Key": TEST_KEY}
+
+
+def _say(server: RunningServer, text: str, session_id: str) -> None:
+    body = {"text": text, "session_id": session_id}
+    with requests.post(f"{server.url}/process-text", json=body, headers=HEADERS, stream=True, timeout=60) as reply:
+        assert reply.status_code == 200
+        b"".join(reply.iter_content(chunk_size=None))
+
+
+def test_ollama_gets_the_history_trimmed_to_the_context_it_is_asked_for(
+    ollama: OllamaStandIn, start_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    server = start_server(server_config(ollama.url, tmp_path, llm={"context_tokens": 1024}))
+    for n in range(8):  # ~350 estimated tokens a message: far more than 1024
+        server.services.sessions.record("long-call", "operator", f"question {n} " * 80, f"answer {n} " * 90)
+    _say(server, "And now?", "long-call")
+
+    (chat,) = ollama.chat_requests()
+    assert chat.options["num_ctx"] == 1024
+    assert chat.messages[0]["role"] == "system" and chat.messages[-1] == {"role": "user", "content": "And now?"}
+    kept = chat.messages[1:-1]
+    assert 0 < len(kept) < 16 and kept[0]["role"] == "user", "the oldest whole turns went, not all of them"
+    assert kept[-1]["content"] == "answer 7 " * 90, "the newest turn stays"
+    estimate = sum(len(m["content"].encode()) / 3 + MESSAGE_OVERHEAD_TOKENS for m in chat.messages)
+    assert estimate <= 1024 - 200, "room for the reply"
+
+
+def test_a_failed_turn_is_not_written_but_still_rotates_the_session(
+    ollama: OllamaStandIn, start_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    server = start_server(server_config(ollama.url, tmp_path))
+    for n in range(3):
+        server.services.sessions.record("failing-call", "operator", f"Question {n}", f"Answer {n}")
+    ollama.script(status=500, error="this history breaks the model")
+    _say(server, "Question 3", "failing-call")
+    _say(server, "Question 4", "failing-call")
+
+    history = requests.get(f"{server.url}/sessions/failing-call", headers=HEADERS, timeout=10).json()["history"]
+    assert history == [{"role": "user", "content": "Question 2"}, {"role": "assistant", "content": "Answer 2"}]
+    ollama.script("Back again.")
+    _say(server, "Question 5", "failing-call")
+    assert [m["role"] for m in ollama.chat_requests()[-1].messages] == ["system", "user", "assistant", "user"]
+
+
 # --------------------------------------------------------------------------- hanging up
 
 
 def test_cancel_closes_the_stream_and_the_server_sees_it(
-    ollama_standin: OllamaStandIn, standin_llm_config: LLMConfig
+    ollama: OllamaStandIn, standin_llm_config: LLMConfig
 ) -> None:
-    ollama_standin.script("First sentence. ", 60.0, "never sent")
+    ollama.script("First sentence. ", 60.0, "never sent")
     cancel = threading.Event()
     consumer = Consumer(OllamaLLM(standin_llm_config), cancel)
     assert consumer.next_piece() == "First sentence. "
@@ -113,61 +167,54 @@ def test_cancel_closes_the_stream_and_the_server_sees_it(
     cancel.set()  # while the consumer is blocked waiting for the next piece
     assert consumer.done.wait(WAIT), "the iteration did not end on cancel"
     assert consumer.error is None and consumer.pieces == ["First sentence. "]
-    (request,) = ollama_standin.chat_requests()
+    (request,) = ollama.chat_requests()
     assert request.client_closed.wait(WAIT), "the stand-in did not see the connection close"
     assert request.pieces_sent == 1 and not request.completed
 
 
 def test_cancel_works_while_ollama_has_not_answered_yet(
-    ollama_standin: OllamaStandIn, standin_llm_config: LLMConfig
+    ollama: OllamaStandIn, standin_llm_config: LLMConfig
 ) -> None:
-    ollama_standin.script(60.0, "too late")  # a slow prompt evaluation: not even headers yet
+    ollama.script(60.0, "too late")  # a slow prompt evaluation: not even headers yet
     cancel = threading.Event()
     consumer = Consumer(OllamaLLM(replace(standin_llm_config, timeout_seconds=60.0)), cancel)
-    assert _wait_for(lambda: len(ollama_standin.chat_requests()) == 1)
+    wait_for(lambda: len(ollama.chat_requests()) == 1, WAIT, "the chat request")
     cancel.set()
     assert consumer.done.wait(WAIT), "cancel must not wait for the 60 s read timeout"
     assert consumer.error is None and consumer.pieces == []
-    assert ollama_standin.chat_requests()[0].client_closed.wait(WAIT)
+    assert ollama.chat_requests()[0].client_closed.wait(WAIT)
 
 
-def _wait_for(condition: Callable[[], bool]) -> bool:
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
-def test_closing_the_iterator_closes_the_stream(ollama_standin: OllamaStandIn, standin_llm_config: LLMConfig) -> None:
-    ollama_standin.script("First sentence. ", 60.0, "never sent")
+def test_closing_the_iterator_closes_the_stream(ollama: OllamaStandIn, standin_llm_config: LLMConfig) -> None:
+    ollama.script("First sentence. ", 60.0, "never sent")
     reply = OllamaLLM(standin_llm_config).stream_reply(MESSAGES)
     assert next(reply) == "First sentence. "
     reply.close()
-    (request,) = ollama_standin.chat_requests()
+    (request,) = ollama.chat_requests()
     assert request.client_closed.wait(WAIT)
     assert not request.completed
 
 
-def test_an_already_cancelled_reply_sends_nothing(ollama_standin: OllamaStandIn, standin_llm_config: LLMConfig) -> None:
+def test_an_already_cancelled_reply_sends_nothing(ollama: OllamaStandIn, standin_llm_config: LLMConfig) -> None:
     cancel = threading.Event()
     cancel.set()
     assert list(OllamaLLM(standin_llm_config).stream_reply(MESSAGES, cancel)) == []
-    assert ollama_standin.chat_requests() == []
+    assert ollama.chat_requests() == []
 
 
 def test_the_llm_keeps_working_after_a_cancelled_reply(
-    ollama_standin: OllamaStandIn, standin_llm_config: LLMConfig
+    ollama: OllamaStandIn, standin_llm_config: LLMConfig
 ) -> None:
     llm = OllamaLLM(standin_llm_config)
-    ollama_standin.script("Start. ", 60.0, "never")
+    ollama.script("Start. ", 60.0, "never")
     cancel = threading.Event()
     consumer = Consumer(llm, cancel)
     consumer.next_piece()
     cancel.set()
     assert consumer.done.wait(WAIT)
-    ollama_standin.script("Fresh reply.")
+    ollama.script("Fresh reply.")
     assert list(llm.stream_reply(MESSAGES)) == ["Fresh reply."]
 
 
@@ -192,7 +239,7 @@ def test_error_messages_never_show_credentials_in_the_host() -> None:
     assert "s3cret" not in str(caught.value) and "admin" not in str(caught.value)
 
 
-def test_an_unknown_model_is_named_in_the_error(ollama_standin: OllamaStandIn, standin_llm_config: LLMConfig) -> None:
+def test_an_unknown_model_is_named_in_the_error(ollama: OllamaStandIn, standin_llm_config: LLMConfig) -> None:
     llm = OllamaLLM(replace(standin_llm_config, model="mistral:7b"))
     with pytest.raises(LLMError, match="model 'mistral:7b' is not available"):
         list(llm.stream_reply(MESSAGES))
@@ -200,22 +247,22 @@ def test_an_unknown_model_is_named_in_the_error(ollama_standin: OllamaStandIn, s
         llm.warm_up()
 
 
-def test_a_wrong_server_is_not_mistaken_for_a_missing_model(ollama_standin: OllamaStandIn) -> None:
-    llm = OllamaLLM(LLMConfig(ollama_host=ollama_standin.url + "/not-ollama", timeout_seconds=2.0))
+def test_a_wrong_server_is_not_mistaken_for_a_missing_model(ollama: OllamaStandIn) -> None:
+    llm = OllamaLLM(LLMConfig(ollama_host=ollama.url + "/not-ollama", timeout_seconds=2.0))
     with pytest.raises(LLMError, match="answered HTTP 404: 404 page not found"):
         list(llm.stream_reply(MESSAGES))
 
 
-def test_an_http_500_becomes_an_llm_error(ollama_standin: OllamaStandIn, standin_llm_config: LLMConfig) -> None:
-    ollama_standin.script(status=500, error="llama runner process has terminated")
+def test_an_http_500_becomes_an_llm_error(ollama: OllamaStandIn, standin_llm_config: LLMConfig) -> None:
+    ollama.script(status=500, error="llama runner process has terminated")
     with pytest.raises(LLMError, match="HTTP 500: llama runner process has terminated"):
         list(OllamaLLM(standin_llm_config).stream_reply(MESSAGES))
 
 
 def test_a_stall_mid_reply_ends_after_the_configured_timeout(
-    ollama_standin: OllamaStandIn, standin_llm_config: LLMConfig
+    ollama: OllamaStandIn, standin_llm_config: LLMConfig
 ) -> None:
-    ollama_standin.script("I was saying ", end="stall")  # then silence, connection kept open
+    ollama.script("I was saying ", end="stall")  # then silence, connection kept open
     llm = OllamaLLM(replace(standin_llm_config, timeout_seconds=0.5))
     pieces: list[str] = []
     started = time.monotonic()
@@ -225,14 +272,14 @@ def test_a_stall_mid_reply_ends_after_the_configured_timeout(
     waited = time.monotonic() - started
     assert pieces == ["I was saying "]
     assert 0.5 <= waited < WAIT, "waits for the timeout, not for the stand-in's 120 s stall"
-    (request,) = ollama_standin.chat_requests()
+    (request,) = ollama.chat_requests()
     assert request.client_closed.wait(WAIT), "the stalled connection is closed, not leaked"
 
 
 def test_a_dropped_connection_mid_reply_becomes_an_llm_error(
-    ollama_standin: OllamaStandIn, standin_llm_config: LLMConfig
+    ollama: OllamaStandIn, standin_llm_config: LLMConfig
 ) -> None:
-    ollama_standin.script("Half a ", end="drop")
+    ollama.script("Half a ", end="drop")
     pieces: list[str] = []
     with pytest.raises(LLMError, match="closed the connection before the reply was complete"):
         for piece in OllamaLLM(standin_llm_config).stream_reply(MESSAGES):
@@ -241,9 +288,9 @@ def test_a_dropped_connection_mid_reply_becomes_an_llm_error(
 
 
 def test_an_error_line_mid_reply_becomes_an_llm_error(
-    ollama_standin: OllamaStandIn, standin_llm_config: LLMConfig
+    ollama: OllamaStandIn, standin_llm_config: LLMConfig
 ) -> None:
-    ollama_standin.script("Well, ", end="error", error="CUDA error: out of memory")
+    ollama.script("Well, ", end="error", error="CUDA error: out of memory")
     with pytest.raises(LLMError, match="failed mid-reply: CUDA error: out of memory"):
         list(OllamaLLM(standin_llm_config).stream_reply(MESSAGES))
 
@@ -251,16 +298,16 @@ def test_an_error_line_mid_reply_becomes_an_llm_error(
 # --------------------------------------------------------------------------- warm-up and health
 
 
-def test_warm_up_asks_ollama_to_load_the_model(ollama_standin: OllamaStandIn, standin_llm_config: LLMConfig) -> None:
+def test_warm_up_asks_ollama_to_load_the_model(ollama: OllamaStandIn, standin_llm_config: LLMConfig) -> None:
     OllamaLLM(replace(standin_llm_config, keep_alive="2h")).warm_up()
-    (request,) = ollama_standin.chat_requests()
+    (request,) = ollama.chat_requests()
     assert request.messages == [] and request.keep_alive == "2h" and request.model == "llama3.2:3b"
 
 
-def test_is_reachable_follows_the_server(standin_llm_config: LLMConfig, ollama_standin: OllamaStandIn) -> None:
+def test_is_reachable_follows_the_server(standin_llm_config: LLMConfig, ollama: OllamaStandIn) -> None:
     llm = OllamaLLM(standin_llm_config)
     assert llm.is_reachable() is True
-    ollama_standin.stop()
+    ollama.stop()
     assert llm.is_reachable() is False
 
 
@@ -272,9 +319,9 @@ def test_make_llm_picks_the_configured_backend(standin_llm_config: LLMConfig) ->
 # --------------------------------------------------------------------------- the stand-in's protocol
 
 
-def test_the_standin_speaks_ollama_to_the_official_client(ollama_standin: OllamaStandIn) -> None:
-    client = ollama.Client(host=ollama_standin.url, timeout=WAIT)
-    ollama_standin.script("Hello ", "there.")
+def test_the_standin_speaks_ollama_to_the_official_client(ollama: OllamaStandIn) -> None:
+    client = ollama_client.Client(host=ollama.url, timeout=WAIT)
+    ollama.script("Hello ", "there.")
     whole = client.chat(model="llama3.2:3b", messages=MESSAGES, stream=False)
     assert whole.message.content == "Hello there." and whole.done and whole.done_reason == "stop"
     parts = list(client.chat(model="llama3.2:3b", messages=MESSAGES, stream=True))
@@ -285,9 +332,9 @@ def test_the_standin_speaks_ollama_to_the_official_client(ollama_standin: Ollama
     assert client.generate(model="llama3.2:3b", keep_alive="5m").done_reason == "load"
     assert [m.model for m in client.list().models] == ["llama3.2:3b", "smollm2:135m"]
     assert client.show("llama3.2:3b").details.family == "llama"
-    with pytest.raises(ollama.ResponseError) as missing:
+    with pytest.raises(ollama_client.ResponseError) as missing:
         client.show("nope")
     assert missing.value.status_code == 404 and missing.value.error == "model 'nope' not found"
-    assert httpx.get(ollama_standin.url + "/").text == "Ollama is running"
-    assert httpx.get(ollama_standin.url + "/api/version").json()["version"]
-    assert httpx.post(ollama_standin.url + "/api/chat", content=b"{not json").status_code == 400
+    assert httpx.get(ollama.url + "/").text == "Ollama is running"
+    assert httpx.get(ollama.url + "/api/version").json()["version"]
+    assert httpx.post(ollama.url + "/api/chat", content=b"{not json").status_code == 400

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from flask import Flask, Response
 from prometheus_client.parser import text_string_to_metric_families
 
-from cloud_server.metrics import Metrics, init_metrics
+from cloud_server.metrics import Metrics, count_responses
 
 
 @dataclass
@@ -35,7 +35,8 @@ def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
 
 def app_with_metrics() -> tuple[Flask, Metrics]:
     app = Flask(__name__)
-    metrics = init_metrics(app)
+    metrics = Metrics()
+    count_responses(app, metrics)
 
     @app.get("/voices/<voice_id>")
     def voice(voice_id: str) -> str:

@@ -36,7 +36,8 @@ def test_onstart_from_the_request_brings_up_a_healthy_tls_server(
         assert lines["AI_TELEPHONE_SERVER"] == f"https://127.0.0.1:{port}"
         pinned = root / "pinned.pem"
         pinned.write_text(up.stdout[up.stdout.index("-----BEGIN CERTIFICATE-----"):])
-        health = requests.get(f"{lines['AI_TELEPHONE_SERVER']}/health", verify=str(pinned), timeout=10).json()
+        health = requests.get(f"{lines['AI_TELEPHONE_SERVER']}/health", verify=str(pinned), timeout=10,
+                              headers={"Authorization": f"Bearer {lines['AI_TELEPHONE_API_KEY']}"}).json()
         assert health["status"] == "ok" and health["llm"]["backend"] == "ollama" and health["llm"]["reachable"]
         turn = requests.post(f"{lines['AI_TELEPHONE_SERVER']}/process-text", json={"text": "Hello there, operator?"},
                              headers={"Authorization": f"Bearer {lines['AI_TELEPHONE_API_KEY']}"},

@@ -5,6 +5,10 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +19,7 @@ import pytest
 import requests
 import soundfile as sf
 
+from cloud_server.tts.base import TTSEngine, VoiceSpec
 from tests.fixtures_server import TEST_KEY, server_config
 from tests.ollama_standin import OllamaStandIn
 
@@ -174,6 +179,11 @@ def test_a_library_voice_can_be_used(client: openai.OpenAI, server: Any) -> None
         ({"model": "tts-1", "voice": "operator", "input": "Hi.", "stream_format": "chunks"}, "bad_stream_format"),
         ({"model": "whisper-1", "voice": "operator", "input": "Hi."}, "unknown_model"),
         ({"voice": "operator", "input": "Hi."}, "missing_field"),
+        ({"model": "tts-1", "voice": "operator", "input": "🎉🎉 *** --- | ---"}, "nothing_to_say"),
+        (
+            {"model": "tts-1", "voice": "operator", "input": "\x00\x07 \u200b …", "response_format": "wav"},
+            "nothing_to_say",
+        ),
     ],
 )
 def test_bad_requests_are_400_never_a_default_voice(server: Any, body: dict[str, Any], code: str) -> None:
@@ -190,3 +200,93 @@ def test_the_client_sees_typed_errors(client: openai.OpenAI, server: Any) -> Non
         stranger.audio.speech.create(model="tts-1", voice="operator", input="Hello.")
     reply = client.audio.speech.create(model="tts-1", voice="operator", input="Still working.", response_format="wav")
     assert decode(reply.content, "wav")[1] == 24000
+
+
+def speak(url: str, **body: Any) -> requests.Response:
+    return requests.post(
+        url + "/v1/audio/speech", json={"model": "tts-1", "voice": "operator", **body}, headers=AUTH, timeout=TIMEOUT
+    )
+
+
+def test_control_characters_are_not_spoken_and_cost_no_sentence(server: Any, caplog: pytest.LogCaptureFixture) -> None:
+    # The review: each NUL dropped its sentence and logged two tracebacks.
+    caplog.set_level(logging.INFO)
+    clean = "Hello there, caller. The line is open now. Please hold."
+    dirty = "Hello\x00 there, caller.\x07 The line\x00 is open now.\x1b Please\x00 hold."
+    heard = {}
+    for name, text in (("clean", clean), ("dirty", dirty)):
+        reply = speak(server.url, input=text, response_format="wav")
+        assert reply.status_code == 200
+        heard[name] = decode(reply.content, "wav")[0].size
+    assert heard["dirty"] == pytest.approx(heard["clean"], rel=0.05)
+    assert [r.getMessage() for r in caplog.records if r.exc_info or r.levelno >= logging.WARNING] == []
+
+
+def test_speech_is_capped_in_length(start_server: Any, tmp_path: Path) -> None:
+    with OllamaStandIn() as ollama:
+        server = start_server(server_config(ollama.url, tmp_path, limits={"max_speech_seconds": 5.0}))
+        text = "The keeper rows out to the island at dawn, every single day."  # ~3 s of speech: ~6 s at half speed
+        whole = speak(server.url, input=text, speed=0.5, response_format="flac")
+        assert whole.status_code == 200 and whole.headers["X-Audio-Truncated"] == "true"
+        samples, rate = decode(whole.content, "flac")
+        assert samples.size / rate == pytest.approx(5.0, abs=0.01)
+        assert float(whole.headers["X-Audio-Duration"]) == pytest.approx(5.0, abs=0.01)
+        streamed = speak(server.url, input=text, speed=0.5, response_format="pcm")
+        assert streamed.status_code == 200 and len(streamed.content) == 5 * 24000 * 2
+        assert "X-Audio-Truncated" not in speak(server.url, input=text, response_format="flac").headers
+        # Surely too long (estimated at a fast speaking rate): refused before any synthesis.
+        too_long = speak(server.url, input="This is a long text. " * 8, speed=0.5, response_format="mp3")
+        assert too_long.status_code == 413 and too_long.json()["error"]["code"] == "speech_too_long"
+
+
+def test_the_review_input_is_refused_up_front(server: Any) -> None:
+    # 4096 characters at speed 0.25: 15 minutes of audio with nothing to stop it.
+    reply = speak(server.url, input=("Words to read out loud. " * 171)[:4096], speed=0.25)
+    assert reply.status_code == 413 and reply.json()["error"]["code"] == "speech_too_long"
+    assert "300 s" in reply.json()["error"]["message"]
+
+
+class CountingVoice(TTSEngine):
+    """The real Piper voice, counting the sentences it was asked to speak."""
+
+    def __init__(self, piper: TTSEngine) -> None:
+        self.piper, self.name, self.sample_rate = piper, piper.name, piper.sample_rate
+        self.sentences = 0
+
+    def synthesize(self, text: str, voice: VoiceSpec, cancel: threading.Event | None = None) -> Iterator[bytes]:
+        self.sentences += 1
+        return self.piper.synthesize(text, voice, cancel)
+
+
+@pytest.mark.parametrize("response_format", ["mp3", "flac"])
+def test_a_caller_who_hangs_up_stops_a_whole_file_synthesis(
+    start_server: Any, tmp_path: Path, piper_engines: Any, response_format: str
+) -> None:
+    voice = CountingVoice(piper_engines[0])
+    sentences = [f"This is sentence number {n} of a long story that nobody will hear." for n in range(1, 41)]
+    with OllamaStandIn() as ollama:
+        server = start_server(server_config(ollama.url, tmp_path), engines=(voice, piper_engines[1]))
+        body = json.dumps(
+            {"model": "tts-1", "voice": "operator", "input": " ".join(sentences), "response_format": response_format}
+        ).encode()
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=TIMEOUT) as caller:
+            caller.sendall(
+                b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + f"Authorization: Bearer {TEST_KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            for _ in range(600):  # bounded: until the voice model is at work on this request
+                if voice.sentences >= 2:
+                    break
+                time.sleep(0.05)
+            assert voice.sentences >= 2
+        # The caller is gone: its slot comes back long before the 40 sentences would be spoken.
+        for _ in range(600):
+            if requests.get(server.url + "/health", timeout=TIMEOUT).json()["queue"]["active"] == 0:
+                break
+            time.sleep(0.05)
+        stopped_at = voice.sentences
+        assert stopped_at < len(sentences) / 2
+        assert requests.get(server.url + "/health", timeout=TIMEOUT).json()["queue"]["active"] == 0
+        assert voice.sentences == stopped_at

@@ -15,8 +15,9 @@ from pi_client.audio.playback import AplaySink, WavFileSink
 from pi_client.call.machine import Outcome, State
 from pi_client.telephone.hook import GpioHook
 from tests.alsa_rig import AlsaRig
+from tests.helpers import mock_pins, word_set
 from tests.ollama_standin import OllamaStandIn
-from tests.phone_rig import OFFLINE_WORDS, alive, build_phone, heard, mock_pins, until, words
+from tests.phone_rig import OFFLINE_WORDS, alive, build_phone, heard, until
 from tests.server_rig import ServerProcess, free_port, start_server
 
 WAIT = 120.0
@@ -131,7 +132,7 @@ def test_busy_is_retried_once_after_retry_after_and_then_answered(
     assert "server busy; asking again in 4.0s" in caplog.text
     assert [t.outcome for t in phone.turns] == [Outcome.DONE]
     text, _ = heard(call_whisper, tmp_path / "r.wav")
-    assert {"lovely", "city", "spring"} <= words(text), text
+    assert {"lovely", "city", "spring"} <= word_set(text), text
 
 
 def test_busy_with_a_long_retry_after_gets_the_offline_voice_at_once(
@@ -147,7 +148,7 @@ def test_busy_with_a_long_retry_after_gets_the_offline_voice_at_once(
     assert "asking again" not in caplog.text
     assert [t.outcome for t in phone.turns] == [Outcome.BUSY]
     text, _ = heard(call_whisper, tmp_path / "r.wav")
-    assert len(words(text) & OFFLINE_WORDS) >= 3, text
+    assert len(word_set(text) & OFFLINE_WORDS) >= 3, text
 
 
 # --------------------------------------------------------------------------- the server goes and comes back
@@ -204,6 +205,6 @@ def test_server_down_then_back_the_phone_recovers_by_itself(
         for server in servers:
             server.stop()
     text, _ = heard(call_whisper, tmp_path / "r.wav")
-    said = words(text)
+    said = word_set(text)
     assert len(said & OFFLINE_WORDS) >= 3, text  # the first call: the phone's own voice
     assert {"capital", "france"} <= said, text  # the second call: the server's answer (Paris is the ...)

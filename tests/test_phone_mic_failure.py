@@ -13,7 +13,8 @@ from pi_client.call.machine import State
 from pi_client.call.runner import Phone
 from pi_client.server.client import ServerClient
 from pi_client.telephone.hook import GpioHook
-from tests.phone_rig import mock_pins, until
+from tests.helpers import mock_pins
+from tests.phone_rig import until
 from tests.server_rig import free_port
 
 PIN = 17

@@ -32,7 +32,7 @@ def clip_file(tmp_path: Path, name: str, content: bytes) -> str:
 
 def test_second_request_comes_from_disk(tmp_path: Path, piper_engine: LocalVoiceEngine) -> None:
     cache = PhraseCache(tmp_path / "phrases", PhraseCacheConfig())
-    engine = CachingEngine(piper_engine, cache, model="test")
+    engine = CachingEngine(piper_engine, cache, identity="test")
     voice = VoiceSpec(voice_id="operator")
     first = b"".join(engine.synthesize(GREETING, voice))
     assert len(first) > piper_engine.sample_rate  # over half a second of speech
@@ -40,14 +40,15 @@ def test_second_request_comes_from_disk(tmp_path: Path, piper_engine: LocalVoice
     second = b"".join(engine.synthesize(GREETING, voice))
     assert second == first and engine.hits == 1
     # A new process (restart) finds it too.
-    restarted = CachingEngine(piper_engine, PhraseCache(tmp_path / "phrases", PhraseCacheConfig()), model="test")
+    restarted = CachingEngine(piper_engine, PhraseCache(tmp_path / "phrases", PhraseCacheConfig()), identity="test")
     assert b"".join(restarted.synthesize(GREETING, voice)) == first and restarted.hits == 1
-    assert (engine.name, engine.sample_rate, engine.device) == ("piper", piper_engine.sample_rate, "cpu")
+    assert (engine.name, engine.sample_rate) == ("piper", piper_engine.sample_rate)
+    assert engine.status() == piper_engine.status()
 
 
 def test_long_texts_and_disabled_cache_are_not_stored(tmp_path: Path, piper_engine: LocalVoiceEngine) -> None:
     cache = PhraseCache(tmp_path, PhraseCacheConfig(max_text_chars=20))
-    engine = CachingEngine(piper_engine, cache, model="test")
+    engine = CachingEngine(piper_engine, cache, identity="test")
     b"".join(engine.synthesize("This sentence is longer than twenty characters.", VoiceSpec()))
     assert len(cache) == 0
     off = CachingEngine(piper_engine, PhraseCache(tmp_path / "off", PhraseCacheConfig(enabled=False)), "test")
@@ -57,7 +58,7 @@ def test_long_texts_and_disabled_cache_are_not_stored(tmp_path: Path, piper_engi
 
 def test_cancelled_synthesis_is_not_stored(tmp_path: Path, piper_engine: LocalVoiceEngine) -> None:
     cache = PhraseCache(tmp_path, PhraseCacheConfig())
-    engine = CachingEngine(piper_engine, cache, model="test")
+    engine = CachingEngine(piper_engine, cache, identity="test")
     cancel = threading.Event()
     for _chunk in engine.synthesize("One moment. Two moments. Three moments.", VoiceSpec(), cancel):
         cancel.set()

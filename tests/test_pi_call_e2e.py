@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tests.helpers import wait_for, word_set
 from tests.ollama_standin import OllamaStandIn
-from tests.phone_rig import BROKEN_WORDS, OFFLINE_WORDS, heard, words
+from tests.phone_rig import BROKEN_WORDS, OFFLINE_WORDS, heard
 from tests.server_rig import (
     ServerProcess,
     free_port,
@@ -23,16 +23,6 @@ from tests.server_rig import (
 )
 
 WAIT = 120.0
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll until ``condition`` holds (bounded)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def last_chat(standin: OllamaStandIn) -> Any:
@@ -51,9 +41,9 @@ def test_a_whole_turn_in_file_mode(
     assert result.stdout == ""
     # The server's LLM was asked what the caller said (Whisper on the Pi got it right).
     user_text = last_chat(call_standin).messages[-1]["content"].lower()
-    assert {"capital", "france"} <= words(user_text)
+    assert {"capital", "france"} <= word_set(user_text)
     text, seconds = heard(call_whisper, reply)
-    assert {"lovely", "city", "spring"} <= words(text), text
+    assert {"lovely", "city", "spring"} <= word_set(text), text
     assert 3.0 < seconds < 15.0
     # One INFO line for the turn: transcript, reply text (from /sessions) and stage timings.
     turn_line = next(line for line in result.stderr.splitlines() if "turn: heard=" in line)
@@ -73,11 +63,11 @@ def test_a_whole_turn_with_the_server_transcribing(
     result = run_pi_client(config, call_server.url, call_server.key, call_question_wav, reply)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Loading" not in result.stderr and "Transcribed" not in result.stderr  # no Whisper on the Pi
-    assert {"capital", "france"} <= words(last_chat(call_standin).messages[-1]["content"])
+    assert {"capital", "france"} <= word_set(last_chat(call_standin).messages[-1]["content"])
     turn_line = next(line for line in result.stderr.splitlines() if "turn: heard=" in line)
     assert "capital of France" in turn_line and "stt=-" in turn_line
     text, _ = heard(call_whisper, reply)
-    assert {"lovely", "city", "spring"} <= words(text), text
+    assert {"lovely", "city", "spring"} <= word_set(text), text
 
 
 def test_server_down_the_phone_answers_in_its_own_voice(
@@ -88,7 +78,7 @@ def test_server_down_the_phone_answers_in_its_own_voice(
     result = run_pi_client(pi_config(tmp_path), nobody, "some-key", call_question_wav, reply)
     assert result.returncode == 0, result.stderr[-3000:]
     text, seconds = heard(call_whisper, reply)
-    assert len(words(text) & OFFLINE_WORDS) >= 3, text
+    assert len(word_set(text) & OFFLINE_WORDS) >= 3, text
     assert 2.0 < seconds < 10.0
     assert "unavailable" in result.stderr
 
@@ -102,7 +92,7 @@ def test_no_first_audio_in_time_gets_the_offline_voice_and_drops_the_request(
     result = run_pi_client(config, call_server.url, call_server.key, call_question_wav, reply, timeout=WAIT)
     assert result.returncode == 0, result.stderr[-3000:]
     text, _ = heard(call_whisper, reply)
-    assert len(words(text) & OFFLINE_WORDS) >= 3, text
+    assert len(word_set(text) & OFFLINE_WORDS) >= 3, text
     assert "no audio within 3.0s" in result.stderr
 
 
@@ -114,7 +104,7 @@ def test_a_refused_key_is_logged_and_the_caller_still_hears_something(
     assert result.returncode == 0, result.stderr[-3000:]
     assert "server refused the turn: 401" in result.stderr
     text, _ = heard(call_whisper, reply)
-    assert len(words(text) & OFFLINE_WORDS) >= 3, text
+    assert len(word_set(text) & OFFLINE_WORDS) >= 3, text
 
 
 def test_server_killed_mid_reply_plays_what_arrived_then_the_broken_message(
@@ -140,7 +130,7 @@ def test_server_killed_mid_reply_plays_what_arrived_then_the_broken_message(
     assert stdout == ""
     assert "reply broke off" in stderr
     text, _ = heard(call_whisper, reply)
-    said = words(text)
+    said = word_set(text)
     assert {"first", "part", "answer"} <= said, text
     assert len(said & BROKEN_WORDS) >= 3, text
     assert "never" not in said
@@ -155,7 +145,7 @@ def test_a_reply_that_stalls_mid_stream_counts_as_broken(
     result = run_pi_client(config, call_server.url, call_server.key, call_question_wav, reply, timeout=WAIT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "reply broke off" in result.stderr
-    said = words(heard(call_whisper, reply)[0])
+    said = word_set(heard(call_whisper, reply)[0])
     assert {"first", "part", "answer"} <= said, said
     assert len(said & BROKEN_WORDS) >= 3, said
     # The phone dropped the stalled request: the server stopped asking the LLM for the rest.

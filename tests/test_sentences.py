@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloud_server.pipeline.sentences import SentenceSplitter, clean_for_speech
+from cloud_server.pipeline.sentences import SentenceSplitter, clean_for_speech, has_speech
 from common.config import SentenceConfig
 
 CFG = SentenceConfig(max_chars=80, min_chars=12, first_chunk_chars=40)
@@ -212,3 +212,25 @@ def test_chunks_say_exactly_the_cleaned_text(pieces: list[str], max_chars: int, 
     assert [ch for ch in spoken if ch.isalnum()] == [ch for ch in expected if ch.isalnum()]
     rest = iter(expected)
     assert all(ch in rest for ch in spoken), "chunks are the cleaned text, in order"
+
+
+@pytest.mark.parametrize(
+    ("raw", "said"),
+    [
+        ("Hello\x00 there.", "Hello there."),
+        ("Ring\x07 ring.\x1b", "Ring ring."),
+        ("zero\u200bwidth\ufeff and soft\u00adhyphen.", "zerowidth and softhyphen."),
+        ("tab\there\x0bthere.", "tab here there."),
+    ],
+)
+def test_control_and_format_characters_are_not_spoken(raw: str, said: str) -> None:
+    assert clean_for_speech(raw) == said
+    splitter = SentenceSplitter(SentenceConfig(min_chars=1))
+    assert " ".join([*splitter.push(raw), *splitter.flush()]) == said
+
+
+@pytest.mark.parametrize(
+    ("text", "speech"), [("Hi.", True), ("42", True), ("🎉 *** ---", False), ("\x00 \u200b", False)]
+)
+def test_has_speech(text: str, speech: bool) -> None:
+    assert has_speech(text) is speech

@@ -29,7 +29,7 @@ def test_two_callers_with_different_voices_both_hear_chatterbox_at_24khz(
                                default_character="alice")
         fallback = LocalVoiceEngine(local_voice, sample_rate=chatterbox_engine.sample_rate)
         server = start_server(config, engines=(chatterbox_engine, fallback))
-        health = requests.get(server.url + "/health", timeout=30).json()
+        health = server.health()
         assert health["tts"]["engine"] == "chatterbox" and health["tts"]["degraded"] is False
 
         turns: list[Any] = []

@@ -18,9 +18,12 @@ from pi_client.server.client import (
     ServerClient,
     ServerRejected,
     ServerUnavailable,
+    StreamBroken,
 )
 from pi_client.server.health import HealthMonitor, next_check_delay
-from pi_client.server.reply_pump import ReplyAudio, ReplyEnd, ReplyHead, ReplyPump
+from pi_client.server.reply_pump import RateWatch, ReplyAudio, ReplyEnd, ReplyHead, ReplyPump
+from tests.rogue_server import RATE as ROGUE_RATE
+from tests.rogue_server import RogueServer
 from tests.server_rig import ServerProcess, free_port, self_signed_cert, start_server
 
 CFG = ClientConfig(connect_timeout_seconds=2.0, read_timeout_seconds=10.0)
@@ -214,3 +217,99 @@ def test_stop_wakes_a_read_blocked_on_a_silent_server(call_server: ServerProcess
         assert asyncio.run(scenario()), "the reader stayed blocked after stop()"
     finally:
         client.close()
+
+
+# --------------------------------------------------------------------------- a server that misbehaves
+
+
+def test_an_endless_fast_reply_waits_for_the_player_instead_of_filling_memory() -> None:
+    cfg = ClientConfig(reply_buffer_seconds=2.0, max_reply_seconds=3600.0)
+    bound = int(cfg.reply_buffer_seconds * ROGUE_RATE) * 2 + 8192  # the buffer, plus one network read
+
+    async def scenario(server: RogueServer, client: ServerClient) -> None:
+        pump = ReplyPump(client, ReplyRequest(text="talk for ever"))
+        assert isinstance(await pump.next(10.0), ReplyHead)
+        assert isinstance(await pump.next(10.0), ReplyAudio)
+        await asyncio.sleep(2.0)  # the player is busy: nothing is taken meanwhile, the server keeps pushing
+        assert pump.peak_queued_bytes <= bound
+        # What the server got through is the buffer plus the kernel's socket buffers, not gigabytes.
+        assert server.sent < 32_000_000, f"{server.sent} bytes read while the player took nothing"
+        taken = 0
+        while taken < 20 * bound:  # now the player catches up: the reader resumes, still within the bound
+            piece = await pump.next(10.0)
+            assert isinstance(piece, ReplyAudio)
+            taken += len(piece.pcm)
+        assert pump.peak_queued_bytes <= bound
+        pump.stop()
+        assert await asyncio.to_thread(pump.done.wait, 5.0), "the reader did not stop"
+
+    with RogueServer("endless") as server:
+        client = ServerClient(server.url, server.key, cfg)
+        try:
+            asyncio.run(scenario(server, client))
+        finally:
+            client.close()
+        assert server.hung_up.wait(10), "the server never saw the phone go"
+
+
+def test_a_reply_longer_than_max_reply_seconds_is_cut_there() -> None:
+    cfg = ClientConfig(max_reply_seconds=3.0)
+    with RogueServer("endless") as server:
+        client = ServerClient(server.url, server.key, cfg)
+        got = 0
+        try:
+            with client.open_reply("talk for ever") as stream, pytest.raises(StreamBroken, match="longer than 3s"):
+                for pcm in stream.audio(threading.Event()):
+                    got += len(pcm)
+                    assert got <= 3 * ROGUE_RATE * 2, "read past the cap"
+        finally:
+            client.close()
+        assert got == 3 * ROGUE_RATE * 2  # exactly three seconds reached the player
+        assert server.hung_up.wait(10), "the phone kept the endless reply open"
+
+
+def test_a_trickling_reply_is_dropped_after_one_window() -> None:
+    # 2 bytes every 50 ms after the first second: never silent long enough for the read timeout.
+    cfg = ClientConfig(read_timeout_seconds=1.0, min_bytes_per_second=2000.0)
+
+    async def scenario(client: ServerClient) -> int:
+        pump = ReplyPump(client, ReplyRequest(text="hello"))
+        pieces = 0
+        try:
+            with pytest.raises(StreamBroken, match="trickled"):
+                while pieces < 1000:  # bounded: about 50 s of trickle
+                    await pump.next(5.0)
+                    pieces += 1
+        finally:
+            pump.stop()
+        return pieces
+
+    with RogueServer("trickle") as server:
+        client = ServerClient(server.url, server.key, cfg)
+        try:
+            pieces = asyncio.run(scenario(client))
+        finally:
+            client.close()
+        assert pieces < 100  # about one window of 1 s, not the whole trickle
+        assert server.hung_up.wait(10)
+
+
+def test_the_rate_watch_tells_a_pause_between_sentences_from_a_trickle() -> None:
+    watch = RateWatch(min_bytes_per_second=2000.0, window_seconds=10.0)
+    # A sentence (3 s at 22 kHz) at once, a 9 s pause for the LLM, the next sentence: a real reply.
+    assert not any(watch.too_slow(t, 16384) for t in (0.0, 0.0, 0.1, 0.1, 0.2))
+    assert not any(watch.too_slow(t, 16384) for t in (9.2, 9.3, 9.3, 18.0, 18.1, 27.5))
+    trickle = RateWatch(min_bytes_per_second=2000.0, window_seconds=10.0)
+    verdicts = [trickle.too_slow(t * 0.05, 2) for t in range(210)]
+    assert verdicts.index(True) == 200  # 10 s after the first audio, not before
+
+
+@pytest.mark.parametrize("mode", ["rate0", "stereo"])
+def test_a_reply_header_the_phone_cannot_play_is_refused(mode: str) -> None:
+    with RogueServer(mode) as server:  # type: ignore[arg-type]
+        client = ServerClient(server.url, server.key, CFG)
+        try:
+            with client.open_reply("hello") as stream, pytest.raises(ServerUnavailable, match="not a playable"):
+                list(stream.audio(threading.Event()))
+        finally:
+            client.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import re
 import threading
 from collections.abc import Callable
 
@@ -12,15 +11,13 @@ import pytest
 import soundfile as sf
 
 from cloud_server.audio_codec import decode_audio
-from cloud_server.stt import ServerTranscriber, pick_compute_type, pick_device, resolve_model
+from cloud_server.stt import ServerTranscriber, TranscriberBusy, pick_compute_type, pick_device
 from common.config import ServerSTTConfig
 from common.wav import resample_float
+from common.whisper import resolve_model
+from tests.helpers import words
 
 SENTENCE = "Please connect me to the lighthouse keeper on the northern island."
-
-
-def words(text: str) -> list[str]:
-    return re.sub(r"[^a-z ]", "", text.lower()).split()
 
 
 def test_device_and_compute_type_choice() -> None:
@@ -54,6 +51,29 @@ def test_piper_speech_round_trip(
     audio = decode_audio(buf.getvalue(), max_bytes=10**7, max_seconds=30)
     text = server_transcriber.transcribe(audio.samples)
     assert words(text) == words(SENTENCE)
+
+
+@pytest.mark.parametrize("scale", [1e30, -1e20])
+def test_float_audio_far_past_full_scale_is_still_heard(
+    server_transcriber: ServerTranscriber, spoken_text: Callable[[str], tuple[np.ndarray, int]], scale: float
+) -> None:
+    # The review's upload: float samples of ±1e30 made Whisper decode "!!!!" at every fallback temperature.
+    samples, rate = spoken_text(SENTENCE)
+    loud = resample_float(samples, rate, 16000) * np.float32(scale)
+    loud[:50] = np.nan
+    assert words(server_transcriber.transcribe(loud)) == words(SENTENCE)
+    buf = io.BytesIO()
+    sf.write(buf, samples * np.float32(scale), rate, format="WAV", subtype="FLOAT")
+    audio = decode_audio(buf.getvalue(), max_bytes=10**7, max_seconds=30)
+    assert float(np.abs(audio.samples).max()) <= 1.0
+    assert words(server_transcriber.transcribe(audio.samples)) == words(SENTENCE)
+
+
+def test_a_caller_waits_for_whisper_only_so_long(server_transcriber: ServerTranscriber) -> None:
+    # The lock held: another caller's transcription in progress.
+    with server_transcriber._lock, pytest.raises(TranscriberBusy):
+        server_transcriber.transcribe(np.zeros(16000, dtype=np.float32), wait_seconds=0.05)
+    assert server_transcriber.transcribe(np.zeros(16000, dtype=np.float32), wait_seconds=0.05) == ""
 
 
 def test_silence_gives_little_or_nothing(server_transcriber: ServerTranscriber) -> None:

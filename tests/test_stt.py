@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -19,11 +18,7 @@ from pi_client.turns.stt import TranscriberError, WhisperTranscriber
 from pi_client.turns.vad import SileroVad
 from tests.alsa_rig import REPO_ROOT
 from tests.fixtures_pi import PI_RATE, SPEECH_TEXT, SPEECH_WORDS, mix, silence, white_noise
-
-
-def _words(text: str) -> list[str]:
-    """Lower-case words without punctuation, for comparing transcripts."""
-    return re.findall(r"[a-z0-9']+", text.lower())
+from tests.helpers import word_set, words
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +30,15 @@ def test_transcript_contains_the_spoken_words(
     transcriber: WhisperTranscriber, piper_speech: Callable[[str], bytes]
 ) -> None:
     text = transcriber.transcribe(silence(0.3) + piper_speech(SPEECH_TEXT) + silence(0.5))
-    words = _words(text)
-    assert all(w in words for w in SPEECH_WORDS), text
+    heard = words(text)
+    assert all(w in heard for w in SPEECH_WORDS), text
 
 
 def test_a_question_in_noise(transcriber: WhisperTranscriber, piper_speech: Callable[[str], bytes]) -> None:
     question = "What time does the train to Boston leave tomorrow morning?"
     speech = silence(0.3) + piper_speech(question) + silence(0.5)
     text = transcriber.transcribe(mix(speech, white_noise(len(speech) / 2 / PI_RATE, 0.01, seed=3)))
-    words = _words(text)
-    assert {"time", "train", "boston", "tomorrow", "morning"} <= set(words), text
+    assert {"time", "train", "boston", "tomorrow", "morning"} <= word_set(text), text
 
 
 def test_file_mode_path_listen_then_transcribe(
@@ -55,8 +49,8 @@ def test_file_mode_path_listen_then_transcribe(
     write_wav(str(path), silence(1.0) + piper_speech(SPEECH_TEXT) + silence(1.5), PI_RATE)
     utterance = asyncio.run(asyncio.wait_for(listen(WavFileSource(path), SileroVad(), VADConfig()), timeout=60))
     assert utterance is not None
-    words = _words(transcriber.transcribe(utterance.pcm))
-    assert all(w in words for w in SPEECH_WORDS), words
+    heard = words(transcriber.transcribe(utterance.pcm))
+    assert all(w in heard for w in SPEECH_WORDS), heard
 
 
 def test_empty_audio_is_empty_text(transcriber: WhisperTranscriber) -> None:
@@ -91,4 +85,4 @@ assert "torch" not in sys.modules
         [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "fox" in _words(proc.stdout)
+    assert "fox" in words(proc.stdout)

@@ -23,7 +23,7 @@ TOLERANCE = 0.15  # seconds: a few 32 ms frames of model latency either side
 
 @pytest.fixture(scope="module")
 def vad() -> SileroVad:
-    return SileroVad(CFG.threshold)
+    return SileroVad()
 
 
 def _frames(pcm: bytes) -> list[bytes]:

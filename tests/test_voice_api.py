@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import requests
 import soundfile as sf
 from prometheus_client.parser import text_string_to_metric_families
 
+from cloud_server.tts.base import TTSEngine, TTSError, VoiceSpec
 from common.wav import WavStreamReader, pcm16_to_float, resample_float
 from tests.fixtures_server import TEST_KEY, server_config
 from tests.ollama_standin import OllamaStandIn
@@ -25,18 +27,17 @@ QUESTION = "What time does the last train leave for the station?"
 Speech = Callable[[str], tuple[np.ndarray, int]]
 
 
-@pytest.fixture
-def ollama() -> Iterator[OllamaStandIn]:
-    with OllamaStandIn() as standin:
-        yield standin
-
-
 def encoded(samples: np.ndarray, rate: int, fmt: str, subtype: str | None = None) -> bytes:
     if fmt == "OGG":  # Opus takes 48 kHz, not Piper's 22.05 kHz
         samples, rate = resample_float(samples, rate, 48000), 48000
     buf = io.BytesIO()
     sf.write(buf, samples, rate, format=fmt, subtype=subtype)
     return buf.getvalue()
+
+
+def clip(seconds: float, rate: int = 24000, freq: float = 220.0) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.3 * np.sin(2 * np.pi * freq * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
 
 
 def words(text: str) -> list[str]:
@@ -192,7 +193,7 @@ def test_voice_library_and_character_switch_survive_a_restart(
     (operator,) = [c for c in characters["characters"] if c["id"] == "operator"]
     assert operator["voice"] == {"source": "library", "library_voice": "captain"}
     assert operator["ignored_parameters"] == ["voice_clip", "exaggeration", "cfg_weight", "temperature"]  # Piper
-    spec = restarted.services.voice_for("operator", restarted.services.config.server.characters["operator"])
+    spec = restarted.services.characters.voice_spec("operator")
     assert spec.clip == str(tmp_path / "data" / "voices" / "captain.wav")
 
     in_use = requests.delete(restarted.url + "/voices/captain", headers=AUTH, timeout=TIMEOUT)
@@ -244,7 +245,7 @@ def test_greeting_is_synthesized_once(ollama: OllamaStandIn, start_server: Any, 
     assert float(first.headers["X-Audio-Duration"]) == pytest.approx(samples.size / rate, abs=0.01)
     second = requests.get(server.url + "/characters/operator/greeting", headers=AUTH, timeout=TIMEOUT)
     assert second.content == first.content
-    assert server.services.primary.hits >= 1  # served from the phrase cache, not the voice model
+    assert server.services.primary.engine.hits >= 1  # served from the phrase cache, not the voice model
     assert requests.get(server.url + "/characters/ghost/greeting", headers=AUTH, timeout=TIMEOUT).status_code == 404
 
 
@@ -304,3 +305,152 @@ def test_a_recording_is_refused_before_transcription_when_every_slot_is_busy(
     got = metric_samples(server.url)
     assert got[("ai_telephone_stt_seconds_count", ())] == 0
     assert got[("ai_telephone_queue_rejections_total", ())] == 1
+
+
+class PickyVoice(TTSEngine):
+    """The real Piper voice behind a voice model that refuses short reference clips, slowly.
+
+    A refusal waits (bounded) until another upload starts preparing its clip, so the test can
+    tell whether two uploads of one id overlap: with the library lock they never do.
+    """
+
+    def __init__(self, piper: TTSEngine, min_seconds: float) -> None:
+        self.piper, self.name, self.sample_rate = piper, piper.name, piper.sample_rate
+        self.min_seconds = min_seconds
+        self.preparing = threading.Event()
+        self.overlapped = threading.Event()
+
+    def synthesize(self, text: str, voice: VoiceSpec, cancel: threading.Event | None = None) -> Iterator[bytes]:
+        return self.piper.synthesize(text, voice, cancel)
+
+    def prepare_voice(self, voice: VoiceSpec) -> None:
+        if voice.clip is None or not voice.clip.endswith("/shared.wav"):
+            return
+        if sf.info(voice.clip).duration >= self.min_seconds:
+            if self.preparing.is_set():
+                self.overlapped.set()
+            return
+        self.preparing.set()
+        self.overlapped.wait(timeout=3.0)
+        self.preparing.clear()
+        raise TTSError("reference clip too short for this model")
+
+
+def test_a_failed_upload_never_removes_a_concurrent_successful_one(
+    ollama: OllamaStandIn, start_server: Any, tmp_path: Path, piper_engines: tuple[TTSEngine, TTSEngine]
+) -> None:
+    picky = PickyVoice(piper_engines[0], min_seconds=4.0)
+    server = start_server(server_config(ollama.url, tmp_path), engines=(picky, piper_engines[1]))
+    refused_clip, good_clip = encoded(clip(3.0), 24000, "WAV"), encoded(clip(6.0), 24000, "WAV")
+    results: dict[str, requests.Response] = {}
+
+    def upload(name: str, data: bytes) -> None:
+        results[name] = upload_voice(server.url, "shared", data)
+
+    refused = threading.Thread(target=upload, args=("refused", refused_clip))
+    refused.start()
+    assert picky.preparing.wait(timeout=TIMEOUT)  # the first upload is stored and being prepared (for 3 s)
+    good = threading.Thread(target=upload, args=("good", good_clip))
+    good.start()
+    refused.join(timeout=TIMEOUT)
+    good.join(timeout=TIMEOUT)
+    assert results["refused"].status_code == 400 and results["refused"].json()["error"]["code"] == "unusable_voice"
+    assert results["good"].status_code == 201, results["good"].text
+    listed = requests.get(server.url + "/voices", headers=AUTH, timeout=TIMEOUT).json()["voices"]
+    assert [(v["id"], v["sha256"]) for v in listed] == [("shared", results["good"].json()["sha256"])]
+    assert not picky.overlapped.is_set()
+
+
+def test_switching_and_deleting_a_voice_at_once_never_deletes_a_voice_in_use(
+    ollama: OllamaStandIn, start_server: Any, tmp_path: Path
+) -> None:
+    server = start_server(server_config(ollama.url, tmp_path))
+    data = encoded(clip(3.0), 24000, "WAV")
+    assert upload_voice(server.url, "v", data).status_code == 201
+    problems: list[str] = []
+
+    def switcher() -> None:
+        for _ in range(40):
+            reply = requests.post(
+                server.url + "/characters/operator/voice", json={"voice": "v"}, headers=AUTH, timeout=TIMEOUT
+            )
+            if reply.status_code == 200 and reply.json()["voice"] != {"source": "library", "library_voice": "v"}:
+                problems.append(f"switched to v, but v was deleted: {reply.json()['voice']}")
+            requests.post(
+                server.url + "/characters/operator/voice", json={"voice": None}, headers=AUTH, timeout=TIMEOUT
+            )
+
+    def deleter() -> None:
+        for _ in range(40):
+            gone = requests.delete(server.url + "/voices/v", headers=AUTH, timeout=TIMEOUT)
+            if gone.status_code == 204:
+                upload_voice(server.url, "v", data)
+
+    threads = [threading.Thread(target=switcher), threading.Thread(target=deleter)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert problems == []
+    characters = requests.get(server.url + "/characters", headers=AUTH, timeout=TIMEOUT).json()["characters"]
+    (operator,) = [c for c in characters if c["id"] == "operator"]
+    if operator["voice"]["library_voice"] == "v":
+        assert operator["voice"]["source"] == "library"
+    assert_still_healthy(server.url, ollama)
+
+
+@pytest.mark.parametrize(("rate", "code"), [(655350, "bad_sample_rate"), (1, "bad_sample_rate")])
+def test_uploads_at_absurd_rates_are_refused(
+    ollama: OllamaStandIn, start_server: Any, tmp_path: Path, rate: int, code: str
+) -> None:
+    server = start_server(server_config(ollama.url, tmp_path))
+    data = encoded(np.zeros(max(rate, 16) * 4, np.float32), rate, "FLAC" if rate > 1 else "WAV")
+    for reply in (
+        upload_voice(server.url, "fast", data),
+        requests.post(
+            server.url + "/process-audio", files={"audio": ("a", data, "audio/flac")}, headers=AUTH, timeout=TIMEOUT
+        ),
+    ):
+        assert reply.status_code == 400 and reply.json()["error"]["code"] == code
+    assert requests.get(server.url + "/voices", headers=AUTH, timeout=TIMEOUT).json()["voices"] == []
+
+
+def test_the_library_refuses_more_voices_than_configured(
+    ollama: OllamaStandIn, start_server: Any, tmp_path: Path
+) -> None:
+    server = start_server(server_config(ollama.url, tmp_path, voices={"max_voices": 1}))
+    assert upload_voice(server.url, "one", encoded(clip(3.0), 24000, "WAV")).status_code == 201
+    full = upload_voice(server.url, "two", encoded(clip(3.0), 24000, "WAV"))
+    assert full.status_code == 409 and full.json()["error"]["code"] == "library_full"
+    assert upload_voice(server.url, "one", encoded(clip(4.0), 24000, "WAV")).status_code == 200
+
+
+def test_a_recording_far_past_full_scale_is_heard_and_a_busy_whisper_is_503(
+    ollama: OllamaStandIn, start_server: Any, tmp_path: Path, spoken_text: Speech
+) -> None:
+    ollama.script("Right away.")
+    server = start_server(server_config(ollama.url, tmp_path, limits={"max_stt_wait_seconds": 0.2}))
+    speech, rate = spoken_text(QUESTION)
+    loud = encoded(speech * np.float32(1e30), rate, "WAV", "FLOAT")
+    with requests.post(
+        server.url + "/process-audio", files={"audio": ("q.wav", loud, "audio/wav")}, headers=AUTH, timeout=TIMEOUT
+    ) as reply:
+        assert reply.status_code == 200, reply.text
+        assert words(unquote(reply.headers["X-Transcript"])) == words(QUESTION)
+    transcriber = server.app.extensions["ai_telephone_features"].transcriber
+    with transcriber._lock:  # Whisper busy with another caller for longer than the wait allows
+        busy = requests.post(
+            server.url + "/process-audio", files={"audio": ("q.wav", loud, "audio/wav")}, headers=AUTH, timeout=TIMEOUT
+        )
+    assert busy.status_code == 503 and busy.json()["error"]["code"] == "busy" and "Retry-After" in busy.headers
+
+
+def test_a_voice_switch_reads_json_like_every_route(ollama: OllamaStandIn, start_server: Any, tmp_path: Path) -> None:
+    """Issue 14: deeply nested JSON on this route was a 500 (it had its own reader)."""
+    server = start_server(server_config(ollama.url, tmp_path))
+    deep = b'{"voice": ' + b"[" * 30000 + b"]" * 30000 + b"}"
+    for body in [deep, b"not json", b"[1]", b'{"other": 1}']:
+        reply = requests.post(server.url + "/characters/operator/voice", data=body, timeout=TIMEOUT,
+                              headers={**AUTH, "Content-Type": "application/json"})
+        assert reply.status_code == 400 and reply.json()["error"]["code"] == "bad_json", body[:20]
+    assert_still_healthy(server.url, ollama)

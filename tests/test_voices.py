@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,8 +13,18 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from cloud_server.audio_codec import AudioTooLong, BadAudio, UnsupportedAudio
-from cloud_server.library.voices import BadVoiceId, UnknownVoice, VoiceLibrary, VoiceOverrides, check_voice_id
+from cloud_server.audio_codec import AudioTooLong, BadAudio, BadSampleRate, UnsupportedAudio
+from cloud_server.library.voices import (
+    STORAGE_RATE,
+    BadVoiceId,
+    LibraryFull,
+    UnknownVoice,
+    UnusableVoice,
+    VoiceInUse,
+    VoiceLibrary,
+    VoiceOverrides,
+    check_voice_id,
+)
 from common.config import VoiceLibraryConfig
 
 Speech = Callable[[str], tuple[np.ndarray, int]]
@@ -68,7 +81,7 @@ def test_nasty_ids_are_refused_everywhere(library: VoiceLibrary, tmp_path: Path,
         library.delete(name)  # type: ignore[arg-type]
     assert name not in library
     assert (tmp_path / "secret.wav").read_bytes() == b"keep me"
-    assert list(library.root.iterdir()) == []
+    assert [p.name for p in library.root.iterdir() if p.name != "index.json"] == []
 
 
 @pytest.mark.parametrize("name", ["a", "narrator", "old-man_2", "0", "x" * 64])
@@ -78,17 +91,17 @@ def test_plain_ids_are_accepted(name: str) -> None:
 
 def test_add_list_replace_delete(library: VoiceLibrary, spoken_text: Speech) -> None:
     speech, rate = spoken_text("This is my voice. I would like the telephone to sound like me, please.")
-    info, changed = library.add("me", encoded(speech, rate, "MP3", "MPEG_LAYER_III"))
-    assert changed and info.sample_rate == rate and info.seconds == pytest.approx(speech.size / rate, abs=0.1)
+    info, changed, _ = astuple(library.add("me", encoded(speech, rate, "MP3", "MPEG_LAYER_III")))
+    assert changed and info.sample_rate == STORAGE_RATE and info.seconds == pytest.approx(speech.size / rate, abs=0.1)
     stored, stored_rate = sf.read(library.path("me"), dtype="float32")
-    assert stored_rate == rate and stored.ndim == 1  # stored as plain mono WAV whatever was uploaded
+    assert stored_rate == STORAGE_RATE and stored.ndim == 1  # plain mono WAV at one rate whatever was uploaded
     assert [v.voice_id for v in library.list()] == ["me"]
     assert library.list()[0].sha256 == info.sha256
     assert "me" in library
 
-    again, changed = library.add("me", encoded(speech, rate, "MP3", "MPEG_LAYER_III"))
+    again, changed, _ = astuple(library.add("me", encoded(speech, rate, "MP3", "MPEG_LAYER_III")))
     assert not changed and again.sha256 == info.sha256
-    other, changed = library.add("me", encoded(clip(3), 24000))
+    other, changed, _ = astuple(library.add("me", encoded(clip(3), 24000)))
     assert changed and other.sha256 != info.sha256
 
     library.delete("me")
@@ -100,12 +113,94 @@ def test_add_list_replace_delete(library: VoiceLibrary, spoken_text: Speech) -> 
         library.path("me")
 
 
+def astuple(stored: object) -> tuple[object, bool, bool]:
+    return stored.info, stored.changed, stored.created  # type: ignore[attr-defined]
+
+
 def test_stereo_flac_upload_becomes_mono_wav(library: VoiceLibrary) -> None:
     stereo = np.stack([clip(3, 44100), clip(3, 44100)], axis=1)
-    info, _ = library.add("duet", encoded(stereo, 44100, "FLAC", "PCM_24"))
+    info = library.add("duet", encoded(stereo, 44100, "FLAC", "PCM_24")).info
     meta = sf.info(library.path("duet"))
-    assert (meta.format, meta.channels, meta.samplerate) == ("WAV", 1, 44100)
+    assert (meta.format, meta.channels, meta.samplerate) == ("WAV", 1, STORAGE_RATE)
     assert info.seconds == pytest.approx(3.0, abs=0.01)
+
+
+@pytest.mark.parametrize("rate", [8000, 16000, 48000, 192000])
+def test_every_clip_is_stored_at_one_rate_whatever_its_upload_rate(library: VoiceLibrary, rate: int) -> None:
+    # The review stored a 655 kHz FLAC as a 77 MB WAV; now a clip costs its length at 24 kHz.
+    library.add("v", encoded(clip(10, rate), rate, "FLAC", "PCM_24"))
+    meta = sf.info(library.path("v"))
+    assert meta.samplerate == STORAGE_RATE and meta.frames == pytest.approx(10 * STORAGE_RATE, abs=2)
+    assert library.path("v").stat().st_size < 10 * STORAGE_RATE * 2 + 100
+    with pytest.raises(BadSampleRate):
+        library.add("w", encoded(clip(3, 655350), 655350, "FLAC", "PCM_16"))
+    assert [v.voice_id for v in library.list()] == ["v"]
+
+
+def test_count_and_bytes_are_capped(tmp_path: Path) -> None:
+    small = VoiceLibrary(tmp_path / "a", VoiceLibraryConfig(max_voices=2))
+    small.add("one", encoded(clip(3), 24000))
+    small.add("two", encoded(clip(3), 24000))
+    with pytest.raises(LibraryFull) as err:
+        small.add("three", encoded(clip(3), 24000))
+    assert (err.value.status, err.value.code) == (409, "library_full")
+    assert small.add("two", encoded(clip(4), 24000)).changed  # replacing one needs no new room
+    assert [v.voice_id for v in small.list()] == ["one", "two"]
+
+    budget = VoiceLibrary(tmp_path / "b", VoiceLibraryConfig(max_total_bytes=400_000))  # 8 s at 24 kHz
+    budget.add("five", encoded(clip(5), 24000))
+    with pytest.raises(LibraryFull, match="budget"):
+        budget.add("four", encoded(clip(4), 24000))
+    budget.add("five", encoded(clip(8), 24000))  # its own old size does not count against it
+    assert [v.voice_id for v in budget.list()] == ["five"]
+    assert not (tmp_path / "b" / "four.wav").exists()
+
+
+def test_listing_reads_hashes_from_the_index(tmp_path: Path) -> None:
+    root = tmp_path / "voices"
+    library = VoiceLibrary(root, VoiceLibraryConfig())
+    first = library.add("me", encoded(clip(3), 24000)).info
+    # Same size and mtime, other bytes: a listing that re-hashed every clip would notice.
+    path = library.path("me")
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-2:] = b"\x01\x02"
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert library.list()[0].sha256 == first.sha256
+    assert VoiceLibrary(root, VoiceLibraryConfig()).list()[0].sha256 == first.sha256  # kept across a restart
+    # A clip that really changed on disk (new mtime) is read again, once.
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    changed = library.list()[0].sha256
+    assert changed == hashlib.sha256(bytes(data)).hexdigest() != first.sha256
+    (root / "index.json").write_text("{not json", encoding="utf-8")
+    assert VoiceLibrary(root, VoiceLibraryConfig()).list()[0].sha256 == changed  # a broken index is rebuilt
+    assert json.loads((root / "index.json").read_text(encoding="utf-8"))["me"]["sha256"] == changed
+    path.unlink()
+    assert library.list() == [] and json.loads((root / "index.json").read_text(encoding="utf-8")) == {}
+
+
+def test_a_clip_the_voice_model_refuses_leaves_the_library_as_it_was(library: VoiceLibrary) -> None:
+    def refuse() -> None:
+        raise RuntimeError("no conditionals for this clip")
+
+    with pytest.raises(UnusableVoice) as err:
+        library.add("new", encoded(clip(3), 24000), verify=refuse)
+    assert err.value.code == "unusable_voice" and "new" not in library
+    kept = library.add("old", encoded(clip(3), 24000)).info
+    with pytest.raises(UnusableVoice):
+        library.add("old", encoded(clip(4), 24000), verify=refuse)
+    assert library.info("old").sha256 == kept.sha256 == hashlib.sha256(library.path("old").read_bytes()).hexdigest()
+    assert sorted(p.name for p in library.root.iterdir()) == ["index.json", "old.wav"]  # no temp files left
+
+
+def test_a_voice_in_use_is_not_deleted(library: VoiceLibrary) -> None:
+    library.add("busy", encoded(clip(3), 24000))
+    with pytest.raises(VoiceInUse, match="operator"):
+        library.delete("busy", users=lambda: ["operator"])
+    assert "busy" in library
+    library.delete("busy", users=lambda: [])
+    assert "busy" not in library
 
 
 def test_bad_uploads_are_refused_and_nothing_is_stored(library: VoiceLibrary) -> None:
@@ -125,11 +220,11 @@ def test_bad_uploads_are_refused_and_nothing_is_stored(library: VoiceLibrary) ->
 
 
 def test_turbo_needs_more_than_five_seconds(tmp_path: Path) -> None:
-    turbo = VoiceLibrary(tmp_path, VoiceLibraryConfig(), model="turbo")
+    turbo = VoiceLibrary(tmp_path, VoiceLibraryConfig(), clip_longer_than=5.0)  # Turbo's descriptor says so
     assert turbo.min_seconds == 5.0
     with pytest.raises(BadAudio, match="more than 5 s"):
         turbo.add("five", encoded(clip(5.0), 24000))
-    info, _ = turbo.add("longer", encoded(clip(5.5), 24000))
+    info = turbo.add("longer", encoded(clip(5.5), 24000)).info
     assert info.seconds == pytest.approx(5.5)
 
 

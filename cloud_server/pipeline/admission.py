@@ -1,11 +1,37 @@
-"""Back-pressure: a bounded number of replies in progress; one more is refused with 503 + Retry-After."""
+"""Back-pressure: a bounded number of replies in progress. One more is refused with ``Busy``.
+
+The pipeline knows nothing of HTTP: the route turns ``Busy`` into 503 + Retry-After. Every slot
+records when it was taken, so /health can name slots held longer than any reply may last (a leak).
+"""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
-from cloud_server.errors import ApiError
+
+class Busy(Exception):
+    """Every slot is taken."""
+
+
+class Slot:
+    """One reply in progress; ``release`` gives it back and is safe to call more than once."""
+
+    def __init__(self, on_release: Callable[[Slot], None]) -> None:
+        self.taken_at = time.monotonic()
+        self._on_release = on_release
+        self._lock = threading.Lock()
+        self._released = False
+
+    def release(self) -> None:
+        """Give the slot back (only the first call counts)."""
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        self._on_release(self)
 
 
 class ReplySlots:
@@ -13,46 +39,43 @@ class ReplySlots:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._active = 0
+        self._held: set[Slot] = set()
         self._lock = threading.Lock()
 
-    def try_acquire(self) -> bool:
-        """Take a slot if one is free; never waits."""
+    def take(self) -> Slot:
+        """A slot, or ``Busy``; never waits. The caller must release it on every path."""
         with self._lock:
-            if self._active >= self.capacity:
-                return False
-            self._active += 1
-            return True
+            if len(self._held) >= self.capacity:
+                raise Busy
+            slot = Slot(self._give_back)
+            self._held.add(slot)
+            return slot
 
-    def admit(self, retry_after_seconds: int) -> Callable[[], None]:
-        """Take a slot or refuse with 503 + Retry-After; returns the slot's release (safe to call twice)."""
-        if not self.try_acquire():
-            raise ApiError(
-                503,
-                "busy",
-                "All voice slots are busy; try again shortly.",
-                {"Retry-After": str(retry_after_seconds)},
-            )
-        once = threading.Lock()
-        released = False
+    @contextmanager
+    def hold(self) -> Iterator[Slot]:
+        """A slot for the length of a ``with`` block; ``Busy`` when none is free."""
+        slot = self.take()
+        try:
+            yield slot
+        finally:
+            slot.release()
 
-        def release() -> None:
-            nonlocal released
-            with once:
-                if released:
-                    return
-                released = True
-            self.release()
-
-        return release
-
-    def release(self) -> None:
-        """Give a slot back."""
+    def _give_back(self, slot: Slot) -> None:
         with self._lock:
-            self._active = max(0, self._active - 1)
+            self._held.discard(slot)
 
     @property
     def active(self) -> int:
         """Replies in progress now."""
         with self._lock:
-            return self._active
+            return len(self._held)
+
+    def full(self) -> bool:
+        """Whether a ``take`` now would be refused."""
+        return self.active >= self.capacity
+
+    def held_longer_than(self, seconds: float) -> int:
+        """How many slots were taken more than ``seconds`` ago (no reply lasts that long: a leak)."""
+        cutoff = time.monotonic() - seconds
+        with self._lock:
+            return sum(1 for slot in self._held if slot.taken_at < cutoff)

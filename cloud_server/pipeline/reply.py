@@ -13,10 +13,12 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 
 from cloud_server.llm.base import LLM, LLMError
+from cloud_server.llm.context import fit_context
 from cloud_server.pipeline.sentences import SentenceSplitter
 from cloud_server.pipeline.sessions import SessionStore
 from cloud_server.tts.base import TTSEngine, VoiceSpec
@@ -92,12 +94,19 @@ class ReplyPipeline:
         return self.primary.sample_rate
 
     def messages(self, turn: Turn) -> list[dict[str, str]]:
-        """System persona (+ the caller's extra prompt), the session history, then the new text."""
+        """System persona (+ the caller's extra prompt), the session history, then the new text.
+
+        ``prompt`` is a trusted-client field (whoever holds the API key: the Pi, an app): it is
+        added below the persona, never instead of it, and bounded by ``server.limits.max_prompt_chars``.
+        The oldest history is dropped when the whole would not fit the LLM's context with its reply.
+        """
         system = turn.character.persona
         if turn.prompt:
             system = f"{system}\n\n{turn.prompt}"
         history = self._sessions.history(turn.session_id, turn.character_id)
-        return [{"role": "system", "content": system}, *history, {"role": "user", "content": turn.text}]
+        return fit_context(
+            [{"role": "system", "content": system}, *history, {"role": "user", "content": turn.text}], self._llm
+        )
 
     def speak(self, turn: Turn, cancel: threading.Event) -> Iterator[bytes]:
         """The whole streamed reply: a WAV header for an open-ended stream, then PCM16 chunks."""
@@ -131,12 +140,15 @@ class ReplyPipeline:
                     _LOGGER.warning("LLM failed (%s): speaking the apology", item.reason)
                     item = turn.character.apology
                 text = str(item)
-                for pcm, via_fallback in self._speak_sentence(text, turn.voice, cancel, use_fallback, stats):
-                    use_fallback = use_fallback or via_fallback
-                    if stats.first_audio_seconds is None:
-                        stats.first_audio_seconds = time.monotonic() - started
-                    stats.audio_seconds += len(pcm) / SAMPLE_WIDTH / self.sample_rate
-                    yield pcm
+                with closing(self._speak_sentence(text, turn.voice, cancel, use_fallback, stats)) as spoken:
+                    for pcm, via_fallback in spoken:
+                        use_fallback = use_fallback or via_fallback
+                        if stats.first_audio_seconds is None:
+                            stats.first_audio_seconds = time.monotonic() - started
+                        stats.audio_seconds += len(pcm) / SAMPLE_WIDTH / self.sample_rate
+                        yield pcm
+                        if time.monotonic() > deadline:  # checked per chunk: a slow reader cannot stretch it
+                            break
                 if stats.llm_failed:
                     break
         except GeneratorExit:
@@ -154,12 +166,17 @@ class ReplyPipeline:
     ) -> Iterator[bytes]:
         """Speak a given text without the LLM (the OpenAI speech route): one PCM16 block per sentence.
 
-        Same splitter and same fallback as a reply; audio is at ``self.sample_rate``.
+        Same splitter and same fallback as a reply, the same ``max_reply_seconds`` cap; audio is at
+        ``self.sample_rate``.
         """
         stats = stats if stats is not None else TurnStats(engine=self.primary.name)
         splitter = SentenceSplitter(self._cfg.sentences)
         use_fallback = False
+        deadline = time.monotonic() + self._cfg.limits.max_reply_seconds
         for sentence in [*splitter.push(text), *splitter.flush()]:
+            if time.monotonic() > deadline:
+                _LOGGER.warning("Speech cut at the %.0f s cap", self._cfg.limits.max_reply_seconds)
+                return
             parts: list[bytes] = []
             for pcm, via_fallback in self._speak_sentence(sentence, voice, cancel, use_fallback, stats):
                 use_fallback = use_fallback or via_fallback
@@ -214,7 +231,7 @@ class ReplyPipeline:
 
     def _speak_sentence(
         self, text: str, voice: VoiceSpec, cancel: threading.Event, use_fallback: bool, stats: TurnStats
-    ) -> Iterator[tuple[bytes, bool]]:
+    ) -> Generator[tuple[bytes, bool], None, None]:
         """Speak one sentence with the primary engine, or with the fallback once the primary failed."""
         t0 = time.monotonic()
         if not use_fallback:
@@ -242,6 +259,8 @@ class ReplyPipeline:
     def _finish(self, turn: Turn, stats: TurnStats) -> None:
         if stats.reply_text and not stats.llm_failed and not stats.cancelled:
             self._sessions.record(turn.session_id, turn.character_id, turn.text, stats.reply_text, turn.transcript)
+        elif stats.llm_failed and not stats.cancelled:
+            self._sessions.drop_oldest_turn(turn.session_id, turn.character_id)
         _LOGGER.info(
             "Turn session=%s character=%s llm_first=%s first_audio=%s total=%.2fs audio=%.2fs "
             "fallback_sentences=%d llm_failed=%s cancelled=%s",

@@ -41,6 +41,7 @@ _DASH_RUN = re.compile(r"-{2,}")  # "--" and "---" rules read as a pause, not "d
 # Emoji glue: variation selectors, zero-width joiner, keycap, skin tones, tag characters.
 _INVISIBLE = {0x200D, 0x20E3, *range(0xFE00, 0xFE10), *range(0x1F3FB, 0x1F400), *range(0xE0020, 0xE0080)}
 _KEEP_SYMBOLS = {"°"}
+_UNSPEAKABLE_CATEGORIES = frozenset({"So", "Cs", "Co", "Cc", "Cf"})
 
 _WHITESPACE = re.compile(r"\s+")
 _SENTENCE_END = re.compile(r"([.!?…。！？]+)[\"'”’»)\]]*(?=\s|\Z)|\n")
@@ -53,12 +54,17 @@ _ABBREVIATIONS = frozenset(_ABBREVIATION_WORDS.split() + ["hon", "a.m", "p.m", "
 
 
 def _strip_symbols(text: str) -> str:
-    """Drop emoji and pictographs a voice should not read (Unicode 'other symbol' and their glue)."""
-    return "".join(
-        ch
-        for ch in text
-        if ch in _KEEP_SYMBOLS or (ord(ch) not in _INVISIBLE and unicodedata.category(ch) not in ("So", "Cs", "Co"))
-    )
+    """Drop what a voice cannot read: emoji and pictographs with their glue, control and format characters.
+
+    A NUL reached Piper as "embedded null character" and cost the whole sentence; other control
+    characters (bell, escape) and invisible format characters (zero-width space, BOM, soft
+    hyphen, bidi marks) carry nothing to say either. Blanks stay for the caller to collapse.
+    """
+    return "".join(ch for ch in text if ch in _KEEP_SYMBOLS or ch.isspace() or not _unspeakable(ch))
+
+
+def _unspeakable(ch: str) -> bool:
+    return ord(ch) in _INVISIBLE or unicodedata.category(ch) in _UNSPEAKABLE_CATEGORIES
 
 
 def _clean(text: str, at_line_start: bool) -> str:
@@ -82,6 +88,11 @@ def clean_for_speech(text: str) -> str:
 
 def _speakable(text: str) -> bool:
     return any(ch.isalnum() for ch in text)
+
+
+def has_speech(text: str) -> bool:
+    """Whether a voice would say anything for ``text`` (a word or a number survives cleaning)."""
+    return _speakable(clean_for_speech(text))
 
 
 def _stable_length(raw: str, at_line_start: bool) -> int:

@@ -61,6 +61,21 @@ class SessionStore:
             while len(self._sessions) > self._cfg.max_sessions:
                 self._sessions.popitem(last=False)
 
+    def drop_oldest_turn(self, session_id: str, character: str) -> None:
+        """A failed turn is not written, but the oldest turn still goes.
+
+        The history rotates on every turn, so a session whose history makes the LLM fail (too long,
+        or content it rejects) moves on instead of failing the same way on every turn after.
+        """
+        with self._lock:
+            now = self._clock()
+            self._expire(now)
+            sess = self._sessions.get(session_id)
+            if sess is None or sess.character != character:
+                return
+            sess.history = sess.history[2:]
+            sess.updated = now
+
     def get(self, session_id: str) -> Session | None:
         """The session record, or None when unknown or expired."""
         with self._lock:

@@ -5,7 +5,14 @@ out at 24 kHz mono (OpenAI's rate; Chatterbox's own). ``wav`` and ``pcm`` stream
 sentence; ``mp3``, ``flac`` and ``opus`` are encoded whole once the text is spoken (their headers
 need the length), and carry ``X-Audio-Duration`` / ``X-Generation-Time``. With
 ``stream_format: "sse"`` the audio arrives as ``speech.audio.delta`` events: one per sentence for
-``pcm``/``wav``, one with the whole file for the compressed formats.
+``pcm``/``wav``, one with the whole file for the compressed formats. ``instructions`` is accepted
+(it must be a string) and not used: the character sets how the voice sounds.
+
+Output is bounded: text that would clearly speak longer than ``server.limits.max_speech_seconds``
+(estimated at a fast speaking rate, after ``speed``) is refused up front with 413, and the audio
+is cut at that length whatever the estimate said (``X-Audio-Truncated: true`` on whole files).
+A caller who hangs up stops the work: streams at their next write, whole files through
+:mod:`cloud_server.routes.disconnect`.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, Final
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 
 from cloud_server.audio_codec import (
     CONTENT_TYPES,
@@ -29,12 +36,13 @@ from cloud_server.audio_codec import (
     encode_audio,
 )
 from cloud_server.errors import ApiError
-from cloud_server.features import features, voice_slot
 from cloud_server.library.voices import VoiceError
 from cloud_server.metrics import Metrics
 from cloud_server.pipeline.reply import TurnStats
-from cloud_server.routes.core import json_body, require_key, services, streaming_response
-from cloud_server.services import Services
+from cloud_server.pipeline.sentences import has_speech
+from cloud_server.routes.disconnect import cancel_on_disconnect
+from cloud_server.routes.request import json_body, require_key, streamed
+from cloud_server.services import Services, services
 from cloud_server.tts.base import VoiceSpec
 from common.wav import SAMPLE_WIDTH, float_to_pcm16, pcm16_to_float, resample_float, wav_header
 
@@ -45,6 +53,8 @@ MAX_INPUT_CHARS: Final = 4096
 MODELS: Final = ("chatterbox", "tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 """Accepted ``model`` names: all are served by the one loaded voice model."""
 _BODY_BYTES: Final = 65536
+FAST_SPEECH_CHARS_PER_SECOND: Final = 25.0
+"""Faster than any voice here speaks (about 15): an estimate over the cap at this rate is surely over."""
 
 
 @bp.get("/models")
@@ -60,7 +70,7 @@ def list_models() -> Response:
 def list_voices() -> Response:
     """Characters and library voices usable as ``voice``."""
     require_key()
-    book = features().characters
+    book = services().characters
     characters = [{"id": c["id"], "name": c["display_name"], "type": "character"} for c in book.listing("")]
     library = [{"id": v.voice_id, "name": v.voice_id, "type": "library"} for v in book.library.list()]
     return jsonify(voices=characters + library)
@@ -87,9 +97,12 @@ def speech() -> Response:
             400, "unsupported_response_format", f"{fmt} is not available here; use mp3, opus, flac, wav or pcm."
         )
     speed = _speed(body.get("speed", 1.0))
+    _check_length(text, speed, svc.config.server.limits.max_speech_seconds)
     stream_format = body.get("stream_format") or "audio"
     if stream_format not in ("audio", "sse"):
         raise ApiError(400, "bad_stream_format", "'stream_format' must be 'audio' or 'sse'.")
+    # Accepted and not used: the voice's style comes from the character (README, HTTP API). Refusing it
+    # would break clients that always send it with gpt-4o-mini-tts.
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
         raise ApiError(400, "bad_field", "'instructions' must be a string.")
@@ -103,7 +116,21 @@ def _input(value: Any) -> str:
         raise ApiError(400, "missing_field", "'input' must be a non-empty string.")
     if len(value) > MAX_INPUT_CHARS:
         raise ApiError(400, "input_too_long", f"'input' is {len(value)} characters; the limit is {MAX_INPUT_CHARS}.")
+    if not has_speech(value):
+        raise ApiError(400, "nothing_to_say", "'input' has nothing to speak: no words, only symbols, emoji or markup.")
     return value.strip()
+
+
+def _check_length(text: str, speed: float, max_seconds: float) -> None:
+    """413 when the text surely speaks longer than the cap at this speed (estimated at a fast rate)."""
+    estimate = len(text) / FAST_SPEECH_CHARS_PER_SECOND / speed
+    if estimate > max_seconds:
+        raise ApiError(
+            413,
+            "speech_too_long",
+            f"At speed {speed:g}, {len(text)} characters make at least {estimate:.0f} s of audio; the limit is "
+            f"{max_seconds:g} s. Send less text or a higher speed.",
+        )
 
 
 def _voice(value: Any) -> VoiceSpec:
@@ -115,7 +142,7 @@ def _voice(value: Any) -> VoiceSpec:
             400, "missing_field", "'voice' is required: a character or an uploaded voice (GET /v1/audio/voices)."
         )
     try:
-        return features().characters.resolve(value)
+        return services().characters.resolve(value)
     except VoiceError as err:
         raise ApiError(400, "unknown_voice", str(err)) from err
 
@@ -127,13 +154,29 @@ def _speed(value: Any) -> float:
 
 
 def _sentences(
-    svc: Services, text: str, voice: VoiceSpec, speed: float, cancel: threading.Event, stats: TurnStats
+    svc: Services,
+    text: str,
+    voice: VoiceSpec,
+    speed: float,
+    cancel: threading.Event,
+    stats: TurnStats,
+    capped: threading.Event | None = None,
 ) -> Iterator[bytes]:
-    """Each sentence as PCM16 at 24 kHz, at the requested speed."""
+    """Each sentence as PCM16 at 24 kHz, at the requested speed; the audio ends at max_speech_seconds (``capped``)."""
     rate = svc.pipeline.sample_rate
+    room = int(svc.config.server.limits.max_speech_seconds * OPENAI_PCM_RATE) * SAMPLE_WIDTH
     for block in svc.pipeline.speak_sentences(text, voice, cancel, stats):
         samples = resample_float(pcm16_to_float(block), rate, OPENAI_PCM_RATE)
-        yield float_to_pcm16(change_speed(samples, OPENAI_PCM_RATE, speed))
+        pcm = float_to_pcm16(change_speed(samples, OPENAI_PCM_RATE, speed))
+        if len(pcm) >= room:
+            _LOGGER.warning("Speech cut at the %g s cap", svc.config.server.limits.max_speech_seconds)
+            if capped is not None:
+                capped.set()
+            cancel.set()
+            yield pcm[:room]
+            return
+        room -= len(pcm)
+        yield pcm
 
 
 def _record(metrics: Metrics, stats: TurnStats, started: float) -> None:
@@ -152,11 +195,10 @@ def _sse(kind: str, audio: bytes | None = None) -> bytes:
 
 def _streamed(svc: Services, text: str, voice: VoiceSpec, fmt: str, speed: float, sse: bool) -> Response:
     """wav/pcm: each sentence goes out as soon as it is spoken; the slot is held until the stream ends."""
-    release = svc.slots.admit(svc.config.server.limits.retry_after_seconds)
     cancel = threading.Event()
     started = time.monotonic()
     stats = TurnStats(engine=svc.primary.name)
-    metrics = features().metrics  # the generator runs outside the app context
+    metrics = svc.metrics
 
     def body() -> Iterator[bytes]:
         head = wav_header(OPENAI_PCM_RATE) if fmt == "wav" else b""
@@ -174,19 +216,26 @@ def _streamed(svc: Services, text: str, voice: VoiceSpec, fmt: str, speed: float
 
     mimetype = "text/event-stream" if sse else CONTENT_TYPES[fmt]
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no", "X-Sample-Rate": str(OPENAI_PCM_RATE)}
-    return streaming_response(body(), mimetype, headers, cancel, release)
+    return streamed(body(), mimetype, headers, cancel)
 
 
 def _whole(svc: Services, text: str, voice: VoiceSpec, fmt: str, speed: float, sse: bool) -> Response:
-    """mp3/flac/opus: speak everything, encode once, answer with the length known."""
+    """mp3/flac/opus: speak everything, encode once, answer with the length known.
+
+    Nothing is written until the end, so the caller hanging up is noticed on its socket instead
+    (499 in the metrics, and the voice model freed at once).
+    """
     started = time.monotonic()
     stats = TurnStats(engine=svc.primary.name)
-    with voice_slot(svc):
-        pcm = b"".join(_sentences(svc, text, voice, speed, threading.Event(), stats))
+    cancel, capped = threading.Event(), threading.Event()
+    with svc.slots.hold(), cancel_on_disconnect(request.environ, cancel):
+        pcm = b"".join(_sentences(svc, text, voice, speed, cancel, stats, capped))
+    if cancel.is_set() and not capped.is_set():
+        raise ApiError(499, "client_closed_request", "The caller hung up before the audio was ready.")
     spoken = time.monotonic()
     data, rate = encode_audio(pcm, OPENAI_PCM_RATE, fmt)
     encoded = time.monotonic()
-    _record(features().metrics, stats, started)
+    _record(svc.metrics, stats, started)
     seconds = len(pcm) / SAMPLE_WIDTH / OPENAI_PCM_RATE
     headers = {
         "X-Audio-Duration": f"{seconds:.3f}",
@@ -194,6 +243,8 @@ def _whole(svc: Services, text: str, voice: VoiceSpec, fmt: str, speed: float, s
         "X-Sample-Rate": str(rate),
         "Server-Timing": f"tts;dur={(spoken - started) * 1000:.1f}, encode;dur={(encoded - spoken) * 1000:.1f}",
     }
+    if capped.is_set():
+        headers["X-Audio-Truncated"] = "true"
     if sse:
         return Response(_sse("delta", data) + _sse("done"), mimetype="text/event-stream", headers=headers)
     return Response(data, mimetype=CONTENT_TYPES[fmt], headers=headers)

@@ -5,17 +5,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
 from urllib.parse import quote
 
 from flask import Blueprint, Response, jsonify, request
 
 from cloud_server.audio_codec import AudioError, decode_audio
 from cloud_server.errors import ApiError, error_response
-from cloud_server.features import features, prepare, voice_slot
 from cloud_server.library.voices import VoiceError, check_voice_id
+from cloud_server.pipeline.admission import Busy
 from cloud_server.pipeline.reply import Turn
-from cloud_server.routes.core import require_key, services, session_id_field, stream_turn, text_field
+from cloud_server.routes.core import stream_turn
+from cloud_server.routes.request import character_field, json_body, require_key, session_id_field, text_field
+from cloud_server.services import services
+from cloud_server.stt import TranscriberBusy
+from cloud_server.tts.base import VoiceSpec
+from cloud_server.tts.engines import descriptor
+from common.protocol import Field, Header, Route
 from common.wav import wav_header
 
 _LOGGER = logging.getLogger(__name__)
@@ -53,39 +58,43 @@ def audio_upload(max_bytes: int) -> tuple[bytes, dict[str, str]]:
     )
 
 
-@bp.post("/process-audio")
+@bp.post(Route.PROCESS_AUDIO)
 def process_audio() -> Response:
     """The caller's recording → transcript → the same streamed spoken reply as /process-text."""
     require_key()
-    svc, feat = services(), features()
+    svc = services()
     limits = svc.config.server.limits
-    if svc.slots.active >= svc.slots.capacity:  # refuse before spending Whisper time on a reply we cannot give
-        retry = str(limits.retry_after_seconds)
-        raise ApiError(503, "busy", "All voice slots are busy; try again shortly.", {"Retry-After": retry})
+    if svc.slots.full():  # refuse before spending Whisper time on a reply we cannot give
+        raise Busy
     data, fields = audio_upload(limits.max_audio_bytes)
+    session_id = session_id_field(fields)  # a bad id is a 400 before Whisper runs
     t0 = time.monotonic()
     audio = decode_audio(data, max_bytes=limits.max_audio_bytes, max_seconds=limits.max_audio_seconds)
     t1 = time.monotonic()
-    transcript = feat.transcriber.transcribe(audio.samples)
+    try:
+        transcript = svc.transcriber.transcribe(audio.samples, wait_seconds=limits.max_stt_wait_seconds)
+    except TranscriberBusy as err:
+        retry = str(limits.retry_after_seconds)
+        raise ApiError(503, "busy", f"{err}; try again shortly.", {"Retry-After": retry}) from err
     t2 = time.monotonic()
-    feat.metrics.stt.observe(t2 - t1)
+    svc.metrics.stt.observe(t2 - t1)
     if not transcript:
         raise ApiError(400, "no_speech", "No speech was heard in the recording.")
-    prompt = text_field(fields, "prompt", limits.max_prompt_chars, required=False)
-    character_id, character = svc.character(fields.get("character") or None)
+    prompt = text_field(fields, Field.PROMPT, limits.max_prompt_chars, required=False)
+    character_id, character = svc.characters.get(character_field(fields))
     turn = Turn(
         text=transcript[: limits.max_text_chars],
-        session_id=session_id_field(fields),
+        session_id=session_id,
         character_id=character_id,
         character=character,
-        voice=svc.voice_for(character_id, character),
+        voice=svc.characters.voice_spec(character_id),
         prompt=prompt,
         transcript=transcript,
     )
     _LOGGER.info("Heard %.1f s (%s): %d chars in %.2f s", audio.duration, audio.source_format, len(transcript), t2 - t1)
     headers = {
-        "X-Transcript": quote(transcript, safe=""),
-        "X-Input-Audio-Duration": f"{audio.duration:.3f}",
+        Header.TRANSCRIPT: quote(transcript, safe=""),
+        Header.INPUT_AUDIO_DURATION: f"{audio.duration:.3f}",
         "Server-Timing": f"decode;dur={(t1 - t0) * 1000:.1f}, stt;dur={(t2 - t1) * 1000:.1f}",
     }
     return stream_turn(turn, headers)
@@ -95,9 +104,9 @@ def process_audio() -> Response:
 def list_characters() -> Response:
     """Who one can call, with their voice and the knobs the active model ignores."""
     require_key()
-    svc, feat = services(), features()
+    svc = services()
     return jsonify(
-        characters=feat.characters.listing(svc.primary.name),
+        characters=svc.characters.listing(_ignored_knobs()),
         default=svc.config.server.default_character,
         engine=svc.primary.name,
     )
@@ -107,14 +116,14 @@ def list_characters() -> Response:
 def switch_voice(character_id: str) -> Response:
     """Make a character speak with a library voice (``{"voice": id}``) or its own again (``null``)."""
     require_key()
-    svc, feat = services(), features()
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict) or "voice" not in body:
+    svc = services()
+    body = json_body(svc.config.server.limits.max_body_bytes)
+    if "voice" not in body:
         raise ApiError(400, "bad_json", 'Send {"voice": "<library voice id>"} or {"voice": null}.')
     voice_id = body["voice"]
-    spec = feat.characters.set_voice(character_id, None if voice_id is None else check_voice_id(voice_id))
+    spec = svc.characters.set_voice(character_id, None if voice_id is None else check_voice_id(voice_id))
     _prepare_or_warn(spec)
-    entry = next(c for c in feat.characters.listing(svc.primary.name) if c["id"] == character_id)
+    entry = next(c for c in svc.characters.listing(_ignored_knobs()) if c["id"] == character_id)
     return jsonify(entry)
 
 
@@ -122,11 +131,11 @@ def switch_voice(character_id: str) -> Response:
 def greeting(character_id: str) -> Response:
     """The character's greeting as a WAV file, synthesized once and then served from the phrase cache."""
     require_key()
-    svc, feat = services(), features()
-    cid, character = feat.characters.get(character_id)
-    spec = feat.characters.voice_spec(cid)
+    svc = services()
+    cid, character = svc.characters.get(character_id)
+    spec = svc.characters.voice_spec(cid)
     t0 = time.monotonic()
-    with voice_slot(svc):
+    with svc.slots.hold():  # Busy → 503 at the edge
         pcm = b"".join(svc.pipeline.speak_sentences(character.greeting, spec, threading.Event()))
     took = time.monotonic() - t0
     seconds = len(pcm) / 2 / svc.pipeline.sample_rate
@@ -145,10 +154,10 @@ def greeting(character_id: str) -> Response:
 def list_voices() -> Response:
     """The uploaded voices."""
     require_key()
-    feat = features()
+    svc = services()
     return jsonify(
-        voices=[v.as_json() for v in feat.library.list()],
-        min_seconds=feat.library.min_seconds,
+        voices=[v.as_json() for v in svc.library.list()],
+        min_seconds=svc.library.min_seconds,
         max_seconds=services().config.server.voices.max_seconds,
     )
 
@@ -157,37 +166,28 @@ def list_voices() -> Response:
 def add_voice() -> tuple[Response, int]:
     """Upload a reference clip (multipart ``audio`` + ``id``, or a raw body with ``?id=``); 201 when new."""
     require_key()
-    svc, feat = services(), features()
+    svc = services()
     data, fields = audio_upload(svc.config.server.voices.max_upload_bytes)
     voice_id = check_voice_id(fields.get("id") or fields.get("name"))
-    if voice_id in feat.characters:
+    if voice_id in svc.characters:
         raise ApiError(409, "name_taken", f"A character is called {voice_id!r}; pick another name for the voice.")
-    existed = voice_id in feat.library
-    info, changed = feat.library.add(voice_id, data)
-    try:
-        prepare(svc, feat.characters.library_voice_spec(voice_id))
-        for cid in feat.characters.overrides.users_of(voice_id):
-            prepare(svc, feat.characters.voice_spec(cid))
-    except Exception as err:
-        _LOGGER.warning("Voice model could not use clip %s: %s", voice_id, err)
-        if not existed:
-            feat.library.delete(voice_id)
-        raise ApiError(400, "unusable_voice", f"The voice model could not use this clip: {err}") from err
-    return jsonify(info.as_json() | {"changed": changed}), (200 if existed else 201)
+
+    def verify() -> None:  # runs under the library lock: a failure puts back what was there
+        svc.primary.prepare_voice(svc.characters.library_voice_spec(voice_id))
+        for cid in svc.characters.overrides.users_of(voice_id):
+            svc.primary.prepare_voice(svc.characters.voice_spec(cid))
+
+    stored = svc.library.add(voice_id, data, verify=verify)
+    return jsonify(stored.info.as_json() | {"changed": stored.changed}), (201 if stored.created else 200)
 
 
 @bp.delete("/voices/<voice_id>")
 def delete_voice(voice_id: str) -> tuple[str, int]:
     """Remove an uploaded voice; 409 while a character still speaks with it."""
     require_key()
-    feat = features()
+    svc = services()
     check_voice_id(voice_id)
-    users = feat.characters.overrides.users_of(voice_id)
-    if users:
-        raise ApiError(
-            409, "voice_in_use", f"Characters {', '.join(users)} speak with {voice_id!r}; switch them first."
-        )
-    feat.library.delete(voice_id)
+    svc.library.delete(voice_id, users=lambda: svc.characters.overrides.users_of(voice_id))
     return "", 204
 
 
@@ -195,11 +195,17 @@ def delete_voice(voice_id: str) -> tuple[str, int]:
 def metrics() -> Response:
     """Prometheus scrape target (same key as the API; Prometheus sends it as a bearer token)."""
     require_key()
-    return features().metrics.exposition()
+    return services().metrics.exposition()
 
 
-def _prepare_or_warn(spec: Any) -> None:
+def _ignored_knobs() -> list[str]:
+    """The character knobs the speaking engine does not use (from its descriptor)."""
+    svc = services()
+    return list(descriptor(svc.primary.name).ignored_knobs(svc.config.server.tts))
+
+
+def _prepare_or_warn(spec: VoiceSpec) -> None:
     try:
-        prepare(services(), spec)
+        services().primary.prepare_voice(spec)
     except Exception as err:
         _LOGGER.warning("Voice %s could not be prepared now (it will be tried on use): %s", spec.voice_id, err)

@@ -28,6 +28,20 @@ class VoiceSpec:
     """Sampling temperature."""
 
 
+@dataclass(frozen=True)
+class EngineStatus:
+    """What /health says about the voice: read only through ``TTSEngine.status()``, which wrappers delegate."""
+
+    name: str
+    device: str = "cpu"
+    """Where the model runs ("cuda" or "cpu")."""
+    degraded: bool = False
+    reason: str | None = None
+    """Why it is degraded (the preferred engine could not load, or keeps failing)."""
+    resident: bool = True
+    """Whether the model is in memory now (False after an idle unload)."""
+
+
 class TTSEngine(ABC):
     """One loaded voice model. Implementations serialize their own model access."""
 
@@ -43,6 +57,10 @@ class TTSEngine(ABC):
     @abstractmethod
     def synthesize(self, text: str, voice: VoiceSpec, cancel: threading.Event | None = None) -> Iterator[bytes]:
         """Speak ``text``: mono PCM16 little-endian chunks at ``self.sample_rate``; raise TTSError."""
+
+    def status(self) -> EngineStatus:
+        """Name, device, degraded and why, resident. Wrappers delegate this to the engine they wrap."""
+        return EngineStatus(self.name, self.device, self.degraded, self.degraded_reason, True)
 
     def prepare_voice(self, voice: VoiceSpec) -> None:
         """Compute and cache whatever the voice needs ahead of the first request (default: nothing)."""

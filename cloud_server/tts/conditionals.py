@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from common.atomic import atomic_path
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -89,14 +89,7 @@ class ConditionalsCache:
 
     def _save(self, conds: Any, path: Path) -> None:
         try:
-            self._dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=self._dir)
-            os.close(fd)
-            try:
-                conds.save(Path(tmp))
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            with atomic_path(path) as tmp:
+                conds.save(tmp)
         except OSError as err:  # a read-only cache costs time on restart, nothing else
             _LOGGER.warning("Could not cache conditionals in %s: %s", path, err)

@@ -7,6 +7,7 @@ factory. Chatterbox's conditionals live on disk, so a reload does not recompute 
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import sys
@@ -15,7 +16,9 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from cloud_server.tts.base import TTSEngine, VoiceSpec
+from cloud_server.tts.base import EngineStatus, TTSEngine, VoiceSpec
+from cloud_server.tts.engines import descriptor
+from common.config import TTSConfig
 
 _LOGGER = logging.getLogger(__name__)
 _MAX_CHECK_SECONDS = 30.0
@@ -38,8 +41,8 @@ class IdleUnloadingEngine(TTSEngine):
         self._clock = clock
         self.name = engine.name
         self.sample_rate = engine.sample_rate
-        self.device = getattr(engine, "device", "cpu")
-        self.degraded = engine.degraded
+        self._status = engine.status()
+        """The engine's last status, kept for /health while it is unloaded; a reload keeps its degradation."""
         self.reloads = 0
         self._lock = threading.Lock()
         self._busy = 0
@@ -54,12 +57,26 @@ class IdleUnloadingEngine(TTSEngine):
         """Whether the model is in memory now (/health shows it)."""
         return self._engine is not None
 
+    def status(self) -> EngineStatus:
+        """The loaded engine's status (its last one while unloaded), with ``resident``."""
+        with self._lock:
+            engine = self._engine
+        if engine is None:
+            return dataclasses.replace(self._status, resident=False)
+        return self._keep_degradation(engine.status())
+
+    def _keep_degradation(self, fresh: EngineStatus) -> EngineStatus:
+        """A reloaded stand-in still stands in for the preferred engine: it stays degraded, with the reason."""
+        if self._status.degraded and not fresh.degraded:
+            return dataclasses.replace(fresh, degraded=True, reason=self._status.reason)
+        return fresh
+
     def _enter(self) -> TTSEngine:
         with self._lock:
             if self._engine is None:
                 started = self._clock()
                 self._engine = self._factory()
-                self.degraded = self._engine.degraded
+                self._status = self._keep_degradation(self._engine.status())
                 self.reloads += 1
                 _LOGGER.info("Voice model reloaded after idle unload in %.1f s", self._clock() - started)
             self._busy += 1
@@ -117,20 +134,12 @@ class IdleUnloadingEngine(TTSEngine):
             engine.close()
 
 
-def reloader(primary: TTSEngine, tts_cfg: Any) -> Callable[[], TTSEngine]:
-    """How to build the primary engine again: Chatterbox from its config, a local voice via build_engines."""
-    if primary.name.startswith("chatterbox"):
+def reloader(primary: TTSEngine, tts_cfg: TTSConfig) -> Callable[[], TTSEngine]:
+    """How to build the primary engine again: its descriptor's loader, at the rate it had."""
+    load = descriptor(primary.name).load
+    rate = primary.sample_rate
 
-        def load_chatterbox() -> TTSEngine:
-            from cloud_server.tts.chatterbox_engine import ChatterboxEngine
+    def reload() -> TTSEngine:
+        return load(tts_cfg, rate)
 
-            return ChatterboxEngine(tts_cfg.chatterbox)
-
-        return load_chatterbox
-
-    def load_local() -> TTSEngine:
-        from cloud_server.tts.select import build_engines
-
-        return build_engines(tts_cfg)[0]
-
-    return load_local
+    return reload

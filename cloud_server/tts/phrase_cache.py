@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cloud_server.library.voices import atomic_write
-from cloud_server.tts.base import TTSEngine, VoiceSpec
+from cloud_server.tts.base import EngineStatus, TTSEngine, VoiceSpec
+from common.atomic import atomic_write
 from common.config import PhraseCacheConfig
 from common.wav import WavFormatError, data_offset, parse_header, wav_header
 
@@ -106,17 +106,18 @@ class PhraseCache:
 class CachingEngine(TTSEngine):
     """Wraps the voice engine: short texts come from the phrase cache when they were spoken before."""
 
-    def __init__(self, engine: TTSEngine, cache: PhraseCache, model: str) -> None:
+    def __init__(self, engine: TTSEngine, cache: PhraseCache, identity: str) -> None:
         self.engine = engine
         self.cache = cache
-        self._model = model
+        self._identity = identity
+        """The engine's descriptor ``cache_identity`` (model and weights): part of every key."""
         self.name = engine.name
         self.sample_rate = engine.sample_rate
         self.hits = 0
 
-    def __getattr__(self, name: str) -> Any:
-        # device, degraded and whatever else /health reads come from the wrapped engine.
-        return getattr(self.engine, name)
+    def status(self) -> EngineStatus:
+        """Delegated to the wrapped engine."""
+        return self.engine.status()
 
     def synthesize(self, text: str, voice: VoiceSpec, cancel: threading.Event | None = None) -> Iterator[bytes]:
         """Cached audio for a short text spoken before; otherwise the engine's, kept when complete."""
@@ -124,7 +125,7 @@ class CachingEngine(TTSEngine):
             yield from self.engine.synthesize(text, voice, cancel)
             return
         try:
-            key = self.cache.key(text, voice, f"{self.engine.name}:{self._model}")
+            key = self.cache.key(text, voice, self._identity)
         except OSError:  # the clip is unreadable: let the engine report it
             yield from self.engine.synthesize(text, voice, cancel)
             return

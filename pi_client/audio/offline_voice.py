@@ -11,12 +11,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.atomic import atomic_path
 from common.config import OfflineVoiceConfig, expand_path
 from common.wav import read_wav_pcm16, write_wav
 from pi_client.call.machine import Phrase
@@ -102,11 +102,8 @@ class OfflineVoice:
                 _LOGGER.warning("cached phrase %s unreadable (%s); rendering again", path, err)
         spoken = self._render(text)
         try:
-            self._cache_dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self._cache_dir, suffix=".tmp")
-            with os.fdopen(fd, "wb") as fh:
-                write_wav(fh, spoken.pcm, spoken.sample_rate)
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                write_wav(str(tmp), spoken.pcm, spoken.sample_rate)
         except OSError as err:
             _LOGGER.warning("cannot cache phrase in %s: %s", self._cache_dir, err)
         return spoken

@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
 
-from common.wav import SAMPLE_WIDTH, resample_pcm16, wav_header, write_wav
+from common.wav import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, SAMPLE_WIDTH, resample_pcm16, wav_header, write_wav
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -29,6 +29,12 @@ _WRITE_TIMEOUT_SECONDS = 10.0
 
 class PlaybackError(RuntimeError):
     """The player could not be started or died while playing."""
+
+
+def check_rate(sample_rate: int) -> None:
+    """PlaybackError for a rate no player should be started with (a rate 0 once crashed ``finish``)."""
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise PlaybackError(f"cannot play {sample_rate} Hz audio ({MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz)")
 
 
 class AudioSink(ABC):
@@ -74,6 +80,7 @@ class AplaySink(AudioSink):
         """Spawn aplay and give it an open-ended WAV header."""
         if self._proc is not None:
             await self.kill()
+        check_rate(sample_rate)
         cmd = ["aplay", "-q"]
         if self._device:
             cmd += ["-D", self._device]
@@ -116,7 +123,7 @@ class AplaySink(AudioSink):
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        remaining = self._bytes / (SAMPLE_WIDTH * self._rate) - (time.monotonic() - self._started_at)
+        remaining = self._bytes / (SAMPLE_WIDTH * max(self._rate, 1)) - (time.monotonic() - self._started_at)
         try:
             if proc.stdin is not None:
                 proc.stdin.close()
@@ -127,7 +134,7 @@ class AplaySink(AudioSink):
             _LOGGER.warning("aplay still running %.1fs after its audio should have ended; killed", remaining)
             await _terminate(proc)
             return
-        except asyncio.CancelledError:
+        except BaseException:  # cancelled (hang-up) or anything else: aplay must not outlive us
             await _terminate(proc)
             raise
         if proc.returncode != 0:
@@ -207,6 +214,7 @@ class WavFileSink(AudioSink):
 
     async def start(self, sample_rate: int) -> None:
         """Note the rate of the utterance that follows."""
+        check_rate(sample_rate)
         if self._rate is None:
             self._rate = sample_rate
         self._current_rate = sample_rate

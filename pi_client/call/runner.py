@@ -55,13 +55,14 @@ from pi_client.server.reply_pump import ReplyAudio, ReplyEnd, ReplyHead, ReplyPu
 _LOGGER = logging.getLogger(__name__)
 
 _CANCEL_WAIT_SECONDS = 5.0
+"""On hang-up, how long the cancelled stage may take to unwind before the phone is idle again, in seconds."""
 _LISTEN_RETRY_SECONDS = 2.0
-"""Pause after the microphone failed, so a dead input device does not spin the call loop."""
-"""How long a cancelled stage may take to clean up before the call moves on, in seconds."""
+"""Pause after the microphone failed before the call listens again (a dead input device must not
+spin the call loop), in seconds."""
 _TURNS_KEPT = 20
-"""Finished turns remembered in memory (the log has them all)."""
+"""Finished turns kept in ``Phone.turns`` (each one is also logged as it ends)."""
 _PLAY_BLOCK_SECONDS = 0.25
-"""Phrases are fed to the sink in blocks this long so a hang-up interrupts them quickly."""
+"""Local phrases go to the sink in blocks this long, so a hang-up cancels between blocks, in seconds."""
 
 
 class HeardUtterance(Protocol):

@@ -20,6 +20,7 @@ from urllib.parse import quote, unquote, urlsplit
 import requests
 
 from common.config import ClientConfig, ConfigError, expand_path
+from common.protocol import Field, Header, Route
 from common.wav import WavFormatError, WavStreamReader, write_wav
 
 _LOGGER = logging.getLogger(__name__)
@@ -73,18 +74,24 @@ class ReplyRequest:
 class ReplyStream:
     """An open streamed reply: status and headers checked, the WAV body still to read."""
 
-    def __init__(self, response: requests.Response) -> None:
+    def __init__(self, response: requests.Response, max_seconds: float = float("inf")) -> None:
         self._response = response
-        self.session_id: str | None = response.headers.get("X-Session-Id") or None
-        transcript = response.headers.get("X-Transcript")
+        self._max_seconds = max_seconds
+        self.session_id: str | None = response.headers.get(Header.SESSION_ID) or None
+        transcript = response.headers.get(Header.TRANSCRIPT)
         self.transcript: str | None = unquote(transcript) if transcript is not None else None
         self.sample_rate: int | None = None
         """Known once the WAV header has arrived (before the first chunk is yielded)."""
 
     def audio(self, cancel: threading.Event) -> Iterator[bytes]:
-        """PCM16 chunks (whole samples) as they arrive; stops early when ``cancel`` is set."""
+        """PCM16 chunks (whole samples) as they arrive; stops early when ``cancel`` is set.
+
+        A reply longer than ``max_seconds`` of audio is cut there with StreamBroken (an endless
+        stream must not keep the phone talking, nor the file sink growing, for ever).
+        """
         reader = WavStreamReader()
         carry = b""
+        left = 0  # bytes still allowed, known once the header gives the rate
         try:
             for data in self._response.iter_content(chunk_size=_CHUNK_BYTES):
                 if cancel.is_set():
@@ -93,13 +100,20 @@ class ReplyStream:
                 if reader.format is None or not pcm:
                     carry = pcm
                     continue
-                self.sample_rate = reader.format.sample_rate
+                if self.sample_rate is None:
+                    self.sample_rate = reader.format.sample_rate
+                    left = _audio_bytes(self._max_seconds, self.sample_rate)
                 cut = len(pcm) - len(pcm) % 2
                 carry = pcm[cut:]
+                if cut > left:
+                    if left:
+                        yield pcm[:left]
+                    raise StreamBroken(f"reply longer than {self._max_seconds:g}s of audio, cut there")
+                left -= cut
                 if cut:
                     yield pcm[:cut]
         except WavFormatError as err:
-            raise ServerUnavailable(f"reply is not a WAV stream: {err}") from err
+            raise ServerUnavailable(f"reply is not a playable WAV stream: {err}") from err
         except (requests.RequestException, OSError) as err:
             if cancel.is_set():
                 return
@@ -140,6 +154,11 @@ def _socket_of(response: requests.Response) -> socket.socket | None:
     return sock if isinstance(sock, socket.socket) else None
 
 
+def _audio_bytes(seconds: float, sample_rate: int) -> int:
+    """Bytes of PCM16 mono in ``seconds`` of audio, whole samples (huge for an unlimited reply)."""
+    return int(min(seconds, 1e9) * sample_rate) * 2
+
+
 def _short(err: BaseException) -> str:
     text = str(err) or type(err).__name__
     return text if len(text) <= 200 else text[:200] + "..."
@@ -175,6 +194,11 @@ class ServerClient:
             self._session.headers["Authorization"] = f"Bearer {api_key}"
         self._session.headers["User-Agent"] = "ai-telephone-pi"
 
+    @property
+    def settings(self) -> ClientConfig:
+        """The client settings (timeouts and reply limits) this client was built with."""
+        return self._cfg
+
     def close(self) -> None:
         """Close the pooled connections."""
         self._session.close()
@@ -190,11 +214,11 @@ class ServerClient:
         prompt: str | None = None,
     ) -> ReplyStream:
         """POST /process-text; returns the open stream (use it in a ``with`` block)."""
-        body: dict[str, Any] = {"text": text}
-        for key, value in (("session_id", session_id), ("character", character), ("prompt", prompt)):
+        body: dict[str, Any] = {Field.TEXT: text}
+        for key, value in ((Field.SESSION_ID, session_id), (Field.CHARACTER, character), (Field.PROMPT, prompt)):
             if value:
                 body[key] = value
-        return self._post_stream("/process-text", json=body)
+        return self._post_stream(Route.PROCESS_TEXT, json=body)
 
     def send_audio(
         self,
@@ -206,9 +230,9 @@ class ServerClient:
         """POST /process-audio with the utterance as a WAV body; the transcript comes back in a header."""
         wav = io.BytesIO()
         write_wav(wav, pcm16k, 16000)
-        fields = (("session_id", session_id), ("character", character), ("prompt", prompt))
+        fields = ((Field.SESSION_ID, session_id), (Field.CHARACTER, character), (Field.PROMPT, prompt))
         return self._post_stream(
-            "/process-audio",
+            Route.PROCESS_AUDIO,
             data=wav.getvalue(),
             headers={"Content-Type": "audio/wav"},
             params={name: value for name, value in fields if value},
@@ -236,7 +260,7 @@ class ServerClient:
             if not ctype.startswith("audio/"):
                 response.close()
                 raise ServerUnavailable(f"expected audio/wav, got {ctype or 'no content type'}")
-            return ReplyStream(response)
+            return ReplyStream(response, self._cfg.max_reply_seconds)
         with response:
             raise _error_for(response)
 
@@ -244,7 +268,7 @@ class ServerClient:
         """GET /health (no key needed); raises ServerUnavailable when it does not answer ok."""
         try:
             response = self._session.get(
-                self.base_url + "/health", timeout=self._timeout(_SIDE_TIMEOUT_SECONDS), verify=self._verify
+                self.base_url + Route.HEALTH, timeout=self._timeout(_SIDE_TIMEOUT_SECONDS), verify=self._verify
             )
             payload = response.json()
         except (requests.RequestException, ValueError) as err:
@@ -257,7 +281,7 @@ class ServerClient:
         """The last assistant message of a session (for the turn's log line); None when unavailable."""
         try:
             response = self._session.get(
-                f"{self.base_url}/sessions/{quote(session_id, safe='')}",
+                f"{self.base_url}{Route.SESSIONS}/{quote(session_id, safe='')}",
                 timeout=self._timeout(_SIDE_TIMEOUT_SECONDS),
                 verify=self._verify,
             )

@@ -1,1 +1,1 @@
-"""What makes it a telephone: the hook switch (dial, tones and bell to come)."""
+"""What makes it a telephone: the hook switch, the dial (rotary and DTMF), the directory and call-progress tones."""

@@ -47,7 +47,7 @@ class Debouncer:
             return None
         if level != self._candidate:
             self._candidate, self._since = level, now
-        if now - self._since >= self.debounce_seconds:
+        if now >= self._since + self.debounce_seconds:  # the same sum as settles_at (float rounding)
             self.state, self._candidate = level, None
             return level
         return None
@@ -56,6 +56,11 @@ class Debouncer:
     def pending(self) -> bool:
         """A different level was seen and has not yet held long enough."""
         return self._candidate is not None
+
+    @property
+    def settles_at(self) -> float | None:
+        """When the pending level will have held long enough (if it stays), else None."""
+        return None if self._candidate is None else self._since + self.debounce_seconds
 
 
 def _event(lifted: bool) -> HookEvent:

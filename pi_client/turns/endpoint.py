@@ -3,6 +3,10 @@
 :class:`Endpointer` is pure and clock-free (time is counted in frames), in the manner of Home
 Assistant's ``VoiceCommandSegmenter``; :func:`listen` drives it with a live audio source and
 Silero VAD, running the model in a worker thread so the event loop keeps hearing the hook.
+
+With a turn detector (Smart Turn), a short silence asks the model whether the caller has finished:
+the endpointer returns ``TURN_CHECK`` and the driver feeds the model's verdict back through
+:meth:`Endpointer.turn_verdict`, so the decision stays pure and tests drive it with values.
 """
 
 from __future__ import annotations
@@ -12,10 +16,12 @@ import contextlib
 import enum
 import logging
 import math
+import time
 from dataclasses import dataclass
 
-from common.config import VADConfig
+from common.config import SmartTurnConfig, VADConfig
 from pi_client.audio.capture import BLOCK_SAMPLES, SAMPLE_RATE, AudioSource
+from pi_client.turns.smart_turn import TurnDetector
 from pi_client.turns.vad import SileroVad
 
 _LOGGER = logging.getLogger(__name__)
@@ -33,6 +39,8 @@ class EndpointEvent(enum.Enum):
     SPEECH_STARTED = "speech_started"
     UTTERANCE_ENDED = "utterance_ended"
     TIMEOUT = "timeout"
+    TURN_CHECK = "turn_check"
+    """A short silence after speech: ask the turn detector, then call ``turn_verdict``."""
 
 
 def _frames(seconds: float, frame_seconds: float) -> int:
@@ -48,11 +56,18 @@ def _frames_within(seconds: float, frame_seconds: float) -> int:
 class Endpointer:
     """Turns speech probabilities, one per frame, into start/end decisions; counts time in frames."""
 
-    def __init__(self, cfg: VADConfig, frame_seconds: float) -> None:
+    def __init__(self, cfg: VADConfig, frame_seconds: float, smart_turn: SmartTurnConfig | None = None) -> None:
+        """``smart_turn`` set: a turn detector is there to ask; None: the fixed trailing-silence rule."""
         self.cfg = cfg
         self.frame_seconds = frame_seconds
         self._min_speech = _frames(cfg.min_speech_seconds, frame_seconds)
         self._trailing = _frames(cfg.trailing_silence_seconds, frame_seconds)
+        self._check: int | None = None  # silent frames before the detector is asked
+        self._ceiling = self._trailing  # silent frames that end the turn when the detector says "not finished"
+        if smart_turn is not None:
+            self._check = _frames(smart_turn.check_after_silence_seconds, frame_seconds)
+            self._ceiling = _frames(smart_turn.max_silence_seconds, frame_seconds)
+        self._silence_limit = self._ceiling if self._check is not None else self._trailing
         self._max_utterance = _frames_within(cfg.max_utterance_seconds, frame_seconds)
         self._timeout = _frames(cfg.no_speech_timeout_seconds, frame_seconds)
         self.preroll_frames = round(cfg.preroll_seconds / frame_seconds)
@@ -66,6 +81,8 @@ class Endpointer:
         self.last_speech_frame: int | None = None
         self._run = 0  # consecutive speech frames of a candidate
         self._silence = 0  # consecutive silent frames inside an utterance
+        self.ended_by = ""
+        """What ended the utterance: "model", "silence" or "max_length" (empty until it ends)."""
 
     @property
     def utterance_start_frame(self) -> int:
@@ -114,20 +131,39 @@ class Endpointer:
             return EndpointEvent.NONE
         if speech_prob >= threshold or (self._silence == 0 and speech_prob >= threshold - HYSTERESIS):
             self._silence = 0
+            self._silence_limit = self._ceiling if self._check is not None else self._trailing
             self.last_speech_frame = n
         else:
             self._silence += 1
-            if self._silence >= self._trailing:
-                self.done = True
-                return EndpointEvent.UTTERANCE_ENDED
+            if self._silence >= self._silence_limit:
+                return self._end("silence")
+            if self._silence == self._check:
+                return self._check_max(EndpointEvent.TURN_CHECK)
         return self._check_max(EndpointEvent.NONE)
+
+    def turn_verdict(self, finished: bool | None) -> EndpointEvent:
+        """The detector's answer to ``TURN_CHECK``: True ends the turn now, False waits for more speech
+        up to the ceiling silence, None (no answer: the model failed) falls back to the trailing silence."""
+        if self.done:
+            return EndpointEvent.NONE
+        if finished:
+            return self._end("model")
+        if finished is None:
+            self._silence_limit = self._trailing
+            if self._silence >= self._silence_limit:
+                return self._end("silence")
+        return EndpointEvent.NONE
+
+    def _end(self, by: str) -> EndpointEvent:
+        self.done = True
+        self.ended_by = by
+        return EndpointEvent.UTTERANCE_ENDED
 
     def _check_max(self, event: EndpointEvent) -> EndpointEvent:
         assert self.speech_start_frame is not None
         if self.frame_index - self.speech_start_frame + 1 >= self._max_utterance:
             _LOGGER.debug("Utterance cut at %.1f s", self.cfg.max_utterance_seconds)
-            self.done = True
-            return EndpointEvent.UTTERANCE_ENDED
+            return self._end("max_length")
         return event
 
 
@@ -141,6 +177,8 @@ class Utterance:
     """Audio time from the first to the last speech frame, in seconds."""
     endpoint_delay_seconds: float
     """Audio time from the last speech frame to the end-of-utterance decision, in seconds."""
+    ended_by: str = "silence"
+    """How the end was decided: "model" (Smart Turn), "silence", "max_length" or "audio_end"."""
 
 
 async def _pump(source: AudioSource, queue: asyncio.Queue[bytes | None]) -> None:
@@ -157,9 +195,21 @@ async def _pump(source: AudioSource, queue: asyncio.Queue[bytes | None]) -> None
             queue.put_nowait(None)
 
 
-async def listen(source: AudioSource, vad: SileroVad, cfg: VADConfig) -> Utterance | None:
-    """Listen until the caller has said something; None on timeout or when the source ends silent."""
-    endpointer = Endpointer(cfg, BLOCK_SAMPLES / SAMPLE_RATE)
+async def listen(
+    source: AudioSource,
+    vad: SileroVad,
+    cfg: VADConfig,
+    detector: TurnDetector | None = None,
+    turn_cfg: SmartTurnConfig | None = None,
+) -> Utterance | None:
+    """Listen until the caller has said something; None on timeout or when the source ends silent.
+
+    With ``detector``, a short silence asks it whether the caller has finished (``turn_cfg`` gives
+    the silences, its defaults when None); without it, the trailing silence of ``cfg`` ends the turn.
+    """
+    if detector is not None and turn_cfg is None:
+        turn_cfg = SmartTurnConfig()
+    endpointer = Endpointer(cfg, BLOCK_SAMPLES / SAMPLE_RATE, turn_cfg if detector is not None else None)
     kept: list[bytes] = []  # frames from index kept_from onwards
     kept_from = 0
     await asyncio.to_thread(vad.reset)
@@ -180,6 +230,9 @@ async def listen(source: AudioSource, vad: SileroVad, cfg: VADConfig) -> Utteran
                     return None
                 if event is EndpointEvent.SPEECH_STARTED:
                     _LOGGER.debug("Speech started at frame %s", endpointer.speech_start_frame)
+                if event is EndpointEvent.TURN_CHECK and detector is not None:
+                    pcm = b"".join(kept[max(0, endpointer.utterance_start_frame - kept_from) :])
+                    event = endpointer.turn_verdict(await _ask(detector, pcm, endpointer))
                 if event is EndpointEvent.UTTERANCE_ENDED:
                     return _utterance(endpointer, kept, kept_from)
                 drop = endpointer.utterance_start_frame - kept_from  # keep only pre-roll + candidate
@@ -188,6 +241,7 @@ async def listen(source: AudioSource, vad: SileroVad, cfg: VADConfig) -> Utteran
                     kept_from += drop
             if len(frames) < len(batch):  # the source ended
                 if endpointer.in_speech:
+                    endpointer.ended_by = endpointer.ended_by or "audio_end"
                     return _utterance(endpointer, kept, kept_from)
                 _LOGGER.info("Audio ended without speech")
                 return None
@@ -197,17 +251,37 @@ async def listen(source: AudioSource, vad: SileroVad, cfg: VADConfig) -> Utteran
             await pump
 
 
+async def _ask(detector: TurnDetector, pcm: bytes, endpointer: Endpointer) -> bool | None:
+    """The detector's verdict on the turn so far, in a worker thread; None when it fails (silence rule)."""
+    started = time.perf_counter()
+    try:
+        finished, prob = await asyncio.to_thread(detector.is_finished, pcm)
+    except Exception:  # a broken model must not end the call: this turn falls back to the silence rule
+        _LOGGER.exception("Smart Turn failed; ending this turn by silence")
+        return None
+    _LOGGER.info(
+        "Smart Turn after %.2f s of silence: %s (%.2f) in %.0f ms",
+        endpointer.endpoint_delay_seconds,
+        "finished" if finished else "not finished",
+        prob,
+        (time.perf_counter() - started) * 1000,
+    )
+    return finished
+
+
 def _utterance(endpointer: Endpointer, kept: list[bytes], kept_from: int) -> Utterance:
     start = max(0, endpointer.utterance_start_frame - kept_from)
     utterance = Utterance(
         pcm=b"".join(kept[start:]),
         speech_seconds=endpointer.speech_seconds,
         endpoint_delay_seconds=endpointer.endpoint_delay_seconds,
+        ended_by=endpointer.ended_by or "silence",
     )
     _LOGGER.info(
-        "Utterance: %.2f s of speech, %.2f s of audio, ended %.2f s after the last speech",
+        "Utterance: %.2f s of speech, %.2f s of audio, ended by %s %.2f s after the last speech",
         utterance.speech_seconds,
         len(utterance.pcm) / 2 / SAMPLE_RATE,
+        utterance.ended_by,
         utterance.endpoint_delay_seconds,
     )
     return utterance

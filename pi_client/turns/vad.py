@@ -40,8 +40,7 @@ def model_path() -> str:
 class SileroVad:
     """Speech probability per 512-sample frame; one instance per listener, safe to call from a worker thread."""
 
-    def __init__(self, threshold: float = 0.5, path: str | None = None) -> None:
-        self.threshold = threshold
+    def __init__(self, path: str | None = None) -> None:
         path = path or model_path()
         try:
             import onnxruntime
@@ -69,10 +68,6 @@ class SileroVad:
     def speech_probability(self, frame: bytes) -> float:
         """Probability (0-1) that this 512-sample PCM16 frame, following the previous ones, is speech."""
         return self.speech_probabilities([frame])[0]
-
-    def is_speech(self, frame: bytes) -> bool:
-        """Whether the frame's speech probability reaches the threshold."""
-        return self.speech_probability(frame) >= self.threshold
 
     def speech_probabilities(self, frames: Sequence[bytes]) -> list[float]:
         """Probabilities for consecutive frames, in one model call (the model runs them in sequence)."""

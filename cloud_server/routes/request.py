@@ -1,0 +1,134 @@
+"""What every route does with a request: the key check, the one JSON reader, fields, ids, streamed answers.
+
+Ids are checked with ``fullmatch``: ``re.match`` with ``$`` lets a trailing newline through, and a
+newline in a response header fails after the reply slot was taken (issue 14).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+import threading
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import Any, Final
+
+from flask import Response, request
+
+from cloud_server.errors import ApiError
+from cloud_server.services import services
+
+SESSION_ID: Final = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+"""Session ids are plain tokens: they appear in logs, URLs and the X-Session-Id header."""
+
+
+def presented_key() -> str | None:
+    """The key the caller sent, from ``Authorization: Bearer`` or ``X-API-Key``."""
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return request.headers.get("X-API-Key")
+
+
+def check_key(expected: str | None) -> None:
+    """Raise 401 unless the request carries ``expected``; ``None`` means auth is off (dev flag)."""
+    if expected is None:
+        return
+    given = presented_key()
+    if not given:
+        raise ApiError(401, "missing_key", "Send the API key as 'Authorization: Bearer KEY' or 'X-API-Key'.")
+    if not hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8")):
+        raise ApiError(401, "wrong_key", "The API key is not valid.")
+
+
+def require_key() -> None:
+    """401 unless the request carries the configured key."""
+    check_key(services().api_key)
+
+
+def has_key() -> bool:
+    """Whether the request carries the configured key (for answers that show more to the key holder)."""
+    try:
+        require_key()
+    except ApiError:
+        return False
+    return True
+
+
+def json_body(max_bytes: int) -> dict[str, Any]:
+    """The request's JSON object, bounded in size; 413/400 with a clear message otherwise (every route uses this)."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise ApiError(413, "body_too_large", f"The request body is over {max_bytes} bytes.")
+    raw = request.get_data(cache=True)
+    if len(raw) > max_bytes:
+        raise ApiError(413, "body_too_large", f"The request body is over {max_bytes} bytes.")
+    try:
+        body = json.loads(raw) if raw else None
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
+        body = None
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_json", "The body must be a JSON object, e.g. {\"text\": \"Hello\"}.")
+    return body
+
+
+def text_field(body: Mapping[str, Any], name: str, max_chars: int, required: bool) -> str | None:
+    """A string field, stripped; 400 when of the wrong type or required and empty, 413 when too long."""
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise ApiError(400, "missing_field", f"'{name}' is required.")
+        return None
+    if not isinstance(value, str):
+        raise ApiError(400, "bad_field", f"'{name}' must be a string.")
+    value = value.strip()
+    if required and not value:
+        raise ApiError(400, "empty_field", f"'{name}' must not be empty.")
+    if len(value) > max_chars:
+        raise ApiError(413, "text_too_long", f"'{name}' is {len(value)} characters; the limit is {max_chars}.")
+    return value or None
+
+
+def character_field(body: Mapping[str, Any]) -> str | None:
+    """The requested character id (None: the default one); 400 when not a string."""
+    value = body.get("character")
+    if value is not None and not isinstance(value, str):
+        raise ApiError(400, "bad_field", "'character' must be a string.")
+    return value or None
+
+
+def is_session_id(value: object) -> bool:
+    """Whether ``value`` is a well-formed session id (the whole string, no trailing newline)."""
+    return isinstance(value, str) and SESSION_ID.fullmatch(value) is not None
+
+
+def session_id_field(body: Mapping[str, Any]) -> str:
+    """The caller's session id, or a new one."""
+    value = body.get("session_id")
+    if value is None or value == "":
+        return uuid.uuid4().hex
+    if not is_session_id(value):
+        raise ApiError(400, "bad_session_id", "'session_id' must be 1-64 letters, digits or . _ : -")
+    return str(value)
+
+
+def streamed(body: Iterator[bytes], mimetype: str, headers: Mapping[str, str], cancel: threading.Event) -> Response:
+    """A streamed answer holding a reply slot until it ends; ``Busy`` (503 at the edge) when none is free.
+
+    The response, headers included, is built before the slot is taken, so nothing that can fail
+    stands between taking the slot and handing its release to the WSGI server, which calls it when
+    the reply ends, the caller hangs up or a write times out.
+    """
+    response = Response(body, mimetype=mimetype, headers=dict(headers))
+    slot = services().slots.take()
+
+    def on_close() -> None:
+        cancel.set()
+        slot.release()
+
+    try:
+        response.call_on_close(on_close)
+    except BaseException:
+        on_close()
+        raise
+    return response

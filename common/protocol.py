@@ -1,0 +1,42 @@
+"""The Pi ↔ server protocol, named once: routes, request fields and reply headers both sides use."""
+
+from __future__ import annotations
+
+from typing import Final
+
+
+class Route:
+    """Paths on the voice server."""
+
+    PROCESS_TEXT: Final = "/process-text"
+    """POST JSON ``{text, session_id?, character?, prompt?}`` → streamed WAV reply."""
+    PROCESS_AUDIO: Final = "/process-audio"
+    """POST a WAV recording (fields as query parameters) → the same streamed reply."""
+    SESSIONS: Final = "/sessions"
+    """GET ``/sessions/<session_id>``: the conversation so far."""
+    HEALTH: Final = "/health"
+    """GET, no key: ``ok`` or ``degraded``."""
+
+
+class Field:
+    """Request fields (JSON body of /process-text, query parameters of /process-audio)."""
+
+    TEXT: Final = "text"
+    SESSION_ID: Final = "session_id"
+    CHARACTER: Final = "character"
+    PROMPT: Final = "prompt"
+    """Extra system text from a trusted client, appended below the character's persona."""
+
+
+class Header:
+    """Reply headers of a streamed turn."""
+
+    SESSION_ID: Final = "X-Session-Id"
+    """The session the turn was recorded in (new when the request named none)."""
+    CHARACTER: Final = "X-Character"
+    SAMPLE_RATE: Final = "X-Sample-Rate"
+    """Hz of the streamed WAV (also in its header)."""
+    TRANSCRIPT: Final = "X-Transcript"
+    """/process-audio: what the server heard, percent-encoded UTF-8."""
+    INPUT_AUDIO_DURATION: Final = "X-Input-Audio-Duration"
+    """/process-audio: seconds of the uploaded recording."""
