@@ -81,6 +81,20 @@ def write_yaml(path: Path, data: dict[str, Any]) -> Path:
     return path
 
 
+def server_config_file(workdir: Path, ollama_url: str, server: dict[str, Any] | None = None) -> Path:
+    """``workdir``/server.yaml: the Piper voice, Ollama at ``ollama_url``, data under ``workdir``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg = {
+        "server": {
+            "llm": {"backend": "ollama", "ollama_host": ollama_url, "model": "llama3.2:3b", "timeout_seconds": 20.0},
+            "tts": {"engine": "piper"},
+            "data_dir": str(workdir / "data"),
+            **(server or {}),
+        }
+    }
+    return write_yaml(workdir / "server.yaml", cfg)
+
+
 def start_server(
     workdir: Path,
     ollama_url: str,
@@ -93,16 +107,7 @@ def start_server(
 
     ``tls`` is (certificate, private key) to serve HTTPS; ``port`` None picks a free one.
     """
-    workdir.mkdir(parents=True, exist_ok=True)
-    cfg = {
-        "server": {
-            "llm": {"backend": "ollama", "ollama_host": ollama_url, "model": "llama3.2:3b", "timeout_seconds": 20.0},
-            "tts": {"engine": "piper"},
-            "data_dir": str(workdir / "data"),
-            **(server or {}),
-        }
-    }
-    config_path = write_yaml(workdir / "server.yaml", cfg)
+    config_path = server_config_file(workdir, ollama_url, server)
     key = key or secrets.token_urlsafe(24)
     port = port or free_port()
     args = ["--certfile", str(tls[0]), "--keyfile", str(tls[1])] if tls else []

@@ -53,13 +53,14 @@ def test_onstart_keeps_ollama_on_loopback_and_takes_secrets_from_env() -> None:
     assert "OLLAMA_ADDR=${AI_TELEPHONE_ONSTART_OLLAMA:-127.0.0.1:11434}" in script and "0.0.0.0:11434" not in script
     for name in ("AI_TELEPHONE_API_KEY", "AI_TELEPHONE_TLS_CERT_B64", "AI_TELEPHONE_TLS_KEY_B64"):
         assert f"env_value {name}" in script
-    assert "requirements-server.txt" in script and "gunicorn.conf.py" in script
+    assert "requirements-server.txt" in script and 'runuser -u "$SVC_USER" -- "$APP_DIR/scripts/serve"' in script
+    assert "haproxy" in script.split("apt-get install", 1)[1].split("\n", 2)[1]  # scripts/serve's front
     assert "ai-telephone-server.service" in script  # systemd where it exists, else the restart loop
 
 
 def test_onstart_server_config_and_env_are_what_the_server_reads() -> None:
     """The config.yaml the onstart writes validates against common/config.py, and its env names
-    are the ones cloud_server/gunicorn.conf.py reads (drift here breaks every deploy)."""
+    are the ones scripts/serve reads (drift here breaks every deploy)."""
     import yaml
 
     from common.config import config_from_dict
@@ -79,9 +80,9 @@ def test_onstart_server_config_and_env_are_what_the_server_reads() -> None:
     assert cfg.server.llm.ollama_host == "http://127.0.0.1:11434"
     assert (cfg.server.tts.engine, cfg.server.tts.chatterbox.device) == ("chatterbox", "cuda")
     env = dict(line.split("=", 1) for line in ("AI_TELEPHONE_CONFIG=" + env_text).splitlines() if "=" in line)
-    gunicorn_conf = (Path(__file__).resolve().parents[1] / "cloud_server/gunicorn.conf.py").read_text()
+    serve = (Path(__file__).resolve().parents[1] / "scripts/serve").read_text()
     for name in ("AI_TELEPHONE_BIND", "AI_TELEPHONE_TLS_CERT", "AI_TELEPHONE_TLS_KEY"):
-        assert name in env and f'"{name}"' in gunicorn_conf
+        assert name in env and f"${{{name}:-}}" in serve
     assert env["AI_TELEPHONE_BIND"] == "0.0.0.0:8000"
 
 

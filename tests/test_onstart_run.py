@@ -2,8 +2,9 @@
 
 The stand-in's instance runs the script with the request's env in a scratch root (fixtures_deploy
 OnstartPlayer): the secrets are written from env, Ollama (stand-in) is started on loopback and polled
-until ready, this repository is cloned, the server started under gunicorn with TLS, and `up` verifies
-/health against the pinned certificate; a real turn then goes through the Ollama the onstart started.
+until ready, this repository is cloned, the server started with scripts/serve (TLS), and `up` verifies
+/health against the pinned certificate (served by scripts/serve's HAProxy in front of gunicorn); a real
+turn then goes through the Ollama the onstart started.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def test_onstart_from_the_request_brings_up_a_healthy_tls_server(
                                headers={"Authorization": f"Bearer {lines['AI_TELEPHONE_API_KEY']}"},
                                verify=str(pinned), timeout=10).json()
         assert "Ollama stand-in" in session["last_reply"]  # the reply came through the Ollama onstart started
+        served = server_log.read_text()  # through scripts/serve: HAProxy holds the port and the pinned certificate
+        assert f"serve: HAProxy on https://127.0.0.1:{port}" in served and "Ready: voice" in served
 
     # What the onstart did, in order, and what it left on disk.
     calls = onstart_player.record_log.read_text()

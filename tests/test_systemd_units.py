@@ -26,9 +26,10 @@ def test_unit_verifies_clean(unit: Path, tmp_path: Path) -> None:
     # The units name /opt/ai-telephone/...: point them at a scratch tree holding those executables.
     app = tmp_path / "opt/ai-telephone"
     (app / "venv/bin").mkdir(parents=True)
-    for exe in ("gunicorn", "python"):
-        (app / "venv/bin" / exe).write_text("#!/bin/sh\n")
-        (app / "venv/bin" / exe).chmod(0o755)
+    (app / "scripts").mkdir()
+    for exe in ("venv/bin/gunicorn", "venv/bin/python", "scripts/serve"):
+        (app / exe).write_text("#!/bin/sh\n")
+        (app / exe).chmod(0o755)
     rendered = tmp_path / unit.name
     rendered.write_text(unit.read_text().replace("/opt/ai-telephone", str(app)))
     result = subprocess.run(["systemd-analyze", "verify", str(rendered)], capture_output=True, text=True, timeout=60)
@@ -36,12 +37,14 @@ def test_unit_verifies_clean(unit: Path, tmp_path: Path) -> None:
     assert result.stderr.strip() == "", result.stderr
 
 
-def test_server_unit_runs_gunicorn_after_network_and_ollama() -> None:
+def test_server_unit_runs_scripts_serve_after_network_and_ollama() -> None:
     cp = _parse(REPO / "systemd/ai-telephone-server.service")
     assert set(cp["Unit"]["After"].split()) >= {"network-online.target", "ollama.service"}
     assert set(cp["Unit"]["Wants"].split()) >= {"network-online.target", "ollama.service"}
     svc = cp["Service"]
-    assert "gunicorn -c cloud_server/gunicorn.conf.py" in svc["ExecStart"]
+    # HAProxy in front of gunicorn, exactly as the onstart runs it without systemd.
+    assert svc["ExecStart"] == "/opt/ai-telephone/scripts/serve" and (REPO / "scripts/serve").is_file()
+    assert svc["KillMode"] == "mixed" and int(svc["LimitNOFILE"]) >= 2 * 4096 + 100
     assert svc["Restart"] == "on-failure" and float(svc["RestartSec"]) > 0
     assert svc["User"] not in ("", "root") and svc["WorkingDirectory"] == "/opt/ai-telephone"
     assert svc["EnvironmentFile"] == "/etc/ai-telephone/server.env"

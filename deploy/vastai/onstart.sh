@@ -80,7 +80,9 @@ install_packages() {
   log "installing system packages"
   retry 3 apt-get update -qq
   retry 3 apt-get install -y -qq --no-install-recommends \
-    ca-certificates curl git zstd python3-venv espeak-ng libsndfile1 >/dev/null
+    ca-certificates curl git zstd python3-venv espeak-ng libsndfile1 haproxy >/dev/null
+  # scripts/serve runs its own HAProxy; the distribution's service (no listeners) is not needed.
+  if has_systemd; then systemctl disable --now haproxy.service >/dev/null 2>&1 || true; fi
   id -u "$SVC_USER" >/dev/null 2>&1 ||
     useradd --system --home-dir "$DATA" --create-home --shell /usr/sbin/nologin "$SVC_USER"
   install -d -o "$SVC_USER" -g "$SVC_USER" -m 0750 "$DATA" "$HF_HOME"
@@ -179,13 +181,14 @@ install_server() {
     "$CHATTERBOX_REPO" $CHATTERBOX_PATTERNS >/dev/null
 }
 
+# HAProxy (TLS, slow-client timeouts) in front of gunicorn, as the systemd unit runs it.
 serve() (
   set -a
   # shellcheck source=/dev/null
   . "$ETC/server.env"
   set +a
   cd "$APP_DIR"
-  exec runuser -u "$SVC_USER" -- "$VENV/bin/gunicorn" -c cloud_server/gunicorn.conf.py 'cloud_server:create_app()'
+  exec runuser -u "$SVC_USER" -- "$APP_DIR/scripts/serve"
 )
 
 start_server() {
@@ -195,7 +198,7 @@ start_server() {
     systemctl enable ai-telephone-server.service
     systemctl restart ai-telephone-server.service
   else
-    run_forever gunicorn serve >>"$DATA/server.log" 2>&1 &
+    run_forever server serve >>"$DATA/server.log" 2>&1 &
   fi
   log "server starting on port $PORT (TLS); /health says when it is ready"
 }

@@ -54,7 +54,8 @@ class InstancePlan:
     chatterbox_model: str = "standard"
     """Chatterbox model whose weights are fetched: standard or turbo."""
     container_port: int = 8000
-    """Port gunicorn serves TLS on inside the container (mapped to a public port by Vast)."""
+    """Port the server (scripts/serve: HAProxy in front of gunicorn) serves TLS on inside the container
+    (mapped to a public port by Vast)."""
     server_settings: tuple[str, ...] = ()
     """Server config overrides, ``server.key.path=value``, passed to the instance as environment."""
     label: str = LABEL_DEFAULT
