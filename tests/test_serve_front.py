@@ -10,6 +10,7 @@ a real /process-text call are answered. Bare gunicorn, as it served before, stal
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import resource
@@ -327,3 +328,35 @@ def test_serve_refuses_half_a_tls_configuration_and_is_shellcheck_clean(tmp_path
     checked = subprocess.run(["shellcheck", str(REPO_ROOT / "scripts/serve")], capture_output=True, text=True,
                              timeout=60)
     assert checked.returncode == 0, checked.stdout
+
+
+def test_a_caller_hanging_up_through_the_front_stops_a_whole_file_synthesis(front: ServerProcess,
+                                                                             cert: tuple[Path, Path]) -> None:
+    """HAProxy passes the hang-up on (``option abortonclose``): the server stops and records a 499.
+
+    Without it the front keeps waiting for gunicorn after the caller's FIN, so the server speaks all
+    40 sentences for nobody and counts a 200.
+    """
+    auth = {"Authorization": f"Bearer {front.key}"}
+    sentences = " ".join(f"This is sentence number {n} of a long story that nobody will hear." for n in range(40))
+    body = json.dumps({"model": "tts-1", "voice": "operator", "response_format": "mp3", "input": sentences}).encode()
+    context = ssl.create_default_context(cafile=str(cert[0]))
+    port = int(front.url.rsplit(":", 1)[1])
+
+    def active() -> int:
+        reply = requests.get(f"{front.url}/health", headers=auth, verify=str(cert[0]), timeout=10)
+        return int(reply.json()["queue"]["active"])
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as caller:
+        caller.sendall(b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       + f"Authorization: Bearer {front.key}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        deadline = time.monotonic() + 30
+        while active() == 0 and time.monotonic() < deadline:  # the voice is at work on this request
+            time.sleep(0.02)
+    deadline = time.monotonic() + 60
+    while active() != 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    metrics = requests.get(f"{front.url}/metrics", headers=auth, verify=str(cert[0]), timeout=10).text
+    speech = [ln for ln in metrics.splitlines() if ln.startswith("ai_telephone_requests_total") and "speech" in ln]
+    assert any('status="499"' in line for line in speech), speech
