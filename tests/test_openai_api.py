@@ -189,7 +189,7 @@ def test_a_library_voice_can_be_used(client: openai.OpenAI, server: Any) -> None
 def test_bad_requests_are_400_never_a_default_voice(server: Any, body: dict[str, Any], code: str) -> None:
     reply = requests.post(server.url + "/v1/audio/speech", json=body, headers=AUTH, timeout=TIMEOUT)
     assert reply.status_code == 400 and reply.json()["error"]["code"] == code
-    assert requests.get(server.url + "/health", timeout=TIMEOUT).status_code == 200
+    assert requests.get(server.url + "/health", headers=AUTH, timeout=TIMEOUT).status_code == 200
 
 
 def test_the_client_sees_typed_errors(client: openai.OpenAI, server: Any) -> None:
@@ -283,10 +283,10 @@ def test_a_caller_who_hangs_up_stops_a_whole_file_synthesis(
             assert voice.sentences >= 2
         # The caller is gone: its slot comes back long before the 40 sentences would be spoken.
         for _ in range(600):
-            if requests.get(server.url + "/health", timeout=TIMEOUT).json()["queue"]["active"] == 0:
+            if requests.get(server.url + "/health", headers=AUTH, timeout=TIMEOUT).json()["queue"]["active"] == 0:
                 break
             time.sleep(0.05)
         stopped_at = voice.sentences
         assert stopped_at < len(sentences) / 2
-        assert requests.get(server.url + "/health", timeout=TIMEOUT).json()["queue"]["active"] == 0
+        assert requests.get(server.url + "/health", headers=AUTH, timeout=TIMEOUT).json()["queue"]["active"] == 0
         assert voice.sentences == stopped_at

@@ -19,7 +19,7 @@ from pi_client.audio.playback import AplaySink
 from pi_client.call.machine import Outcome
 from tests.alsa_rig import AlsaRig
 from tests.fixtures_pi import PI_RATE
-from tests.helpers import aplay_children, words
+from tests.helpers import aplay_children, word_set
 from tests.phone_rig import BROKEN_WORDS, OFFLINE_WORDS, build_phone, heard
 from tests.rogue_server import Mode, RogueServer
 from tests.server_rig import pi_config, run_pi_client
@@ -49,7 +49,7 @@ def test_an_endless_reply_is_cut_at_max_reply_seconds_then_the_line_dropped(
     log, tail, seconds = file_mode_turn("endless", call_question_wav, tmp_path, max_reply_seconds=6.0)
     assert "reply broke off: reply longer than 6s of audio" in log
     text, _ = heard(call_whisper, tail)
-    assert len(words(text) & BROKEN_WORDS) >= 3, text
+    assert len(word_set(text) & BROKEN_WORDS) >= 3, text
     assert 6.0 + 2.0 < seconds < 6.0 + 10.0  # six seconds of the reply, then the phone's message
 
 
@@ -59,7 +59,7 @@ def test_a_trickling_reply_is_dropped_then_the_line_dropped(
     log, tail, _ = file_mode_turn("trickle", call_question_wav, tmp_path, read_timeout_seconds=2.0)
     assert "reply broke off: the reply trickled" in log
     text, _ = heard(call_whisper, tail)
-    assert len(words(text) & BROKEN_WORDS) >= 3, text
+    assert len(word_set(text) & BROKEN_WORDS) >= 3, text
 
 
 def test_a_header_trickling_in_before_any_audio_gets_the_offline_voice(
@@ -69,7 +69,7 @@ def test_a_header_trickling_in_before_any_audio_gets_the_offline_voice(
     log, tail, _ = file_mode_turn("slow_header", call_question_wav, tmp_path, first_audio_timeout_seconds=3.0)
     assert "no audio within 3.0s" in log
     text, _ = heard(call_whisper, tail)
-    assert len(words(text) & OFFLINE_WORDS) >= 3, text
+    assert len(word_set(text) & OFFLINE_WORDS) >= 3, text
 
 
 @pytest.mark.parametrize("mode", ["rate0", "stereo"])
@@ -90,4 +90,4 @@ def test_a_header_the_phone_cannot_play_gets_the_offline_voice_and_leaves_no_apl
     assert turn is not None and turn.outcome is Outcome.UNREACHABLE
     assert aplay_children() == []
     text, _ = heard(call_whisper, alsa_rig.outfile)  # the rig's file holds the last thing aplay played
-    assert len(words(text) & OFFLINE_WORDS) >= 3, text
+    assert len(word_set(text) & OFFLINE_WORDS) >= 3, text
