@@ -45,7 +45,7 @@ def test_server_unit_runs_scripts_serve_after_network_and_ollama() -> None:
     # HAProxy in front of gunicorn, exactly as the onstart runs it without systemd.
     assert svc["ExecStart"] == "/opt/ai-telephone/scripts/serve" and (REPO / "scripts/serve").is_file()
     assert svc["KillMode"] == "mixed" and int(svc["LimitNOFILE"]) >= 2 * 4096 + 100
-    assert svc["Restart"] == "on-failure" and float(svc["RestartSec"]) > 0
+    assert svc["Restart"] == "always" and float(svc["RestartSec"]) > 0
     assert svc["User"] not in ("", "root") and svc["WorkingDirectory"] == "/opt/ai-telephone"
     assert svc["EnvironmentFile"] == "/etc/ai-telephone/server.env"
     # The unit and the onstart agree on where things live.

@@ -114,3 +114,21 @@ def test_split_labelled_separates_live_and_dead() -> None:
             {"id": 4, "label": "ai-telephone", "actual_status": None}]
     live, dead = split_labelled(rows, "ai-telephone")
     assert [r["id"] for r in live] == [1, 4] and [r["id"] for r in dead] == [2]
+
+
+def test_every_offer_filter_has_a_flag_on_up() -> None:
+    """The README says the offer filters are all overridable: each OfferCriteria field has a flag."""
+    import dataclasses
+
+    from deploy.vastai.cli import _override, build_parser
+
+    args = build_parser().parse_args([
+        "up", "--max-price", "2", "--min-gpu-ram", "24", "--min-cuda", "12.8", "--min-reliability", "0.9",
+        "--disk", "80", "--order", "dph_total", "--gpus", "2", "--min-compute-cap", "800", "--max-compute-cap", "890",
+        "--exclude-gpu", "A100", "--exclude-gpu", "H100", "--min-inet-down", "500", "--min-direct-ports", "2",
+        "--offer-limit", "10",
+    ])
+    crit = _override(OfferCriteria(), args)
+    changed = {f.name for f in dataclasses.fields(OfferCriteria) if getattr(crit, f.name) != getattr(C, f.name)}
+    assert changed == {f.name for f in dataclasses.fields(OfferCriteria)}
+    assert crit.excluded_gpu_names == ("A100", "H100") and crit.num_gpus == 2 and crit.limit == 10

@@ -55,6 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--min-cuda", "min_cuda", float, crit.min_cuda, "least CUDA version of the host driver")
     opt("--min-reliability", "min_reliability", float, crit.min_reliability, "least host reliability, 0-1")
     opt("--disk", "min_disk_gb", float, crit.min_disk_gb, "disk, GB")
+    opt("--gpus", "num_gpus", int, crit.num_gpus, "GPUs per instance")
+    opt("--min-compute-cap", "min_compute_cap", int, crit.min_compute_cap, "least CUDA compute capability x100")
+    opt("--max-compute-cap", "max_compute_cap", int, crit.max_compute_cap,
+        "greatest CUDA compute capability x100 (torch 2.6 has no kernels past 9.0)")
+    up.add_argument("--exclude-gpu", dest="excluded_gpu_names", action="append", default=None, metavar="NAME",
+                    help="GPU name prefix never rented; repeatable, replaces the default list "
+                         f"({', '.join(crit.excluded_gpu_names)})")
+    opt("--min-inet-down", "min_inet_down_mbps", float, crit.min_inet_down_mbps, "least download speed, Mbit/s")
+    opt("--min-direct-ports", "min_direct_ports", int, crit.min_direct_ports, "least directly mapped ports")
+    opt("--offer-limit", "limit", int, crit.limit, "offers fetched per search")
     opt("--order", "order", str, crit.order, "offer field ranked best first (dph_total: cheapest first)")
     opt("--max-attempts", "max_attempts", int, timing.max_attempts, "offers rented before giving up")
     opt("--start-timeout", "start_timeout_seconds", float, timing.start_timeout_seconds, "wait for running, s")
@@ -133,7 +143,8 @@ def _status(deployer: Deployer, out: TextIO) -> int:
         if row in live and ip and port:
             url = server_url(str(ip), port)
             if deployer.store.cert_path.is_file():
-                line += f" {url} health: {probe(url, deployer.store.cert_path).summary}"
+                key = deployer.store.api_key() if deployer.store.api_key_path.is_file() else None
+                line += f" {url} health: {probe(url, deployer.store.cert_path, api_key=key).summary}"
             else:
                 line += f" {url} (no local certificate)"
         out.write(line + "\n")

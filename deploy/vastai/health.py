@@ -19,11 +19,15 @@ def server_url(ip: str, port: int) -> str:
     return f"https://{host}:{port}"
 
 
-def probe(url: str, pinned_cert: Path, timeout: float = 10.0) -> Health:
-    """What ``url``/health says, over TLS verified against ``pinned_cert`` exactly as the Pi verifies."""
+def probe(url: str, pinned_cert: Path, timeout: float = 10.0, api_key: str | None = None) -> Health:
+    """What ``url``/health says, over TLS verified against ``pinned_cert`` exactly as the Pi verifies.
+
+    With ``api_key`` the server adds its details (LLM reachable, voice engine) to the summary.
+    """
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
         # verify=<the pinned PEM>: the chain must end at that certificate and its IP SAN must match.
-        reply = requests.get(f"{url}/health", verify=str(pinned_cert), timeout=(5.0, timeout))
+        reply = requests.get(f"{url}/health", headers=headers, verify=str(pinned_cert), timeout=(5.0, timeout))
     except requests.exceptions.SSLError as err:
         return Health("down", f"TLS verification against the pinned certificate failed ({err.__class__.__name__})")
     except requests.exceptions.ConnectionError:

@@ -248,7 +248,7 @@ class Deployer:
         start = self._now()
         degraded_since: float | None = None
         while True:
-            health = probe(url, self.store.cert_path)
+            health = probe(url, self.store.cert_path, api_key=self.store.api_key())
             shown = self._progress(instance_id, f"health: {health.summary}", shown, start)
             if health.ready(self.accept_degraded):
                 _LOGGER.info("Server on instance %s is healthy (%s)", instance_id, health.summary)
