@@ -61,20 +61,6 @@ function characterForms() {
   }
 }
 
-// The server streams WAV with "unknown" sizes (0xFFFFFFFF) so playback can start at once; a
-// browser given the whole file wants the true sizes, so they are written in before playing.
-function fixWavSizes(buffer) {
-  const view = new DataView(buffer);
-  view.setUint32(4, buffer.byteLength - 8, true);
-  let offset = 12;
-  while (offset + 8 <= buffer.byteLength) {
-    const id = String.fromCharCode(...new Uint8Array(buffer, offset, 4));
-    if (id === "data") { view.setUint32(offset + 4, buffer.byteLength - offset - 8, true); break; }
-    offset += 8 + view.getUint32(offset + 4, true);
-  }
-  return buffer;
-}
-
 function tryIt() {
   const form = document.getElementById("try-form");
   if (!form) return;
@@ -94,7 +80,7 @@ function tryIt() {
       const response = await api("POST", "/process-text", {
         text: form.elements.text.value, character: form.elements.character.value, session_id: sessionId,
       });
-      const wav = fixWavSizes(await response.arrayBuffer());
+      const wav = await response.arrayBuffer();  // the whole reply; Chromium plays its open-ended WAV header
       const previous = audio.src;
       audio.src = URL.createObjectURL(new Blob([wav], { type: "audio/wav" }));
       if (previous) URL.revokeObjectURL(previous);
