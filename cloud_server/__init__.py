@@ -28,12 +28,12 @@ def create_app(
     """
     from cloud_server.errors import register_error_handlers
     from cloud_server.metrics import count_responses
-    from cloud_server.routes import core, openai, voices
+    from cloud_server.routes import characters, console, core, openai, voices
     from cloud_server.services import EXTENSION, build_services
     from cloud_server.write_timeout import WriteTimeout
 
     cfg = config if config is not None else load_config(env=env)
-    app = Flask(__name__)
+    app = Flask(__name__, template_folder="web/templates", static_folder="web/static")
     limits = cfg.server.limits
     # Werkzeug refuses bigger bodies before any view runs (413 JSON via the error handler).
     app.config["MAX_CONTENT_LENGTH"] = max(limits.max_body_bytes, limits.max_audio_bytes) + 65536
@@ -43,7 +43,7 @@ def create_app(
     app.extensions[EXTENSION] = svc
     register_error_handlers(app, limits.retry_after_seconds)
     count_responses(app, svc.metrics)
-    for blueprint in (core.bp, voices.bp, openai.bp):
+    for blueprint in (core.bp, voices.bp, characters.bp, openai.bp, console.bp):
         app.register_blueprint(blueprint)
     app.wsgi_app = WriteTimeout(app.wsgi_app, limits.write_timeout_seconds)  # type: ignore[method-assign]
     _LOGGER.info("Ready: voice %s (fallback %s), LLM %s", svc.primary.name, svc.fallback.name, cfg.server.llm.backend)

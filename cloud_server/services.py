@@ -17,12 +17,15 @@ from typing import Final
 
 from flask import current_app
 
+from cloud_server.console_sessions import ConsoleSessions
+from cloud_server.library.character_store import CharacterStore
 from cloud_server.library.characters import CharacterBook
 from cloud_server.library.voices import VoiceLibrary, VoiceOverrides
 from cloud_server.llm.base import LLM
 from cloud_server.llm.select import make_llm
 from cloud_server.metrics import Metrics
 from cloud_server.pipeline.admission import ReplySlots
+from cloud_server.pipeline.recent import RecentTurns
 from cloud_server.pipeline.reply import ReplyPipeline
 from cloud_server.pipeline.sessions import SessionStore
 from cloud_server.stt import ServerTranscriber
@@ -57,6 +60,10 @@ class Services:
     characters: CharacterBook
     transcriber: ServerTranscriber
     metrics: Metrics
+    console: ConsoleSessions
+    """Signed-in console browsers (cloud_server/routes/console.py)."""
+    recent: RecentTurns
+    """The latest calls, for the console's status tab."""
     started: float = field(default_factory=time.monotonic)
     _llm_seen: tuple[float, bool] = (0.0, False)
 
@@ -133,6 +140,8 @@ def build_services(
     metrics = Metrics()
     pipeline = ReplyPipeline(server, llm, primary, fallback, sessions)
     pipeline.listeners.append(metrics.observe_turn)
+    recent = RecentTurns(server.console.recent_calls)
+    pipeline.listeners.append(recent.observe)
     services = Services(
         config=config,
         api_key=api_key,
@@ -143,9 +152,13 @@ def build_services(
         slots=ReplySlots(server.limits.queue_depth),
         pipeline=pipeline,
         library=library,
-        characters=CharacterBook(server, library, VoiceOverrides.in_data_dir(data_dir)),
+        characters=CharacterBook(
+            server, library, VoiceOverrides.in_data_dir(data_dir), CharacterStore.in_data_dir(data_dir)
+        ),
         transcriber=transcriber,
         metrics=metrics,
+        console=ConsoleSessions(server.console.session_hours * 3600),
+        recent=recent,
     )
     prepare_voices(services)
     if server.llm.warm_up:
@@ -160,7 +173,7 @@ def prepare_voices(svc: Services) -> None:
     A disk load when their conditionals were computed before: a restart recomputes nothing.
     """
     book = svc.characters
-    specs: dict[str, VoiceSpec] = {cid: book.voice_spec(cid) for cid in svc.config.server.characters}
+    specs: dict[str, VoiceSpec] = {cid: book.voice_spec(cid) for cid in book.ids()}
     specs |= {v.voice_id: book.library_voice_spec(v.voice_id) for v in svc.library.list() if v.voice_id not in specs}
     for spec in specs.values():
         try:

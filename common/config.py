@@ -222,6 +222,14 @@ class PhraseCacheConfig:
 
 
 @dataclass(frozen=True)
+class ConsoleConfig:
+    session_hours: float = 12.0
+    """A console sign-in lasts this long, in hours (signing out ends it sooner)."""
+    recent_calls: int = 20
+    """How many of the latest calls the status tab shows and charts."""
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     """Address to bind (0.0.0.0 on the GPU server)."""
@@ -243,6 +251,7 @@ class ServerConfig:
     """Where uploaded voices and runtime state persist."""
     voices: VoiceLibraryConfig = field(default_factory=VoiceLibraryConfig)
     phrase_cache: PhraseCacheConfig = field(default_factory=PhraseCacheConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
 
 
 # --------------------------------------------------------------------------- Pi side

@@ -1,5 +1,8 @@
 """The people one can call: characters from the config, with runtime voice choices from the library.
 
+Characters can be created, changed and removed at runtime (``/characters``); the changes are kept
+by a ``CharacterStore`` over config.yaml's, which stay the defaults.
+
 A character's voice is, in order: the library voice it was switched to at runtime
 (``POST /characters/<id>/voice``), its configured ``voice_clip``, then the server-wide default
 clip. The listing says which of the knobs the speaking engine ignores (its descriptor knows) instead
@@ -13,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cloud_server.library.character_store import CharacterStore
 from cloud_server.library.voices import UnknownVoice, VoiceError, VoiceLibrary, VoiceOverrides, check_voice_id
 from cloud_server.tts.base import VoiceSpec
 from common.config import CharacterConfig, ServerConfig
@@ -25,6 +29,13 @@ class UnknownCharacter(VoiceError):
 
     status = 404
     code = "unknown_character"
+
+
+class CharacterConflict(VoiceError):
+    """The id is taken, or the character cannot be removed."""
+
+    status = 409
+    code = "character_conflict"
 
 
 @dataclass(frozen=True)
@@ -40,8 +51,17 @@ class VoiceChoice:
 class CharacterBook:
     """Characters from config merged with the persisted runtime voice overrides."""
 
-    def __init__(self, server: ServerConfig, library: VoiceLibrary, overrides: VoiceOverrides) -> None:
-        self._characters: Mapping[str, CharacterConfig] = server.characters
+    def __init__(
+        self,
+        server: ServerConfig,
+        library: VoiceLibrary,
+        overrides: VoiceOverrides,
+        store: CharacterStore | None = None,
+    ) -> None:
+        self._defaults: Mapping[str, CharacterConfig] = server.characters
+        self._store = store
+        # Replaced whole on each change (never mutated), so readers in other threads need no lock.
+        self._characters: Mapping[str, CharacterConfig] = store.load(server.characters) if store else server.characters
         self._default_id = server.default_character
         self._default_clip = server.tts.chatterbox.voice_clip
         self.library = library
@@ -58,6 +78,38 @@ class CharacterBook:
 
     def __contains__(self, character_id: object) -> bool:
         return character_id in self._characters
+
+    def ids(self) -> list[str]:
+        """Every character id, in order."""
+        return list(self._characters)
+
+    def put(self, character_id: str, character: CharacterConfig, *, create: bool) -> None:
+        """Create (``create``: 409 when the id is taken) or replace a character; persisted at once."""
+        with self.library.lock:  # one change at a time, also against voice uploads taking the name
+            exists = character_id in self._characters
+            if create and exists:
+                raise CharacterConflict(f"A character called {character_id!r} exists already.")
+            if not create and not exists:
+                self.get(character_id)  # UnknownCharacter
+            if create and character_id in self.library:
+                raise CharacterConflict(f"A library voice is called {character_id!r}; pick another name.")
+            self._commit({**self._characters, character_id: character})
+        _LOGGER.info("Character %s %s", character_id, "created" if create else "changed")
+
+    def remove(self, character_id: str) -> None:
+        """Delete a character (409 for the default one); its voice switch goes with it."""
+        cid, _ = self.get(character_id)
+        if cid == self._default_id:
+            raise CharacterConflict(f"{cid!r} is the default character (server.default_character); it stays.")
+        with self.library.lock:
+            self._commit({k: v for k, v in self._characters.items() if k != cid})
+            self.overrides.set(cid, None)
+        _LOGGER.info("Character %s removed", cid)
+
+    def _commit(self, characters: dict[str, CharacterConfig]) -> None:
+        if self._store is not None:
+            self._store.save(characters, self._defaults)  # on disk first: a failed write changes nothing
+        self._characters = characters
 
     def voice_choice(self, character_id: str) -> VoiceChoice:
         """The clip a character speaks with now, and why."""
@@ -131,6 +183,7 @@ class CharacterBook:
                     "cfg_weight": character.cfg_weight,
                     "temperature": character.temperature,
                     "greeting": character.greeting,
+                    "persona": character.persona,
                     "ignored_parameters": list(ignored),
                 }
             )

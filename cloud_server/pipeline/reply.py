@@ -59,6 +59,9 @@ class TurnStats:
     llm_failed: bool = False
     cancelled: bool = False
     engine: str = ""
+    character_id: str = ""
+    heard: str = ""
+    """What the caller said (the turn's text), for listeners that show calls."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,7 @@ class ReplyPipeline:
 
     def speak(self, turn: Turn, cancel: threading.Event) -> Iterator[bytes]:
         """The whole streamed reply: a WAV header for an open-ended stream, then PCM16 chunks."""
-        stats = TurnStats(engine=self.primary.name)
+        stats = TurnStats(engine=self.primary.name, character_id=turn.character_id, heard=turn.text)
         started = time.monotonic()
         yield wav_header(self.sample_rate)
         pending: queue.Queue[object] = queue.Queue(maxsize=_SENTENCES_AHEAD)

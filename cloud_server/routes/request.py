@@ -1,5 +1,10 @@
 """What every route does with a request: the key check, the one JSON reader, fields, ids, streamed answers.
 
+The key check also admits the console (cloud_server/routes/console.py): a request without a key
+but with the console's session cookie passes when the session is live, and, for anything but a
+read (GET/HEAD/OPTIONS), when its ``X-CSRF-Token`` header matches the session's. The key, when
+sent, is checked as before and the cookie is ignored.
+
 Ids are checked with ``fullmatch``: ``re.match`` with ``$`` lets a trailing newline through, and a
 newline in a response header fails after the reply slot was taken (issue 14).
 """
@@ -16,11 +21,16 @@ from typing import Any, Final
 
 from flask import Response, request
 
+from cloud_server.console_sessions import ConsoleSession
 from cloud_server.errors import ApiError
 from cloud_server.services import services
 
 SESSION_ID: Final = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 """Session ids are plain tokens: they appear in logs, URLs and the X-Session-Id header."""
+CONSOLE_COOKIE: Final = "ai_telephone_console"
+"""Holds a console sign-in's random token (never the key)."""
+CSRF_HEADER: Final = "X-CSRF-Token"
+SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def presented_key() -> str | None:
@@ -43,8 +53,28 @@ def check_key(expected: str | None) -> None:
 
 
 def require_key() -> None:
-    """401 unless the request carries the configured key."""
-    check_key(services().api_key)
+    """401 unless the request carries the configured key, or is the signed-in console's (see the module doc)."""
+    expected = services().api_key
+    if expected is not None and presented_key() is None and CONSOLE_COOKIE in request.cookies:
+        session = console_session()
+        if session is None:
+            raise ApiError(401, "signed_out", "The console session has ended; sign in again.")
+        if request.method not in SAFE_METHODS:
+            check_csrf(session, request.headers.get(CSRF_HEADER))
+        return
+    check_key(expected)
+
+
+def console_session() -> ConsoleSession | None:
+    """The live console session named by the request's cookie, if any."""
+    token = request.cookies.get(CONSOLE_COOKIE)
+    return services().console.find(token) if token else None
+
+
+def check_csrf(session: ConsoleSession, given: str | None) -> None:
+    """403 unless ``given`` is the session's CSRF token."""
+    if not given or not hmac.compare_digest(given.encode("utf-8"), session.csrf.encode("utf-8")):
+        raise ApiError(403, "csrf_failed", "This change lacks the console's CSRF token; reload the page.")
 
 
 def has_key() -> bool:

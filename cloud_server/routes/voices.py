@@ -106,7 +106,7 @@ def list_characters() -> Response:
     require_key()
     svc = services()
     return jsonify(
-        characters=svc.characters.listing(_ignored_knobs()),
+        characters=svc.characters.listing(ignored_knobs()),
         default=svc.config.server.default_character,
         engine=svc.primary.name,
     )
@@ -122,8 +122,8 @@ def switch_voice(character_id: str) -> Response:
         raise ApiError(400, "bad_json", 'Send {"voice": "<library voice id>"} or {"voice": null}.')
     voice_id = body["voice"]
     spec = svc.characters.set_voice(character_id, None if voice_id is None else check_voice_id(voice_id))
-    _prepare_or_warn(spec)
-    entry = next(c for c in svc.characters.listing(_ignored_knobs()) if c["id"] == character_id)
+    prepare_or_warn(spec)
+    entry = next(c for c in svc.characters.listing(ignored_knobs()) if c["id"] == character_id)
     return jsonify(entry)
 
 
@@ -198,13 +198,14 @@ def metrics() -> Response:
     return services().metrics.exposition()
 
 
-def _ignored_knobs() -> list[str]:
+def ignored_knobs() -> list[str]:
     """The character knobs the speaking engine does not use (from its descriptor)."""
     svc = services()
     return list(descriptor(svc.primary.name).ignored_knobs(svc.config.server.tts))
 
 
-def _prepare_or_warn(spec: VoiceSpec) -> None:
+def prepare_or_warn(spec: VoiceSpec) -> None:
+    """Prepare a voice now so its first use is quick; a failure is only logged (it is tried again on use)."""
     try:
         services().primary.prepare_voice(spec)
     except Exception as err:

@@ -1,0 +1,171 @@
+"""The console driven in a real browser: Debian's Chromium through its chromedriver (scripts/setup installs both).
+
+Screenshots of each tab are kept under pytest's temporary directory (the path is printed);
+``AI_TELEPHONE_UPDATE_SCREENSHOT=1`` also copies the status tab to docs/console.png for the README.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fixtures_server import TEST_KEY, RunningServer, server_config
+from tests.ollama_standin import OllamaStandIn
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+WAIT_SECONDS = 60
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.skipif(
+    not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists() and importlib.util.find_spec("selenium")),
+    reason="needs chromium, chromium-driver and selenium (scripts/setup installs them)",
+)
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """Headless Chromium with a fresh profile, talking only to 127.0.0.1."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    profile = tempfile.mkdtemp(prefix="console-chromium-")
+    for flag in (
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--window-size=1200,900", f"--user-data-dir={profile}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver.set_page_load_timeout(WAIT_SECONDS)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the screenshots go (kept after the run, like pytest's other temporary directories)."""
+    folder = tmp_path_factory.mktemp("console-screenshots")
+    print(f"console screenshots: {folder}")
+    return folder
+
+
+def wait_for(driver: Any, script: str, what: str) -> Any:
+    """Wait (bounded) until the JavaScript expression ``script`` is truthy; its value."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, WAIT_SECONDS, poll_frequency=0.2).until(
+        lambda d: d.execute_script(f"return {script};"), message=f"waiting for {what}"
+    )
+
+
+def test_sign_in_see_status_create_a_character_hear_it_and_sign_out(
+    start_server: Callable[..., RunningServer], ollama: OllamaStandIn, tmp_path: Path, browser: Any, shots: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    ollama.script("Good evening from the moon. ", "The night is calm and clear.")
+    server = start_server(server_config(ollama.url, tmp_path))
+    pages: list[str] = []
+
+    browser.get(server.url + "/")
+    browser.find_element(By.ID, "key").send_keys(TEST_KEY)
+    browser.find_element(By.CSS_SELECTOR, "#sign-in-form button[type=submit]").click()
+    wait_for(browser, "document.getElementById('voice-engine')", "the status tab")
+    assert browser.find_element(By.ID, "voice-engine").text == "piper"
+    assert browser.find_element(By.ID, "health-status").text in ("ok", "degraded")
+    assert browser.execute_script("return document.cookie") == ""  # the session cookie is HttpOnly
+    pages.append(browser.page_source)
+    browser.save_screenshot(str(shots / "status-empty.png"))
+
+    browser.find_element(By.LINK_TEXT, "Characters").click()
+    wait_for(browser, "document.getElementById('new-character')", "the characters tab")
+    browser.find_element(By.ID, "new-id").send_keys("luna")
+    browser.find_element(By.ID, "new-display_name").send_keys("Luna")
+    exaggeration = browser.find_element(By.ID, "new-exaggeration")
+    exaggeration.clear()
+    exaggeration.send_keys("0.9")
+    browser.find_element(By.CSS_SELECTOR, "#new-character button[type=submit]").click()
+    wait_for(browser, "document.getElementById('character-luna')", "Luna in the list")
+    pages.append(browser.page_source)
+    browser.save_screenshot(str(shots / "characters.png"))
+    luna = server.services.characters.get("luna")[1]
+    assert (luna.display_name, luna.exaggeration) == ("Luna", 0.9)
+
+    browser.find_element(By.LINK_TEXT, "Try it").click()
+    wait_for(browser, "document.getElementById('try-form')", "the try-it tab")
+    for line in ("Hello, who is this?", "What is the weather up there?"):
+        Select(browser.find_element(By.ID, "try-character")).select_by_value("luna")
+        text = browser.find_element(By.ID, "try-text")
+        text.clear()
+        text.send_keys(line)
+        browser.find_element(By.ID, "try-speak").click()
+        wait_for(browser, "document.getElementById('try-reply').textContent.includes('night is calm')", "the reply")
+        played = wait_for(
+            browser,
+            "(() => { const a = document.getElementById('reply-audio');"
+            " return !a.error && isFinite(a.duration) && a.duration > 0 && a.played.length > 0"
+            " && a.currentTime > 0 ? {duration: a.duration} : null; })()",
+            "the reply to play",
+        )
+        assert played["duration"] > 1.0  # two spoken sentences, not a click
+    pages.append(browser.page_source)
+    browser.save_screenshot(str(shots / "try-it.png"))
+
+    browser.find_element(By.LINK_TEXT, "Status").click()
+    wait_for(browser, "document.querySelectorAll('#calls tr.call').length === 2", "both calls on the status tab")
+    assert "What is the weather up there?" in browser.find_element(By.ID, "calls").text
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#latency-chart rect.bar-total")) == 2
+    pages.append(browser.page_source)
+    browser.save_screenshot(str(shots / "status.png"))
+    if os.environ.get("AI_TELEPHONE_UPDATE_SCREENSHOT") == "1":
+        shutil.copyfile(shots / "status.png", REPO_ROOT / "docs" / "console.png")
+
+    storage = browser.execute_script(
+        "return JSON.stringify([Object.entries(localStorage), Object.entries(sessionStorage)])"
+    )
+    cookies = browser.get_cookies()
+    assert [c["name"] for c in cookies] == ["ai_telephone_console"]
+    assert cookies[0]["httpOnly"] and cookies[0]["sameSite"] == "Strict"
+    for where in [*pages, storage, repr(cookies)]:
+        assert TEST_KEY not in where
+
+    browser.find_element(By.ID, "sign-out").click()
+    wait_for(browser, "document.getElementById('sign-in-form')", "the sign-in form")
+    assert browser.get_cookies() == []
+    browser.get(server.url + "/console/try")
+    assert browser.find_elements(By.ID, "sign-in-form") and not browser.find_elements(By.ID, "try-form")
+
+
+def test_a_page_from_elsewhere_cannot_change_characters(
+    start_server: Callable[..., RunningServer], ollama: OllamaStandIn, tmp_path: Path, browser: Any
+) -> None:
+    """A signed-in browser's cookie alone (no CSRF token) changes nothing, even from the console's own origin."""
+    from selenium.webdriver.common.by import By
+
+    server = start_server(server_config(ollama.url, tmp_path))
+    browser.get(server.url + "/")
+    browser.find_element(By.ID, "key").send_keys(TEST_KEY)
+    browser.find_element(By.CSS_SELECTOR, "#sign-in-form button[type=submit]").click()
+    wait_for(browser, "document.getElementById('voice-engine')", "the status tab")
+    answer = browser.execute_async_script(
+        "const done = arguments[0];"
+        "fetch('/characters', {method: 'POST', credentials: 'same-origin',"
+        " headers: {'Content-Type': 'application/json'}, body: JSON.stringify({id: 'mallory'})})"
+        ".then(async r => done([r.status, await r.json()]));"
+    )
+    assert answer[0] == 403 and answer[1]["error"]["code"] == "csrf_failed"
+    assert "mallory" not in server.services.characters
