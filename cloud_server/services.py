@@ -25,6 +25,7 @@ from cloud_server.metrics import Metrics
 from cloud_server.pipeline.admission import ReplySlots
 from cloud_server.pipeline.reply import ReplyPipeline
 from cloud_server.pipeline.sessions import SessionStore
+from cloud_server.storage import AudioStore, make_store
 from cloud_server.stt import ServerTranscriber
 from cloud_server.tts.base import TTSEngine, VoiceSpec
 from cloud_server.tts.engines import descriptor
@@ -57,6 +58,8 @@ class Services:
     characters: CharacterBook
     transcriber: ServerTranscriber
     metrics: Metrics
+    storage: AudioStore
+    """Where /generate-audio keeps its files (S3, or data_dir/outputs)."""
     started: float = field(default_factory=time.monotonic)
     _llm_seen: tuple[float, bool] = (0.0, False)
 
@@ -146,6 +149,7 @@ def build_services(
         characters=CharacterBook(server, library, VoiceOverrides.in_data_dir(data_dir)),
         transcriber=transcriber,
         metrics=metrics,
+        storage=make_store(server.storage, data_dir),
     )
     prepare_voices(services)
     if server.llm.warm_up:
