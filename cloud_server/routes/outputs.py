@@ -68,8 +68,8 @@ def generate_audio() -> Response:
     identity = descriptor(svc.primary.name).cache_identity(svc.config.server.tts)
     key = AudioKey(character_id, dt.datetime.now(dt.UTC).date(), settings_digest(text, voice, identity, rate))
     name = svc.storage.name(key)
-    state = svc.storage.status()  # known trouble (cached) → 503 before the voice is used
-    if not state["ok"]:
+    state = svc.storage.status()  # known trouble → 503 before the voice is used
+    if state["ok"] is False:
         raise StorageError(state["problem"])
     size = svc.storage.size(name)
     reused = size is not None

@@ -41,6 +41,7 @@ class S3Store(AudioStore):
         self._client: Any = None
         self._setup_error: str | None = None
         self._seen: tuple[float, list[str]] = (0.0, [])
+        self._refreshing = False
         self._lock = threading.Lock()
         try:
             session = boto3.session.Session(region_name=cfg.region)
@@ -72,6 +73,7 @@ class S3Store(AudioStore):
             raise self._error(err, "look up") from err
         except (BotoCoreError, NoCredentialsError) as err:
             raise self._error(err, "look up") from err
+        self._remember([])
         return int(head["ContentLength"])
 
     def put(self, name: str, wav: bytes) -> None:
@@ -79,6 +81,7 @@ class S3Store(AudioStore):
             self._s3().put_object(Bucket=self.bucket, Key=name, Body=wav, ContentType="audio/wav")
         except (ClientError, BotoCoreError) as err:
             raise self._error(err, "store") from err
+        self._remember([])
         _LOGGER.info("Stored s3://%s/%s (%d bytes)", self.bucket, name, len(wav))
 
     def link(self, name: str, *, presigned: bool, expires_in: int, base_url: str) -> AudioLink:
@@ -112,19 +115,32 @@ class S3Store(AudioStore):
         return []
 
     def status(self) -> dict[str, Any]:
+        """The last known state, never waiting on S3 (/health must stay fast): a stale one is refreshed
+        in the background, and every call the routes make updates it too. ``ok`` is None until known."""
         with self._lock:
             checked, problems = self._seen
-            if time.monotonic() - checked > _STATUS_CACHE_SECONDS:
-                problems = self.problems()
-                self._seen = (time.monotonic(), problems)
+            if time.monotonic() - checked > _STATUS_CACHE_SECONDS and not self._refreshing:
+                self._refreshing = True
+                threading.Thread(target=self._refresh, name="s3-status", daemon=True).start()
+        known = checked > 0
         return {
             "backend": self.backend,
             "bucket": self.bucket,
             "prefix": self._cfg.prefix,
             "endpoint": self._client.meta.endpoint_url if self._client is not None else None,
-            "ok": not problems,
+            "ok": (not problems) if known else None,
             "problem": problems[0] if problems else None,
         }
+
+    def _refresh(self) -> None:
+        try:
+            self._remember(self.problems())
+        finally:
+            self._refreshing = False
+
+    def _remember(self, problems: list[str]) -> None:
+        with self._lock:
+            self._seen = (time.monotonic(), problems)
 
     def _s3(self) -> Any:
         if self._client is None:
@@ -132,7 +148,13 @@ class S3Store(AudioStore):
         return self._client
 
     def _error(self, err: Exception, doing: str) -> StorageError:
-        """One sentence that says what to fix; the details go to the log (never the credentials)."""
+        """One sentence that says what to fix (also what /health shows next); details go to the log."""
+        failure = self._describe(err, doing)
+        if doing != "reach":  # problems() reports its own result
+            self._remember([str(failure)])
+        return failure
+
+    def _describe(self, err: Exception, doing: str) -> StorageError:
         _LOGGER.warning("S3 could not %s bucket %s: %s", doing, self.bucket, err)
         where = f"bucket {self.bucket!r}"
         if isinstance(err, (NoCredentialsError, PartialCredentialsError)):
