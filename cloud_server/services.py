@@ -28,6 +28,7 @@ from cloud_server.pipeline.admission import ReplySlots
 from cloud_server.pipeline.recent import RecentTurns
 from cloud_server.pipeline.reply import ReplyPipeline
 from cloud_server.pipeline.sessions import SessionStore
+from cloud_server.storage import AudioStore, make_store
 from cloud_server.stt import ServerTranscriber
 from cloud_server.tts.base import TTSEngine, VoiceSpec
 from cloud_server.tts.engines import descriptor
@@ -64,6 +65,8 @@ class Services:
     """Signed-in console browsers (cloud_server/routes/console.py)."""
     recent: RecentTurns
     """The latest calls, for the console's status tab."""
+    storage: AudioStore
+    """Where /generate-audio keeps its files (S3, or data_dir/outputs)."""
     started: float = field(default_factory=time.monotonic)
     _llm_seen: tuple[float, bool] = (0.0, False)
 
@@ -159,6 +162,7 @@ def build_services(
         metrics=metrics,
         console=ConsoleSessions(server.console.session_hours * 3600),
         recent=recent,
+        storage=make_store(server.storage, data_dir),
     )
     prepare_voices(services)
     if server.llm.warm_up:

@@ -230,6 +230,41 @@ class ConsoleConfig:
 
 
 @dataclass(frozen=True)
+class S3Config:
+    bucket: str | None = None
+    """S3-compatible bucket for /generate-audio files; None keeps them in ``data_dir/outputs``.
+    Credentials come only from the standard AWS chain (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, profiles, roles)."""
+    prefix: str = "ai-telephone"
+    """Key prefix: objects are ``prefix/<character>/YYYY/MM/DD/<hash>.wav``."""
+    region: str | None = None
+    """Region name; None uses AWS_REGION / AWS_DEFAULT_REGION or the profile."""
+    endpoint_url: str | None = None
+    """MinIO, R2 or B2 endpoint; None uses AWS_ENDPOINT_URL or AWS itself."""
+    public_base_url: str | None = None
+    """Base URL of a public bucket (or its CDN); only then may a request ask for a public URL."""
+    presign_seconds: int = 3600
+    """Lifetime of a presigned URL when the request names none, in seconds."""
+    max_presign_seconds: int = 604800
+    """Longest ``expires_in`` a request may ask for, in seconds (S3's own cap is 7 days)."""
+    timeout_seconds: float = 10.0
+    """Connect and read timeout per S3 call, in seconds."""
+
+
+@dataclass(frozen=True)
+class LocalOutputsConfig:
+    max_bytes: int = 500_000_000
+    """Disk budget of ``data_dir/outputs`` (served at /outputs/<name>), in bytes; the oldest files go first."""
+    max_age_seconds: int = 86400
+    """Files older than this are deleted (and their URLs stop working), in seconds."""
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    s3: S3Config = field(default_factory=S3Config)
+    local: LocalOutputsConfig = field(default_factory=LocalOutputsConfig)
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     """Address to bind (0.0.0.0 on the GPU server)."""
@@ -252,6 +287,8 @@ class ServerConfig:
     voices: VoiceLibraryConfig = field(default_factory=VoiceLibraryConfig)
     phrase_cache: PhraseCacheConfig = field(default_factory=PhraseCacheConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    """Where /generate-audio keeps its files (S3-compatible, or the data directory)."""
 
 
 # --------------------------------------------------------------------------- Pi side

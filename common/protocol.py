@@ -12,6 +12,8 @@ class Route:
     """POST JSON ``{text, session_id?, character?, prompt?}`` → streamed WAV reply."""
     PROCESS_AUDIO: Final = "/process-audio"
     """POST a WAV recording (fields as query parameters) → the same streamed reply."""
+    TRANSCRIBE: Final = "/transcribe"
+    """POST a recording (as /process-audio) → JSON ``{text, duration}``; no reply (the Wyoming bridge's STT)."""
     SESSIONS: Final = "/sessions"
     """GET ``/sessions/<session_id>``: the conversation so far."""
     HEALTH: Final = "/health"

@@ -64,3 +64,13 @@ def test_pi_unit_matches_what_install_pi_writes() -> None:
     assert svc["EnvironmentFile"].lstrip("-") == "/etc/ai-telephone/pi.env" and "ETC=/etc/ai-telephone" in install
     assert svc["User"] == "telephone" and "SVC_USER=telephone" in install
     assert svc["ExecStart"].startswith("/opt/ai-telephone/venv/bin/") and "APP=/opt/ai-telephone" in install
+
+
+def test_wyoming_unit_runs_the_bridge_with_secrets_from_its_env_file() -> None:
+    cp = _parse(REPO / "systemd/ai-telephone-wyoming.service")
+    assert set(cp["Unit"]["After"].split()) >= {"network-online.target"}
+    svc = cp["Service"]
+    assert svc["ExecStart"].startswith("/opt/ai-telephone/venv/bin/python -m cloud_server.wyoming --uri tcp://")
+    assert svc["EnvironmentFile"] == "/etc/ai-telephone/wyoming.env"
+    assert svc["User"] not in ("", "root") and svc["Restart"] == "always"
+    assert "API_KEY" not in svc.get("Environment", "")

@@ -115,6 +115,7 @@ def health_details(svc: Services) -> dict[str, Any]:
             "sample_rate": svc.pipeline.sample_rate,
         },
         "queue": {"active": svc.slots.active, "capacity": svc.slots.capacity, "stale": stale},
+        "storage": svc.storage.status(),  # reported, not part of "healthy": calls work without it
         "sessions": len(svc.sessions),
         "uptime_seconds": round(time.monotonic() - svc.started, 1),
     }

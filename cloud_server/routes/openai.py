@@ -50,8 +50,10 @@ _LOGGER = logging.getLogger(__name__)
 bp = Blueprint("openai_api", __name__, url_prefix="/v1")
 
 MAX_INPUT_CHARS: Final = 4096
-MODELS: Final = ("chatterbox", "tts-1", "tts-1-hd", "gpt-4o-mini-tts")
-"""Accepted ``model`` names: all are served by the one loaded voice model."""
+SEED_MODELS: Final = ("chatterbox-turbo", "chatterbox-tts")
+"""Names the earlier Chatterbox-Turbo server (seed 003) took; clients written for it keep working."""
+MODELS: Final = ("chatterbox", "tts-1", "tts-1-hd", "gpt-4o-mini-tts", *SEED_MODELS)
+"""Accepted ``model`` names: all are served by the one loaded voice model (whichever is configured)."""
 _BODY_BYTES: Final = 65536
 FAST_SPEECH_CHARS_PER_SECOND: Final = 25.0
 """Faster than any voice here speaks (about 15): an estimate over the cap at this rate is surely over."""

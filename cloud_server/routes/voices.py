@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from urllib.parse import quote
 
 from flask import Blueprint, Response, jsonify, request
 
-from cloud_server.audio_codec import AudioError, decode_audio
+from cloud_server.audio_codec import AudioError, DecodedAudio, decode_audio
 from cloud_server.errors import ApiError, error_response
 from cloud_server.library.voices import VoiceError, check_voice_id
 from cloud_server.pipeline.admission import Busy
@@ -58,16 +59,21 @@ def audio_upload(max_bytes: int) -> tuple[bytes, dict[str, str]]:
     )
 
 
-@bp.post(Route.PROCESS_AUDIO)
-def process_audio() -> Response:
-    """The caller's recording → transcript → the same streamed spoken reply as /process-text."""
-    require_key()
+@dataclass(frozen=True)
+class Heard:
+    """An upload decoded and transcribed, with the clock readings around each step."""
+
+    audio: DecodedAudio
+    text: str
+    t0: float
+    t1: float
+    t2: float
+
+
+def hear(data: bytes) -> Heard:
+    """Decode an upload and run the server's Whisper on it (one place for /process-audio and /transcribe)."""
     svc = services()
     limits = svc.config.server.limits
-    if svc.slots.full():  # refuse before spending Whisper time on a reply we cannot give
-        raise Busy
-    data, fields = audio_upload(limits.max_audio_bytes)
-    session_id = session_id_field(fields)  # a bad id is a 400 before Whisper runs
     t0 = time.monotonic()
     audio = decode_audio(data, max_bytes=limits.max_audio_bytes, max_seconds=limits.max_audio_seconds)
     t1 = time.monotonic()
@@ -78,6 +84,31 @@ def process_audio() -> Response:
         raise ApiError(503, "busy", f"{err}; try again shortly.", {"Retry-After": retry}) from err
     t2 = time.monotonic()
     svc.metrics.stt.observe(t2 - t1)
+    return Heard(audio, transcript, t0, t1, t2)
+
+
+@bp.post(Route.TRANSCRIBE)
+def transcribe() -> Response:
+    """Speech to text only (the Wyoming bridge's STT): the same upload as /process-audio → ``{"text"}``."""
+    require_key()
+    data, _fields = audio_upload(services().config.server.limits.max_audio_bytes)
+    heard = hear(data)
+    _LOGGER.info("Transcribed %.1f s: %d chars in %.2f s", heard.audio.duration, len(heard.text), heard.t2 - heard.t1)
+    return jsonify(text=heard.text, duration=round(heard.audio.duration, 3))
+
+
+@bp.post(Route.PROCESS_AUDIO)
+def process_audio() -> Response:
+    """The caller's recording → transcript → the same streamed spoken reply as /process-text."""
+    require_key()
+    svc = services()
+    limits = svc.config.server.limits
+    if svc.slots.full():  # refuse before spending Whisper time on a reply we cannot give
+        raise Busy
+    data, fields = audio_upload(limits.max_audio_bytes)
+    session_id = session_id_field(fields)  # a bad id is a 400 before Whisper runs
+    heard = hear(data)
+    transcript, audio, t0, t1, t2 = heard.text, heard.audio, heard.t0, heard.t1, heard.t2
     if not transcript:
         raise ApiError(400, "no_speech", "No speech was heard in the recording.")
     prompt = text_field(fields, Field.PROMPT, limits.max_prompt_chars, required=False)
