@@ -60,6 +60,10 @@ class LimitsConfig:
     """Longest audio one ``/v1/audio/speech`` request produces, in seconds of output (after ``speed``)."""
     max_stt_wait_seconds: float = 30.0
     """How long /process-audio waits for the one Whisper model before answering 503, in seconds."""
+    max_history_messages: int = 40
+    """Most messages a client may send as ``history`` with a turn (user and assistant each count one)."""
+    max_history_chars: int = 16000
+    """Most characters of ``history`` content a client may send with a turn, all messages together."""
 
 
 @dataclass(frozen=True)
