@@ -5,7 +5,7 @@ types with the dotted key in the message, then applies environment overrides:
 
 - ``AI_TELEPHONE__SECTION__KEY=value`` (double underscores between levels, value parsed as YAML),
 - ``OLLAMA_HOST`` (the official client's variable) → ``server.llm.ollama_host``,
-- ``AI_TELEPHONE_SERVER`` → ``pi.server_url``.
+- ``AI_TELEPHONE_SERVER`` → ``pi.server_url`` (several URLs separated by commas → ``pi.server_urls``).
 
 Secrets never live in the tree: the API key comes from ``AI_TELEPHONE_API_KEY`` or from the file
 named by ``server.api_key_file`` / ``pi.api_key_file`` (see :func:`resolve_api_key`).
@@ -17,7 +17,7 @@ import dataclasses
 import os
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -60,6 +60,10 @@ class LimitsConfig:
     """Longest audio one ``/v1/audio/speech`` request produces, in seconds of output (after ``speed``)."""
     max_stt_wait_seconds: float = 30.0
     """How long /process-audio waits for the one Whisper model before answering 503, in seconds."""
+    max_history_messages: int = 40
+    """Most messages a client may send as ``history`` with a turn (user and assistant each count one)."""
+    max_history_chars: int = 16000
+    """Most characters of ``history`` content a client may send with a turn, all messages together."""
 
 
 @dataclass(frozen=True)
@@ -395,6 +399,8 @@ class ClientConfig:
     min_bytes_per_second: float = 2000.0
     """Mid-reply, less audio than this per second, averaged over read_timeout_seconds, counts as a
     broken line (a trickling server), in bytes per second."""
+    history_turns: int = 8
+    """Turns of the call (what the caller said and heard) the phone keeps and sends with each turn."""
     reply_buffer_seconds: float = 5.0
     """Reply audio held between the network and the player; when it is full the reader waits (and so
     does the server), so memory stays bounded however fast the reply comes, in seconds of audio."""
@@ -448,7 +454,10 @@ class TonesConfig:
 @dataclass(frozen=True)
 class PiConfig:
     server_url: str = "http://127.0.0.1:8000"
-    """Base URL of the cloud server; AI_TELEPHONE_SERVER overrides it."""
+    """Base URL of the cloud server; AI_TELEPHONE_SERVER overrides it. Used when ``server_urls`` is empty."""
+    server_urls: tuple[str, ...] = ()
+    """Several servers: each turn goes to the least busy one that answers (the phone keeps the
+    conversation, so any of them can answer any turn); empty: ``server_url`` alone."""
     api_key_file: str | None = None
     """File holding the API key, used when AI_TELEPHONE_API_KEY is not set."""
     character: str | None = None
@@ -470,6 +479,10 @@ class PiConfig:
     """Dialed number (digits, quoted in YAML) → character id; empty: lifting the handset calls ``character``."""
     dial: DialConfig = field(default_factory=DialConfig)
     tones: TonesConfig = field(default_factory=TonesConfig)
+
+    def servers(self) -> tuple[str, ...]:
+        """The servers the phone may call: ``server_urls``, else ``server_url`` alone."""
+        return self.server_urls or (self.server_url,)
 
 
 @dataclass(frozen=True)
@@ -499,6 +512,11 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if value not in allowed:
             raise ConfigError(f"{key}: expected one of {', '.join(map(str, allowed))}, got {_describe(value)}")
         return value
+    if origin is tuple:
+        (item_tp, _) = typing.get_args(tp)  # only tuple[X, ...] is used in this tree
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            raise ConfigError(f"{key}: expected a list, got {_describe(value)}")
+        return tuple(_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
     if origin is dict:
         _, value_tp = typing.get_args(tp)
         if not isinstance(value, Mapping):
@@ -556,8 +574,10 @@ def _env_overrides(env: Mapping[str, str]) -> list[tuple[list[str], Any]]:
         if "://" not in host:
             host = "http://" + host
         overrides.append((["server", "llm", "ollama_host"], host))
-    if env.get("AI_TELEPHONE_SERVER"):
-        overrides.append((["pi", "server_url"], env["AI_TELEPHONE_SERVER"]))
+    if env.get("AI_TELEPHONE_SERVER"):  # one URL, or several separated by commas (pi.server_urls)
+        urls = [u.strip() for u in env["AI_TELEPHONE_SERVER"].split(",") if u.strip()]
+        overrides.append((["pi", "server_url"], urls[0] if urls else ""))
+        overrides.append((["pi", "server_urls"], urls if len(urls) > 1 else []))
     for name in sorted(env):
         if name.startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX):
             path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]

@@ -9,7 +9,7 @@ class Route:
     """Paths on the voice server."""
 
     PROCESS_TEXT: Final = "/process-text"
-    """POST JSON ``{text, session_id?, character?, prompt?}`` → streamed WAV reply."""
+    """POST JSON ``{text, session_id?, character?, prompt?, history?}`` → streamed WAV reply."""
     PROCESS_AUDIO: Final = "/process-audio"
     """POST a WAV recording (fields as query parameters) → the same streamed reply."""
     TRANSCRIBE: Final = "/transcribe"
@@ -28,6 +28,9 @@ class Field:
     CHARACTER: Final = "character"
     PROMPT: Final = "prompt"
     """Extra system text from a trusted client, appended below the character's persona."""
+    HISTORY: Final = "history"
+    """The conversation so far, ``[{role: user|assistant, content}]``, oldest first: the server answers
+    from it instead of its own session, so any server can answer any turn (a JSON string in form fields)."""
 
 
 class Header:

@@ -39,8 +39,9 @@ def _load(args: argparse.Namespace) -> tuple[Config, str]:
 
     cfg = load_config(args.config)
     if args.server:
-        cfg = replace(cfg, pi=replace(cfg.pi, server_url=args.server))
-    check_server_url(cfg.pi.server_url)
+        cfg = replace(cfg, pi=replace(cfg.pi, server_url=args.server, server_urls=()))
+    for url in cfg.pi.servers():
+        check_server_url(url)
     if args.input_wav and not args.output_wav:
         raise ConfigError("--input-wav needs --output-wav (where the reply is written)")
     key = resolve_api_key(cfg.pi.api_key_file)
@@ -64,8 +65,7 @@ async def _build(args: argparse.Namespace, cfg: Config, key: str) -> _Stages:
     from pi_client.audio.offline_voice import OfflineVoice
     from pi_client.audio.playback import AplaySink, AudioSink, WavFileSink
     from pi_client.call.runner import Phone
-    from pi_client.server.client import ServerClient
-    from pi_client.server.health import HealthMonitor
+    from pi_client.server.fleet import ServerFleet
     from pi_client.turns.endpoint import listen
     from pi_client.turns.smart_turn import TurnDetectorError, load_turn_detector
     from pi_client.turns.stt import TranscriberError, WhisperTranscriber
@@ -100,8 +100,8 @@ async def _build(args: argparse.Namespace, cfg: Config, key: str) -> _Stages:
             source.close()
 
     sink: AudioSink = WavFileSink(args.output_wav) if args.output_wav else AplaySink(pi.audio.output_device)
-    client = ServerClient(pi.server_url, key, pi.client)
-    monitor = None if args.input_wav else HealthMonitor(client.health, pi.client)
+    client = ServerFleet(pi.servers(), key, pi.client)
+    monitor = None if args.input_wav else client.health
     phone = Phone(
         settings=pi, listen=listen_once, transcribe=transcribe, client=client, voice=voice, sink=sink, monitor=monitor
     )

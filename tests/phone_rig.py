@@ -69,13 +69,13 @@ def build_phone(
     gated: bool = False,
     monitor: bool = False,
     pi: dict[str, Any] | None = None,
+    more_servers: tuple[ServerProcess, ...] = (),
 ) -> PhoneRig:
-    """A Phone against ``server`` hearing ``question``; call inside a running event loop."""
+    """A Phone against ``server`` (then ``more_servers``, same key) hearing ``question``; call inside a running loop."""
     from pi_client.audio.capture import WavFileSource
     from pi_client.audio.offline_voice import OfflineVoice
     from pi_client.call.runner import Phone
-    from pi_client.server.client import ServerClient
-    from pi_client.server.health import HealthMonitor
+    from pi_client.server.fleet import ServerFleet
     from pi_client.turns.endpoint import listen
     from pi_client.turns.vad import SileroVad
 
@@ -93,8 +93,8 @@ def build_phone(
         finally:
             source.close()
 
-    client = ServerClient(server.url, server.key, settings.client)
-    health = HealthMonitor(client.health, settings.client) if monitor else None
+    client = ServerFleet((server.url, *(s.url for s in more_servers)), server.key, settings.client)
+    health = client.health if monitor else None
     phone = Phone(
         settings=settings,
         listen=listen_once,

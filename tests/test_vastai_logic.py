@@ -23,6 +23,7 @@ def test_unsupported_gpus_are_rejected_whatever_the_api_returned() -> None:
     assert "reliability" in str(rejection(make_offer(10, reliability=0.9), C))
     assert "architecture" in str(rejection(make_offer(11, cpu_arch="arm64"), C))
     assert "public IP" in str(rejection(make_offer(12, public_ipaddr=None), C))
+    assert "cpu_ghz" in str(rejection(make_offer(14, cpu_name="AMD EPYC 7742", cpu_ghz=2.25), C))
     assert "unknown" in str(rejection({k: v for k, v in make_offer(13).items() if k != "cuda_max_good"}, C))
     # Older rows carry reliability2 only.
     old_row = {k: v for k, v in make_offer(14).items() if k != "reliability"}
@@ -35,6 +36,8 @@ def test_overrides_move_the_limits() -> None:
     assert rejection(small, OfferCriteria(min_gpu_ram_gb=12)) is None
     pricey = make_offer(2, dph_total=2.5)
     assert rejection(pricey, OfferCriteria(max_dollars_per_hour=3.0)) is None
+    slow_host = make_offer(3, cpu_ghz=2.25)
+    assert rejection(slow_host, OfferCriteria(min_cpu_ghz=2.0)) is None
 
 
 def test_rank_puts_best_value_first_and_drops_unusable() -> None:
@@ -57,7 +60,7 @@ def test_search_query_keeps_exactly_the_offers_the_local_check_keeps() -> None:
     """The API-side filter and the local check agree, so the API never hides a usable offer."""
     q = search_query(C)
     offers = [make_offer(1), make_offer(2, gpu_ram=12288), make_offer(3, compute_cap=1200),
-              make_offer(4, dph_total=3.0), make_offer(5, cuda_max_good=11.8)]
+              make_offer(4, dph_total=3.0), make_offer(5, cuda_max_good=11.8), make_offer(6, cpu_ghz=2.0)]
     api_side = {o["id"] for o in offers if all(_matches(o.get(k), cond) for k, cond in q.items())}
     assert api_side == {o["id"] for o in offers if rejection(o, C) is None} == {1}
 
@@ -126,7 +129,7 @@ def test_every_offer_filter_has_a_flag_on_up() -> None:
         "up", "--max-price", "2", "--min-gpu-ram", "24", "--min-cuda", "12.8", "--min-reliability", "0.9",
         "--disk", "80", "--order", "dph_total", "--gpus", "2", "--min-compute-cap", "800", "--max-compute-cap", "890",
         "--exclude-gpu", "A100", "--exclude-gpu", "H100", "--min-inet-down", "500", "--min-direct-ports", "2",
-        "--offer-limit", "10",
+        "--offer-limit", "10", "--min-cpu-ghz", "4.2",
     ])
     crit = _override(OfferCriteria(), args)
     changed = {f.name for f in dataclasses.fields(OfferCriteria) if getattr(crit, f.name) != getattr(C, f.name)}

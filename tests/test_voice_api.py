@@ -135,6 +135,12 @@ def bad_uploads(spoken_text: Speech) -> list[tuple[str, dict[str, Any], int, str
         ),
         ("no_key", {"files": {"audio": ("x.flac", flac, "audio/flac")}, "headers": {}}, 401, "missing_key"),
         (
+            "bad_history",
+            {"files": {"audio": ("x.flac", flac, "audio/flac")}, "data": {"history": '[{"role": "system"}]'}},
+            400,
+            "bad_history",
+        ),
+        (
             "unknown_character",
             {"files": {"audio": ("x.flac", flac, "audio/flac")}, "data": {"character": "ghost"}},
             404,

@@ -29,7 +29,7 @@ def make_offer(offer_id: int, **fields: Any) -> dict[str, Any]:
         "cuda_max_good": 12.8, "reliability": 0.995, "dph_total": 0.42, "disk_space": 200.0,
         "inet_down": 900.0, "inet_up": 500.0, "direct_port_count": 40, "dlperf": 80.0, "dlperf_per_dphtotal": 190.0,
         "cpu_arch": "amd64", "public_ipaddr": "127.0.0.1", "geolocation": "Nowhere, XX", "verified": True,
-        "external": False, "rentable": True, "rented": False, "hosting_type": 0, "score": 100.0,
+        "cpu_ghz": 4.7, "external": False, "rentable": True, "rented": False, "hosting_type": 0, "score": 100.0,
     }
     offer.update(fields)
     return offer

@@ -42,6 +42,8 @@ class Turn:
     prompt: str | None = None
     transcript: str | None = None
     """The STT result when the turn came in as audio."""
+    history: tuple[dict[str, str], ...] | None = None
+    """The conversation the client keeps and sent; None: the server's own session history is used."""
 
 
 @dataclass
@@ -102,11 +104,16 @@ class ReplyPipeline:
         ``prompt`` is a trusted-client field (whoever holds the API key: the Pi, an app): it is
         added below the persona, never instead of it, and bounded by ``server.limits.max_prompt_chars``.
         The oldest history is dropped when the whole would not fit the LLM's context with its reply.
+        A client that keeps its own conversation (``turn.history``) is answered from it, so any
+        server can answer any of its turns.
         """
         system = turn.character.persona
         if turn.prompt:
             system = f"{system}\n\n{turn.prompt}"
-        history = self._sessions.history(turn.session_id, turn.character_id)
+        if turn.history is not None:
+            history = [dict(m) for m in turn.history]
+        else:
+            history = self._sessions.history(turn.session_id, turn.character_id)
         return fit_context(
             [{"role": "system", "content": system}, *history, {"role": "user", "content": turn.text}], self._llm
         )
@@ -261,7 +268,9 @@ class ReplyPipeline:
 
     def _finish(self, turn: Turn, stats: TurnStats) -> None:
         if stats.reply_text and not stats.llm_failed and not stats.cancelled:
-            self._sessions.record(turn.session_id, turn.character_id, turn.text, stats.reply_text, turn.transcript)
+            self._sessions.record(
+                turn.session_id, turn.character_id, turn.text, stats.reply_text, turn.transcript, turn.history
+            )
         elif stats.llm_failed and not stats.cancelled:
             self._sessions.drop_oldest_turn(turn.session_id, turn.character_id)
         _LOGGER.info(

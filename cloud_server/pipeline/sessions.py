@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from common.config import SessionConfig
@@ -43,14 +43,28 @@ class SessionStore:
                 return []
             return [dict(m) for m in sess.history]
 
-    def record(self, session_id: str, character: str, user: str, reply: str, transcript: str | None = None) -> None:
-        """Append one turn, trimming to the configured number of turns."""
+    def record(
+        self,
+        session_id: str,
+        character: str,
+        user: str,
+        reply: str,
+        transcript: str | None = None,
+        history: Sequence[dict[str, str]] | None = None,
+    ) -> None:
+        """Append one turn, trimming to the configured number of turns.
+
+        ``history``: the conversation the client sent with the turn; it replaces what this server
+        knew, so /sessions shows the whole conversation even when other servers answered before.
+        """
         with self._lock:
             now = self._clock()
             self._expire(now)
             sess = self._sessions.get(session_id)
             if sess is None or sess.character != character:
                 sess = Session(session_id=session_id, character=character)
+            if history is not None:
+                sess.history = [dict(m) for m in history]
             sess.history += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
             sess.history = sess.history[-2 * self._cfg.max_turns :]
             sess.last_reply = reply

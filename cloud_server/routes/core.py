@@ -13,6 +13,7 @@ from cloud_server.pipeline.reply import Turn
 from cloud_server.routes.request import (
     character_field,
     has_key,
+    history_field,
     is_session_id,
     json_body,
     require_key,
@@ -62,6 +63,7 @@ def process_text() -> Response:
         character=character,
         voice=svc.characters.voice_spec(character_id),
         prompt=prompt,
+        history=history_field(body, Field.HISTORY, limits.max_history_messages, limits.max_history_chars),
     )
     return stream_turn(turn)
 

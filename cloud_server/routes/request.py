@@ -127,6 +127,45 @@ def character_field(body: Mapping[str, Any]) -> str | None:
     return value or None
 
 
+HISTORY_ROLES: Final = ("user", "assistant")
+
+
+def history_field(
+    body: Mapping[str, Any], name: str, max_messages: int, max_chars: int
+) -> tuple[dict[str, str], ...] | None:
+    """The conversation the client keeps (None: it sent none, the server's session is used).
+
+    A list of ``{role: user|assistant, content: str}``, oldest first; in form fields (/process-audio)
+    the same list as a JSON string. 400 when malformed, 413 past ``max_messages`` or ``max_chars``.
+    """
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, str):  # multipart form fields are strings
+        try:
+            value = json.loads(value)
+        except (ValueError, RecursionError):
+            raise ApiError(400, "bad_history", f"'{name}' must be a JSON list of messages.") from None
+    if not isinstance(value, list):
+        raise ApiError(400, "bad_history", f"'{name}' must be a list of {{\"role\", \"content\"}} messages.")
+    if len(value) > max_messages:
+        raise ApiError(413, "history_too_long", f"'{name}' has {len(value)} messages; the limit is {max_messages}.")
+    messages: list[dict[str, str]] = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or set(item) != {"role", "content"}:
+            raise ApiError(400, "bad_history", f"'{name}[{i}]' must be an object with exactly 'role' and 'content'.")
+        role, content = item["role"], item["content"]
+        if role not in HISTORY_ROLES:
+            raise ApiError(400, "bad_history", f"'{name}[{i}].role' must be 'user' or 'assistant'.")
+        if not isinstance(content, str):
+            raise ApiError(400, "bad_history", f"'{name}[{i}].content' must be a string.")
+        messages.append({"role": role, "content": content})
+    total = sum(len(m["content"]) for m in messages)
+    if total > max_chars:
+        raise ApiError(413, "history_too_long", f"'{name}' holds {total} characters; the limit is {max_chars}.")
+    return tuple(messages)
+
+
 def is_session_id(value: object) -> bool:
     """Whether ``value`` is a well-formed session id (the whole string, no trailing newline)."""
     return isinstance(value, str) and SESSION_ID.fullmatch(value) is not None

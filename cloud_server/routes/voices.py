@@ -16,7 +16,14 @@ from cloud_server.library.voices import VoiceError, check_voice_id
 from cloud_server.pipeline.admission import Busy
 from cloud_server.pipeline.reply import Turn
 from cloud_server.routes.core import stream_turn
-from cloud_server.routes.request import character_field, json_body, require_key, session_id_field, text_field
+from cloud_server.routes.request import (
+    character_field,
+    history_field,
+    json_body,
+    require_key,
+    session_id_field,
+    text_field,
+)
 from cloud_server.services import services
 from cloud_server.stt import TranscriberBusy
 from cloud_server.tts.base import VoiceSpec
@@ -106,7 +113,8 @@ def process_audio() -> Response:
     if svc.slots.full():  # refuse before spending Whisper time on a reply we cannot give
         raise Busy
     data, fields = audio_upload(limits.max_audio_bytes)
-    session_id = session_id_field(fields)  # a bad id is a 400 before Whisper runs
+    session_id = session_id_field(fields)  # a bad id or history is a 400 before Whisper runs
+    history = history_field(fields, Field.HISTORY, limits.max_history_messages, limits.max_history_chars)
     heard = hear(data)
     transcript, audio, t0, t1, t2 = heard.text, heard.audio, heard.t0, heard.t1, heard.t2
     if not transcript:
@@ -121,6 +129,7 @@ def process_audio() -> Response:
         voice=svc.characters.voice_spec(character_id),
         prompt=prompt,
         transcript=transcript,
+        history=history,
     )
     _LOGGER.info("Heard %.1f s (%s): %d chars in %.2f s", audio.duration, audio.source_format, len(transcript), t2 - t1)
     headers = {

@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="GPU name prefix never rented; repeatable, replaces the default list "
                          f"({', '.join(crit.excluded_gpu_names)})")
     opt("--min-inet-down", "min_inet_down_mbps", float, crit.min_inet_down_mbps, "least download speed, Mbit/s")
+    opt("--min-cpu-ghz", "min_cpu_ghz", float, crit.min_cpu_ghz, "least host CPU clock, GHz (speech token loop)")
     opt("--min-direct-ports", "min_direct_ports", int, crit.min_direct_ports, "least directly mapped ports")
     opt("--offer-limit", "limit", int, crit.limit, "offers fetched per search")
     opt("--order", "order", str, crit.order, "offer field ranked best first (dph_total: cheapest first)")

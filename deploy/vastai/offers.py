@@ -20,6 +20,7 @@ def search_query(c: OfferCriteria) -> dict[str, dict[str, Any]]:
         "dph_total": {"lte": c.max_dollars_per_hour},
         "disk_space": {"gte": c.min_disk_gb},
         "inet_down": {"gte": c.min_inet_down_mbps},
+        "cpu_ghz": {"gte": c.min_cpu_ghz},
         "direct_port_count": {"gte": c.min_direct_ports},
     }
 
@@ -49,6 +50,7 @@ def rejection(offer: Mapping[str, Any], c: OfferCriteria) -> str | None:
         ("dph_total", c.max_dollars_per_hour, "lte"),
         ("disk_space", c.min_disk_gb, "gte"),
         ("inet_down", c.min_inet_down_mbps, "gte"),
+        ("cpu_ghz", c.min_cpu_ghz, "gte"),
         ("direct_port_count", c.min_direct_ports, "gte"),
     ]
     for key, limit, op in checks:

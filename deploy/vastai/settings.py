@@ -31,6 +31,9 @@ class OfferCriteria:
     """Disk to allocate and require, in GB (image, venv, Ollama model, Chatterbox weights)."""
     min_inet_down_mbps: float = 200.0
     """Least download bandwidth, in Mbit/s (several GB are fetched at start)."""
+    min_cpu_ghz: float = 3.0
+    """Least host CPU clock (``cpu_ghz``), in GHz: with a fast GPU, Chatterbox's token loop is bound by the
+    host's single-thread speed (one report: ~140 steps/s on a desktop host, ~40 on a 2-2.5 GHz EPYC)."""
     min_direct_ports: int = 1
     """Least directly mapped ports (the server's TLS port must be reachable)."""
     order: str = "dlperf_per_dphtotal"

@@ -49,7 +49,8 @@ from pi_client.server.client import (
     ServerUnavailable,
     StreamBroken,
 )
-from pi_client.server.health import HealthMonitor
+from pi_client.server.fleet import ServerFleet
+from pi_client.server.health import FleetHealth, HealthMonitor
 from pi_client.server.reply_pump import ReplyAudio, ReplyEnd, ReplyHead, ReplyPump
 
 _LOGGER = logging.getLogger(__name__)
@@ -94,10 +95,10 @@ class Phone:
         settings: PiConfig,
         listen: ListenFn,
         transcribe: TranscribeFn | None,
-        client: ServerClient,
+        client: ServerClient | ServerFleet,
         voice: OfflineVoice,
         sink: AudioSink,
-        monitor: HealthMonitor | None = None,
+        monitor: HealthMonitor | FleetHealth | None = None,
         policy: CallPolicy | None = None,
     ) -> None:
         self._settings = settings

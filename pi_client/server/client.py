@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -69,6 +70,8 @@ class ReplyRequest:
     session_id: str | None = None
     character: str | None = None
     prompt: str | None = None
+    history: tuple[dict[str, str], ...] = ()
+    """The call so far, as the phone heard it (``role``/``content``, oldest first); sent when not empty."""
 
 
 class ReplyStream:
@@ -82,6 +85,8 @@ class ReplyStream:
         self.transcript: str | None = unquote(transcript) if transcript is not None else None
         self.sample_rate: int | None = None
         """Known once the WAV header has arrived (before the first chunk is yielded)."""
+        self.on_complete: Callable[[], None] | None = None
+        """Called once the whole reply has been read (not when cancelled or broken)."""
 
     def audio(self, cancel: threading.Event) -> Iterator[bytes]:
         """PCM16 chunks (whole samples) as they arrive; stops early when ``cancel`` is set.
@@ -122,6 +127,8 @@ class ReplyStream:
             return
         if reader.format is None:
             raise StreamBroken("reply ended before its WAV header")
+        if self.on_complete is not None:
+            self.on_complete()
 
     def abort(self) -> None:
         """Wake a read blocked in another thread and drop the connection (the server sees it go)."""
@@ -212,12 +219,15 @@ class ServerClient:
         session_id: str | None = None,
         character: str | None = None,
         prompt: str | None = None,
+        history: tuple[dict[str, str], ...] = (),
     ) -> ReplyStream:
         """POST /process-text; returns the open stream (use it in a ``with`` block)."""
         body: dict[str, Any] = {Field.TEXT: text}
         for key, value in ((Field.SESSION_ID, session_id), (Field.CHARACTER, character), (Field.PROMPT, prompt)):
             if value:
                 body[key] = value
+        if history:
+            body[Field.HISTORY] = list(history)
         return self._post_stream(Route.PROCESS_TEXT, json=body)
 
     def send_audio(
@@ -226,11 +236,22 @@ class ServerClient:
         session_id: str | None = None,
         character: str | None = None,
         prompt: str | None = None,
+        history: tuple[dict[str, str], ...] = (),
     ) -> ReplyStream:
-        """POST /process-audio with the utterance as a WAV body; the transcript comes back in a header."""
+        """POST /process-audio with the utterance as a WAV body; the transcript comes back in a header.
+
+        With a history the upload is multipart, the history a form field: the conversation never
+        goes into a URL (URLs end up in logs).
+        """
         wav = io.BytesIO()
         write_wav(wav, pcm16k, 16000)
         fields = ((Field.SESSION_ID, session_id), (Field.CHARACTER, character), (Field.PROMPT, prompt))
+        if history:
+            form = {name: value for name, value in fields if value}
+            form[Field.HISTORY] = json.dumps(list(history), ensure_ascii=False)
+            return self._post_stream(
+                Route.PROCESS_AUDIO, files={"audio": ("turn.wav", wav.getvalue(), "audio/wav")}, data=form
+            )
         return self._post_stream(
             Route.PROCESS_AUDIO,
             data=wav.getvalue(),
@@ -241,8 +262,12 @@ class ServerClient:
     def open(self, request: ReplyRequest) -> ReplyStream:
         """Send one turn the way the request says (text or audio)."""
         if request.audio_pcm is not None:
-            return self.send_audio(request.audio_pcm, request.session_id, request.character, request.prompt)
-        return self.open_reply(request.text or "", request.session_id, request.character, request.prompt)
+            return self.send_audio(
+                request.audio_pcm, request.session_id, request.character, request.prompt, request.history
+            )
+        return self.open_reply(
+            request.text or "", request.session_id, request.character, request.prompt, request.history
+        )
 
     def _post_stream(self, path: str, **kwargs: Any) -> ReplyStream:
         try:

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pi_client.server.client import (
     ReplyRequest,
@@ -23,6 +24,9 @@ from pi_client.server.client import (
     ServerUnavailable,
     StreamBroken,
 )
+
+if TYPE_CHECKING:
+    from pi_client.server.fleet import ServerFleet
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -90,7 +94,7 @@ class ReplyPump:
     connection at once and the server sees the disconnect.
     """
 
-    def __init__(self, client: ServerClient, request: ReplyRequest) -> None:
+    def __init__(self, client: ServerClient | ServerFleet, request: ReplyRequest) -> None:
         self._client = client
         self._request = request
         self._settings = client.settings

@@ -1,0 +1,172 @@
+"""Several servers seen as one: each turn goes to the least busy that answers, with the call's history.
+
+The phone keeps the conversation (what the caller said and heard, bounded) and sends it with every
+turn, so any server can answer any turn: a refused connection, a 5xx or a 503 moves the turn to the
+next server without dropping the call. Only when none answers does the phone's own voice speak.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from common.config import ClientConfig
+from pi_client.server.client import (
+    Busy,
+    ReplyRequest,
+    ReplyStream,
+    ServerClient,
+    ServerRejected,
+    ServerUnavailable,
+)
+from pi_client.server.health import FleetHealth, HealthMonitor
+
+_LOGGER = logging.getLogger(__name__)
+
+MAX_HISTORY_CHARS = 8000
+"""The history sent with a turn stays under this many characters (the server's default limit is 16000)."""
+
+
+class Conversation:
+    """The current call's turns as the phone heard them; a new session id starts a new call."""
+
+    def __init__(self, max_turns: int, max_chars: int = MAX_HISTORY_CHARS) -> None:
+        self._max_turns = max_turns
+        self._max_chars = max_chars
+        self.session_id: str | None = None
+        self._messages: list[dict[str, str]] = []
+        self._lock = threading.Lock()
+
+    def history(self, session_id: str) -> tuple[dict[str, str], ...]:
+        """The messages to send with the next turn of ``session_id`` (empty for a new call)."""
+        with self._lock:
+            if session_id != self.session_id:
+                self.session_id, self._messages = session_id, []
+            return tuple(dict(m) for m in self._messages)
+
+    def add(self, session_id: str, user: str, reply: str) -> None:
+        """Keep one finished turn, dropping the oldest past ``max_turns`` or ``max_chars``."""
+        with self._lock:
+            if session_id != self.session_id:
+                self.session_id, self._messages = session_id, []
+            self._messages += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+            self._messages = self._messages[-2 * self._max_turns :] if self._max_turns > 0 else []
+            while self._messages and sum(len(m["content"]) for m in self._messages) > self._max_chars:
+                self._messages = self._messages[2:]
+
+
+@dataclass
+class _Server:
+    client: ServerClient
+    monitor: HealthMonitor
+
+
+def rank(loads: list[tuple[bool | None, float | None]]) -> list[int]:
+    """Order servers for a turn: answering ones first, least busy first, the configured order on ties.
+
+    ``loads`` holds (up, share of reply slots in use) per server; a server known to be down is
+    still tried, last: the phone's own voice is only for when none answers.
+    """
+    return sorted(range(len(loads)), key=lambda i: (loads[i][0] is False, loads[i][0] is None, loads[i][1] or 0.0, i))
+
+
+class ServerFleet:
+    """The phone's servers (one or more) behind the one call a turn needs: ``open(request)``."""
+
+    def __init__(self, urls: tuple[str, ...], api_key: str | None, cfg: ClientConfig) -> None:
+        if not urls:
+            raise ValueError("a fleet needs at least one server")
+        self._cfg = cfg
+        self._servers = []
+        for url in urls:
+            client = ServerClient(url, api_key, cfg)
+            self._servers.append(_Server(client, HealthMonitor(client.health, cfg)))
+        self.health = FleetHealth([s.monitor for s in self._servers])
+        """One monitor for the call logic: up while any server is."""
+        self.conversation = Conversation(cfg.history_turns)
+        self._last: tuple[str, ServerClient, str | None] | None = None
+        """The latest turn: its session, the server that answered it, and its reply text once heard."""
+        self._lock = threading.Lock()
+
+    @property
+    def settings(self) -> ClientConfig:
+        """The client settings every server's client shares."""
+        return self._cfg
+
+    @property
+    def base_url(self) -> str:
+        """The servers, for log lines."""
+        return ", ".join(s.client.base_url for s in self._servers)
+
+    def close(self) -> None:
+        """Close every server's connections."""
+        for server in self._servers:
+            server.client.close()
+
+    def open(self, request: ReplyRequest) -> ReplyStream:
+        """Send the turn, with the call's history, to the best server that answers.
+
+        Raises ServerRejected at once (the same request fails everywhere), Busy when every server
+        that answered was full, ServerUnavailable when none answered.
+        """
+        session_id = request.session_id or uuid.uuid4().hex  # one id for the call, whichever server answers
+        request = dataclasses.replace(
+            request, session_id=session_id, history=self.conversation.history(session_id)
+        )
+        busy: Busy | None = None
+        reasons: list[str] = []
+        for index in rank([(s.monitor.up, s.monitor.load) for s in self._servers]):
+            server = self._servers[index]
+            try:
+                stream = server.client.open(request)
+            except ServerRejected:
+                raise
+            except Busy as err:
+                server.monitor.load = 1.0  # full: the others go first next time
+                busy = err if busy is None or err.retry_after < busy.retry_after else busy
+                reasons.append(f"{server.client.base_url} busy")
+                continue
+            except ServerUnavailable as err:
+                server.monitor.report(False, str(err))
+                reasons.append(str(err))
+                continue
+            server.monitor.report(True)
+            with self._lock:
+                self._last = (session_id, server.client, None)
+            if reasons:
+                _LOGGER.info("turn answered by %s after: %s", server.client.base_url, "; ".join(reasons))
+            stream.on_complete = self._recorder(server.client, session_id, request, stream)
+            return stream
+        if busy is not None:
+            raise busy
+        raise ServerUnavailable("no server answered: " + "; ".join(reasons))
+
+    def _recorder(
+        self, client: ServerClient, session_id: str, request: ReplyRequest, stream: ReplyStream
+    ) -> Callable[[], None]:
+        """What to do once the whole reply was heard: keep the turn (its text from the server that spoke it)."""
+
+        def record() -> None:
+            reply = client.reply_text(session_id)
+            with self._lock:
+                self._last = (session_id, client, reply)
+            user = stream.transcript if request.audio_pcm is not None else request.text
+            if user and reply:
+                self.conversation.add(session_id, user, reply)
+            else:
+                _LOGGER.warning("turn not kept in the conversation: no reply text from %s", client.base_url)
+
+        return record
+
+    def reply_text(self, session_id: str) -> str | None:
+        """The last reply of ``session_id``: as kept when it ended, else asked of the server that answered."""
+        with self._lock:
+            last = self._last
+        if last is None or last[0] != session_id:
+            return self._servers[0].client.reply_text(session_id)
+        _, client, reply = last
+        return reply if reply is not None else client.reply_text(session_id)
