@@ -188,10 +188,18 @@ def streamed(body: Iterator[bytes], mimetype: str, headers: Mapping[str, str], c
     stands between taking the slot and handing its release to the WSGI server, which calls it when
     the reply ends, the caller hangs up or a write times out.
     """
-    response = Response(body, mimetype=mimetype, headers=dict(headers))
+    def released_at_the_end() -> Iterator[bytes]:
+        # Also released when the body runs out, not only when the WSGI server calls close(): werkzeug's
+        # development server behind HAProxy never did (it blocked draining the socket), and kept the slot.
+        try:
+            yield from body
+        finally:
+            on_close()
+
+    response = Response(released_at_the_end(), mimetype=mimetype, headers=dict(headers))
     slot = services().slots.take()
 
-    def on_close() -> None:
+    def on_close() -> None:  # safe twice: the slot's release is idempotent, the event stays set
         cancel.set()
         slot.release()
 
