@@ -86,7 +86,9 @@ def test_health_shows_the_unload_and_a_call_brings_the_model_back(start_server: 
         reply = requests.post(server.url + "/process-text", json={"text": "Hello?"}, headers=AUTH, timeout=TIMEOUT)
         assert reply.status_code == 200 and len(reply.content) > 20000
         idle = server.services.primary.engine.engine  # failure watch → phrase cache → idle unload
-        assert isinstance(idle, IdleUnloadingEngine) and idle.reloads == 1
+        # At least once: with 0.5 s of idleness allowed, a loaded machine can also unload between the
+        # reply's voice preparation and its first sentence (production waits minutes, not 0.5 s).
+        assert isinstance(idle, IdleUnloadingEngine) and idle.reloads >= 1
 
 
 def test_concurrent_callers_after_an_unload_load_one_model() -> None:

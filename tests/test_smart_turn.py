@@ -41,7 +41,7 @@ def smart_turn() -> SmartTurn:
 def _listen(pcm: bytes, tmp_path: Path, detector: TurnDetector | None) -> Utterance:
     path = tmp_path / "input.wav"
     write_wav(str(path), pcm, PI_RATE)
-    listening = listen(WavFileSource(path), SileroVad(VAD_CFG.threshold), VAD_CFG, detector)
+    listening = listen(WavFileSource(path), SileroVad(), VAD_CFG, detector)
     utt = asyncio.run(asyncio.wait_for(listening, timeout=60))
     assert utt is not None
     return utt
