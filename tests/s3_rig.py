@@ -1,9 +1,15 @@
-"""A real S3-protocol server for the tests: moto's standalone server (``moto[server]``) as a subprocess on 127.0.0.1.
+"""Real S3-protocol servers for the tests, as subprocesses on 127.0.0.1.
 
-``auth=True`` makes it check signatures and IAM permissions after the set-up calls (an IAM user
-with an access key, its policy and the bucket), so wrong credentials are refused as AWS would.
-Without it, moto accepts any credentials, and presigned GETs work (with auth on, moto cannot
-serve query-string-signed requests).
+moto's standalone server (``moto[server]``) does most: ``auth=True`` makes it check signatures and
+IAM permissions after the set-up calls (an IAM user with an access key, its policy and the bucket),
+so wrong credentials are refused as AWS would. Without it, moto accepts any credentials, and
+presigned GETs work (with auth on, moto cannot serve query-string-signed requests). moto never
+refuses an expired presigned URL, though.
+
+s3rver (npm, installed into tests/s3rver/ by scripts/setup) does: a presigned URL past its
+``X-Amz-Date`` + ``X-Amz-Expires`` gets 403 ``AccessDenied`` "Request has expired", as on AWS. It
+does not verify SigV4 signatures, serves unsigned GETs, and knows one key pair, so it is only
+used for expiry.
 """
 
 from __future__ import annotations
@@ -20,10 +26,12 @@ from typing import Any
 
 import requests
 
-from tests.server_rig import free_port
+from tests.server_rig import REPO_ROOT, free_port
 
 START_TIMEOUT = 30.0
 REGION = "us-east-1"
+S3RVER = REPO_ROOT / "tests" / "s3rver" / "node_modules" / "s3rver" / "bin" / "s3rver.js"
+S3RVER_KEY = "S3RVER"  # s3rver's one built-in key pair: id and secret are both this
 POLICY = '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}'
 
 
@@ -67,26 +75,44 @@ def isolated_aws_env(tmp: Path) -> dict[str, str]:
 @contextmanager
 def moto_server(workdir: Path, buckets: tuple[str, ...] = (), auth: bool = False) -> Iterator[S3Server]:
     """Start ``moto_server`` on a free port, create ``buckets``, stop it afterwards."""
-    workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     if auth:
         env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(3 + len(buckets))  # user, key, policy, then the buckets
-    log = open(workdir / "moto.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        _wait_up(endpoint, proc)
+    command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    # The probe is no S3 action, so it does not use up INITIAL_NO_AUTH_ACTION_COUNT.
+    with _running(command, env, workdir, port, probe="/moto-api/data.json") as endpoint:
         server = S3Server(endpoint, "AKIAPLACEHOLDER00000", "placeholder-secret")
         if auth:
             server = _with_iam_user(server)
-        client = server.client()
-        for bucket in buckets:
-            client.create_bucket(Bucket=bucket)
+        _create(server, buckets)
         yield server
+
+
+@contextmanager
+def s3rver_server(workdir: Path, buckets: tuple[str, ...] = ()) -> Iterator[S3Server]:
+    """Start s3rver on a free port (objects under ``workdir``), create ``buckets``, stop it afterwards."""
+    if not S3RVER.is_file():
+        raise RuntimeError(f"{S3RVER} is missing: run scripts/setup (it installs s3rver with npm)")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    command = ["node", str(S3RVER), "-d", str(workdir / "objects"), "-a", "127.0.0.1", "-p", str(port)]
+    with _running(command, env, workdir, port, probe="/") as endpoint:
+        server = S3Server(endpoint, S3RVER_KEY, S3RVER_KEY)
+        _create(server, buckets)
+        yield server
+
+
+@contextmanager
+def _running(command: list[str], env: dict[str, str], workdir: Path, port: int, probe: str) -> Iterator[str]:
+    """Run one server process with its log in ``workdir``; yield its endpoint once ``probe`` answers HTTP."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = open(workdir / "server.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        _wait_up(endpoint + probe, proc)
+        yield endpoint
     finally:
         proc.terminate()
         try:
@@ -97,17 +123,24 @@ def moto_server(workdir: Path, buckets: tuple[str, ...] = (), auth: bool = False
         log.close()
 
 
-def _wait_up(endpoint: str, proc: subprocess.Popen[bytes]) -> None:
+def _create(server: S3Server, buckets: tuple[str, ...]) -> None:
+    client = server.client()
+    for bucket in buckets:
+        client.create_bucket(Bucket=bucket)
+
+
+def _wait_up(url: str, proc: subprocess.Popen[bytes]) -> None:
+    """Any HTTP answer means the server listens."""
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"moto_server exited with {proc.returncode}")
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
         try:
-            requests.get(endpoint + "/moto-api/data.json", timeout=1)
+            requests.get(url, timeout=1)
             return
         except requests.ConnectionError:
             time.sleep(0.1)
-    raise RuntimeError(f"moto_server did not answer within {START_TIMEOUT} s")
+    raise RuntimeError(f"{proc.args!r} did not answer within {START_TIMEOUT} s")
 
 
 def _with_iam_user(server: S3Server) -> S3Server:

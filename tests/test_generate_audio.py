@@ -1,4 +1,4 @@
-"""POST /generate-audio and GET /outputs as a user meets them: real HTTP, real Piper, a real S3 server (moto)."""
+"""POST /generate-audio and GET /outputs as a user meets them: real HTTP, real Piper, real S3 servers (moto, s3rver)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -19,12 +20,13 @@ import soundfile as sf
 
 from tests.fixtures_server import TEST_KEY, RunningServer, server_config
 from tests.ollama_standin import OllamaStandIn
-from tests.s3_rig import S3Server, isolated_aws_env, moto_server
+from tests.s3_rig import S3Server, isolated_aws_env, moto_server, s3rver_server
 from tests.server_rig import REPO_ROOT, write_yaml
 
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
 TIMEOUT = 60
 BUCKET = "phone-replies"
+EXPIRES_SECONDS = 3  # X-Amz-Date has whole seconds, so a URL lives 2-3 s: room for the first fetch
 KEY_LAYOUT = re.compile(r"replies/operator/\d{4}/\d{2}/\d{2}/[0-9a-f]{32}\.wav")
 Start = Callable[..., RunningServer]
 
@@ -109,15 +111,13 @@ def test_url_is_presigned_plays_without_the_key_and_is_reused(
 def test_presigned_lifetime_is_what_was_asked_and_bounded(
     start_server: Start, ollama: OllamaStandIn, tmp_path: Path, s3: S3Server, aws_env: Any
 ) -> None:
-    """The URL is signed for exactly ``expires_in`` (moto does not refuse expired URLs; AWS, MinIO and R2 do)."""
+    """The URL is signed for exactly ``expires_in`` (the refusal after it: the s3rver test below)."""
     aws_env(s3)
     server = s3_server(start_server, ollama, tmp_path, s3, max_presign_seconds=600)
     before = time.time()
     answer = generate(server, expires_in=2).json()
     query = parse_qs(urlsplit(answer["audio_url"]).query)
     assert query["X-Amz-Expires"] == ["2"]
-    from datetime import datetime
-
     expires = datetime.fromisoformat(answer["expires_at"]).timestamp()
     assert before + 1 <= expires <= time.time() + 3
     default = parse_qs(urlsplit(generate(server).json()["audio_url"]).query)
@@ -127,6 +127,28 @@ def test_presigned_lifetime_is_what_was_asked_and_bounded(
         assert refused.status_code == 400 and refused.json()["error"]["code"] == "bad_expires_in", bad
     public = generate(server, presigned=False)
     assert public.status_code == 400 and public.json()["error"]["code"] == "no_public_url"
+
+
+def test_presigned_url_plays_until_it_expires_then_is_refused(
+    start_server: Start, ollama: OllamaStandIn, tmp_path: Path, aws_env: Any
+) -> None:
+    """s3rver, unlike moto, refuses a presigned URL after ``X-Amz-Expires``, as AWS, MinIO and R2 do."""
+    with s3rver_server(tmp_path / "s3rver", buckets=(BUCKET,)) as strict:
+        aws_env(strict)
+        server = s3_server(start_server, ollama, tmp_path, strict)
+        answer = generate(server, expires_in=EXPIRES_SECONDS).json()
+        fetched = requests.get(answer["audio_url"], timeout=TIMEOUT)  # plain HTTP, no key, in time
+        assert fetched.status_code == 200, fetched.text
+        assert wav_seconds(fetched.content) == pytest.approx(answer["duration"], abs=0.01)
+
+        expires_at = datetime.fromisoformat(answer["expires_at"]).timestamp()
+        time.sleep(min(max(0.0, expires_at - time.time()) + 1.0, EXPIRES_SECONDS + 2.0))  # just past it, bounded
+        late = requests.get(answer["audio_url"], timeout=TIMEOUT)
+        assert late.status_code == 403, "the expired URL was still served" if late.ok else late.text
+        assert "<Code>AccessDenied</Code><Message>Request has expired</Message>" in late.text
+        fresh = generate(server, expires_in=EXPIRES_SECONDS).json()  # the stored file is reused, newly signed
+        assert fresh["reused"] is True
+        assert requests.get(fresh["audio_url"], timeout=TIMEOUT).content == fetched.content
 
 
 def test_public_url_only_when_configured(
