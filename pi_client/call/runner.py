@@ -17,24 +17,31 @@ from typing import Any, Protocol
 from common.config import PiConfig
 from pi_client.audio.offline_voice import OfflineVoice, SpokenPhrase
 from pi_client.audio.playback import AudioSink
+from pi_client.call.dialing import DialSource, KeyAudio, KeyPad, play_tone
 from pi_client.call.machine import (
     Action,
     Ask,
     CallPolicy,
     CheckHealth,
+    Connect,
     Event,
     Heard,
+    Hush,
+    Intercept,
     Lifted,
     Listen,
     NoSpeech,
+    NumberUnknown,
     Outcome,
     Phrase,
     Played,
+    PlayTone,
     PutDown,
     ReplyFinished,
     Say,
     State,
     StopAll,
+    ToneEnded,
     Transcribe,
     Transcribed,
     next_state,
@@ -49,6 +56,7 @@ from pi_client.server.client import (
     ServerUnavailable,
     StreamBroken,
 )
+from pi_client.server.greetings import GreetingCache
 from pi_client.server.health import HealthMonitor
 from pi_client.server.reply_pump import ReplyAudio, ReplyEnd, ReplyHead, ReplyPump
 
@@ -62,6 +70,8 @@ _TURNS_KEPT = 20
 """Finished turns remembered in memory (the log has them all)."""
 _PLAY_BLOCK_SECONDS = 0.25
 """Phrases are fed to the sink in blocks this long so a hang-up interrupts them quickly."""
+_RINGS_AT_MOST = 2
+"""Ringback cycles the caller waits for the character's greeting before the phone's own voice greets."""
 
 
 class HeardUtterance(Protocol):
@@ -98,7 +108,13 @@ class Phone:
         sink: AudioSink,
         monitor: HealthMonitor | None = None,
         policy: CallPolicy | None = None,
+        dial: DialSource | None = None,
+        key_audio: Callable[[], KeyAudio] | None = None,
     ) -> None:
+        """``dial`` is the rotary dial, ``key_audio`` opens the microphone for touch tones while dialing."""
+        from pi_client.telephone.directory import Directory
+
+        directory = Directory(settings.directory)  # ConfigError naming pi.directory
         self._settings = settings
         self._listen_fn = listen
         self._transcribe_fn = transcribe
@@ -109,8 +125,20 @@ class Phone:
         self._policy = policy or CallPolicy(
             use_server_stt=settings.stt.use_server or transcribe is None,
             busy_retry_max_seconds=settings.client.busy_retry_max_seconds,
+            dialing=bool(directory),
+            off_hook_warning_seconds=settings.tones.off_hook_warning_seconds,
         )
         self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._dial = dial
+        self._keypad = KeyPad(
+            directory,
+            settings.dial.digit_timeout_seconds,
+            self._events.put_nowait,
+            key_audio if settings.dial.dtmf else None,
+        )
+        self._greetings = GreetingCache(client, settings.cache_dir)
+        self._character: str | None = None
+        """Who this call reaches (dialed); None: the configured default."""
         self.state = State.ON_HOOK
         self._task: asyncio.Task[None] | None = None
         self._session_id: str | None = None
@@ -126,14 +154,33 @@ class Phone:
         hook_events: asyncio.Queue[Any] = asyncio.Queue()
         hook.start(asyncio.get_running_loop(), hook_events)
         forward = asyncio.create_task(self._forward_hook(hook_events), name="hook")
+        keys: asyncio.Queue[str] = asyncio.Queue()
+        dialed = asyncio.create_task(self._forward_keys(keys), name="dial")
+        if self._dial is not None:
+            self._dial.start(asyncio.get_running_loop(), keys)
         try:
             while True:
                 await self._step(await self._events.get())
         finally:
             forward.cancel()
+            dialed.cancel()
             await self._execute(StopAll())
             hook.close()
+            if self._dial is not None:
+                self._dial.close()
             await self.drain_logs()
+
+    async def dial(self, number: str) -> bool:
+        """File mode: dial ``number`` as a rotary dial would (no tones); False (after the intercept) if unknown."""
+        from pi_client.telephone.directory import Directory
+
+        dialed = Directory(self._settings.directory).lookup(number)
+        _LOGGER.info("number %s: %s", number, dialed.character or "not in service")
+        if dialed.character is None:
+            await self._intercept()
+            return False
+        self._character = dialed.character
+        return True
 
     async def run_one_turn(self) -> Turn | None:
         """File mode: listen once, answer, and return when the phone would listen again."""
@@ -161,6 +208,10 @@ class Phone:
             event = await hook_events.get()
             await self._events.put(Lifted() if event == HookEvent.LIFTED else PutDown())
 
+    async def _forward_keys(self, keys: asyncio.Queue[str]) -> None:
+        while True:
+            self._keypad.key(await keys.get())
+
     async def _step(self, event: Event) -> None:
         state, actions = next_state(self.state, event, self._policy)
         if _LOGGER.isEnabledFor(logging.DEBUG):
@@ -170,6 +221,10 @@ class Phone:
         if isinstance(event, PutDown) and self.state is not State.ON_HOOK:
             _LOGGER.info("handset put down (%s)", self.state.value)
         self.state = state
+        if state is State.DIALING and not self._keypad.open and isinstance(event, Lifted):
+            self._keypad.begin()
+        elif state is not State.DIALING and self._keypad.open:
+            self._keypad.end()
         for action in actions:
             await self._execute(action)
 
@@ -180,7 +235,18 @@ class Phone:
             await self._sink.kill()
             if task is not None:
                 await asyncio.wait({task}, timeout=_CANCEL_WAIT_SECONDS)
-            self._session_id, self._turn = None, None
+            self._session_id, self._turn, self._character = None, None, None
+        elif isinstance(action, Hush):
+            task = self._cancel_current()
+            await self._sink.kill()
+            if task is not None:
+                await asyncio.wait({task}, timeout=_CANCEL_WAIT_SECONDS)
+        elif isinstance(action, PlayTone):
+            self._spawn(lambda: self._tone(action), ToneEnded(), "tone")
+        elif isinstance(action, Connect):
+            self._spawn(lambda: self._connect(action.character), Played(), "connect")
+        elif isinstance(action, Intercept):
+            self._spawn(self._intercept, Played(), "intercept")
         elif isinstance(action, CheckHealth):
             if self._monitor is not None:
                 self._monitor.poke()
@@ -225,6 +291,42 @@ class Phone:
         await self._play(spoken)
         return Played()
 
+    async def _tone(self, action: PlayTone) -> Event:
+        await play_tone(self._sink, self._settings.tones, action.name, action.seconds)
+        return ToneEnded()
+
+    async def _connect(self, character: str) -> Event:
+        """Ringback until the character's greeting is ready (a ring or two at most), then the greeting."""
+        self._character = character
+        ringback = asyncio.create_task(play_tone(self._sink, self._settings.tones, "ringback", None), name="ringback")
+        plan = self._settings.tones.plan
+        from pi_client.telephone.tones import PLANS
+
+        wait = _RINGS_AT_MOST * PLANS[plan]["ringback"].cycle_seconds
+        try:
+            greeting = await asyncio.wait_for(asyncio.to_thread(self._greetings.fetch, character), wait)
+        except TimeoutError:
+            _LOGGER.warning("greeting for %s not ready after %.0f s of ringing", character, wait)
+            greeting = None
+        finally:
+            ringback.cancel()
+            await asyncio.wait({ringback}, timeout=_CANCEL_WAIT_SECONDS)
+            await self._sink.kill()  # cut the ring at once, not when aplay has played what it holds
+        if greeting is not None and not greeting.known:
+            return NumberUnknown()
+        if greeting is None or greeting.pcm is None:
+            _LOGGER.info("%s answers in the phone's own voice (server unreachable)", character)
+            spoken = await asyncio.to_thread(self._voice.phrase, Phrase.GREETING)
+        else:
+            spoken = SpokenPhrase(f"greeting of {character}", greeting.sample_rate, greeting.pcm)
+        _LOGGER.info("connected to %s", character)
+        await self._play(spoken)
+        return Played()
+
+    async def _intercept(self) -> Event:
+        await play_tone(self._sink, self._settings.tones, "sit", None)
+        return await self._say(Phrase.NOT_IN_SERVICE)
+
     async def _play(self, spoken: SpokenPhrase) -> None:
         await self._sink.start(spoken.sample_rate)
         block = max(2, int(spoken.sample_rate * _PLAY_BLOCK_SECONDS) * 2)
@@ -267,11 +369,12 @@ class Phone:
             await asyncio.sleep(ask.delay_seconds)
         turn = self._turn or Turn(heard_at=time.monotonic(), transcript=ask.text)
         turn.request_at = time.monotonic()
+        turn.character = self._character or self._settings.character
         request = ReplyRequest(
             text=ask.text,
             audio_pcm=ask.pcm,
             session_id=self._session_id,
-            character=self._settings.character,
+            character=self._character or self._settings.character,
             prompt=self._settings.prompt,
         )
         pump = ReplyPump(self._client, request)
@@ -326,6 +429,7 @@ class Phone:
                 self._session_id = piece.session_id or self._session_id
                 if piece.transcript is not None:
                     turn.transcript = piece.transcript
+                turn.character = piece.character or turn.character
             elif isinstance(piece, ReplyAudio):
                 if not playing:
                     await self._sink.start(piece.sample_rate)
