@@ -92,8 +92,14 @@ def build_phone(
     gated: bool = False,
     monitor: bool = False,
     pi: dict[str, Any] | None = None,
+    dial: Any = None,
+    touch_tones: Path | None = None,
 ) -> PhoneRig:
-    """A Phone against ``server`` hearing ``question``; call inside a running event loop."""
+    """A Phone against ``server`` hearing ``question``; call inside a running event loop.
+
+    ``dial`` is a rotary dial (GpioDial on mock pins); ``touch_tones`` a WAV the microphone
+    hears while the phone waits for a number.
+    """
     from pi_client.audio.capture import WavFileSource
     from pi_client.audio.offline_voice import OfflineVoice
     from pi_client.call.runner import Phone
@@ -126,6 +132,8 @@ def build_phone(
         voice=voice,
         sink=sink,
         monitor=health,
+        dial=dial,
+        key_audio=(lambda: WavFileSource(touch_tones, realtime=True)) if touch_tones is not None else None,
     )
     return PhoneRig(phone, settings, client, sink, health, talk)
 
