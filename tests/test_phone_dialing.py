@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from common.config import ClientConfig, RotaryConfig
-from common.wav import write_wav
+from common.wav import read_wav_pcm16, resample_pcm16, write_wav
 from pi_client.audio.playback import WavFileSink
 from pi_client.call.machine import Outcome, State
 from pi_client.server.client import ServerClient
@@ -23,8 +23,8 @@ from pi_client.telephone.hook import GpioHook
 from pi_client.telephone.rotary import GpioDial
 from tests.fixtures_pi import PI_RATE, mix, silence, white_noise
 from tests.ollama_standin import OllamaStandIn
-from tests.phone_rig import build_phone, mock_pins, until, words
-from tests.server_rig import ServerProcess, free_port, start_server
+from tests.phone_rig import build_phone, heard, mock_pins, until, words
+from tests.server_rig import ServerProcess, free_port, pi_config, run_pi_client, start_server
 from tests.tone_check import keypad, peaks, samples
 
 WAIT = 120.0
@@ -81,8 +81,6 @@ class Earpiece(WavFileSink):
         return peaks(x[round(start * rate) : None if end is None else round(end * rate)], count, rate)
 
     def transcript(self, whisper: Any, index: int) -> str:
-        from common.wav import resample_pcm16
-
         rate, pcm = self.parts[index]
         return str(whisper.transcribe(resample_pcm16(bytes(pcm), rate, PI_RATE)))
 
@@ -269,3 +267,41 @@ def test_greetings_are_cached_per_character_and_voice(
     finally:
         gone.close()
     assert unreachable.known and unreachable.pcm is None  # the phone's own voice will greet
+
+
+# --------------------------------------------------------------------------- file mode: --dial
+
+
+def test_file_mode_dial_7_gets_the_reply_from_luna(
+    luna_server: ServerProcess,
+    call_standin: OllamaStandIn,
+    call_whisper: Any,
+    call_question_wav: Path,
+    tmp_path: Path,
+) -> None:
+    call_standin.script("The moon is lovely over Paris in the spring. ")
+    reply = tmp_path / "r.wav"
+    config = pi_config(tmp_path, directory=DIRECTORY)
+    result = run_pi_client(config, luna_server.url, luna_server.key, call_question_wav, reply, "--dial", "7")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Luna" in call_standin.chat_requests()[-1].messages[0]["content"]
+    turn_line = next(line for line in result.stderr.splitlines() if "turn: heard=" in line)
+    assert turn_line.endswith("character=luna"), turn_line  # the server's X-Character
+    assert {"moon", "lovely"} <= words(heard(call_whisper, reply)[0])
+
+
+def test_file_mode_dialing_an_unknown_number_hears_the_intercept(
+    luna_server: ServerProcess, call_standin: OllamaStandIn, call_whisper: Any, call_question_wav: Path, tmp_path: Path
+) -> None:
+    chats_before = len(call_standin.chat_requests())
+    reply = tmp_path / "r.wav"
+    config = pi_config(tmp_path, directory=DIRECTORY)
+    result = run_pi_client(config, luna_server.url, luna_server.key, call_question_wav, reply, "--dial", "9")
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "number 9: not in service" in result.stderr
+    pcm, rate = read_wav_pcm16(str(reply))
+    x = samples(pcm)
+    assert peaks(x[round(0.05 * rate) : round(0.28 * rate)], 1, rate) == pytest.approx([913.8], abs=4.0)  # SIT
+    said = words(call_whisper.transcribe(resample_pcm16(pcm[round(1.0 * rate) * 2 :], rate, PI_RATE)))
+    assert {"number", "not", "service"} <= said, said
+    assert len(call_standin.chat_requests()) == chats_before

@@ -59,6 +59,7 @@ from pi_client.server.client import (
 from pi_client.server.greetings import GreetingCache
 from pi_client.server.health import HealthMonitor
 from pi_client.server.reply_pump import ReplyAudio, ReplyEnd, ReplyHead, ReplyPump
+from pi_client.telephone.tones import PLANS
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -164,6 +165,7 @@ class Phone:
         finally:
             forward.cancel()
             dialed.cancel()
+            self._keypad.end()
             await self._execute(StopAll())
             hook.close()
             if self._dial is not None:
@@ -299,10 +301,7 @@ class Phone:
         """Ringback until the character's greeting is ready (a ring or two at most), then the greeting."""
         self._character = character
         ringback = asyncio.create_task(play_tone(self._sink, self._settings.tones, "ringback", None), name="ringback")
-        plan = self._settings.tones.plan
-        from pi_client.telephone.tones import PLANS
-
-        wait = _RINGS_AT_MOST * PLANS[plan]["ringback"].cycle_seconds
+        wait = _RINGS_AT_MOST * PLANS[self._settings.tones.plan]["ringback"].cycle_seconds
         try:
             greeting = await asyncio.wait_for(asyncio.to_thread(self._greetings.fetch, character), wait)
         except TimeoutError:
