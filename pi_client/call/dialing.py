@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 from common.config import TonesConfig
 from pi_client.audio.playback import AudioSink
@@ -28,6 +28,12 @@ _BLOCK_SECONDS = 0.05
 """Tone audio handed to the sink at a time, in seconds."""
 _LEAD_SECONDS = 0.1
 """How far the tone is written ahead of real time: enough to never starve, little enough to cut at once."""
+RINGS_AT_MOST = 2
+"""Ringback cycles the caller waits for the greeting before the phone's own voice greets instead."""
+_STOP_WAIT_SECONDS = 5.0
+"""Bound on a cancelled tone unwinding, in seconds."""
+
+T = TypeVar("T")
 
 
 async def play_tone(sink: AudioSink, tones: TonesConfig, name: ToneName, seconds: float | None) -> None:
@@ -51,6 +57,24 @@ async def play_tone(sink: AudioSink, tones: TonesConfig, name: ToneName, seconds
         if ahead > 0:
             await asyncio.sleep(ahead)
     await sink.finish()
+
+
+async def ring_until(sink: AudioSink, tones: TonesConfig, ready: Awaitable[T]) -> T | None:
+    """Ringback until ``ready`` gives its result, a ring or two at most (None when it took longer).
+
+    The ring is cut the moment the result is there: the sink is killed, so aplay drops what it holds.
+    """
+    ringback = asyncio.create_task(play_tone(sink, tones, "ringback", None), name="ringback")
+    wait = RINGS_AT_MOST * PLANS[tones.plan]["ringback"].cycle_seconds
+    try:
+        return await asyncio.wait_for(ready, wait)
+    except TimeoutError:
+        _LOGGER.warning("no answer after %.0f s of ringing", wait)
+        return None
+    finally:
+        ringback.cancel()
+        await asyncio.wait({ringback}, timeout=_STOP_WAIT_SECONDS)
+        await sink.kill()
 
 
 class DialSource(Protocol):

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from common.config import PiConfig
 from pi_client.audio.offline_voice import OfflineVoice, SpokenPhrase
 from pi_client.audio.playback import AudioSink
-from pi_client.call.dialing import DialSource, KeyAudio, KeyPad, play_tone
+from pi_client.call.dialing import DialSource, KeyAudio, KeyPad, play_tone, ring_until
 from pi_client.call.machine import (
     Action,
     Ask,
@@ -59,7 +59,6 @@ from pi_client.server.client import (
 from pi_client.server.greetings import GreetingCache
 from pi_client.server.health import HealthMonitor
 from pi_client.server.reply_pump import ReplyAudio, ReplyEnd, ReplyHead, ReplyPump
-from pi_client.telephone.tones import PLANS
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -71,8 +70,6 @@ _TURNS_KEPT = 20
 """Finished turns remembered in memory (the log has them all)."""
 _PLAY_BLOCK_SECONDS = 0.25
 """Phrases are fed to the sink in blocks this long so a hang-up interrupts them quickly."""
-_RINGS_AT_MOST = 2
-"""Ringback cycles the caller waits for the character's greeting before the phone's own voice greets."""
 
 
 class HeardUtterance(Protocol):
@@ -300,17 +297,8 @@ class Phone:
     async def _connect(self, character: str) -> Event:
         """Ringback until the character's greeting is ready (a ring or two at most), then the greeting."""
         self._character = character
-        ringback = asyncio.create_task(play_tone(self._sink, self._settings.tones, "ringback", None), name="ringback")
-        wait = _RINGS_AT_MOST * PLANS[self._settings.tones.plan]["ringback"].cycle_seconds
-        try:
-            greeting = await asyncio.wait_for(asyncio.to_thread(self._greetings.fetch, character), wait)
-        except TimeoutError:
-            _LOGGER.warning("greeting for %s not ready after %.0f s of ringing", character, wait)
-            greeting = None
-        finally:
-            ringback.cancel()
-            await asyncio.wait({ringback}, timeout=_CANCEL_WAIT_SECONDS)
-            await self._sink.kill()  # cut the ring at once, not when aplay has played what it holds
+        fetch = asyncio.to_thread(self._greetings.fetch, character)
+        greeting = await ring_until(self._sink, self._settings.tones, fetch)
         if greeting is not None and not greeting.known:
             return NumberUnknown()
         if greeting is None or greeting.pcm is None:
