@@ -30,6 +30,7 @@ from pi_client.call.machine import (
     ToneEnded,
     Transcribe,
     Transcribed,
+    is_farewell,
     next_state,
 )
 
@@ -195,3 +196,29 @@ def test_hanging_up_while_dialing_or_hearing_tones_stops_them(state: State) -> N
 def test_digits_during_a_call_do_not_redial() -> None:
     for state in (State.LISTENING, State.REPLYING, State.CONNECTING):
         assert next_state(state, NumberDialed("7", "luna"), DIALING) == (state, [])
+
+
+# --------------------------------------------------------------------------- goodbye
+
+
+@pytest.mark.parametrize(
+    ("said", "farewell"),
+    [
+        ("OK, thank you. Goodbye!", True),
+        ("bye bye", True),
+        ("Thanks, talk to you later.", True),
+        ("I have to hang up now, bye.", True),
+        ("I said bye to my friend and then we went home", False),
+        ("Who is the goodbye girl?", False),
+        ("", False),
+    ],
+)
+def test_a_goodbye_is_the_end_of_the_utterance(said: str, farewell: bool) -> None:
+    assert is_farewell(said) is farewell
+
+
+def test_after_a_goodbye_the_reply_plays_then_the_busy_tone() -> None:
+    event = ReplyFinished(Ask(text="bye"), Outcome.DONE, farewell=True)
+    assert next_state(State.REPLYING, event, DIALING) == (State.ENDED, [PlayTone("busy", 30.0)])
+    failed = ReplyFinished(Ask(text="bye"), Outcome.UNREACHABLE, farewell=True)
+    assert next_state(State.REPLYING, failed, DIALING) == (State.APOLOGIZING, [Say(Phrase.OFFLINE)])

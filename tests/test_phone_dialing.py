@@ -5,7 +5,7 @@ microphone, every tone heard in the earpiece checked by frequency, against a rea
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +219,45 @@ def test_a_quiet_spell_asks_are_you_still_there_then_the_busy_tone(
     rate, pcm = sink.parts[2]
     off = samples(bytes(pcm))[round(0.55 * rate) : round(0.95 * rate)]
     assert np.abs(off).max() == 0  # ... 0.5 s off
+
+
+def test_a_caller_saying_goodbye_hears_the_reply_then_the_busy_tone(
+    call_server: ServerProcess,
+    call_standin: OllamaStandIn,
+    call_whisper: Any,
+    piper_speech: Callable[[str], bytes],
+    tmp_path: Path,
+) -> None:
+    goodbye = tmp_path / "bye.wav"
+    write_wav(str(goodbye), silence(0.6) + piper_speech("Thank you very much, goodbye.") + silence(1.5), PI_RATE)
+    call_standin.script("You are welcome, have a lovely evening. ")
+    sink = Earpiece(tmp_path / "r.wav")
+
+    async def scenario(pins: Any) -> Any:
+        pi = {"tones": {"off_hook_warning_seconds": 2.0}}
+        rig = build_phone(call_server, goodbye, call_whisper, tmp_path, sink, gated=True, pi=pi)
+        phone, talk = rig.phone, rig.talk
+        assert talk is not None
+        running = asyncio.create_task(phone.run(GpioHook(rig.settings.hook)))
+        try:
+            pins.pin(HOOK_PIN).drive_low()
+            await until(lambda: phone.state is State.LISTENING, "the greeting", WAIT)
+            talk.put_nowait(None)
+            await until(lambda: phone.state is State.OFF_HOOK_WARNING, "the end of the call", WAIT)
+            pins.pin(HOOK_PIN).drive_high()
+            await until(lambda: phone.state is State.ON_HOOK, "the hang-up", 10)
+            return phone
+        finally:
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+            await rig.close()
+
+    with mock_pins() as pins:
+        phone = asyncio.run(asyncio.wait_for(scenario(pins), WAIT))
+    assert phone.turns[-1].outcome is Outcome.DONE
+    assert len(sink.parts) == 4, [(rate, len(pcm)) for rate, pcm in sink.parts]  # greeting, reply, busy, howler
+    assert {"welcome", "evening"} <= words(sink.transcript(call_whisper, 1))
+    assert sink.tone_peaks(2, 2, 0.05, 0.45) == pytest.approx([480.0, 620.0], abs=4.0)
 
 
 # --------------------------------------------------------------------------- the greeting cache

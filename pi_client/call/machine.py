@@ -8,6 +8,7 @@ one task in flight (capture, STT, request or playback) and kills playback.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field, replace
 
 from pi_client.telephone.tones import ToneName
@@ -124,6 +125,8 @@ class ReplyFinished:
     ask: Ask
     outcome: Outcome
     retry_after: float | None = None
+    farewell: bool = False
+    """The caller said goodbye in this turn (see :func:`is_farewell`): the call ends after the reply."""
 
 
 @dataclass(frozen=True)
@@ -312,8 +315,20 @@ def _transcribed(event: Event, _policy: CallPolicy) -> tuple[State, list[Action]
     return State.REPLYING, [Ask(text=event.text.strip())]
 
 
+_FAREWELL = re.compile(
+    r"\b(good[ -]?bye|bye(?:[ -]bye)?|farewell|see you(?: later| soon)?|talk (?:to you )?later|hang(?:ing)? up)\W*$"
+)
+
+
+def is_farewell(transcript: str | None) -> bool:
+    """The caller ended the utterance with a goodbye ("OK, thanks, bye!"); a bye mid-sentence does not count."""
+    return transcript is not None and _FAREWELL.search(transcript.strip().lower()) is not None
+
+
 def _reply_finished(event: Event, policy: CallPolicy) -> tuple[State, list[Action]]:
     assert isinstance(event, ReplyFinished)
+    if event.farewell and event.outcome in (Outcome.DONE, Outcome.BROKEN):
+        return State.ENDED, [PlayTone("busy", policy.off_hook_warning_seconds)]
     if event.outcome in (Outcome.DONE, Outcome.NOTHING_HEARD):
         return State.LISTENING, [Listen()]
     if event.outcome is Outcome.BROKEN:

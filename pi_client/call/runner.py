@@ -44,6 +44,7 @@ from pi_client.call.machine import (
     ToneEnded,
     Transcribe,
     Transcribed,
+    is_farewell,
     next_state,
     will_retry,
 )
@@ -388,7 +389,7 @@ class Phone:
         if self._monitor is not None:
             self._monitor.report(outcome not in (Outcome.UNREACHABLE, Outcome.BROKEN), outcome.value)
         turn.outcome, turn.ended_at, turn.session_id = outcome, time.monotonic(), self._session_id
-        finished = ReplyFinished(ask, outcome, retry_after)
+        finished = ReplyFinished(ask, outcome, retry_after, farewell=is_farewell(turn.transcript))
         if not will_retry(finished, self._policy):
             self._log_turn(turn)
         return finished
