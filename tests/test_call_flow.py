@@ -193,9 +193,15 @@ def test_hanging_up_while_dialing_or_hearing_tones_stops_them(state: State) -> N
     assert next_state(state, PutDown(), DIALING) == (State.ON_HOOK, [StopAll()])
 
 
-def test_digits_during_a_call_do_not_redial() -> None:
-    for state in (State.LISTENING, State.REPLYING, State.CONNECTING):
-        assert next_state(state, NumberDialed("7", "luna"), DIALING) == (state, [])
+@pytest.mark.parametrize("state", [State.LISTENING, State.REPLYING, State.GREETING, State.STILL_THERE])
+def test_dialing_during_a_call_stops_it_and_calls_the_new_number(state: State) -> None:
+    state, actions = run([DigitDialed(), NumberDialed("0", "operator")], state, DIALING)
+    assert (state, actions) == (State.CONNECTING, [Hush(), Connect("operator")])
+
+
+def test_digits_after_the_call_ended_are_ignored() -> None:
+    for state in (State.ENDED, State.OFF_HOOK_WARNING, State.NOT_IN_SERVICE):
+        assert next_state(state, DigitDialed(), DIALING) == (state, [])
 
 
 # --------------------------------------------------------------------------- goodbye

@@ -97,7 +97,7 @@ async def dial_rotary(pin: Any, number: str, pps: float = 10.0) -> None:
         await asyncio.sleep(0.6)  # the dial winds back before the next digit
 
 
-def test_rotary_7_rings_luna_who_greets_in_her_voice_then_answers(
+def test_rotary_7_rings_luna_who_greets_in_her_voice_then_answers_and_0_mid_call_gets_the_operator(
     luna_server: ServerProcess,
     call_standin: OllamaStandIn,
     call_whisper: Any,
@@ -107,6 +107,7 @@ def test_rotary_7_rings_luna_who_greets_in_her_voice_then_answers(
 ) -> None:
     call_standin.script("The moon says hello to Paris tonight. ")
     sink = Earpiece(tmp_path / "r.wav")
+    luna_chat: list[Any] = []
 
     async def scenario(pins: Any) -> Any:
         dial = GpioDial(RotaryConfig(enabled=True, pin=DIAL_PIN))
@@ -122,6 +123,14 @@ def test_rotary_7_rings_luna_who_greets_in_her_voice_then_answers(
             await until(lambda: phone.state is State.LISTENING, "Luna's greeting", WAIT)
             talk.put_nowait(None)
             await until(lambda: len(phone.turns) == 1 and phone.state is State.LISTENING, "the answer", WAIT)
+            luna_chat.append(call_standin.chat_requests()[-1])
+            # Mid-call, the caller dials 0: Luna is left, the operator answers a new conversation.
+            call_standin.script("Operator here, Paris is in France. ")
+            greeted = len(sink.parts) + 2  # ringback, greeting
+            await dial_rotary(pins.pin(DIAL_PIN), "0")
+            await until(lambda: len(sink.parts) >= greeted and phone.state is State.LISTENING, "the operator", WAIT)
+            talk.put_nowait(None)
+            await until(lambda: len(phone.turns) == 2 and phone.state is State.LISTENING, "the operator", WAIT)
             pins.pin(HOOK_PIN).drive_high()
             await until(lambda: phone.state is State.ON_HOOK, "the hang-up", 10)
             return phone
@@ -132,15 +141,20 @@ def test_rotary_7_rings_luna_who_greets_in_her_voice_then_answers(
 
     with caplog.at_level("INFO"), mock_pins() as pins:
         phone = asyncio.run(asyncio.wait_for(scenario(pins), WAIT * 2))
-    assert len(sink.parts) == 4, [(rate, len(pcm)) for rate, pcm in sink.parts]  # dial, ringback, greeting, reply
+    # dial tone, ringback, Luna's greeting, her reply; ringback, the operator's greeting, the reply
+    assert len(sink.parts) == 7, [(rate, len(pcm)) for rate, pcm in sink.parts]
     assert sink.tone_peaks(0, 2, 0.1, 0.6) == pytest.approx([350.0, 440.0], abs=2.0)  # dial tone
     assert sink.tone_peaks(1, 2) == pytest.approx([440.0, 480.0], abs=6.0)  # ringback, cut at the greeting
     assert sink.seconds(1) < 4.0  # at most a ring or two
     greeting = words(sink.transcript(call_whisper, 2))
     assert {"luna", "moon"} & greeting, greeting
-    assert phone.turns[-1].outcome is Outcome.DONE and phone.turns[-1].character == "luna"
-    system = call_standin.chat_requests()[-1].messages[0]["content"]
+    assert [(t.outcome, t.character) for t in phone.turns] == [(Outcome.DONE, "luna"), (Outcome.DONE, "operator")]
+    system = luna_chat[0].messages[0]["content"]
     assert "Luna" in system, system  # the server was asked for Luna
+    assert sink.tone_peaks(4, 2) == pytest.approx([440.0, 480.0], abs=6.0)  # ringing the operator
+    assert {"operator"} <= words(sink.transcript(call_whisper, 5))
+    operator_chat = call_standin.chat_requests()[-1].messages
+    assert "operator" in operator_chat[0]["content"] and "Luna" not in str(operator_chat)  # a new conversation
     assert "number 7: luna" in caplog.text and "character=luna" in caplog.text
     assert len(list((tmp_path / "cache" / "greetings").glob("luna-*.wav"))) == 1
 

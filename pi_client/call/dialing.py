@@ -116,11 +116,11 @@ class KeyPad:
         """True between :meth:`begin` and :meth:`end`."""
         return self._collector is not None
 
-    def begin(self) -> None:
-        """The dial tone is on: take keys for a new number, and listen for touch tones."""
+    def begin(self, touch_tones: bool) -> None:
+        """Take keys for a new number; with ``touch_tones``, also listen for them in the microphone."""
         self.end()
         self._collector = NumberCollector(self._directory, self._timeout)
-        if self._key_audio is not None:
+        if touch_tones and self._key_audio is not None:
             self._listening = asyncio.create_task(self._decode_touch_tones(self._key_audio), name="dtmf")
 
     def end(self) -> None:
@@ -142,7 +142,7 @@ class KeyPad:
         first = not collector.number
         dialed = collector.key(key, asyncio.get_running_loop().time())
         _LOGGER.info("dialed %s", key)
-        if first and collector.number:
+        if first and (collector.number or dialed is not None):  # a one-digit number is complete at once
             self._emit(DigitDialed())
         self._settle(dialed)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from pi_client.telephone.tones import ToneName
@@ -287,6 +288,25 @@ def _first_digit(_event: Event, _policy: CallPolicy) -> tuple[State, list[Action
     return State.DIALING, [Hush()]
 
 
+IN_CALL = frozenset(
+    {
+        State.GREETING,
+        State.CONNECTING,
+        State.LISTENING,
+        State.TRANSCRIBING,
+        State.REPLYING,
+        State.APOLOGIZING,
+        State.STILL_THERE,
+        State.LAST_CHANCE,
+    }
+)
+"""States where dialing a new number (with a directory) leaves this character for another."""
+
+
+def _redial(_event: Event, _policy: CallPolicy) -> tuple[State, list[Action]]:
+    return State.DIALING, [Hush()]
+
+
 def _number_dialed(event: Event, _policy: CallPolicy) -> tuple[State, list[Action]]:
     assert isinstance(event, NumberDialed)
     if event.character is None:
@@ -353,7 +373,9 @@ def _apologized(_event: Event, _policy: CallPolicy) -> tuple[State, list[Action]
     return State.LISTENING, [Listen()]
 
 
-_TRANSITIONS = {
+Transition = Callable[[Event, CallPolicy], tuple[State, list[Action]]]
+
+_TRANSITIONS: dict[tuple[State, type], Transition] = {
     (State.GREETING, Played): _played_greeting,
     (State.LISTENING, Heard): _heard,
     (State.LISTENING, NoSpeech): _no_speech,
@@ -370,4 +392,5 @@ _TRANSITIONS = {
     (State.LAST_CHANCE, Heard): _heard,
     (State.LAST_CHANCE, NoSpeech): _silent_again,
     (State.ENDED, ToneEnded): _left_off_hook,
+    **{(state, DigitDialed): _redial for state in IN_CALL},
 }

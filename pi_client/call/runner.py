@@ -19,6 +19,7 @@ from pi_client.audio.offline_voice import OfflineVoice, SpokenPhrase
 from pi_client.audio.playback import AudioSink
 from pi_client.call.dialing import DialSource, KeyAudio, KeyPad, play_tone, ring_until
 from pi_client.call.machine import (
+    IN_CALL,
     Action,
     Ask,
     CallPolicy,
@@ -221,8 +222,11 @@ class Phone:
         if isinstance(event, PutDown) and self.state is not State.ON_HOOK:
             _LOGGER.info("handset put down (%s)", self.state.value)
         self.state = state
-        if state is State.DIALING and not self._keypad.open and isinstance(event, Lifted):
-            self._keypad.begin()
+        if state is State.DIALING and isinstance(event, Lifted):
+            self._keypad.begin(touch_tones=True)
+        elif state in IN_CALL and self._policy.dialing:
+            if not self._keypad.open:
+                self._keypad.begin(touch_tones=False)  # the microphone is the call's: rotary digits only
         elif state is not State.DIALING and self._keypad.open:
             self._keypad.end()
         for action in actions:
@@ -297,7 +301,7 @@ class Phone:
 
     async def _connect(self, character: str) -> Event:
         """Ringback until the character's greeting is ready (a ring or two at most), then the greeting."""
-        self._character = character
+        self._character, self._session_id, self._turn = character, None, None  # a new conversation
         fetch = asyncio.to_thread(self._greetings.fetch, character)
         greeting = await ring_until(self._sink, self._settings.tones, fetch)
         if greeting is not None and not greeting.known:
