@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -200,6 +201,36 @@ def test_touch_tones_for_an_unknown_number_get_sit_intercept_reorder_then_the_ho
     assert sink.seconds(3) == pytest.approx(2.0, abs=0.01)  # off_hook_warning_seconds
     assert sink.tone_peaks(4, 4, 0.01, 0.09) == pytest.approx([1400.0, 2060.0, 2450.0, 2600.0], abs=15.0)
     assert len(call_standin.chat_requests()) == chats_before  # nobody was called
+
+
+def test_server_unreachable_touch_tone_7_rings_then_the_phone_greets_in_its_own_voice(
+    call_whisper: Any, call_question_wav: Path, tmp_path: Path
+) -> None:
+    touch = tmp_path / "keys.wav"
+    write_wav(str(touch), silence(0.5) + keypad("7") + silence(8.0), PI_RATE)
+    nobody = SimpleNamespace(url=f"http://127.0.0.1:{free_port()}", key="some-key")
+    sink = Earpiece(tmp_path / "r.wav")
+
+    async def scenario(pins: Any) -> None:
+        rig = build_phone(nobody, call_question_wav, call_whisper, tmp_path, sink, gated=True, pi=PI, touch_tones=touch)
+        phone = rig.phone
+        running = asyncio.create_task(phone.run(GpioHook(rig.settings.hook)))
+        try:
+            pins.pin(HOOK_PIN).drive_low()
+            await until(lambda: phone.state is State.LISTENING, "the greeting", WAIT)
+            pins.pin(HOOK_PIN).drive_high()
+            await until(lambda: phone.state is State.ON_HOOK, "the hang-up", 10)
+        finally:
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+            await rig.close()
+
+    with mock_pins() as pins:
+        asyncio.run(asyncio.wait_for(scenario(pins), WAIT))
+    assert len(sink.parts) == 3, [(rate, len(pcm)) for rate, pcm in sink.parts]  # dial, ringback, greeting
+    assert sink.tone_peaks(0, 2, 0.1, 0.45) == pytest.approx([350.0, 440.0], abs=2.0)
+    assert sink.tone_peaks(1, 2) == pytest.approx([440.0, 480.0], abs=6.0)
+    assert {"go", "ahead", "listening"} <= words(sink.transcript(call_whisper, 2))  # pi.greeting, Piper
 
 
 def test_a_quiet_spell_asks_are_you_still_there_then_the_busy_tone(
