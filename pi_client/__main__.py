@@ -47,6 +47,9 @@ def _load(args: argparse.Namespace) -> tuple[Config, str]:
         raise ConfigError("--input-wav needs --output-wav (where the reply is written)")
     if args.dial is not None and (not args.input_wav or not args.dial.isdigit()):
         raise ConfigError("--dial: expected digits, and --input-wav (file mode); live calls dial on the phone")
+    from pi_client.telephone.directory import Directory
+
+    Directory(cfg.pi.directory)  # ConfigError naming the bad entry, before any model loads
     key = resolve_api_key(cfg.pi.api_key_file)
     if not key:
         raise ConfigError("AI_TELEPHONE_API_KEY: not set (nor pi.api_key_file); the server refuses calls without it")
