@@ -114,7 +114,7 @@ class Phone:
         """``dial`` is the rotary dial, ``key_audio`` opens the microphone for touch tones while dialing."""
         from pi_client.telephone.directory import Directory
 
-        directory = Directory(settings.directory)  # ConfigError naming pi.directory
+        self._directory = Directory(settings.directory)  # ConfigError naming pi.directory
         self._settings = settings
         self._listen_fn = listen
         self._transcribe_fn = transcribe
@@ -125,13 +125,13 @@ class Phone:
         self._policy = policy or CallPolicy(
             use_server_stt=settings.stt.use_server or transcribe is None,
             busy_retry_max_seconds=settings.client.busy_retry_max_seconds,
-            dialing=bool(directory),
+            dialing=bool(self._directory),
             off_hook_warning_seconds=settings.tones.off_hook_warning_seconds,
         )
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._dial = dial
         self._keypad = KeyPad(
-            directory,
+            self._directory,
             settings.dial.digit_timeout_seconds,
             self._events.put_nowait,
             key_audio if settings.dial.dtmf else None,
@@ -173,9 +173,7 @@ class Phone:
 
     async def dial(self, number: str) -> bool:
         """File mode: dial ``number`` as a rotary dial would (no tones); False (after the intercept) if unknown."""
-        from pi_client.telephone.directory import Directory
-
-        dialed = Directory(self._settings.directory).lookup(number)
+        dialed = self._directory.lookup(number)
         _LOGGER.info("number %s: %s", number, dialed.character or "not in service")
         if dialed.character is None:
             await self._intercept()
@@ -234,17 +232,10 @@ class Phone:
 
     async def _execute(self, action: Action) -> None:
         if isinstance(action, StopAll):
-            # Silence first (the caller put the handset down), then wait for the work to unwind.
-            task = self._cancel_current()
-            await self._sink.kill()
-            if task is not None:
-                await asyncio.wait({task}, timeout=_CANCEL_WAIT_SECONDS)
+            await self._hush()
             self._session_id, self._turn, self._character = None, None, None
         elif isinstance(action, Hush):
-            task = self._cancel_current()
-            await self._sink.kill()
-            if task is not None:
-                await asyncio.wait({task}, timeout=_CANCEL_WAIT_SECONDS)
+            await self._hush()
         elif isinstance(action, PlayTone):
             self._spawn(lambda: self._tone(action), ToneEnded(), "tone")
         elif isinstance(action, Connect):
@@ -262,6 +253,13 @@ class Phone:
             self._spawn(lambda: self._transcribe(action.pcm), Transcribed("", ok=False), "stt")
         elif isinstance(action, Ask):
             self._spawn(lambda: self._ask(action), ReplyFinished(action, Outcome.UNREACHABLE), "reply")
+
+    async def _hush(self) -> None:
+        """Silence first (hang-up, a digit dialed), then wait for the work to unwind."""
+        task = self._cancel_current()
+        await self._sink.kill()
+        if task is not None:
+            await asyncio.wait({task}, timeout=_CANCEL_WAIT_SECONDS)
 
     def _spawn(self, work: Callable[[], Coroutine[Any, Any, Event]], fallback: Event, name: str) -> None:
         """Run one stage as the call's task; its result (or ``fallback`` if it crashed) is the next event."""
