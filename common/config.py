@@ -414,6 +414,12 @@ class OfflineVoiceConfig:
     """What the phone says when the server cannot answer."""
     broken_message: str = "Sorry, the line dropped. Please say that again."
     """Said after a reply that broke off mid-stream."""
+    not_in_service_message: str = (
+        "The number you have dialed is not in service. Please check the number and dial again."
+    )
+    """Said after the special-information tones when a dialed number reaches nobody."""
+    still_there_message: str = "Are you still there?"
+    """Asked after a quiet spell (pi.vad.no_speech_timeout_seconds); silence again ends the call."""
 
 
 @dataclass(frozen=True)
@@ -449,6 +455,8 @@ class TonesConfig:
     """Call-progress tone plan: North American precise tones or the European 425 Hz plan."""
     level_dbfs: float = -18.0
     """Level of each frequency in a tone, in dB below full scale."""
+    off_hook_warning_seconds: float = 30.0
+    """Dial, busy or reorder tone this long with the handset lifted, then the off-hook warning, in seconds."""
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 python -m pi_client                         # the handset on GPIO, config from config.yaml
 python -m pi_client --keyboard              # Enter lifts / hangs up
 python -m pi_client --server URL --input-wav Q.wav --output-wav R.wav   # one turn, files
+python -m pi_client --input-wav Q.wav --output-wav R.wav --dial 7        # one turn with whoever 7 reaches
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--server", default=None, help="server base URL (default: pi.server_url)")
     parser.add_argument("--input-wav", default=None, help="one turn: find the speech in this WAV instead of the mic")
     parser.add_argument("--output-wav", default=None, help="write what the earpiece would play to this WAV")
+    parser.add_argument("--dial", default=None, help="file mode: dial this number first (pi.directory: who answers)")
     parser.add_argument("--keyboard", action="store_true", default=None, help="Enter lifts and hangs up (no GPIO)")
     parser.add_argument("--debug", action="store_true", help="log at DEBUG level")
     return parser.parse_args(argv)
@@ -44,6 +46,11 @@ def _load(args: argparse.Namespace) -> tuple[Config, str]:
         check_server_url(url)
     if args.input_wav and not args.output_wav:
         raise ConfigError("--input-wav needs --output-wav (where the reply is written)")
+    if args.dial is not None and (not args.input_wav or not args.dial.isdigit()):
+        raise ConfigError("--dial: expected digits, and --input-wav (file mode); live calls dial on the phone")
+    from pi_client.telephone.directory import Directory
+
+    Directory(cfg.pi.directory)  # ConfigError naming the bad entry, before any model loads
     key = resolve_api_key(cfg.pi.api_key_file)
     if not key:
         raise ConfigError("AI_TELEPHONE_API_KEY: not set (nor pi.api_key_file); the server refuses calls without it")
@@ -103,7 +110,15 @@ async def _build(args: argparse.Namespace, cfg: Config, key: str) -> _Stages:
     client = ServerFleet(pi.servers(), key, pi.client)
     monitor = None if args.input_wav else client.health
     phone = Phone(
-        settings=pi, listen=listen_once, transcribe=transcribe, client=client, voice=voice, sink=sink, monitor=monitor
+        settings=pi,
+        listen=listen_once,
+        transcribe=transcribe,
+        client=client,
+        voice=voice,
+        sink=sink,
+        monitor=monitor,
+        dial=None if args.input_wav else _make_dial(cfg),
+        key_audio=make_source,
     )
     return _Stages(phone, client, sink, monitor)
 
@@ -117,6 +132,8 @@ async def _main(args: argparse.Namespace, cfg: Config, key: str) -> int:
     try:
         if args.input_wav:
             _LOGGER.info("Ready (one turn from %s, server %s)", args.input_wav, stages.client.base_url)
+            if args.dial is not None and not await stages.phone.dial(args.dial):
+                return 1
             if await stages.phone.run_one_turn() is None:
                 _LOGGER.error("no speech found in %s", args.input_wav)
                 return 1
@@ -139,6 +156,17 @@ async def _main(args: argparse.Namespace, cfg: Config, key: str) -> int:
             await stages.monitor.close()
         await stages.sink.close()
         stages.client.close()
+
+
+def _make_dial(cfg: Config) -> Any:
+    if not cfg.pi.dial.rotary.enabled:
+        return None
+    from pi_client.telephone.rotary import DialError, GpioDial
+
+    try:
+        return GpioDial(cfg.pi.dial.rotary)
+    except DialError as err:  # it names pi.dial.rotary.pin
+        raise ConfigError(str(err)) from err
 
 
 def _make_hook(cfg: Config, keyboard: bool) -> Any:

@@ -70,8 +70,14 @@ def build_phone(
     monitor: bool = False,
     pi: dict[str, Any] | None = None,
     more_servers: tuple[ServerProcess, ...] = (),
+    dial: Any = None,
+    touch_tones: Path | None = None,
 ) -> PhoneRig:
-    """A Phone against ``server`` (then ``more_servers``, same key) hearing ``question``; call inside a running loop."""
+    """A Phone against ``server`` (then ``more_servers``, same key) hearing ``question``; call inside a running loop.
+
+    ``dial`` is a rotary dial (GpioDial on mock pins); ``touch_tones`` a WAV the microphone
+    hears while the phone waits for a number.
+    """
     from pi_client.audio.capture import WavFileSource
     from pi_client.audio.offline_voice import OfflineVoice
     from pi_client.call.runner import Phone
@@ -103,6 +109,8 @@ def build_phone(
         voice=voice,
         sink=sink,
         monitor=health,
+        dial=dial,
+        key_audio=(lambda: WavFileSource(touch_tones, realtime=True)) if touch_tones is not None else None,
     )
     return PhoneRig(phone, settings, client, sink, health, talk)
 

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
-import numpy as np
 import pytest
 
-from pi_client.telephone.dtmf import COLUMNS, KEYS, ROWS, DtmfDecoder
+from pi_client.telephone.dtmf import DtmfDecoder
 from tests.fixtures_pi import PI_RATE, mix, silence, white_noise
+from tests.tone_check import dtmf_tone as tone
+from tests.tone_check import keypad
 
-LEVEL = 10 ** (-10 / 20)
-"""Each component at -10 dBFS, like a keypad's tones on the handset line."""
 SPEECH = [
     "Hello, this is the operator. Which number would you like me to connect you to?",
     "Nine, one, one. Please hold the line while I try that for you.",
@@ -22,19 +20,6 @@ SPEECH = [
     "Do re mi fa so la ti do, la la la la la.",
 ]
 """Ordinary talk, plus held vowels and sung notes: the harmonics most like a tone pair."""
-
-
-def tone(key: str, seconds: float, row_dev: float = 0.0, col_dev: float = 0.0, twist_db: float = 0.0) -> bytes:
-    """The DTMF pair for ``key``: deviations as fractions, twist as the column's level over the row's in dB."""
-    row = next(i for i, keys in enumerate(KEYS) if key in keys)
-    f_low, f_high = ROWS[row] * (1 + row_dev), COLUMNS[KEYS[row].index(key)] * (1 + col_dev)
-    t = np.arange(round(seconds * PI_RATE)) / PI_RATE
-    x = LEVEL * np.sin(2 * math.pi * f_low * t) + LEVEL * 10 ** (twist_db / 20) * np.sin(2 * math.pi * f_high * t)
-    return (x * 32767).astype("<i2").tobytes()
-
-
-def keypad(keys: str, on: float = 0.07, off: float = 0.07) -> bytes:
-    return b"".join(tone(k, on) + silence(off) for k in keys)
 
 
 def decode(pcm: bytes, chunk: int = 512) -> str:

@@ -57,6 +57,17 @@ def test_a_bad_server_url_exits_1_naming_it(tmp_path: Path) -> None:
     assert "pi.server_url" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_bad_directory_number_or_dial_exits_1_naming_it(tmp_path: Path) -> None:
+    env = base_env(AI_TELEPHONE_API_KEY="k")
+    config = pi_config(tmp_path, directory={"7a": "luna"})
+    result = run_main("--config", str(config), env=env)
+    assert result.returncode == 1
+    assert "pi.directory" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    result = run_main("--config", str(pi_config(tmp_path)), "--dial", "7", env=env)  # no file mode
+    assert result.returncode == 1
+    assert "--dial" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 def _aplay_pids_using(conf: Path) -> list[int]:
     """aplay processes started with this rig's ALSA config (other tests' players are not ours)."""
     pids = []

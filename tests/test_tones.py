@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pi_client.telephone.tones import PLANS, RAMP_SECONDS, Tone, ToneGenerator, render
+from tests.tone_check import peaks, samples
 
 RATE = 16000
 LEVEL_DBFS = -18.0
@@ -30,20 +31,6 @@ EXPECTED = {
     ("european", "sit"): [((950.0,), 0.33), ((), 0.03), ((1400.0,), 0.33), ((), 0.03), ((1800.0,), 0.33)],
 }
 """The tone plans as a listener would describe them, written out independently of the module."""
-
-
-def samples(pcm: bytes) -> np.ndarray:
-    return np.frombuffer(pcm, dtype="<i2").astype(np.float64)
-
-
-def peaks(x: np.ndarray, count: int) -> list[float]:
-    """The ``count`` strongest spectral peaks of ``x``, in Hz (Hann window, zero-padded to 0.25 Hz bins)."""
-    n = 4 * RATE
-    spectrum = np.abs(np.fft.rfft(x * np.hanning(x.size), n))
-    local_max = (spectrum[1:-1] > spectrum[:-2]) & (spectrum[1:-1] >= spectrum[2:])
-    candidates = np.flatnonzero(local_max) + 1
-    strongest = candidates[np.argsort(spectrum[candidates])[-count:]]
-    return sorted(float(i) * RATE / n for i in strongest)
 
 
 def on_off_runs(x: np.ndarray) -> list[tuple[bool, float]]:

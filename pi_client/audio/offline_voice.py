@@ -57,7 +57,13 @@ class OfflineVoice:
         cache_dir: str | os.PathLike[str],
         voice_factory: Callable[[str | None], Any] = _default_voice_factory,
     ) -> None:
-        self._texts = {Phrase.GREETING: greeting, Phrase.OFFLINE: cfg.message, Phrase.BROKEN: cfg.broken_message}
+        self._texts = {
+            Phrase.GREETING: greeting,
+            Phrase.OFFLINE: cfg.message,
+            Phrase.BROKEN: cfg.broken_message,
+            Phrase.NOT_IN_SERVICE: cfg.not_in_service_message,
+            Phrase.STILL_THERE: cfg.still_there_message,
+        }
         self._piper_voice = cfg.piper_voice
         self._cache_dir = expand_path(str(cache_dir))
         self._voice_factory = voice_factory

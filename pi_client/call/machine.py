@@ -8,7 +8,11 @@ one task in flight (capture, STT, request or playback) and kills playback.
 from __future__ import annotations
 
 import enum
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+
+from pi_client.telephone.tones import ToneName
 
 
 class State(enum.Enum):
@@ -20,6 +24,20 @@ class State(enum.Enum):
     TRANSCRIBING = "transcribing"
     REPLYING = "replying"
     APOLOGIZING = "apologizing"
+    DIALING = "dialing"
+    """Dial tone until the first digit, then collecting the number (only with a directory)."""
+    CONNECTING = "connecting"
+    """Ringback while the greeting of the character dialed is fetched, then the greeting."""
+    NOT_IN_SERVICE = "not-in-service"
+    """Special-information tones and the intercept message for a number nobody answers."""
+    STILL_THERE = "still-there"
+    """A quiet spell: the phone asks whether the caller is still there."""
+    LAST_CHANCE = "last-chance"
+    """Listening once more after "Are you still there?"; silence again ends the call."""
+    ENDED = "ended"
+    """The far side has gone: busy or reorder tone until the handset is put down."""
+    OFF_HOOK_WARNING = "off-hook-warning"
+    """The handset was left off the hook too long: the howler until it is put down."""
 
 
 class Outcome(enum.Enum):
@@ -47,6 +65,8 @@ class Phrase(enum.Enum):
     GREETING = "greeting"
     OFFLINE = "offline"
     BROKEN = "broken"
+    NOT_IN_SERVICE = "not-in-service"
+    STILL_THERE = "still-there"
 
 
 # --------------------------------------------------------------------------- events
@@ -106,9 +126,46 @@ class ReplyFinished:
     ask: Ask
     outcome: Outcome
     retry_after: float | None = None
+    farewell: bool = False
+    """The caller said goodbye in this turn (see :func:`is_farewell`): the call ends after the reply."""
 
 
-Event = Lifted | PutDown | Played | Heard | NoSpeech | Transcribed | ReplyFinished
+@dataclass(frozen=True)
+class DigitDialed:
+    """The first digit of a number was dialed (rotary or touch-tone): the dial tone stops."""
+
+
+@dataclass(frozen=True)
+class NumberDialed:
+    """A complete number; ``character`` is who it reaches, None when it is not in the directory."""
+
+    number: str
+    character: str | None
+
+
+@dataclass(frozen=True)
+class NumberUnknown:
+    """The server does not know the character the number reaches."""
+
+
+@dataclass(frozen=True)
+class ToneEnded:
+    """A tone played for its set time (or, played once, to its end)."""
+
+
+Event = (
+    Lifted
+    | PutDown
+    | Played
+    | Heard
+    | NoSpeech
+    | Transcribed
+    | ReplyFinished
+    | DigitDialed
+    | NumberDialed
+    | NumberUnknown
+    | ToneEnded
+)
 
 
 # --------------------------------------------------------------------------- actions
@@ -143,7 +200,32 @@ class Transcribe:
     pcm: bytes = field(repr=False)
 
 
-Action = StopAll | CheckHealth | Say | Listen | Transcribe | Ask
+@dataclass(frozen=True)
+class PlayTone:
+    """Play a call-progress tone for ``seconds`` (None: until something else happens)."""
+
+    name: ToneName
+    seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class Hush:
+    """Stop the sound in progress (the dial tone at the first digit); the call goes on."""
+
+
+@dataclass(frozen=True)
+class Connect:
+    """Ringback while the character's greeting is fetched, cut when it is ready; then the greeting."""
+
+    character: str
+
+
+@dataclass(frozen=True)
+class Intercept:
+    """Special-information tones, then "the number you have dialed is not in service"."""
+
+
+Action = StopAll | CheckHealth | Say | Listen | Transcribe | Ask | PlayTone | Hush | Connect | Intercept
 
 
 @dataclass(frozen=True)
@@ -154,6 +236,10 @@ class CallPolicy:
     """Send the recording to /process-audio instead of transcribing locally."""
     busy_retry_max_seconds: float = 5.0
     """A 503 whose Retry-After is at most this is retried once; longer waits get the offline voice."""
+    dialing: bool = False
+    """A directory is configured: lifting gives the dial tone and the number picks the character."""
+    off_hook_warning_seconds: float = 30.0
+    """Dial, busy or reorder tone this long, then the off-hook warning, in seconds."""
 
 
 def next_state(state: State, event: Event, policy: CallPolicy = CallPolicy()) -> tuple[State, list[Action]]:
@@ -161,6 +247,8 @@ def next_state(state: State, event: Event, policy: CallPolicy = CallPolicy()) ->
     if isinstance(event, PutDown):
         return (State.ON_HOOK, []) if state is State.ON_HOOK else (State.ON_HOOK, [StopAll()])
     if isinstance(event, Lifted):
+        if state is State.ON_HOOK and policy.dialing:
+            return State.DIALING, [CheckHealth(), PlayTone("dial", policy.off_hook_warning_seconds)]
         if state is State.ON_HOOK:
             return State.GREETING, [CheckHealth(), Say(Phrase.GREETING)]
         return state, []
@@ -185,7 +273,57 @@ def _heard(event: Event, policy: CallPolicy) -> tuple[State, list[Action]]:
 
 
 def _no_speech(_event: Event, _policy: CallPolicy) -> tuple[State, list[Action]]:
-    return State.GREETING, [Say(Phrase.GREETING)]
+    return State.STILL_THERE, [Say(Phrase.STILL_THERE)]
+
+
+def _asked_still_there(_event: Event, _policy: CallPolicy) -> tuple[State, list[Action]]:
+    return State.LAST_CHANCE, [Listen()]
+
+
+def _silent_again(_event: Event, policy: CallPolicy) -> tuple[State, list[Action]]:
+    return State.ENDED, [PlayTone("busy", policy.off_hook_warning_seconds)]
+
+
+def _first_digit(_event: Event, _policy: CallPolicy) -> tuple[State, list[Action]]:
+    return State.DIALING, [Hush()]
+
+
+IN_CALL = frozenset(
+    {
+        State.GREETING,
+        State.CONNECTING,
+        State.LISTENING,
+        State.TRANSCRIBING,
+        State.REPLYING,
+        State.APOLOGIZING,
+        State.STILL_THERE,
+        State.LAST_CHANCE,
+    }
+)
+"""States where dialing a new number (with a directory) leaves this character for another."""
+
+
+def _redial(_event: Event, _policy: CallPolicy) -> tuple[State, list[Action]]:
+    return State.DIALING, [Hush()]
+
+
+def _number_dialed(event: Event, _policy: CallPolicy) -> tuple[State, list[Action]]:
+    assert isinstance(event, NumberDialed)
+    if event.character is None:
+        return State.NOT_IN_SERVICE, [Intercept()]
+    return State.CONNECTING, [Connect(event.character)]
+
+
+def _not_in_service(_event: Event, _policy: CallPolicy) -> tuple[State, list[Action]]:
+    return State.NOT_IN_SERVICE, [Intercept()]
+
+
+def _intercepted(_event: Event, policy: CallPolicy) -> tuple[State, list[Action]]:
+    return State.ENDED, [PlayTone("reorder", policy.off_hook_warning_seconds)]
+
+
+def _left_off_hook(_event: Event, _policy: CallPolicy) -> tuple[State, list[Action]]:
+    return State.OFF_HOOK_WARNING, [PlayTone("off_hook")]
 
 
 def _transcribed(event: Event, _policy: CallPolicy) -> tuple[State, list[Action]]:
@@ -197,8 +335,20 @@ def _transcribed(event: Event, _policy: CallPolicy) -> tuple[State, list[Action]
     return State.REPLYING, [Ask(text=event.text.strip())]
 
 
+_FAREWELL = re.compile(
+    r"\b(good[ -]?bye|bye(?:[ -]bye)?|farewell|see you(?: later| soon)?|talk (?:to you )?later|hang(?:ing)? up)\W*$"
+)
+
+
+def is_farewell(transcript: str | None) -> bool:
+    """The caller ended the utterance with a goodbye ("OK, thanks, bye!"); a bye mid-sentence does not count."""
+    return transcript is not None and _FAREWELL.search(transcript.strip().lower()) is not None
+
+
 def _reply_finished(event: Event, policy: CallPolicy) -> tuple[State, list[Action]]:
     assert isinstance(event, ReplyFinished)
+    if event.farewell and event.outcome in (Outcome.DONE, Outcome.BROKEN):
+        return State.ENDED, [PlayTone("busy", policy.off_hook_warning_seconds)]
     if event.outcome in (Outcome.DONE, Outcome.NOTHING_HEARD):
         return State.LISTENING, [Listen()]
     if event.outcome is Outcome.BROKEN:
@@ -223,11 +373,24 @@ def _apologized(_event: Event, _policy: CallPolicy) -> tuple[State, list[Action]
     return State.LISTENING, [Listen()]
 
 
-_TRANSITIONS = {
+Transition = Callable[[Event, CallPolicy], tuple[State, list[Action]]]
+
+_TRANSITIONS: dict[tuple[State, type], Transition] = {
     (State.GREETING, Played): _played_greeting,
     (State.LISTENING, Heard): _heard,
     (State.LISTENING, NoSpeech): _no_speech,
     (State.TRANSCRIBING, Transcribed): _transcribed,
     (State.REPLYING, ReplyFinished): _reply_finished,
     (State.APOLOGIZING, Played): _apologized,
+    (State.DIALING, DigitDialed): _first_digit,
+    (State.DIALING, NumberDialed): _number_dialed,
+    (State.DIALING, ToneEnded): _left_off_hook,
+    (State.CONNECTING, Played): _played_greeting,
+    (State.CONNECTING, NumberUnknown): _not_in_service,
+    (State.NOT_IN_SERVICE, Played): _intercepted,
+    (State.STILL_THERE, Played): _asked_still_there,
+    (State.LAST_CHANCE, Heard): _heard,
+    (State.LAST_CHANCE, NoSpeech): _silent_again,
+    (State.ENDED, ToneEnded): _left_off_hook,
+    **{(state, DigitDialed): _redial for state in IN_CALL},
 }

@@ -17,26 +17,35 @@ from typing import Any, Protocol
 from common.config import PiConfig
 from pi_client.audio.offline_voice import OfflineVoice, SpokenPhrase
 from pi_client.audio.playback import AudioSink
+from pi_client.call.dialing import DialSource, KeyAudio, KeyPad, play_tone, ring_until
 from pi_client.call.machine import (
+    IN_CALL,
     Action,
     Ask,
     CallPolicy,
     CheckHealth,
+    Connect,
     Event,
     Heard,
+    Hush,
+    Intercept,
     Lifted,
     Listen,
     NoSpeech,
+    NumberUnknown,
     Outcome,
     Phrase,
     Played,
+    PlayTone,
     PutDown,
     ReplyFinished,
     Say,
     State,
     StopAll,
+    ToneEnded,
     Transcribe,
     Transcribed,
+    is_farewell,
     next_state,
     will_retry,
 )
@@ -50,6 +59,7 @@ from pi_client.server.client import (
     StreamBroken,
 )
 from pi_client.server.fleet import ServerFleet
+from pi_client.server.greetings import GreetingCache
 from pi_client.server.health import FleetHealth, HealthMonitor
 from pi_client.server.reply_pump import ReplyAudio, ReplyEnd, ReplyHead, ReplyPump
 
@@ -100,7 +110,13 @@ class Phone:
         sink: AudioSink,
         monitor: HealthMonitor | FleetHealth | None = None,
         policy: CallPolicy | None = None,
+        dial: DialSource | None = None,
+        key_audio: Callable[[], KeyAudio] | None = None,
     ) -> None:
+        """``dial`` is the rotary dial, ``key_audio`` opens the microphone for touch tones while dialing."""
+        from pi_client.telephone.directory import Directory
+
+        self._directory = Directory(settings.directory)  # ConfigError naming pi.directory
         self._settings = settings
         self._listen_fn = listen
         self._transcribe_fn = transcribe
@@ -111,8 +127,20 @@ class Phone:
         self._policy = policy or CallPolicy(
             use_server_stt=settings.stt.use_server or transcribe is None,
             busy_retry_max_seconds=settings.client.busy_retry_max_seconds,
+            dialing=bool(self._directory),
+            off_hook_warning_seconds=settings.tones.off_hook_warning_seconds,
         )
         self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._dial = dial
+        self._keypad = KeyPad(
+            self._directory,
+            settings.dial.digit_timeout_seconds,
+            self._events.put_nowait,
+            key_audio if settings.dial.dtmf else None,
+        )
+        self._greetings = GreetingCache(client, settings.cache_dir)
+        self._character: str | None = None
+        """Who this call reaches (dialed); None: the configured default."""
         self.state = State.ON_HOOK
         self._task: asyncio.Task[None] | None = None
         self._session_id: str | None = None
@@ -128,14 +156,32 @@ class Phone:
         hook_events: asyncio.Queue[Any] = asyncio.Queue()
         hook.start(asyncio.get_running_loop(), hook_events)
         forward = asyncio.create_task(self._forward_hook(hook_events), name="hook")
+        keys: asyncio.Queue[str] = asyncio.Queue()
+        dialed = asyncio.create_task(self._forward_keys(keys), name="dial")
+        if self._dial is not None:
+            self._dial.start(asyncio.get_running_loop(), keys)
         try:
             while True:
                 await self._step(await self._events.get())
         finally:
             forward.cancel()
+            dialed.cancel()
+            self._keypad.end()
             await self._execute(StopAll())
             hook.close()
+            if self._dial is not None:
+                self._dial.close()
             await self.drain_logs()
+
+    async def dial(self, number: str) -> bool:
+        """File mode: dial ``number`` as a rotary dial would (no tones); False (after the intercept) if unknown."""
+        dialed = self._directory.lookup(number)
+        _LOGGER.info("number %s: %s", number, dialed.character or "not in service")
+        if dialed.character is None:
+            await self._intercept()
+            return False
+        self._character = dialed.character
+        return True
 
     async def run_one_turn(self) -> Turn | None:
         """File mode: listen once, answer, and return when the phone would listen again."""
@@ -163,6 +209,10 @@ class Phone:
             event = await hook_events.get()
             await self._events.put(Lifted() if event == HookEvent.LIFTED else PutDown())
 
+    async def _forward_keys(self, keys: asyncio.Queue[str]) -> None:
+        while True:
+            self._keypad.key(await keys.get())
+
     async def _step(self, event: Event) -> None:
         state, actions = next_state(self.state, event, self._policy)
         if _LOGGER.isEnabledFor(logging.DEBUG):
@@ -172,17 +222,28 @@ class Phone:
         if isinstance(event, PutDown) and self.state is not State.ON_HOOK:
             _LOGGER.info("handset put down (%s)", self.state.value)
         self.state = state
+        if state is State.DIALING and isinstance(event, Lifted):
+            self._keypad.begin(touch_tones=True)
+        elif state in IN_CALL and self._policy.dialing:
+            if not self._keypad.open:
+                self._keypad.begin(touch_tones=False)  # the microphone is the call's: rotary digits only
+        elif state is not State.DIALING and self._keypad.open:
+            self._keypad.end()
         for action in actions:
             await self._execute(action)
 
     async def _execute(self, action: Action) -> None:
         if isinstance(action, StopAll):
-            # Silence first (the caller put the handset down), then wait for the work to unwind.
-            task = self._cancel_current()
-            await self._sink.kill()
-            if task is not None:
-                await asyncio.wait({task}, timeout=_CANCEL_WAIT_SECONDS)
-            self._session_id, self._turn = None, None
+            await self._hush()
+            self._session_id, self._turn, self._character = None, None, None
+        elif isinstance(action, Hush):
+            await self._hush()
+        elif isinstance(action, PlayTone):
+            self._spawn(lambda: self._tone(action), ToneEnded(), "tone")
+        elif isinstance(action, Connect):
+            self._spawn(lambda: self._connect(action.character), Played(), "connect")
+        elif isinstance(action, Intercept):
+            self._spawn(self._intercept, Played(), "intercept")
         elif isinstance(action, CheckHealth):
             if self._monitor is not None:
                 self._monitor.poke()
@@ -194,6 +255,13 @@ class Phone:
             self._spawn(lambda: self._transcribe(action.pcm), Transcribed("", ok=False), "stt")
         elif isinstance(action, Ask):
             self._spawn(lambda: self._ask(action), ReplyFinished(action, Outcome.UNREACHABLE), "reply")
+
+    async def _hush(self) -> None:
+        """Silence first (hang-up, a digit dialed), then wait for the work to unwind."""
+        task = self._cancel_current()
+        await self._sink.kill()
+        if task is not None:
+            await asyncio.wait({task}, timeout=_CANCEL_WAIT_SECONDS)
 
     def _spawn(self, work: Callable[[], Coroutine[Any, Any, Event]], fallback: Event, name: str) -> None:
         """Run one stage as the call's task; its result (or ``fallback`` if it crashed) is the next event."""
@@ -226,6 +294,30 @@ class Phone:
         spoken = await asyncio.to_thread(self._voice.phrase, phrase)
         await self._play(spoken)
         return Played()
+
+    async def _tone(self, action: PlayTone) -> Event:
+        await play_tone(self._sink, self._settings.tones, action.name, action.seconds)
+        return ToneEnded()
+
+    async def _connect(self, character: str) -> Event:
+        """Ringback until the character's greeting is ready (a ring or two at most), then the greeting."""
+        self._character, self._session_id, self._turn = character, None, None  # a new conversation
+        fetch = asyncio.to_thread(self._greetings.fetch, character)
+        greeting = await ring_until(self._sink, self._settings.tones, fetch)
+        if greeting is not None and not greeting.known:
+            return NumberUnknown()
+        if greeting is None or greeting.pcm is None:
+            _LOGGER.info("%s answers in the phone's own voice (server unreachable)", character)
+            spoken = await asyncio.to_thread(self._voice.phrase, Phrase.GREETING)
+        else:
+            spoken = SpokenPhrase(f"greeting of {character}", greeting.sample_rate, greeting.pcm)
+        _LOGGER.info("connected to %s", character)
+        await self._play(spoken)
+        return Played()
+
+    async def _intercept(self) -> Event:
+        await play_tone(self._sink, self._settings.tones, "sit", None)
+        return await self._say(Phrase.NOT_IN_SERVICE)
 
     async def _play(self, spoken: SpokenPhrase) -> None:
         await self._sink.start(spoken.sample_rate)
@@ -269,11 +361,12 @@ class Phone:
             await asyncio.sleep(ask.delay_seconds)
         turn = self._turn or Turn(heard_at=time.monotonic(), transcript=ask.text)
         turn.request_at = time.monotonic()
+        turn.character = self._character or self._settings.character
         request = ReplyRequest(
             text=ask.text,
             audio_pcm=ask.pcm,
             session_id=self._session_id,
-            character=self._settings.character,
+            character=self._character or self._settings.character,
             prompt=self._settings.prompt,
         )
         pump = ReplyPump(self._client, request)
@@ -300,7 +393,7 @@ class Phone:
         if self._monitor is not None:
             self._monitor.report(outcome not in (Outcome.UNREACHABLE, Outcome.BROKEN), outcome.value)
         turn.outcome, turn.ended_at, turn.session_id = outcome, time.monotonic(), self._session_id
-        finished = ReplyFinished(ask, outcome, retry_after)
+        finished = ReplyFinished(ask, outcome, retry_after, farewell=is_farewell(turn.transcript))
         if not will_retry(finished, self._policy):
             self._log_turn(turn)
         return finished
@@ -328,6 +421,7 @@ class Phone:
                 self._session_id = piece.session_id or self._session_id
                 if piece.transcript is not None:
                     turn.transcript = piece.transcript
+                turn.character = piece.character or turn.character
             elif isinstance(piece, ReplyAudio):
                 if not playing:
                     await self._sink.start(piece.sample_rate)

@@ -32,6 +32,8 @@ class Turn:
     outcome: Outcome | None = None
     session_id: str | None = None
     reply_text: str | None = None
+    character: str | None = None
+    """Who answered (the server's X-Character, else the character asked for)."""
 
 
 async def log_turn(turn: Turn, reply_text: Callable[[str], str | None]) -> None:
@@ -42,7 +44,8 @@ async def log_turn(turn: Turn, reply_text: Callable[[str], str | None]) -> None:
                 asyncio.to_thread(reply_text, turn.session_id), REPLY_TEXT_TIMEOUT_SECONDS
             )
     _LOGGER.info(
-        "turn: heard=%r reply=%r outcome=%s speech=%.2fs endpoint=%.2fs stt=%s first_audio=%s latency=%s total=%s",
+        "turn: heard=%r reply=%r outcome=%s speech=%.2fs endpoint=%.2fs stt=%s first_audio=%s latency=%s total=%s"
+        " character=%s",
         turn.transcript,
         turn.reply_text,
         turn.outcome.value if turn.outcome else None,
@@ -52,6 +55,7 @@ async def log_turn(turn: Turn, reply_text: Callable[[str], str | None]) -> None:
         _secs(_diff(turn.first_audio_at, turn.request_at)),
         _secs(_diff(turn.first_audio_at, turn.heard_at)),
         _secs(_diff(turn.ended_at, turn.heard_at)),
+        turn.character or "-",
     )
 
 

@@ -81,6 +81,7 @@ class ReplyStream:
         self._response = response
         self._max_seconds = max_seconds
         self.session_id: str | None = response.headers.get(Header.SESSION_ID) or None
+        self.character: str | None = response.headers.get(Header.CHARACTER) or None
         transcript = response.headers.get(Header.TRANSCRIPT)
         self.transcript: str | None = unquote(transcript) if transcript is not None else None
         self.sample_rate: int | None = None
@@ -320,6 +321,42 @@ class ServerClient:
             if isinstance(entry, dict) and entry.get("role") == "assistant":
                 return str(entry.get("content", ""))
         return None
+
+
+    def characters(self) -> dict[str, Any]:
+        """GET /characters: who one can call, each with its voice and greeting text."""
+        return self._get_json("/characters")
+
+    def greeting(self, character_id: str) -> bytes:
+        """GET /characters/<id>/greeting: the greeting as WAV bytes, in the character's own voice."""
+        url = f"{self.base_url}/characters/{quote(character_id, safe='')}/greeting"
+        try:
+            timeout = self._timeout(self._cfg.read_timeout_seconds)
+            response = self._session.get(url, timeout=timeout, verify=self._verify)
+        except requests.RequestException as err:
+            raise ServerUnavailable(f"{self.base_url} unreachable: {_short(err)}") from err
+        with response:
+            if response.status_code != 200:
+                raise _error_for(response)
+            return response.content
+
+    def _get_json(self, path: str) -> dict[str, Any]:
+        try:
+            response = self._session.get(
+                self.base_url + path, timeout=self._timeout(_SIDE_TIMEOUT_SECONDS), verify=self._verify
+            )
+        except requests.RequestException as err:
+            raise ServerUnavailable(f"{self.base_url} unreachable: {_short(err)}") from err
+        with response:
+            if response.status_code != 200:
+                raise _error_for(response)
+            try:
+                payload = response.json()
+            except ValueError as err:
+                raise ServerUnavailable(f"{path} answered no JSON") from err
+        if not isinstance(payload, dict):
+            raise ServerUnavailable(f"{path} answered {type(payload).__name__}, not an object")
+        return payload
 
 
 def _error_for(response: requests.Response) -> ServerError:

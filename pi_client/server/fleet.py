@@ -13,6 +13,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from common.config import ClientConfig
 from pi_client.server.client import (
@@ -24,6 +25,8 @@ from pi_client.server.client import (
     ServerUnavailable,
 )
 from pi_client.server.health import FleetHealth, HealthMonitor
+
+_T = TypeVar("_T")
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -143,6 +146,26 @@ class ServerFleet:
             return stream
         if busy is not None:
             raise busy
+        raise ServerUnavailable("no server answered: " + "; ".join(reasons))
+
+    def characters(self) -> dict[str, Any]:
+        """GET /characters from the best server that answers (the greeting cache's listing)."""
+        return self._first_answer(lambda client: client.characters())
+
+    def greeting(self, character_id: str) -> bytes:
+        """A character's greeting as WAV bytes, from the best server that answers."""
+        return self._first_answer(lambda client: client.greeting(character_id))
+
+    def _first_answer(self, ask: Callable[[ServerClient], _T]) -> _T:
+        """``ask`` the servers best first; the next one when a server is unreachable."""
+        reasons: list[str] = []
+        for index in rank([(s.monitor.up, s.monitor.load) for s in self._servers]):
+            server = self._servers[index]
+            try:
+                return ask(server.client)
+            except ServerUnavailable as err:
+                server.monitor.report(False, str(err))
+                reasons.append(str(err))
         raise ServerUnavailable("no server answered: " + "; ".join(reasons))
 
     def _recorder(

@@ -42,6 +42,8 @@ class ReplyHead:
 
     session_id: str | None
     transcript: str | None
+    character: str | None = None
+    """Who answered (the server's X-Character)."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,7 @@ class ReplyPump:
                     self._stream = stream
                 if self._cancel.is_set():
                     return
-                self._put(ReplyHead(stream.session_id, stream.transcript))
+                self._put(ReplyHead(stream.session_id, stream.transcript, stream.character))
                 for pcm in stream.audio(self._cancel):
                     rate = stream.sample_rate or 0
                     if not self._wait_for_room(len(pcm), rate):

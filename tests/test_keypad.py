@@ -1,0 +1,50 @@
+"""KeyPad: keys from the dial or the keypad become DigitDialed then NumberDialed, once each, on the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pi_client.call.dialing import KeyPad
+from pi_client.call.machine import DigitDialed, Event, NumberDialed
+from pi_client.telephone.directory import Directory
+
+DIRECTORY = Directory({"0": "operator", "7": "luna", "42": "deep", "420": "smoke"})
+TIMEOUT = 0.2
+"""The digit timeout in these tests, in seconds."""
+
+
+async def dial(keys: str, settle: float = TIMEOUT + 0.2) -> list[Event]:
+    events: list[Event] = []
+    pad = KeyPad(DIRECTORY, TIMEOUT, events.append)
+    pad.begin(touch_tones=False)
+    for key in keys:
+        pad.key(key)
+    await asyncio.sleep(settle)
+    pad.end()
+    return events
+
+
+def run(keys: str, settle: float = TIMEOUT + 0.2) -> list[Event]:
+    return asyncio.run(asyncio.wait_for(dial(keys, settle), 5))
+
+
+def test_a_one_digit_number_is_complete_at_once_and_still_stops_the_dial_tone_first() -> None:
+    assert run("7", settle=0.0) == [DigitDialed(), NumberDialed("7", "luna")]
+
+
+def test_a_number_that_begins_a_longer_one_completes_after_the_digit_timeout() -> None:
+    assert run("42") == [DigitDialed(), NumberDialed("42", "deep")]
+    assert run("42", settle=TIMEOUT / 4) == [DigitDialed()]  # still waiting: 420 may follow
+
+
+def test_hash_completes_at_once_and_an_unknown_number_reaches_nobody() -> None:
+    assert run("42#", settle=0.0) == [DigitDialed(), NumberDialed("42", "deep")]
+    assert run("9") == [DigitDialed(), NumberDialed("9", None)]
+
+
+def test_keys_outside_dialing_and_stray_keys_are_ignored() -> None:
+    events: list[Event] = []
+    pad = KeyPad(DIRECTORY, TIMEOUT, events.append)
+    pad.key("7")  # not begun
+    assert events == [] and not pad.open
+    assert run("*#", settle=0.0) == []
