@@ -129,6 +129,31 @@ def test_up_replicas_rents_side_by_side_reuses_grows_and_the_phone_trusts_each_s
         assert not list((local.parent.parent).glob("ai-telephone-*/server-key.pem"))
 
 
+def test_a_replica_that_fails_leaves_the_healthy_one_printed_and_the_next_up_rents_only_it(
+    run_cli: RunCli, onstart_player: OnstartPlayer
+) -> None:
+    onstart_player.own_ports = True
+    offers = [make_offer(61, dlperf_per_dphtotal=300.0), make_offer(62, dlperf_per_dphtotal=200.0)]
+    with VastStandIn(VAST_KEY, offers, {62: ["loading", "exited"]}, on_create=onstart_player,
+                     on_destroy=onstart_player.destroy) as api:
+        partial = run_cli(api.url, "up", "--replicas", "2", *_SLOW, "--max-attempts", "1", timeout=300)
+        assert partial.returncode == 1, partial.stderr + onstart_player.logs()
+        assert "1 of 2 replicas are healthy" in partial.stderr
+        (healthy,) = api.instances
+        assert _offer_of(api, healthy) == 61
+        # What is healthy is printed all the same: the phone can use it while the rest is rented.
+        url = _pi_lines(partial.stdout)["AI_TELEPHONE_SERVER"]
+        assert "," not in url and len(_CERT.findall(partial.stdout)) == 1
+
+        api.offers.append(make_offer(63, dlperf_per_dphtotal=100.0))
+        whole = run_cli(api.url, "up", "--replicas", "2", *_SLOW, timeout=300)
+        assert whole.returncode == 0, whole.stderr + onstart_player.logs()
+    assert sorted(_rented(api)[:2]) == [61, 62] and _rented(api)[2:] == [63]
+    assert healthy in api.instances and whole.stderr.count("reusing it") == 1  # untouched, reused
+    urls = _pi_lines(whole.stdout)["AI_TELEPHONE_SERVER"].split(",")
+    assert url in urls and len(set(urls)) == 2 and len(_CERT.findall(whole.stdout)) == 2
+
+
 def test_replicas_that_never_get_healthy_each_try_their_own_offers(run_cli: RunCli) -> None:
     """Two replicas search the same offers at once: neither rents one the other has taken, each gives up
     after its own attempts, and `up` says how many are healthy (none) without printing the Pi's lines."""
@@ -139,7 +164,7 @@ def test_replicas_that_never_get_healthy_each_try_their_own_offers(run_cli: RunC
     assert result.returncode == 1
     rented = _rented(api)
     assert len(rented) == 4 and len(set(rented)) == 4  # not one create refused for a sibling's offer
-    assert "0 of 2 replicas are healthy; `up --replicas 2` again" in result.stderr
+    assert "0 of 2 replicas are healthy; `up --replicas 2` again keeps the healthy ones" in result.stderr
     assert "Replica ai-telephone-1: 2 offers tried" in result.stderr
     assert "Replica ai-telephone-2: 2 offers tried" in result.stderr
     assert result.stdout == "" and api.instances == {}

@@ -220,7 +220,7 @@ def _up_group(deployer: Deployer, for_label: Callable[[str, OfferClaims, Callabl
         _LOGGER.error("Replica %s: %s", r.label, r.error)
     if failed:
         raise DeployError(f"{len(healthy)} of {replicas} replicas are healthy; `up --replicas {replicas}` again "
-                          "keeps them and rents the missing")
+                          "keeps the healthy ones and rents the rest")
     return 0
 
 

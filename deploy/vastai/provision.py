@@ -171,7 +171,7 @@ class Deployer:
             if attempts >= self.timing.max_attempts:
                 break
             if not self._claim(offer):
-                _LOGGER.info("Offer %s is rented for another replica; trying the next", offer["id"])
+                _LOGGER.info("Offer %s is taken by another replica; trying the next", offer["id"])
                 continue
             _LOGGER.info("Attempt %d/%d: renting %s", attempts + 1, self.timing.max_attempts,
                          offer_logic.describe(offer))
