@@ -175,3 +175,17 @@ def test_replicas_must_be_at_least_one(run_cli: RunCli) -> None:
         result = run_cli(api.url, "up", "--replicas", "0", *FAST)
     assert result.returncode == 1 and "--replicas 0: expected 1 or more" in result.stderr
     assert not api.calls("PUT", "/api/v0/asks/")
+
+
+def test_install_pi_refuses_a_block_with_fewer_certificates_than_https_servers(
+    pi_scratch: PiScratch, tmp_path: Path
+) -> None:
+    """A block cut short would leave the phone unable to verify one of its servers: refused before any change."""
+    pem = tls.generate("127.0.0.1").cert_pem.decode()
+    block = tmp_path / "up.txt"
+    block.write_text("AI_TELEPHONE_SERVER=https://127.0.0.1:1001,https://127.0.0.1:1002\n"
+                     f"AI_TELEPHONE_API_KEY=k\nAI_TELEPHONE__PI__CLIENT__CA_CERT=/etc/ai-telephone/server-cert.pem\n{pem}")
+    result = pi_scratch.run(str(block))
+    assert result.returncode == 1
+    assert "names 2 https servers but has only 1 certificate(s)" in result.stderr
+    assert not pi_scratch.calls() and not (pi_scratch.root / "etc/ai-telephone").exists()
