@@ -159,6 +159,9 @@ class OnstartPlayer:
         self.roots: list[Path] = []
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.record_log = work / "calls.log"
+        self.own_ports = False
+        """True: each instance serves on a free port of its own, mapped from the container port as Vast
+        maps it (several instances on 127.0.0.1 at once); False: on the container port itself."""
         self.bin = work / "bin"
         self.bin.mkdir(parents=True)
         venv_bin = Path(sys.executable).parent
@@ -188,6 +191,7 @@ class OnstartPlayer:
     def __call__(self, instance_id: int, offer: dict[str, object], body: dict[str, object]) -> dict[str, object]:
         env_in: dict[str, str] = body["env"]  # type: ignore[assignment]
         (port,) = [int(k.split(":")[1]) for k in env_in if k.startswith("-p ")]
+        public = free_port() if self.own_ports else port
         root = self.work / f"instance-{instance_id}"
         self.roots.append(root)
         # What Chatterbox's weights look like once fetched: the hub cache the onstart fills.
@@ -203,6 +207,7 @@ class OnstartPlayer:
             AI_TELEPHONE_ONSTART_ROOT=str(root), AI_TELEPHONE_ONSTART_BIND_HOST="127.0.0.1",
             AI_TELEPHONE_ONSTART_USER="root", AI_TELEPHONE_ONSTART_OLLAMA=f"127.0.0.1:{free_port()}",
             AI_TELEPHONE_ONSTART_PATH=str(self.bin), RECORD_LOG=str(self.record_log), HOME=str(root / "root"),
+            AI_TELEPHONE_ONSTART_PORT=str(public),
             HF_HUB_OFFLINE="1", TQDM_DISABLE="1",
             # `git clone https://example.invalid/ai-telephone.git` clones the snapshot of this checkout.
             GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0=f"url.file://{self.repo}.insteadOf",
@@ -210,7 +215,7 @@ class OnstartPlayer:
         )
         self.procs[instance_id] = subprocess.Popen(["bash", str(script)], env=env, cwd=root, start_new_session=True,
                                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        return {"ports": {f"{port}/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(port)}]}}
+        return {"ports": {f"{port}/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(public)}]}}
 
     def logs(self) -> str:
         """Every instance's onstart and server log, for a failure message."""

@@ -9,15 +9,17 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from deploy.vastai import tls
 from deploy.vastai.health import probe, server_url
-from deploy.vastai.lifecycle import mapped_port
+from deploy.vastai.lifecycle import mapped_port, replica_label
 from deploy.vastai.onstart import OnstartError, without_credentials
 from deploy.vastai.provision import Deployer, DeployError, Deployment
+from deploy.vastai.replicas import OfferClaims, up_replicas
 from deploy.vastai.settings import LABEL_DEFAULT, InstancePlan, OfferCriteria, Timing
 from deploy.vastai.store import DeployStore, StoreError, default_root
 
@@ -35,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="log at DEBUG level")
     sub = p.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="rent (or reuse) an instance, wait until healthy, print the Pi's settings")
+    up.add_argument("--replicas", type=int, default=None, metavar="N",
+                    help="N servers at once, labelled LABEL-1..N; a second `up` rents only the missing ones")
     plan, crit, timing = InstancePlan(), OfferCriteria(), Timing()
 
     def opt(flag: str, dest: str, kind: type, default: object, what: str) -> None:
@@ -74,8 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--degraded-grace", "degraded_grace_seconds", float, timing.degraded_grace_seconds,
         "a server degraded this long counts as failed, s")
     up.add_argument("--accept-degraded", action="store_true", help="accept /health status degraded")
-    sub.add_parser("status", help="show the labelled instance and its health")
-    down = sub.add_parser("down", help="destroy the labelled instance")
+    sub.add_parser("status", help="show the labelled instance (and its replicas) and their health")
+    down = sub.add_parser("down", help="destroy the labelled instance (and its replicas)")
     down.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     return p
 
@@ -119,55 +123,104 @@ def make_client(url: str | None) -> Any:
         ) from err
 
 
-def pi_settings(d: Deployment, local_cert: Path) -> str:
-    """The block printed for the Pi: env lines for /etc/ai-telephone/pi.env, then the pinned PEM."""
+def pi_settings(deployments: Sequence[Deployment], local_cert: Path) -> str:
+    """The block printed for the Pi: env lines for /etc/ai-telephone/pi.env, then the pinned PEM(s).
+
+    Several servers go in one comma-separated AI_TELEPHONE_SERVER and their certificates in one CA
+    bundle (the phone's HTTPS client trusts each certificate in the file for the address it names).
+    """
+    if len(deployments) == 1:
+        (d,) = deployments
+        head = (f"# AI Telephone server: Vast.ai instance {d.instance_id}, {d.health}\n"
+                f"# Pinned certificate SHA-256 {tls.fingerprint(d.cert_pem)} (local copy: {local_cert})\n")
+    else:
+        head = f"# AI Telephone servers: {len(deployments)} Vast.ai instances (certificates: {local_cert})\n"
+        head += "".join(f"# instance {d.instance_id} {d.url}, {d.health}, "
+                        f"certificate SHA-256 {tls.fingerprint(d.cert_pem)}\n" for d in deployments)
     return (
-        f"# AI Telephone server: Vast.ai instance {d.instance_id}, {d.health}\n"
-        f"# Pinned certificate SHA-256 {tls.fingerprint(d.cert_pem)} (local copy: {local_cert})\n"
-        "# On the Pi: save this whole block to a file and run `sudo scripts/install-pi FILE`.\n"
-        f"AI_TELEPHONE_SERVER={d.url}\n"
-        f"AI_TELEPHONE_API_KEY={d.api_key}\n"
+        head + "# On the Pi: save this whole block to a file and run `sudo scripts/install-pi FILE`.\n"
+        f"AI_TELEPHONE_SERVER={','.join(d.url for d in deployments)}\n"
+        f"AI_TELEPHONE_API_KEY={deployments[0].api_key}\n"
         f"AI_TELEPHONE__PI__CLIENT__CA_CERT={PI_CERT_PATH}\n"
-        f"# {PI_CERT_PATH}:\n" + d.cert_pem.decode("ascii")
+        f"# {PI_CERT_PATH}{' (one certificate per server)' if len(deployments) > 1 else ''}:\n"
+        + "".join(d.cert_pem.decode("ascii") for d in deployments)
     )
 
 
-def _status(deployer: Deployer, out: TextIO) -> int:
-    live, dead = deployer.labelled()
+ForLabel = Callable[[str], Deployer]
+"""The Deployer (store, plan) of one label of the group: the group's own or a replica's."""
+
+
+def _status(deployer: Deployer, for_label: ForLabel, out: TextIO) -> int:
+    live, dead = deployer.group()
     if not live and not dead:
         out.write(f"no instance labelled {deployer.plan.label}\n")
         return 0
-    for row in live + dead:
-        line = "instance {} {} {} ${:.3f}/h".format(row.get("id"), row.get("actual_status"), row.get("gpu_name"),
-                                                     float(row.get("dph_total") or 0))
-        port, ip = mapped_port(row, deployer.container_port(int(row["id"]))), row.get("public_ipaddr")
+    for row in sorted(live, key=_label_order) + dead:
+        one = for_label(str(row.get("label")))
+        line = "{}: instance {} {} {} ${:.3f}/h".format(row.get("label"), row.get("id"), row.get("actual_status"),
+                                                         row.get("gpu_name"), float(row.get("dph_total") or 0))
+        port, ip = mapped_port(row, one.container_port(int(row["id"]))), row.get("public_ipaddr")
         if row in live and ip and port:
             url = server_url(str(ip), port)
-            if deployer.store.cert_path.is_file():
-                key = deployer.store.api_key() if deployer.store.api_key_path.is_file() else None
-                line += f" {url} health: {probe(url, deployer.store.cert_path, api_key=key).summary}"
+            if one.store.cert_path.is_file():
+                key = one.store.api_key() if one.store.api_key_path.is_file() else None
+                line += f" {url} health: {probe(url, one.store.cert_path, api_key=key).summary}"
             else:
                 line += f" {url} (no local certificate)"
         out.write(line + "\n")
     return 0
 
 
-def _down(deployer: Deployer, assume_yes: bool, out: TextIO, answer: TextIO) -> int:
-    live, dead = deployer.labelled()
-    rows = live + dead
+def _label_order(row: Mapping[str, Any]) -> tuple[int, str]:
+    """The plain label first, then the replicas by number (label-2 before label-10)."""
+    label = str(row.get("label"))
+    return len(label), label
+
+
+def _down(deployer: Deployer, for_label: ForLabel, assume_yes: bool, out: TextIO, answer: TextIO) -> int:
+    live, dead = deployer.group()
+    rows = sorted(live + dead, key=_label_order)
     if not rows:
         out.write(f"no instance labelled {deployer.plan.label}\n")
         return 0
+    if not assume_yes:
+        what = [f"{r.get('id')} ({r.get('label')}, {r.get('gpu_name')}, {r.get('actual_status')})" for r in rows]
+        out.write(f"Destroy instance {what[0]}? [y/N] " if len(rows) == 1
+                  else f"Destroy {len(rows)} instances: {', '.join(what)}? [y/N] ")
+        out.flush()
+        if answer.readline().strip().lower() not in ("y", "yes"):
+            out.write("".join(f"kept instance {row.get('id')}\n" for row in rows))
+            return 0
     for row in rows:
-        if not assume_yes:
-            out.write(f"Destroy instance {row.get('id')} ({row.get('gpu_name')}, {row.get('actual_status')})? [y/N] ")
-            out.flush()
-            if answer.readline().strip().lower() not in ("y", "yes"):
-                out.write(f"kept instance {row.get('id')}\n")
-                continue
         deployer.destroy(int(row["id"]))
-        deployer.store.forget_instance()
+        for_label(str(row.get("label"))).store.forget_instance()
         out.write(f"destroyed instance {row.get('id')}\n")
+    deployer.store.bundle_path.unlink(missing_ok=True)
+    return 0
+
+
+def _up_group(deployer: Deployer, for_label: Callable[[str, OfferClaims, Callable[[float], None]], Deployer],
+              replicas: int, repo_url: str, out: TextIO) -> int:
+    """Bring up replicas 1..N side by side; print the Pi's lines for every healthy one."""
+    labels = [replica_label(deployer.plan.label, i) for i in range(1, replicas + 1)]
+    deployer.store.api_key()  # made once here, before the replicas share it
+    live, _ = deployer.group()
+    outside = sorted({str(r.get("label")) for r in live} - set(labels))
+    if outside:
+        _LOGGER.warning("Also running, not among the %d replicas asked for: %s (`down` destroys the whole group)",
+                        replicas, ", ".join(outside))
+    results = up_replicas(labels, for_label, repo_url)
+    healthy = [r.deployment for r in results if r.deployment is not None]
+    if healthy:
+        deployer.store.save_bundle([d.cert_pem for d in healthy])
+        out.write(pi_settings(healthy, deployer.store.bundle_path))
+    failed = [r for r in results if r.deployment is None]
+    for r in failed:
+        _LOGGER.error("Replica %s: %s", r.label, r.error)
+    if failed:
+        raise DeployError(f"{len(healthy)} of {replicas} replicas are healthy; `up --replicas {replicas}` again "
+                          "keeps the healthy ones and rents the rest")
     return 0
 
 
@@ -175,25 +228,49 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     """Entry point; exit status 0 on success, 1 with one clear line on error."""
     args = build_parser().parse_args(argv)
     env = os.environ if env is None else env
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    replicas = getattr(args, "replicas", None)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: " + ("[%(threadName)s] " if replicas else "")
+                        + "%(message)s")
     deployer: Deployer | None = None
     try:
-        store = DeployStore(args.state_dir or default_root(env), args.label)
+        if replicas is not None and replicas < 1:
+            raise DeployError(f"--replicas {replicas}: expected 1 or more")
+        root = args.state_dir or default_root(env)
         plan = _override(InstancePlan(label=args.label), args)
-        deployer = Deployer(make_client(args.url), store, _override(OfferCriteria(), args), plan,
-                            _override(Timing(), args), accept_degraded=getattr(args, "accept_degraded", False))
+        criteria, timing = _override(OfferCriteria(), args), _override(Timing(), args)
+
+        vast = make_client(args.url)
+
+        def for_label(label: str, claims: OfferClaims | None = None, sleep: Callable[[float], None] = time.sleep,
+                      ) -> Deployer:
+            # A replica thread (claims given) gets an SDK client of its own, with the same Vast key;
+            # every label of the group uses the group's server API key.
+            return Deployer(vast if claims is None else make_client(args.url),
+                            DeployStore(root, label, key_label=args.label), criteria,
+                            dataclasses.replace(plan, label=label), timing,
+                            accept_degraded=getattr(args, "accept_degraded", False), sleep=sleep,
+                            claim=claims or (lambda offer: True))
+
+        deployer = for_label(args.label)
         if args.command == "status":
-            return _status(deployer, sys.stdout)
+            return _status(deployer, for_label, sys.stdout)
         if args.command == "down":
-            return _down(deployer, args.yes, sys.stdout, sys.stdin)
-        deployment = deployer.up(args.repo_url or plan.repo_url or default_repo_url(Path.cwd()))
-        sys.stdout.write(pi_settings(deployment, store.cert_path))
+            return _down(deployer, for_label, args.yes, sys.stdout, sys.stdin)
+        repo_url = args.repo_url or plan.repo_url or default_repo_url(Path.cwd())
+        if replicas is not None:
+            return _up_group(deployer, for_label, replicas, repo_url, sys.stdout)
+        deployment = deployer.up(repo_url)
+        sys.stdout.write(pi_settings([deployment], deployer.store.cert_path))
         return 0
     except (DeployError, StoreError, OnstartError) as err:
         _LOGGER.error("%s", err)
         return 1
     except KeyboardInterrupt:
+        if replicas is not None:
+            _LOGGER.warning("Interrupted: the replicas are left as they are; `python -m deploy.vastai down` "
+                            "destroys them")
+            return 130
         saved = deployer.store.load_instance() if deployer else None
         if saved:
             _LOGGER.warning("Interrupted: instance %s is left as it is; `python -m deploy.vastai down` destroys it",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -103,6 +104,25 @@ Rows = list[Mapping[str, Any]]
 def split_labelled(rows: Rows, label: str) -> tuple[Rows, Rows]:
     """Our labelled instances as (live, dead): live ones are reused, dead ones only cost money."""
     ours = [r for r in rows if r.get("label") == label]
+    return (
+        [r for r in ours if r.get("actual_status") not in DEAD_STATES],
+        [r for r in ours if r.get("actual_status") in DEAD_STATES],
+    )
+
+
+def replica_label(label: str, index: int) -> str:
+    """The label of replica ``index`` (from 1) of the group ``label``: ``label-index``."""
+    return f"{label}-{index}"
+
+
+def in_group(row_label: object, label: str) -> bool:
+    """Whether an instance's label is ``label`` itself or one of its replicas (``label-1``, ``label-2``...)."""
+    return isinstance(row_label, str) and re.fullmatch(re.escape(label) + r"(-[1-9][0-9]*)?", row_label) is not None
+
+
+def split_group(rows: Rows, label: str) -> tuple[Rows, Rows]:
+    """Like :func:`split_labelled`, for the instance labelled ``label`` and all its replicas."""
+    ours = [r for r in rows if in_group(r.get("label"), label)]
     return (
         [r for r in ours if r.get("actual_status") not in DEAD_STATES],
         [r for r in ours if r.get("actual_status") in DEAD_STATES],

@@ -17,6 +17,7 @@ PORT=@@PORT@@
 # root on 127.0.0.1, with stand-ins first on PATH for the commands that need the internet.
 R=${AI_TELEPHONE_ONSTART_ROOT:-}
 BIND_HOST=${AI_TELEPHONE_ONSTART_BIND_HOST:-0.0.0.0}
+PORT=${AI_TELEPHONE_ONSTART_PORT:-$PORT}  # the public port Vast would map, for tests with several "instances"
 SVC_USER=${AI_TELEPHONE_ONSTART_USER:-ai-telephone}
 OLLAMA_ADDR=${AI_TELEPHONE_ONSTART_OLLAMA:-127.0.0.1:11434}
 export PATH="${AI_TELEPHONE_ONSTART_PATH:+$AI_TELEPHONE_ONSTART_PATH:}/opt/conda/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -14,7 +14,7 @@ import requests
 from deploy.vastai import offers as offer_logic
 from deploy.vastai import tls
 from deploy.vastai.health import probe, server_url
-from deploy.vastai.lifecycle import Phase, assess, degraded_too_long, split_labelled
+from deploy.vastai.lifecycle import Phase, assess, degraded_too_long, split_group, split_labelled
 from deploy.vastai.onstart import override_env, render
 from deploy.vastai.settings import InstancePlan, OfferCriteria, Timing
 from deploy.vastai.store import DeployStore
@@ -80,6 +80,7 @@ class Deployer:
         accept_degraded: bool = False,
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
+        claim: Callable[[Mapping[str, Any]], bool] = lambda offer: True,
     ) -> None:
         self.vast = vast
         self.store = store
@@ -89,6 +90,8 @@ class Deployer:
         self.accept_degraded = accept_degraded
         self._sleep = sleep
         self._now = monotonic
+        self._claim = claim
+        """Whether this deployer may rent an offer: False when a sibling replica already took it."""
 
     # ------------------------------------------------------------------ queries
 
@@ -96,6 +99,11 @@ class Deployer:
         """Our instances as (live, dead)."""
         rows = _api_call("show instances", self.vast.show_instances)
         return split_labelled(list(rows or []), self.plan.label)
+
+    def group(self) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+        """Our instances and those of our replicas (``label-1``, ``label-2``...) as (live, dead)."""
+        rows = _api_call("show instances", self.vast.show_instances)
+        return split_group(list(rows or []), self.plan.label)
 
     def record(self, instance_id: int) -> Mapping[str, Any] | None:
         """One instance's record, None once it is gone."""
@@ -162,6 +170,9 @@ class Deployer:
         for offer in ranked:
             if attempts >= self.timing.max_attempts:
                 break
+            if not self._claim(offer):
+                _LOGGER.info("Offer %s is taken by another replica; trying the next", offer["id"])
+                continue
             _LOGGER.info("Attempt %d/%d: renting %s", attempts + 1, self.timing.max_attempts,
                          offer_logic.describe(offer))
             cert = tls.generate(str(offer["public_ipaddr"]))

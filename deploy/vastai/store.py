@@ -43,14 +43,22 @@ def _write_private(path: Path, data: bytes) -> None:
 class DeployStore:
     """The files one deployment (one label) keeps on this machine."""
 
-    def __init__(self, root: Path, label: str) -> None:
-        if not _SAFE_LABEL.match(label):
-            raise StoreError(f"label {label!r}: use letters, digits, '.', '_' or '-' (at most 64)")
+    def __init__(self, root: Path, label: str, key_label: str | None = None) -> None:
+        """``key_label``: whose API key this deployment uses (a replica shares its group's: the phone has one)."""
+        for name in (label, key_label or label):
+            if not _SAFE_LABEL.match(name):
+                raise StoreError(f"label {name!r}: use letters, digits, '.', '_' or '-' (at most 64)")
         self.dir = root / label
+        self._key_dir = root / (key_label or label)
 
     @property
     def api_key_path(self) -> Path:
-        return self.dir / "api-key"
+        return self._key_dir / "api-key"
+
+    @property
+    def bundle_path(self) -> Path:
+        """A group's certificates in one PEM file: what the phone trusts when it knows several servers."""
+        return self.dir / "server-certs.pem"
 
     @property
     def cert_path(self) -> Path:
@@ -80,6 +88,11 @@ class DeployStore:
         _write_private(self.key_path, cert.key_pem)
         _write_private(self.cert_path, cert.cert_pem)
         os.chmod(self.cert_path, 0o644)
+
+    def save_bundle(self, cert_pems: list[bytes]) -> None:
+        """Keep the group's certificates, one after the other, as the phone's CA file."""
+        _write_private(self.bundle_path, b"".join(cert_pems))
+        os.chmod(self.bundle_path, 0o644)
 
     def load_cert(self) -> ServerCert:
         """The stored certificate and key; StoreError when this machine has none."""
