@@ -23,8 +23,10 @@ from pi_client.server.greetings import GreetingCache
 from pi_client.telephone.hook import GpioHook
 from pi_client.telephone.rotary import GpioDial
 from tests.fixtures_pi import PI_RATE, mix, silence, white_noise
+from tests.helpers import mock_pins
+from tests.helpers import word_set as words
 from tests.ollama_standin import OllamaStandIn
-from tests.phone_rig import build_phone, heard, mock_pins, until, words
+from tests.phone_rig import build_phone, heard, until
 from tests.server_rig import ServerProcess, free_port, pi_config, run_pi_client, start_server
 from tests.tone_check import keypad, peaks, samples
 
