@@ -241,3 +241,16 @@ def test_profiles_and_their_clips_survive_a_restart_and_guard_their_clips(
     assert call(restarted, "DELETE", "/characters/luna").status_code == 204
     assert call(restarted, "GET", "/emotions").json()["emotions"] == []  # a character's profiles go with it
     assert call(restarted, "DELETE", "/voices/moon-whisper").status_code == 204  # free again
+
+
+def test_an_unreadable_profiles_file_stops_the_start_instead_of_being_overwritten(tmp_path: Path) -> None:
+    from cloud_server.library.emotions import EmotionStore
+    from common.config import ConfigError
+
+    store = EmotionStore.in_data_dir(tmp_path)
+    assert store.load() == {}
+    for content in ("{not json", '{"emotions": [{"id": "../x"}]}', '{"emotions": 3}'):
+        store.path.write_text(content, encoding="utf-8")
+        with pytest.raises(ConfigError, match="emotions.json"):
+            store.load()
+        assert store.path.read_text(encoding="utf-8") == content  # someone's work, left alone
