@@ -28,7 +28,7 @@ def create_app(
     """
     from cloud_server.errors import register_error_handlers
     from cloud_server.metrics import count_responses
-    from cloud_server.routes import characters, console, core, openai, outputs, voices
+    from cloud_server.routes import characters, console, core, emotions, openai, outputs, voices
     from cloud_server.services import EXTENSION, build_services
     from cloud_server.write_timeout import WriteTimeout
 
@@ -43,7 +43,7 @@ def create_app(
     app.extensions[EXTENSION] = svc
     register_error_handlers(app, limits.retry_after_seconds)
     count_responses(app, svc.metrics)
-    for blueprint in (core.bp, voices.bp, characters.bp, openai.bp, outputs.bp, console.bp):
+    for blueprint in (core.bp, voices.bp, characters.bp, emotions.bp, openai.bp, outputs.bp, console.bp):
         app.register_blueprint(blueprint)
     app.wsgi_app = WriteTimeout(app.wsgi_app, limits.write_timeout_seconds)  # type: ignore[method-assign]
     _LOGGER.info("Ready: voice %s (fallback %s), LLM %s", svc.primary.name, svc.fallback.name, cfg.server.llm.backend)

@@ -20,6 +20,7 @@ from flask import current_app
 from cloud_server.console_sessions import ConsoleSessions
 from cloud_server.library.character_store import CharacterStore
 from cloud_server.library.characters import CharacterBook
+from cloud_server.library.emotions import EmotionBook, EmotionStore
 from cloud_server.library.voices import VoiceLibrary, VoiceOverrides
 from cloud_server.llm.base import LLM
 from cloud_server.llm.select import make_llm
@@ -67,6 +68,8 @@ class Services:
     """The latest calls, for the console's status tab."""
     storage: AudioStore
     """Where /generate-audio keeps its files (S3, or data_dir/outputs)."""
+    emotions: EmotionBook
+    """Each character's emotion profiles (cloud_server/library/emotions.py)."""
     started: float = field(default_factory=time.monotonic)
     _llm_seen: tuple[float, bool] = (0.0, False)
 
@@ -145,6 +148,9 @@ def build_services(
     pipeline.listeners.append(metrics.observe_turn)
     recent = RecentTurns(server.console.recent_calls)
     pipeline.listeners.append(recent.observe)
+    characters = CharacterBook(
+        server, library, VoiceOverrides.in_data_dir(data_dir), CharacterStore.in_data_dir(data_dir)
+    )
     services = Services(
         config=config,
         api_key=api_key,
@@ -155,14 +161,13 @@ def build_services(
         slots=ReplySlots(server.limits.queue_depth),
         pipeline=pipeline,
         library=library,
-        characters=CharacterBook(
-            server, library, VoiceOverrides.in_data_dir(data_dir), CharacterStore.in_data_dir(data_dir)
-        ),
+        characters=characters,
         transcriber=transcriber,
         metrics=metrics,
         console=ConsoleSessions(server.console.session_hours * 3600),
         recent=recent,
         storage=make_store(server.storage, data_dir),
+        emotions=EmotionBook(EmotionStore.in_data_dir(data_dir), characters),
     )
     prepare_voices(services)
     if server.llm.warm_up:
@@ -172,13 +177,14 @@ def build_services(
 
 
 def prepare_voices(svc: Services) -> None:
-    """Every character's voice and every library voice, once, so no first request pays for them.
+    """Every character's, library and emotion voice, once, so no first request pays for them.
 
     A disk load when their conditionals were computed before: a restart recomputes nothing.
     """
     book = svc.characters
     specs: dict[str, VoiceSpec] = {cid: book.voice_spec(cid) for cid in book.ids()}
     specs |= {v.voice_id: book.library_voice_spec(v.voice_id) for v in svc.library.list() if v.voice_id not in specs}
+    specs |= {f"emotion {e.emotion_id}": svc.emotions.voice_spec(e) for e in svc.emotions.profiles()}
     for spec in specs.values():
         try:
             svc.primary.prepare_voice(spec)

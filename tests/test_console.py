@@ -61,7 +61,7 @@ def test_a_wrong_key_or_a_forged_form_gets_no_session(console: RunningServer) ->
 
 
 def test_nothing_without_the_cookie(console: RunningServer) -> None:
-    for path in ("/console/characters", "/console/try"):
+    for path in ("/console/characters", "/console/voices", "/console/try"):
         page = requests.get(console.url + path, allow_redirects=False, timeout=TIMEOUT)
         assert page.status_code == 303 and page.headers["Location"].endswith("/")
     panel = requests.get(console.url + "/console/status-panel", timeout=TIMEOUT)

@@ -14,10 +14,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import soundfile as sf
 
+from cloud_server.tts.base import TTSEngine
 from tests.fixtures_server import TEST_KEY, RunningServer, server_config
 from tests.ollama_standin import OllamaStandIn
+from tests.test_emotions import ListeningVoice
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -43,6 +47,8 @@ def browser() -> Iterator[Any]:
         "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
         "--window-size=1200,900", f"--user-data-dir={profile}",
+        # A fake microphone (a beeping tone) that needs no permission prompt: the voices tab records from it.
+        "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
     ):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
@@ -148,6 +154,111 @@ def test_sign_in_see_status_create_a_character_hear_it_and_sign_out(
     assert browser.get_cookies() == []
     browser.get(server.url + "/console/try")
     assert browser.find_elements(By.ID, "sign-in-form") and not browser.find_elements(By.ID, "try-form")
+
+
+def sign_in(browser: Any, server: RunningServer) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(server.url + "/")
+    browser.find_element(By.ID, "key").send_keys(TEST_KEY)
+    browser.find_element(By.CSS_SELECTOR, "#sign-in-form button[type=submit]").click()
+    wait_for(browser, "document.getElementById('voice-engine')", "the status tab")
+
+
+def playable(browser: Any, selector: str, what: str) -> Any:
+    """Wait until the audio element at ``selector`` has played some of a clip with a length; {duration}."""
+    return wait_for(
+        browser,
+        f"(() => {{ const a = document.querySelector({selector!r});"
+        " return a && !a.error && isFinite(a.duration) && a.duration > 0 && a.played.length > 0"
+        " && a.currentTime > 0 ? {duration: a.duration} : null; })()",
+        what,
+    )
+
+
+def test_upload_drop_and_record_voices_give_a_character_an_emotion_and_hear_it(
+    start_server: Callable[..., RunningServer], ollama: OllamaStandIn, tmp_path: Path, browser: Any, shots: Path,
+    piper_engines: tuple[TTSEngine, TTSEngine], spoken_text: Callable[[str], tuple[np.ndarray, int]],
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    listening = ListeningVoice(piper_engines[0])
+    server = start_server(server_config(ollama.url, tmp_path), engines=(listening, piper_engines[1]))
+    samples, rate = spoken_text("The moon is out tonight, and the sea is quiet and silver.")
+    clip = tmp_path / "moon.flac"
+    sf.write(clip, samples, rate, format="FLAC")
+    sign_in(browser, server)
+
+    browser.find_element(By.LINK_TEXT, "Voices").click()
+    wait_for(browser, "document.getElementById('voice-upload')", "the voices tab")
+    browser.find_element(By.ID, "voice-file").send_keys(str(clip))  # the file input keyboard users have
+    assert browser.find_element(By.ID, "voice-id").get_attribute("value") == "moon"
+    browser.find_element(By.ID, "voice-upload-button").click()
+    wait_for(browser, "document.getElementById('voice-moon')", "the uploaded voice in the list")
+    browser.execute_script("document.querySelector('#voice-moon audio').play()")
+    assert playable(browser, "#voice-moon audio", "the stored clip to play")["duration"] > 2.0
+
+    # Drag and drop: a file dropped on the zone (built in the page from the clip just stored).
+    browser.execute_async_script(
+        "const done = arguments[0];"
+        "fetch('/voices/moon/audio').then(r => r.blob()).then(blob => {"
+        " const dt = new DataTransfer(); dt.items.add(new File([blob], 'Sea Shore.wav', {type: 'audio/wav'}));"
+        " document.getElementById('drop-zone').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true,"
+        " cancelable: true})); done(); });"
+    )
+    assert browser.find_element(By.ID, "voice-id").get_attribute("value") == "sea-shore"
+    browser.find_element(By.ID, "voice-upload-button").click()
+    wait_for(browser, "document.getElementById('voice-sea-shore')", "the dropped voice in the list")
+
+    # Recording from the (fake) microphone, about three seconds.
+    browser.find_element(By.ID, "record-button").click()
+    wait_for(browser, "document.getElementById('record-button').getAttribute('aria-pressed') === 'true'", "recording")
+    browser.execute_async_script("setTimeout(arguments[0], 3000)")
+    browser.find_element(By.ID, "record-button").click()
+    wait_for(browser, "document.getElementById('drop-chosen').textContent.includes('recording.wav')", "the recording")
+    voice_id = browser.find_element(By.ID, "voice-id")
+    assert voice_id.get_attribute("value") == "recording"
+    voice_id.clear()
+    voice_id.send_keys("beep")
+    browser.find_element(By.ID, "voice-upload-button").click()
+    wait_for(browser, "document.getElementById('voice-beep')", "the recorded voice")
+    stored = {v.voice_id: v.seconds for v in server.services.library.list()}
+    assert sorted(stored) == ["beep", "moon", "sea-shore"]
+    assert 2.0 < stored["beep"] < 5.0
+    browser.save_screenshot(str(shots / "voices.png"))
+
+    browser.find_element(By.LINK_TEXT, "Characters").click()
+    wait_for(browser, "document.getElementById('character-operator')", "the characters tab")
+    browser.find_element(By.CSS_SELECTOR, "#character-operator > summary").click()
+    browser.find_element(By.CSS_SELECTOR, "#character-operator details.new-emotion > summary").click()
+    browser.find_element(By.ID, "new-emotion-operator-name").send_keys("Dreamy")
+    browser.find_element(By.ID, "new-emotion-operator-description").send_keys("Slow and far away.")
+    Select(browser.find_element(By.ID, "new-emotion-operator-voices")).select_by_value("moon")
+    exaggeration = browser.find_element(By.ID, "new-emotion-operator-exaggeration")
+    exaggeration.clear()
+    exaggeration.send_keys("1.1")
+    browser.find_element(By.CSS_SELECTOR, "#new-emotion-operator button[type=submit]").click()
+    wait_for(browser, "document.getElementById('emotion-operator-dreamy')", "the new emotion")
+    browser.find_element(By.CSS_SELECTOR, "#character-operator > summary").click()
+    browser.find_element(By.CSS_SELECTOR, "#emotion-operator-dreamy > summary").click()
+    browser.find_element(By.CSS_SELECTOR, "#emotion-operator-dreamy button.hear-emotion").click()
+    assert playable(browser, "#hear-operator-dreamy", "the emotion's test line to play")["duration"] > 1.0
+    browser.save_screenshot(str(shots / "emotions.png"))
+    moon = str(tmp_path / "data" / "voices" / "moon.wav")
+    assert (listening.spoken[-1].clip, listening.spoken[-1].exaggeration) == (moon, 1.1)
+
+    ollama.script("I am drifting among the stars. ", "Everything is soft and slow.")
+    browser.find_element(By.LINK_TEXT, "Try it").click()
+    wait_for(browser, "document.getElementById('try-form')", "the try-it tab")
+    Select(browser.find_element(By.ID, "try-emotion")).select_by_value("operator-dreamy")
+    browser.find_element(By.ID, "try-text").send_keys("How do you feel?")
+    listening.spoken.clear()
+    browser.find_element(By.ID, "try-speak").click()
+    wait_for(browser, "document.getElementById('try-reply').textContent.includes('soft and slow')", "the reply")
+    assert playable(browser, "#reply-audio", "the reply to play")["duration"] > 1.0
+    assert {(s.clip, s.exaggeration) for s in listening.spoken} == {(moon, 1.1)}  # spoken as the emotion
+    browser.save_screenshot(str(shots / "try-it-emotion.png"))
 
 
 def test_a_page_from_elsewhere_cannot_change_characters(

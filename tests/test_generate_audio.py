@@ -104,7 +104,7 @@ def test_url_is_presigned_plays_without_the_key_and_is_reused(
 
     other = generate(server, text="The bus leaves at ten.").json()
     assert object_key(other["audio_url"]) != object_key(answer["audio_url"])
-    louder = generate(server, emotion=1.5).json()  # another setting is another file
+    louder = generate(server, exaggeration=1.5).json()  # another setting is another file
     assert object_key(louder["audio_url"]) != object_key(answer["audio_url"])
 
 

@@ -234,7 +234,7 @@ class VoiceLibrary:
             path = self.path(voice_id)
             using = users() if users is not None else []
             if using:
-                raise VoiceInUse(f"Characters {', '.join(using)} speak with {voice_id!r}; switch them first.")
+                raise VoiceInUse(f"{voice_id!r} is in use by {', '.join(using)}; switch them to another voice first.")
             path.unlink()
             self._entries.pop(voice_id, None)
             self._write_index()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -16,6 +15,7 @@ from flask import Blueprint, Response, jsonify
 
 from cloud_server.errors import ApiError
 from cloud_server.library.voices import BadVoiceId, check_voice_id
+from cloud_server.routes.knobs import NUMBER_LIMITS, number_fields
 from cloud_server.routes.request import json_body, require_key, text_field
 from cloud_server.routes.voices import ignored_knobs, prepare_or_warn
 from cloud_server.services import services
@@ -26,8 +26,6 @@ bp = Blueprint("characters_api", __name__)
 
 TEXT_LIMITS: Final = {"display_name": 64, "persona": 4000, "greeting": 500, "apology": 500}
 """The longest each text field may be, in characters."""
-NUMBER_LIMITS: Final = {"exaggeration": (0.25, 2.0), "temperature": (0.05, 5.0), "cfg_weight": (0.0, 1.0)}
-"""The range each knob accepts (Chatterbox's own useful ranges)."""
 _ACCEPTED: Final = frozenset({*TEXT_LIMITS, *NUMBER_LIMITS, "id", "voice"})
 
 
@@ -60,7 +58,9 @@ def update_character(character_id: str) -> Response:
 def delete_character(character_id: str) -> tuple[str, int]:
     """Remove a character (409 for the default one)."""
     require_key()
-    services().characters.remove(character_id)
+    svc = services()
+    svc.characters.remove(character_id)
+    svc.emotions.remove_character(character_id)
     return "", 204
 
 
@@ -88,12 +88,5 @@ def character_fields(body: Mapping[str, Any]) -> dict[str, Any]:
         if name in body:
             value = text_field(body, name, max_chars, required=True)
             fields[name] = value
-    for name, (low, high) in NUMBER_LIMITS.items():
-        if name in body:
-            value = body[name]
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                raise ApiError(400, "bad_field", f"'{name}' must be a number.")
-            if not low <= value <= high:
-                raise ApiError(400, "out_of_range", f"'{name}' must be between {low} and {high}.")
-            fields[name] = float(value)
+    fields.update(number_fields(body))
     return fields

@@ -76,6 +76,26 @@ def characters_page() -> Response | str:
         csrf=session.csrf,
         characters=svc.characters.listing(ignored_knobs()),
         voices=[v.voice_id for v in svc.library.list()],
+        emotions=_emotions_by_character(),
+    )
+
+
+@bp.get("/console/voices")
+def voices_page() -> Response | str:
+    """The voices tab: upload (drop, pick or record), hear, delete."""
+    session = console_session()
+    if session is None:
+        return redirect("/", 303)  # type: ignore[return-value]
+    svc = services()
+    users = {v.voice_id: [*svc.characters.overrides.users_of(v.voice_id), *svc.emotions.users_of(v.voice_id)]
+             for v in svc.library.list()}
+    return render_template(
+        "voices.html",
+        tab="voices",
+        csrf=session.csrf,
+        voices=[v.as_json() | {"used_by": users.get(v.voice_id, [])} for v in svc.library.list()],
+        min_seconds=svc.library.min_seconds,
+        max_seconds=svc.config.server.voices.max_seconds,
     )
 
 
@@ -91,6 +111,7 @@ def try_page() -> Response | str:
         tab="try",
         csrf=session.csrf,
         characters=svc.characters.listing(ignored_knobs()),
+        emotions=[e.as_json() for e in svc.emotions.profiles()],
         max_chars=svc.config.server.limits.max_text_chars,
     )
 
@@ -132,6 +153,13 @@ def sign_out() -> Response:
     response = redirect("/", 303)
     response.delete_cookie(CONSOLE_COOKIE, path="/", httponly=True, samesite="Strict", secure=request.is_secure)
     return response  # type: ignore[return-value]
+
+
+def _emotions_by_character() -> dict[str, list[dict[str, Any]]]:
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for emotion in services().emotions.profiles():
+        grouped.setdefault(emotion.character, []).append(emotion.as_json())
+    return grouped
 
 
 def _sign_in_page(error: str | None = None, status: int = 200) -> Response:

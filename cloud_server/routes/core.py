@@ -10,6 +10,7 @@ from flask import Blueprint, Response, jsonify
 
 from cloud_server.errors import ApiError
 from cloud_server.pipeline.reply import Turn
+from cloud_server.routes.knobs import turn_voice
 from cloud_server.routes.request import (
     character_field,
     has_key,
@@ -61,7 +62,7 @@ def process_text() -> Response:
         session_id=session_id_field(body),
         character_id=character_id,
         character=character,
-        voice=svc.characters.voice_spec(character_id),
+        voice=turn_voice(body, character_id),
         prompt=prompt,
         history=history_field(body, Field.HISTORY, limits.max_history_messages, limits.max_history_chars),
     )

@@ -41,6 +41,7 @@ from cloud_server.metrics import Metrics
 from cloud_server.pipeline.reply import TurnStats
 from cloud_server.pipeline.sentences import has_speech
 from cloud_server.routes.disconnect import cancel_on_disconnect
+from cloud_server.routes.knobs import emotion_field, turn_voice, with_knobs
 from cloud_server.routes.request import json_body, require_key, streamed
 from cloud_server.services import Services, services
 from cloud_server.tts.base import VoiceSpec
@@ -90,7 +91,7 @@ def speech() -> Response:
     if model not in MODELS:
         raise ApiError(400, "unknown_model", f"Unknown model {model!r}; use one of: {', '.join(MODELS)}.")
     text = _input(body.get("input"))
-    voice = _voice(body.get("voice"))
+    voice = _voice(body.get("voice"), body)
     fmt = body.get("response_format") or "mp3"
     if fmt not in RESPONSE_FORMATS:
         raise ApiError(400, "bad_response_format", f"'response_format' must be one of {', '.join(RESPONSE_FORMATS)}.")
@@ -135,18 +136,23 @@ def _check_length(text: str, speed: float, max_seconds: float) -> None:
         )
 
 
-def _voice(value: Any) -> VoiceSpec:
-    """A character id or a library voice id (also as ``{"id": ...}``); never a silent default."""
+def _voice(value: Any, body: dict[str, Any]) -> VoiceSpec:
+    """A character id or a library voice id (also as ``{"id": ...}``), never a silent default; then the
+    request's ``emotion`` (a character's profile) and knobs."""
     if isinstance(value, dict):
         value = value.get("id")
     if not isinstance(value, str) or not value:
         raise ApiError(
             400, "missing_field", "'voice' is required: a character or an uploaded voice (GET /v1/audio/voices)."
         )
+    characters = services().characters
+    if value in characters and emotion_field(body) is not None:
+        return turn_voice(body, value)
     try:
-        return services().characters.resolve(value)
+        spec = characters.resolve(value)
     except VoiceError as err:
         raise ApiError(400, "unknown_voice", str(err)) from err
+    return with_knobs(spec, body)
 
 
 def _speed(value: Any) -> float:

@@ -8,7 +8,6 @@ seen up front, and never leaves a partial file (S3 PUTs and local writes are who
 from __future__ import annotations
 
 import base64
-import dataclasses
 import datetime as dt
 import threading
 from typing import Any, Final
@@ -18,6 +17,7 @@ from flask import Blueprint, Response, jsonify, request, send_file
 from cloud_server.errors import ApiError, error_response
 from cloud_server.pipeline.sentences import has_speech
 from cloud_server.routes.disconnect import cancel_on_disconnect
+from cloud_server.routes.knobs import turn_voice
 from cloud_server.routes.request import character_field, json_body, require_key, text_field
 from cloud_server.services import Services, services
 from cloud_server.storage import AudioKey, StorageError
@@ -49,7 +49,7 @@ def generate_audio() -> Response:
     if not has_speech(text):
         raise ApiError(400, "nothing_to_say", "'text' has nothing to speak: no words, only symbols, emoji or markup.")
     character_id, _character = svc.characters.get(character_field(body))
-    voice = _with_emotion(svc.characters.voice_spec(character_id), body.get("emotion"))
+    voice = turn_voice(body, character_id)
     return_format = body.get("return_format", "url")
     if return_format not in RETURN_FORMATS:
         raise ApiError(400, "bad_return_format", "'return_format' must be 'url' or 'base64'.")
@@ -96,15 +96,6 @@ def output_file(name: str) -> Response:
     if path is None:
         raise ApiError(404, "unknown_output", "No such output file (it may have expired).")
     return send_file(path, mimetype="audio/wav", max_age=0)
-
-
-def _with_emotion(voice: VoiceSpec, value: Any) -> VoiceSpec:
-    """``emotion`` is Chatterbox's emotion exaggeration, 0.25-2.0 (engines without it ignore it)."""
-    if value is None:
-        return voice
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.25 <= float(value) <= 2.0:
-        raise ApiError(400, "bad_emotion", "'emotion' must be a number from 0.25 (flat) to 2.0 (very expressive).")
-    return dataclasses.replace(voice, exaggeration=float(value))
 
 
 def _expires_in(svc: Services, value: Any) -> int:

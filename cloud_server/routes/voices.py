@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify, request, send_file
 
 from cloud_server.audio_codec import AudioError, DecodedAudio, decode_audio
 from cloud_server.errors import ApiError, error_response
@@ -227,8 +227,17 @@ def delete_voice(voice_id: str) -> tuple[str, int]:
     require_key()
     svc = services()
     check_voice_id(voice_id)
-    svc.library.delete(voice_id, users=lambda: svc.characters.overrides.users_of(voice_id))
+    svc.library.delete(
+        voice_id, users=lambda: [*svc.characters.overrides.users_of(voice_id), *svc.emotions.users_of(voice_id)]
+    )
     return "", 204
+
+
+@bp.get("/voices/<voice_id>/audio")
+def voice_audio(voice_id: str) -> Response:
+    """The stored clip itself (24 kHz mono WAV), to hear it before using it."""
+    require_key()
+    return send_file(services().library.path(check_voice_id(voice_id)), mimetype="audio/wav", max_age=0)
 
 
 @bp.get("/metrics")

@@ -1,4 +1,5 @@
-// The console's behaviour: live status, character forms and the try-it player, over the JSON API.
+// The console's behaviour: live status, character and emotion forms, voice uploads and recordings, and
+// the try-it player, over the JSON API.
 // It authenticates with the HttpOnly session cookie (sent by the browser) and the CSRF token from
 // the page's <meta>; it never sees or stores the API key.
 "use strict";
@@ -43,12 +44,25 @@ function characterForms() {
         if (!element.name) continue;
         if (element.type === "number") body[element.name] = Number(element.value);
         else if (element.name === "voice") body.voice = element.value || null;
+        else if (element.name === "voices") body.voices = element.value ? [element.value] : [];
         else body[element.name] = element.value;
       }
       try {
         await api(form.dataset.method, form.dataset.url, body);
         window.location.reload();
       } catch (err) { say(`Not saved: ${err.message}`); }
+    });
+  }
+  for (const button of document.querySelectorAll("button.hear-emotion")) {
+    button.addEventListener("click", async () => {
+      const player = document.getElementById(button.dataset.player);
+      button.disabled = true;
+      say("Speaking…");
+      try {
+        const wav = await (await api("POST", button.dataset.url, {})).arrayBuffer();
+        playWav(player, wav);
+        say("");
+      } catch (err) { say(`Could not speak: ${err.message}`); } finally { button.disabled = false; }
     });
   }
   for (const button of document.querySelectorAll("button.delete-character")) {
@@ -68,6 +82,18 @@ function tryIt() {
   const status = document.getElementById("try-status");
   const replyText = document.getElementById("try-reply");
   const sessionId = `console-${Math.random().toString(36).slice(2, 12)}`;
+  const character = form.elements.character;
+  const emotion = form.elements.emotion;
+  const showEmotions = () => {  // only the chosen character's emotions can be picked
+    for (const option of emotion.options) {
+      const mine = !option.dataset.character || option.dataset.character === character.value;
+      option.hidden = !mine;
+      option.disabled = !mine;
+    }
+    if (emotion.selectedOptions[0]?.disabled) emotion.value = "";
+  };
+  character.addEventListener("change", showEmotions);
+  showEmotions();
   audio.addEventListener("ended", () => { status.textContent = "Played. Say something else, or press play again."; });
   audio.addEventListener("error", () => { status.textContent = "The browser could not play the reply."; });
   form.addEventListener("submit", async (event) => {
@@ -79,13 +105,11 @@ function tryIt() {
     try {
       const response = await api("POST", "/process-text", {
         text: form.elements.text.value, character: form.elements.character.value, session_id: sessionId,
+        emotion: form.elements.emotion.value || undefined,
       });
       const wav = await response.arrayBuffer();  // the whole reply; Chromium plays its open-ended WAV header
-      const previous = audio.src;
-      audio.src = URL.createObjectURL(new Blob([wav], { type: "audio/wav" }));
-      if (previous) URL.revokeObjectURL(previous);
       status.textContent = "Playing the reply.";
-      await audio.play().catch(() => { status.textContent = "Reply ready: press play."; });
+      if (!(await playWav(audio, wav))) status.textContent = "Reply ready: press play.";
       const session = await (await api("GET", `/sessions/${sessionId}`)).json();
       replyText.textContent = session.last_reply ? `Reply: ${session.last_reply}` : "";
     } catch (err) {
@@ -96,4 +120,104 @@ function tryIt() {
   });
 }
 
-document.addEventListener("DOMContentLoaded", () => { refreshStatus(); characterForms(); tryIt(); });
+async function playWav(audio, wav) {
+  const previous = audio.src;
+  audio.src = URL.createObjectURL(new Blob([wav], { type: "audio/wav" }));
+  if (previous.startsWith("blob:")) URL.revokeObjectURL(previous);
+  return audio.play().then(() => true, () => false);
+}
+
+// A recording (webm/opus from MediaRecorder) decoded by the browser and written as 16-bit mono WAV,
+// a format the server takes from any browser.
+async function toWav(blob) {
+  const context = new AudioContext();
+  try {
+    const decoded = await context.decodeAudioData(await blob.arrayBuffer());
+    const samples = decoded.getChannelData(0);
+    const rate = decoded.sampleRate;
+    const view = new DataView(new ArrayBuffer(44 + samples.length * 2));
+    const text = (offset, value) => { for (let i = 0; i < value.length; i++) view.setUint8(offset + i, value.charCodeAt(i)); };
+    text(0, "RIFF"); view.setUint32(4, 36 + samples.length * 2, true); text(8, "WAVEfmt ");
+    view.setUint32(16, 16, true); view.setUint16(20, 1, true); view.setUint16(22, 1, true);
+    view.setUint32(24, rate, true); view.setUint32(28, rate * 2, true); view.setUint16(32, 2, true);
+    view.setUint16(34, 16, true); text(36, "data"); view.setUint32(40, samples.length * 2, true);
+    samples.forEach((x, i) => view.setInt16(44 + i * 2, Math.max(-1, Math.min(1, x)) * 0x7fff, true));
+    return new Blob([view], { type: "audio/wav" });
+  } finally { await context.close(); }
+}
+
+function voicesTab() {
+  const form = document.getElementById("voice-upload");
+  if (!form) return;
+  const message = document.getElementById("voice-message");
+  const chosen = document.getElementById("drop-chosen");
+  const zone = document.getElementById("drop-zone");
+  const input = document.getElementById("voice-file");
+  const recordButton = document.getElementById("record-button");
+  const recorded = document.getElementById("recorded-audio");
+  let pending = null;  // the file or recording to upload
+  const choose = (blob, name) => {
+    pending = blob;
+    chosen.textContent = `Ready to upload: ${name}`;
+    const id = document.getElementById("voice-id");
+    if (!id.value) id.value = name.toLowerCase().replace(/\.[a-z0-9]+$/, "").replace(/[^a-z0-9_-]+/g, "-").replace(/^-+/, "").slice(0, 64);
+  };
+  input.addEventListener("change", () => { if (input.files[0]) choose(input.files[0], input.files[0].name); });
+  zone.addEventListener("dragover", (event) => { event.preventDefault(); zone.classList.add("over"); });
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    zone.classList.remove("over");
+    const file = event.dataTransfer.files[0];
+    if (file) choose(file, file.name);
+  });
+  let recorder = null;
+  recordButton.addEventListener("click", async () => {
+    if (recorder) { recorder.stop(); return; }
+    try {
+      const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+      const parts = [];
+      recorder = new MediaRecorder(stream);
+      recorder.addEventListener("dataavailable", (event) => parts.push(event.data));
+      recorder.addEventListener("stop", async () => {
+        stream.getTracks().forEach((track) => track.stop());
+        recorder = null;
+        recordButton.textContent = "Record in the browser";
+        recordButton.setAttribute("aria-pressed", "false");
+        const wav = await toWav(new Blob(parts, { type: parts[0]?.type || "audio/webm" }));
+        recorded.hidden = false;
+        recorded.src = URL.createObjectURL(wav);
+        choose(wav, "recording.wav");
+      });
+      recorder.start();
+      recordButton.textContent = "Stop recording";
+      recordButton.setAttribute("aria-pressed", "true");
+      message.textContent = "Recording: speak for a few seconds, then stop.";
+    } catch (err) { message.textContent = `Cannot record: ${err.message}`; }
+  });
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    if (!pending) { message.textContent = "Choose, drop or record a clip first."; return; }
+    const data = new FormData();
+    data.append("id", form.elements.id.value);
+    data.append("audio", pending, "clip");
+    message.textContent = "Uploading and preparing the voice…";
+    try {
+      const response = await fetch("/voices", {
+        method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": csrfToken() }, body: data,
+      });
+      if (!response.ok) throw new Error((await response.json()).error.message);
+      window.location.reload();
+    } catch (err) { message.textContent = `Not uploaded: ${err.message}`; }
+  });
+  for (const button of document.querySelectorAll("button.delete-voice")) {
+    button.addEventListener("click", async () => {
+      try {
+        await api("DELETE", button.dataset.url);
+        window.location.reload();
+      } catch (err) { message.textContent = `Not deleted: ${err.message}`; }
+    });
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => { refreshStatus(); characterForms(); voicesTab(); tryIt(); });
