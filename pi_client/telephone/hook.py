@@ -7,7 +7,6 @@ Real cradles bounce for a few milliseconds, and gpiozero's mock pin factory igno
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import sys
@@ -16,6 +15,7 @@ from abc import ABC, abstractmethod
 from typing import TextIO
 
 from common.config import HookConfig
+from pi_client.telephone.contact import GpioContact
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -84,47 +84,30 @@ class GpioHook(Hook):
 
     def __init__(self, cfg: HookConfig) -> None:
         """Open the pin now, so a wrong pin or a missing GPIO library fails at start-up."""
-        from gpiozero import Button
-
         self._cfg = cfg
         self._debouncer = Debouncer(cfg.debounce_seconds, initial=False)
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[HookEvent] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         try:
-            # bounce_time=None: debouncing is ours (gpiozero's mock ignores it; real cradles bounce).
-            self._button: Button | None = Button(cfg.pin, pull_up=cfg.pull_up, bounce_time=None)
-        except Exception as err:  # gpiozero raises its own family per pin factory (BadPinFactory, PinInvalidPin, ...)
-            raise HookError(f"pi.hook.pin: cannot open GPIO{cfg.pin}: {err}") from err
+            self._contact = GpioContact(cfg.pin, cfg.pull_up, cfg.lifted_when, "pi.hook.pin")
+        except ValueError as err:
+            raise HookError(str(err)) from err
 
     def start(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[HookEvent]) -> None:
         """Watch the pin; a handset already lifted at start is reported as LIFTED."""
-        if self._button is None:
+        if not self._contact.is_open:
             raise HookError("the hook switch was closed")
         self._loop, self._queue = loop, queue
-        self._button.when_pressed = self._on_edge
-        self._button.when_released = self._on_edge
+        self._contact.watch(loop, self._check)
         _LOGGER.info("Hook switch on GPIO%d (lifted when %s)", self._cfg.pin, self._cfg.lifted_when)
         loop.call_soon_threadsafe(self._check)
 
-    def _on_edge(self) -> None:
-        # gpiozero's thread (or the caller's, with the mock): hand off, nothing else.
-        loop = self._loop
-        if loop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop closed under us: the phone is shutting down
-                loop.call_soon_threadsafe(self._check)
-
-    def _lifted(self) -> bool:
-        if self._button is None:
-            return False
-        closed = bool(self._button.is_pressed)  # gpiozero folds pull_up in: pressed == contact closed
-        return closed if self._cfg.lifted_when == "closed" else not closed
-
     def _check(self) -> None:
         """On the loop: feed the current level to the debouncer, re-check once it could settle."""
-        if self._loop is None or self._queue is None or self._button is None:
+        if self._loop is None or self._queue is None or not self._contact.is_open:
             return
-        changed = self._debouncer.update(self._lifted(), self._loop.time())
+        changed = self._debouncer.update(self._contact.active(), self._loop.time())
         if changed is not None:
             _LOGGER.debug("Hook: %s", _event(changed).value)
             self._queue.put_nowait(_event(changed))
@@ -141,9 +124,7 @@ class GpioHook(Hook):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._button is not None:
-            self._button.close()
-            self._button = None
+        self._contact.close()
         self._loop = self._queue = None
 
 

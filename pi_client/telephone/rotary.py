@@ -10,10 +10,10 @@ mock pin factory ignores ``bounce_time`` and real dial contacts chatter.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from common.config import RotaryConfig
+from pi_client.telephone.contact import GpioContact
 from pi_client.telephone.hook import Debouncer
 
 _LOGGER = logging.getLogger(__name__)
@@ -97,45 +97,28 @@ class GpioDial:
 
     def __init__(self, cfg: RotaryConfig) -> None:
         """Open the pin now, so a wrong pin or a missing GPIO library fails at start-up."""
-        from gpiozero import Button
-
         self._cfg = cfg
         self._decoder = PulseDecoder(cfg)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[str] | None = None
         self._timer: asyncio.TimerHandle | None = None
         try:
-            # bounce_time=None: debouncing is ours (gpiozero's mock ignores it; real dials chatter).
-            self._button: Button | None = Button(cfg.pin, pull_up=cfg.pull_up, bounce_time=None)
-        except Exception as err:  # gpiozero raises its own family per pin factory
-            raise DialError(f"pi.dial.rotary.pin: cannot open GPIO{cfg.pin}: {err}") from err
+            self._contact = GpioContact(cfg.pin, cfg.pull_up, cfg.pulse_when, "pi.dial.rotary.pin")
+        except ValueError as err:
+            raise DialError(str(err)) from err
 
     def start(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str]) -> None:
         """Watch the pin; each dialed digit is put on ``queue`` as "0"-"9"."""
-        if self._button is None:
+        if not self._contact.is_open:
             raise DialError("the dial was closed")
         self._loop, self._queue = loop, queue
-        self._button.when_pressed = self._on_edge
-        self._button.when_released = self._on_edge
+        self._contact.watch(loop, self._check)
         _LOGGER.info("Rotary dial on GPIO%d (pulse when %s)", self._cfg.pin, self._cfg.pulse_when)
 
-    def _on_edge(self) -> None:
-        # gpiozero's thread (or the caller's, with the mock): hand off, nothing else.
-        loop = self._loop
-        if loop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop closed under us: the phone is shutting down
-                loop.call_soon_threadsafe(self._check)
-
-    def _breaking(self) -> bool:
-        if self._button is None:
-            return False
-        closed = bool(self._button.is_pressed)  # gpiozero folds pull_up in: pressed == contact closed
-        return closed if self._cfg.pulse_when == "closed" else not closed
-
     def _check(self) -> None:
-        if self._loop is None or self._button is None:
+        if self._loop is None or not self._contact.is_open:
             return
-        self._deliver(self._decoder.feed(self._breaking(), self._loop.time()))
+        self._deliver(self._decoder.feed(self._contact.active(), self._loop.time()))
 
     def _tick(self) -> None:
         self._timer = None
@@ -162,7 +145,5 @@ class GpioDial:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._button is not None:
-            self._button.close()
-            self._button = None
+        self._contact.close()
         self._loop = self._queue = None
