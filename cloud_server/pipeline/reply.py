@@ -18,6 +18,7 @@ from contextlib import closing
 from dataclasses import dataclass, field
 
 from cloud_server.llm.base import LLM, LLMError
+from cloud_server.pipeline.pieces import paced
 from cloud_server.pipeline.sentences import SentenceSplitter
 from cloud_server.pipeline.sessions import SessionStore
 from cloud_server.tts.base import TTSEngine, VoiceSpec
@@ -204,14 +205,27 @@ class ReplyPipeline:
             return False
 
         splitter = SentenceSplitter(self._cfg.sentences)
+        grace = self._cfg.sentences.end_grace_seconds
+        last_piece_at, told_idle = time.monotonic(), True
+
+        def quiet_after() -> float | None:
+            # Once per pause: a held "3." is not re-examined every grace period until the LLM goes on.
+            return grace if splitter.holding and not told_idle else None
+
         try:
-            for piece in self._llm.stream_reply(messages, cancel):
+            for piece in paced(self._llm.stream_reply(messages, cancel), cancel, quiet_after):
                 if cancel.is_set():
                     return
-                if stats.llm_first_token_seconds is None:
-                    stats.llm_first_token_seconds = time.monotonic() - started
-                parts.append(piece)
-                for sentence in splitter.push(piece):
+                if piece is None:
+                    told_idle = True
+                    ready = splitter.idle(time.monotonic() - last_piece_at)
+                else:
+                    last_piece_at, told_idle = time.monotonic(), False
+                    if stats.llm_first_token_seconds is None:
+                        stats.llm_first_token_seconds = last_piece_at - started
+                    parts.append(piece)
+                    ready = splitter.push(piece)
+                for sentence in ready:
                     if not put(sentence):
                         return
             for sentence in splitter.flush():
