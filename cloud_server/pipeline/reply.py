@@ -242,20 +242,20 @@ class ReplyPipeline:
     def _speak_sentence(
         self, text: str, voice: VoiceSpec, cancel: threading.Event, use_fallback: bool, stats: TurnStats
     ) -> Generator[tuple[bytes, bool], None, None]:
-        """Speak one sentence with the primary engine, or with the fallback once the primary failed."""
+        """Speak one sentence with the primary engine, or with the fallback once the primary failed.
+
+        A voice that streams inside the sentence can fail after some of it was heard: the fallback
+        then says the whole sentence again, so no words are lost.
+        """
         t0 = time.monotonic()
         if not use_fallback:
-            spoke = False
             try:
                 for pcm in self.primary.synthesize(text, voice, cancel):
-                    spoke = True
                     yield pcm, False
                 stats.sentence_seconds.append(time.monotonic() - t0)
                 return
             except Exception as err:  # TTSError or a library crash: the fallback voice takes over
                 _LOGGER.warning("%s failed on a sentence (%s): fallback voice takes over", self.primary.name, err)
-                if spoke:
-                    return
         if cancel.is_set():
             return
         stats.fallback_sentences += 1
