@@ -130,9 +130,10 @@ def test_seams_of_a_streamed_sentence_are_no_rougher_than_the_whole_sentence(
     - the spectral change across each seam (log spectra of the 20 ms either side) ≤ the 99th
       percentile of the same measure at every 5 ms inside the whole sentence;
     - the level either side of a seam within ±3 dB.
-    Measured here: seam steps 0.046-0.049 vs 0.063 max; spectral change 0.80-0.87 vs p99 3.2 (median
-    0.83); level within 0.1 dB. Windows vocoded independently and butted together (no context, no
-    cross-fade) fail: spectral change ~6.0 and a level drop to silence at each seam.
+    Measured here: seam steps 0.045-0.046 vs 0.063; spectral change 0.70-0.81 vs p99 4.4 (median
+    0.83); level within 0.1 dB. Windows vocoded alone and butted together fail (spectral change 5.5,
+    silence after each seam); windows with context but no hold-back/cross-fade reach a 0.064 step.
+    Figures and the table: docs/PERFORMANCE.md.
     """
     import torch
 

@@ -1,7 +1,9 @@
 """The reply pipeline: LLM text → sentences → speech, streamed as one WAV while the LLM still writes.
 
 The LLM runs in its own thread and feeds a bounded queue of sentences; the request thread
-synthesizes sentence N while the LLM writes sentence N+1. A failure degrades the turn instead of
+synthesizes sentence N while the LLM writes sentence N+1. The LLM's pieces are read on a thread of
+their own (pieces.py), so a finished sentence followed by a pause in the LLM goes to the voice after
+``sentences.end_grace_seconds`` instead of waiting for the next token. A failure degrades the turn instead of
 ending it: the LLM failing → the character's spoken apology; the voice model failing → the
 fallback voice speaks the rest. Hang-up (the WSGI server closing the response) sets ``cancel``,
 which stops the LLM stream and pending synthesis.
