@@ -115,6 +115,8 @@ class SentenceConfig:
     """Chunks shorter than this are merged with the next (Chatterbox fails on tiny inputs)."""
     first_chunk_chars: int = 60
     """The first chunk of a reply may be cut at a clause past this length, to speak sooner."""
+    end_grace_seconds: float = 0.04
+    """A sentence ending in . ! ? is spoken after this long with no more LLM text, in seconds (at most 0.05)."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,16 @@ class ChatterboxConfig:
     """Highest speech-token budget per sentence (the model's own cap)."""
     sentence_timeout_seconds: float = 60.0
     """Longest one sentence may take to synthesize before the fallback voice speaks it."""
+    stream: bool = True
+    """Speak a sentence in chunks while T3 still generates it (false: the whole sentence at once)."""
+    stream_first_chunk_tokens: int = 10
+    """Speech tokens (25 per second) in a sentence's first chunk: small, so audio starts soon."""
+    stream_chunk_tokens: int = 25
+    """Speech tokens in each later chunk (at least; more when T3 is ahead)."""
+    stream_context_tokens: int = 8
+    """Tokens before a chunk that are decoded again with it, so the vocoder continues the same sound."""
+    stream_holdback_tokens: int = 3
+    """Tokens at a chunk's end held back until the next chunk (S3Gen looks 3 tokens ahead)."""
 
 
 @dataclass(frozen=True)

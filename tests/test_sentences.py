@@ -35,6 +35,44 @@ def test_a_sentence_is_ready_as_soon_as_whitespace_follows_its_end() -> None:
     assert splitter.flush() == ["And"]
 
 
+@pytest.mark.parametrize(
+    "sentence",
+    ["The weather is lovely today.", "Is there anything else?", "That is wonderful news!", 'He said "see you soon."',
+     "Well, I am not so sure…"],
+)
+def test_a_finished_sentence_is_spoken_after_the_grace_when_the_llm_pauses(sentence: str) -> None:
+    splitter = SentenceSplitter(CFG)
+    assert splitter.push(sentence) == []
+    assert splitter.idle(CFG.end_grace_seconds / 2) == [], "inside the grace the next token may still change it"
+    assert splitter.idle(CFG.end_grace_seconds) == [sentence]
+    assert not splitter.holding
+    assert splitter.push(" And then") == [] and splitter.flush() == ["And then"]
+
+
+@pytest.mark.parametrize("unfinished", ["Please call Dr.", "The number you need is 3.", "Let me see, the trains",
+                                        "The next one leaves at", "Shortest."])
+def test_no_grace_for_abbreviations_numbers_clauses_or_short_text(unfinished: str) -> None:
+    splitter = SentenceSplitter(CFG)
+    assert splitter.push(unfinished) == []
+    assert splitter.idle(10.0) == []
+    assert splitter.holding
+    assert no_space("".join(splitter.flush())) == no_space(unfinished), "held, not lost"
+
+
+def test_after_a_grace_release_the_next_sentence_waits_for_its_own() -> None:
+    splitter = SentenceSplitter(CFG)
+    splitter.push("The weather is lovely today.")
+    assert splitter.idle(1.0) == ["The weather is lovely today."]
+    assert splitter.push(" Bring an umbrella anyway.") == []
+    assert splitter.idle(0.0) == [], "a new piece restarts the grace"
+    assert splitter.idle(1.0) == ["Bring an umbrella anyway."]
+
+
+def test_a_grace_past_the_limit_is_refused() -> None:
+    with pytest.raises(ValueError, match="end_grace_seconds"):
+        SentenceSplitter(SentenceConfig(end_grace_seconds=0.5))
+
+
 @pytest.mark.parametrize("end", ["!", "?", "…", "...", "?!", '."', ".”", "!)", ".'"])
 def test_every_sentence_end_mark_and_closing_quote_ends_a_chunk(end: str) -> None:
     first = f"This is the first sentence{end}"

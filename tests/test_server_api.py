@@ -124,6 +124,31 @@ def test_first_audio_arrives_before_the_llm_has_finished(
     assert chat.finished.wait(10) and chat.completed
 
 
+def test_a_finished_sentence_is_spoken_while_the_llm_pauses(
+    ollama: OllamaStandIn, start_server: Any, tmp_path: Path
+) -> None:
+    """The LLM stops for 3 s right after "...answer." (no space yet): that sentence is heard before it goes on."""
+    release = threading.Event()
+    pause = threading.Timer(3.0, release.set)  # the LLM's pause; also the bound on this test's wait
+    ollama.script("Here is the first sentence of my answer.", release, " And here, much later, is the rest.")
+    server = start_server(server_config(ollama.url, tmp_path))
+    pause.start()
+    try:
+        with ask(server.url, {"text": "Tell me something."}, stream=True) as reply:
+            reader = WavStreamReader()
+            chunks = reply.iter_content(chunk_size=None)
+            for chunk in chunks:
+                if reader.feed(chunk):
+                    break  # the first PCM bytes
+            assert not release.is_set(), "the finished sentence waited for the LLM's next token"
+            release.set()
+            b"".join(chunks)
+    finally:
+        pause.cancel()
+    (chat,) = ollama.chat_requests()
+    assert chat.finished.wait(10) and chat.completed
+
+
 @pytest.mark.parametrize(
     ("headers", "body", "status", "code"),
     [

@@ -1,7 +1,9 @@
 """The reply pipeline: LLM text → sentences → speech, streamed as one WAV while the LLM still writes.
 
 The LLM runs in its own thread and feeds a bounded queue of sentences; the request thread
-synthesizes sentence N while the LLM writes sentence N+1. A failure degrades the turn instead of
+synthesizes sentence N while the LLM writes sentence N+1. The LLM's pieces are read on a thread of
+their own (pieces.py), so a finished sentence followed by a pause in the LLM goes to the voice after
+``sentences.end_grace_seconds`` instead of waiting for the next token. A failure degrades the turn instead of
 ending it: the LLM failing → the character's spoken apology; the voice model failing → the
 fallback voice speaks the rest. Hang-up (the WSGI server closing the response) sets ``cancel``,
 which stops the LLM stream and pending synthesis.
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 
 from cloud_server.llm.base import LLM, LLMError
 from cloud_server.llm.context import fit_context
+from cloud_server.pipeline.pieces import paced
 from cloud_server.pipeline.sentences import SentenceSplitter
 from cloud_server.pipeline.sessions import SessionStore
 from cloud_server.tts.base import TTSEngine, VoiceSpec
@@ -218,14 +221,27 @@ class ReplyPipeline:
             return False
 
         splitter = SentenceSplitter(self._cfg.sentences)
+        grace = self._cfg.sentences.end_grace_seconds
+        last_piece_at, told_idle = time.monotonic(), True
+
+        def quiet_after() -> float | None:
+            # Once per pause: a held "3." is not re-examined every grace period until the LLM goes on.
+            return grace if splitter.holding and not told_idle else None
+
         try:
-            for piece in self._llm.stream_reply(messages, cancel):
+            for piece in paced(self._llm.stream_reply(messages, cancel), cancel, quiet_after):
                 if cancel.is_set():
                     return
-                if stats.llm_first_token_seconds is None:
-                    stats.llm_first_token_seconds = time.monotonic() - started
-                parts.append(piece)
-                for sentence in splitter.push(piece):
+                if piece is None:
+                    told_idle = True
+                    ready = splitter.idle(time.monotonic() - last_piece_at)
+                else:
+                    last_piece_at, told_idle = time.monotonic(), False
+                    if stats.llm_first_token_seconds is None:
+                        stats.llm_first_token_seconds = last_piece_at - started
+                    parts.append(piece)
+                    ready = splitter.push(piece)
+                for sentence in ready:
                     if not put(sentence):
                         return
             for sentence in splitter.flush():
@@ -242,20 +258,20 @@ class ReplyPipeline:
     def _speak_sentence(
         self, text: str, voice: VoiceSpec, cancel: threading.Event, use_fallback: bool, stats: TurnStats
     ) -> Generator[tuple[bytes, bool], None, None]:
-        """Speak one sentence with the primary engine, or with the fallback once the primary failed."""
+        """Speak one sentence with the primary engine, or with the fallback once the primary failed.
+
+        A voice that streams inside the sentence can fail after some of it was heard: the fallback
+        then says the whole sentence again, so no words are lost.
+        """
         t0 = time.monotonic()
         if not use_fallback:
-            spoke = False
             try:
                 for pcm in self.primary.synthesize(text, voice, cancel):
-                    spoke = True
                     yield pcm, False
                 stats.sentence_seconds.append(time.monotonic() - t0)
                 return
             except Exception as err:  # TTSError or a library crash: the fallback voice takes over
                 _LOGGER.warning("%s failed on a sentence (%s): fallback voice takes over", self.primary.name, err)
-                if spoke:
-                    return
         if cancel.is_set():
             return
         stats.fallback_sentences += 1

@@ -1,7 +1,8 @@
 """Sentence splitter between the LLM and TTS: streamed text in, speakable chunks out.
 
 Pure and clock-free: ``push`` takes whatever piece the LLM produced and returns the chunks that
-are ready; ``flush`` returns the rest at the end of a reply. Markdown and emoji are stripped on
+are ready; ``idle`` is told how long the LLM has been silent, so a finished sentence need not wait
+for the next token; ``flush`` returns the rest at the end of a reply. Markdown and emoji are stripped on
 the way in, so a chunk is exactly what the voice should say.
 """
 
@@ -42,6 +43,9 @@ _DASH_RUN = re.compile(r"-{2,}")  # "--" and "---" rules read as a pause, not "d
 _INVISIBLE = {0x200D, 0x20E3, *range(0xFE00, 0xFE10), *range(0x1F3FB, 0x1F400), *range(0xE0020, 0xE0080)}
 _KEEP_SYMBOLS = {"°"}
 _UNSPEAKABLE_CATEGORIES = frozenset({"So", "Cs", "Co", "Cc", "Cf"})
+
+MAX_END_GRACE_SECONDS = 0.05
+"""The longest a finished sentence may wait for the LLM's next piece (issue 11)."""
 
 _WHITESPACE = re.compile(r"\s+")
 _SENTENCE_END = re.compile(r"([.!?…。！？]+)[\"'”’»)\]]*(?=\s|\Z)|\n")
@@ -119,6 +123,9 @@ class SentenceSplitter:
     def __init__(self, cfg: SentenceConfig) -> None:
         if not 1 <= cfg.min_chars <= cfg.max_chars:
             raise ValueError(f"sentences: need 1 <= min_chars <= max_chars, got {cfg.min_chars} and {cfg.max_chars}")
+        if not 0.0 <= cfg.end_grace_seconds <= MAX_END_GRACE_SECONDS:
+            raise ValueError(f"sentences: end_grace_seconds must be within 0-{MAX_END_GRACE_SECONDS}, "
+                             f"got {cfg.end_grace_seconds}")
         self._cfg = cfg
         self._reset()
 
@@ -127,15 +134,36 @@ class SentenceSplitter:
         self._text = ""  # cleaned, whitespace collapsed, not yet emitted
         self._at_line_start = True
         self._emitted = False
+        self._settled = False  # the LLM has been silent past the grace since the last piece
+
+    @property
+    def holding(self) -> bool:
+        """Whether text is held back (worth telling ``idle`` when the LLM goes quiet)."""
+        return bool(self._text or self._raw)
 
     def push(self, piece: str) -> list[str]:
         """Add a piece of LLM output; return the chunks that are now complete."""
         self._raw += piece
+        self._settled = False
         stable = _stable_length(self._raw, self._at_line_start)
         if stable > 0:
             self._append(_clean(self._raw[:stable], self._at_line_start))
             self._raw = self._raw[stable:]
             self._at_line_start = False
+        return self._drain(final=False)
+
+    def idle(self, seconds: float) -> list[str]:
+        """The LLM has sent nothing for ``seconds``: after the grace, a finished sentence at the end is ready.
+
+        Only a real sentence end counts (. ! ? …, not "Dr." nor a number such as "3."); a clause or a
+        bare word keeps waiting, as does text shorter than ``min_chars``.
+        """
+        if seconds < self._cfg.end_grace_seconds:
+            return []
+        self._settled = True
+        if self._raw and not self._raw.strip("!"):  # a held "!" was only waiting in case an image link began
+            self._append(_clean(self._raw, self._at_line_start))
+            self._raw = ""
         return self._drain(final=False)
 
     def flush(self) -> list[str]:
@@ -170,7 +198,7 @@ class SentenceSplitter:
         ends_open = final or self._raw[:1].isspace()
         for match in _SENTENCE_END.finditer(text):
             end = match.end() if match.group(1) else match.start()
-            if match.group(1) and end == len(text) and not ends_open:
+            if match.group(1) and end == len(text) and not ends_open and not self._settled_end(text, match):
                 break
             if match.group(1) == "." and self._is_abbreviation(text, match.start()):
                 continue
@@ -186,6 +214,12 @@ class SentenceSplitter:
             if clause is not None:
                 return clause
         return len(text) if final else None
+
+    def _settled_end(self, text: str, match: re.Match[str]) -> bool:
+        """A sentence end at the very end of the text, after the grace: not "3." (a list number or a digit to come)."""
+        if not self._settled or self._raw:
+            return False
+        return not (match.group(1) == "." and text[match.start() - 1 : match.start()].isdigit())
 
     def _is_abbreviation(self, text: str, dot: int) -> bool:
         """True for "Dr." / "e.g." / an initial "J.": a full stop that does not end a sentence."""

@@ -7,7 +7,9 @@ shared ``conds``. This engine adds, without copying library code:
   that ``model.t3.inference`` receives;
 - a deadline and the caller's cancel event, checked by forward pre-hooks on the modules run once
   per token (T3's speech embedding) and once per flow-matching step (S3Gen's estimator);
-- a fresh clone of cached, pristine conditionals for every call, under one lock.
+- a fresh clone of cached, pristine conditionals for every call, under one lock;
+- streaming inside the sentence (``stream``): T3 on a worker thread, its tokens vocoded in windows
+  while it still generates (chatterbox_stream.py).
 """
 
 from __future__ import annotations
@@ -18,13 +20,22 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from cloud_server.tts.base import TTSEngine, TTSError, VoiceSpec
-from cloud_server.tts.chatterbox_plan import DevicePlan, plan_device, token_budget
+from cloud_server.tts.chatterbox_plan import SAMPLES_PER_TOKEN, DevicePlan, plan_device, token_budget
+from cloud_server.tts.chatterbox_stream import (
+    TokensReady,
+    TokenStream,
+    in_t3_worker,
+    speech_tokens,
+    stream_audio,
+    watermarked,
+)
 from cloud_server.tts.conditionals import ConditionalsCache, clone_conditionals
+from cloud_server.tts.stream_stitch import StreamPlan
 from common.config import ChatterboxConfig, expand_path
 from common.wav import float_to_pcm16
 
@@ -52,6 +63,10 @@ class _Call:
     budget: int
     deadline: float
     cancel: threading.Event | None
+    stop: threading.Event = field(default_factory=threading.Event)
+    """Set when the reader of a streamed sentence went away: T3 stops at its next token."""
+    tokens: TokenStream | None = None
+    """The streamed sentence's tokens, fed by the hook on T3's speech embedding."""
 
 
 @dataclass
@@ -73,7 +88,7 @@ class LoadedChatterbox:
         call = self.call
         if call is None:
             return
-        if call.cancel is not None and call.cancel.is_set():
+        if (call.cancel is not None and call.cancel.is_set()) or call.stop.is_set():
             raise _Interrupted(cancelled=True)
         if time.monotonic() > call.deadline:
             raise _Interrupted(cancelled=False)
@@ -152,8 +167,25 @@ def _install_bounds(loaded: LoadedChatterbox) -> None:
     def hook(_module: Any, _args: Any) -> None:
         loaded.check()
 
-    t3.speech_emb.register_forward_pre_hook(hook)
+    def token_hook(_module: Any, args: Any) -> None:
+        # Each new token is embedded to be fed back: the one place T3 shows it while generating.
+        call = loaded.call
+        ids = args[0] if args else None
+        if call is not None and call.tokens is not None and ids is not None and ids.shape[-1] == 1 and in_t3_worker():
+            call.tokens.push(int(ids.reshape(-1)[0]))
+        loaded.check()
+
+    t3.speech_emb.register_forward_pre_hook(token_hook)
     loaded.model.s3gen.flow.decoder.estimator.register_forward_pre_hook(hook)
+    s3gen = loaded.model.s3gen
+    inner_vocode = s3gen.inference
+
+    def vocode(*args: Any, **kwargs: Any) -> Any:
+        if in_t3_worker():  # a streamed sentence's generate() got past T3: the caller vocodes, not us
+            raise TokensReady(speech_tokens(kwargs["speech_tokens"] if "speech_tokens" in kwargs else args[0]))
+        return inner_vocode(*args, **kwargs)
+
+    s3gen.inference = vocode
 
 
 class ChatterboxEngine(TTSEngine):
@@ -168,6 +200,13 @@ class ChatterboxEngine(TTSEngine):
         conds_cls = _conditionals_class(self.loaded.kind)
         namespace = f"{self.loaded.kind}-{self.loaded.fingerprint}"
         self._cache = ConditionalsCache(expand_path(cfg.conditionals_dir), namespace, conds_cls, self.device)
+        self._plan = StreamPlan(  # checked now: a bad setting stops the server at start, not every sentence
+            first_chunk_tokens=cfg.stream_first_chunk_tokens,
+            chunk_tokens=cfg.stream_chunk_tokens,
+            context_tokens=cfg.stream_context_tokens,
+            holdback_tokens=cfg.stream_holdback_tokens,
+            samples_per_token=SAMPLES_PER_TOKEN,
+        )
 
     # ------------------------------------------------------------------ the seam
 
@@ -177,7 +216,11 @@ class ChatterboxEngine(TTSEngine):
             self._pristine(voice)
 
     def synthesize(self, text: str, voice: VoiceSpec, cancel: threading.Event | None = None) -> Iterator[bytes]:
-        """Speak one sentence as PCM16 at 24 kHz; nothing when cancelled; TTSError on failure or timeout."""
+        """Speak one sentence as PCM16 at 24 kHz; nothing when cancelled; TTSError on failure or timeout.
+
+        Streamed (``stream``), pieces come while T3 still generates; a failure after some audio is
+        still a TTSError, so the caller's fallback voice speaks on.
+        """
         text = text.strip()
         if not text:
             return
@@ -185,10 +228,16 @@ class ChatterboxEngine(TTSEngine):
         if not self._acquire(cancel):
             return
         started = time.monotonic()
+        wav = None
         try:
             conds = clone_conditionals(self._pristine(voice))
             self.loaded.call = _Call(budget, started + self.cfg.sentence_timeout_seconds, cancel)
-            wav = self._generate(text, voice, conds)
+            if self.cfg.stream:
+                with contextlib.closing(self._stream(text, voice, conds)) as pieces:
+                    for piece in pieces:
+                        yield from _pcm_chunks(piece)
+            else:
+                wav = self._generate(text, voice, conds)
         except _Interrupted as stop:
             if stop.cancelled:
                 _LOGGER.info("Synthesis cancelled after %.1f s", time.monotonic() - started)
@@ -205,13 +254,11 @@ class ChatterboxEngine(TTSEngine):
                 self.loaded.model.conds = None  # the next call brings its own copy
             self.loaded.lock.release()
         _LOGGER.info(
-            "Synthesized %d chars (budget %d tokens) into %.2f s of audio in %.1f s",
-            len(text), budget, wav.size / self.sample_rate, time.monotonic() - started,
+            "Synthesized %d chars (budget %d tokens, %s) in %.1f s",
+            len(text), budget, "streamed" if wav is None else "whole", time.monotonic() - started,
         )
-        pcm = float_to_pcm16(wav)
-        step = CHUNK_SAMPLES * 2
-        for pos in range(0, len(pcm), step):
-            yield pcm[pos : pos + step]
+        if wav is not None:
+            yield from _pcm_chunks(wav)
 
     def close(self) -> None:
         """Drop the model (the memory goes when the last engine using it is gone)."""
@@ -263,16 +310,18 @@ class ChatterboxEngine(TTSEngine):
         conds.t3.emotion_adv = exaggeration * torch.ones(1, 1, 1, device=self.device)
         return self._cache.remember(key, conds)
 
-    def _generate(self, text: str, voice: VoiceSpec, conds: Any) -> Any:
+    def _autocast(self) -> Any:
+        plan = self.loaded.plan
+        if plan.autocast_dtype is None:
+            return contextlib.nullcontext()
         import torch
 
+        return torch.autocast(device_type="cuda", dtype=getattr(torch, plan.autocast_dtype))
+
+    def _generate(self, text: str, voice: VoiceSpec, conds: Any) -> Any:
         model = self.loaded.model
         model.conds = conds
-        plan = self.loaded.plan
-        autocast: Any = contextlib.nullcontext()
-        if plan.autocast_dtype is not None:
-            autocast = torch.autocast(device_type="cuda", dtype=getattr(torch, plan.autocast_dtype))
-        with autocast:
+        with self._autocast():
             if self.loaded.kind == "turbo":
                 out = model.generate(text, temperature=voice.temperature)
             else:
@@ -283,6 +332,43 @@ class ChatterboxEngine(TTSEngine):
                     temperature=voice.temperature,
                 )
         return out.detach().float().cpu().numpy().reshape(-1)
+
+    def _stream(self, text: str, voice: VoiceSpec, conds: Any) -> Generator[Any, None, None]:
+        """Float audio pieces of one sentence, watermarked, while T3 still generates (lock held)."""
+        import torch
+
+        call, model = self.loaded.call, self.loaded.model
+        assert call is not None
+        call.tokens = TokenStream()
+        vocode_options = {"n_cfm_timesteps": 2} if self.loaded.kind == "turbo" else {}  # as generate() does
+
+        def vocode(window: list[int]) -> Any:
+            ids = torch.tensor(window, dtype=torch.long, device=self.device)
+            with self._autocast():
+                wav, _ = model.s3gen.inference(speech_tokens=ids, ref_dict=conds.gen, **vocode_options)
+            return wav.reshape(-1).detach().float().cpu().numpy()
+
+        pieces = stream_audio(
+            lambda: self._generate(text, voice, conds),
+            vocode,
+            call.tokens,
+            self._plan,
+            call.stop,
+            self.loaded.check,
+            max(call.deadline - time.monotonic(), 0.0) + 1.0,
+            f"{threading.current_thread().name}:t3",
+        )
+        with contextlib.closing(pieces):
+            for piece in pieces:
+                # generate() watermarks every sentence; a streamed one is watermarked piece by piece.
+                yield watermarked(model.watermarker, piece, self.sample_rate)
+
+
+def _pcm_chunks(wav: Any) -> Iterator[bytes]:
+    pcm = float_to_pcm16(wav)
+    step = CHUNK_SAMPLES * 2
+    for pos in range(0, len(pcm), step):
+        yield pcm[pos : pos + step]
 
 
 def _conditionals_class(kind: str) -> Any:
