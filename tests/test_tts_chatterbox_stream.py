@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cloud_server.llm.base import OllamaLLM
+from cloud_server.llm.ollama import OllamaLLM
 from cloud_server.pipeline.reply import ReplyPipeline, TurnStats
 from cloud_server.pipeline.sessions import SessionStore
 from cloud_server.tts.base import TTSEngine, VoiceSpec
