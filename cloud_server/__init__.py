@@ -26,9 +26,10 @@ def create_app(
     ``config`` lets tests pass their own tree; ``engines`` (primary, fallback) lets several apps in
     one process share voices that are already loaded (Chatterbox takes seconds and gigabytes).
     """
+    from cloud_server.cors import allow_configured_origins
     from cloud_server.errors import register_error_handlers
     from cloud_server.metrics import count_responses
-    from cloud_server.routes import characters, console, core, emotions, openai, outputs, voices
+    from cloud_server.routes import characters, console, core, docs, emotions, openai, outputs, voices
     from cloud_server.services import EXTENSION, build_services
     from cloud_server.write_timeout import WriteTimeout
 
@@ -43,7 +44,8 @@ def create_app(
     app.extensions[EXTENSION] = svc
     register_error_handlers(app, limits.retry_after_seconds)
     count_responses(app, svc.metrics)
-    for blueprint in (core.bp, voices.bp, characters.bp, emotions.bp, openai.bp, outputs.bp, console.bp):
+    allow_configured_origins(app, cfg.server.cors_origins)
+    for blueprint in (core.bp, voices.bp, characters.bp, emotions.bp, openai.bp, outputs.bp, console.bp, docs.bp):
         app.register_blueprint(blueprint)
     app.wsgi_app = WriteTimeout(app.wsgi_app, limits.write_timeout_seconds)  # type: ignore[method-assign]
     _LOGGER.info("Ready: voice %s (fallback %s), LLM %s", svc.primary.name, svc.fallback.name, cfg.server.llm.backend)

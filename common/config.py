@@ -305,6 +305,9 @@ class ServerConfig:
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     """Where /generate-audio keeps its files (S3-compatible, or the data directory)."""
+    cors_origins: tuple[str, ...] = ()
+    """Web origins (``https://app.example.com``, exact) whose pages may call the API with the key from the
+    browser; none by default. The console is same-origin and needs none."""
 
 
 # --------------------------------------------------------------------------- Pi side

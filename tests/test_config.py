@@ -19,6 +19,16 @@ def test_the_shipped_config_yaml_is_valid_and_matches_the_defaults_it_documents(
     assert "operator" in cfg.server.characters
 
 
+def test_the_shipped_config_yaml_has_seed_000s_six_characters_written_for_a_telephone() -> None:
+    characters = load_config(ROOT / "config.yaml", env={}).server.characters
+    assert sorted(characters) == ["assistant", "echo", "luna", "narrator", "operator", "sage", "zephyr"]
+    for character_id, character in characters.items():
+        assert character.voice_clip is None, character_id  # the default voice: no clip that may not exist
+        assert "No lists, no markdown" in character.persona, character_id
+        assert character.greeting and character.display_name.lower() == character_id, character_id
+    assert len({(c.exaggeration, c.temperature, c.cfg_weight) for c in characters.values()}) >= 5  # each its own manner
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
