@@ -90,7 +90,8 @@ class LLMConfig:
     embedded_threads: int = 2
     """CPU threads for the embedded backend."""
     warm_up: bool = True
-    """Load the model at start-up so the first caller does not wait for it."""
+    """Load the model at start-up, and with Ollama evaluate each character's persona once (one short chat
+    each, in the background), so the first caller waits for neither."""
     warm_up_timeout_seconds: float = 120.0
     """Longest wait for the model to load at warm-up, in seconds (a cold load reads GBs from disk)."""
     health_timeout_seconds: float = 2.0
