@@ -129,7 +129,9 @@ class ChatterboxConfig:
     device: Literal["auto", "cuda", "cpu"] = "auto"
     """Torch device; auto picks CUDA when available."""
     compile: bool = False
-    """torch.compile the T3 model (CUDA only; ignored on CPU)."""
+    """torch.compile T3's transformer and S3Gen's encoder and estimator (CUDA only; ignored on CPU)."""
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
+    """torch.compile's mode when ``compile`` is on: reduce-overhead uses CUDA graphs."""
     mixed_precision: bool = False
     """Run generation under bfloat16/float16 autocast (CUDA only; ignored on CPU)."""
     voice_clip: str | None = None
