@@ -171,7 +171,9 @@ def build_services(
     )
     prepare_voices(services)
     if server.llm.warm_up:
-        personas = [characters.get(cid)[1].persona for cid in characters.ids()]
+        # The default character last: with one Ollama slot (OLLAMA_NUM_PARALLEL=1) only the last stays cached.
+        ids = sorted(characters.ids(), key=lambda cid: cid == server.default_character)
+        personas = [characters.get(cid)[1].persona for cid in ids]
         threading.Thread(target=_warm_up, args=(llm, personas), name="llm-warm-up", daemon=True).start()
     _LOGGER.info("%d library voices, Whisper on %s", len(library.list()), transcriber.device)
     return services

@@ -91,7 +91,9 @@ class LLMConfig:
     """CPU threads for the embedded backend."""
     warm_up: bool = True
     """Load the model at start-up, and with Ollama evaluate each character's persona once (one short chat
-    each, in the background), so the first caller waits for neither."""
+    each, in the background, the default character's last), so the first caller waits for neither.
+    Ollama keeps one cached prompt per parallel slot: set OLLAMA_NUM_PARALLEL to the number of
+    characters to keep them all warm."""
     warm_up_timeout_seconds: float = 120.0
     """Longest wait for the model to load at warm-up, in seconds (a cold load reads GBs from disk)."""
     health_timeout_seconds: float = 2.0
