@@ -171,7 +171,10 @@ def build_services(
     )
     prepare_voices(services)
     if server.llm.warm_up:
-        threading.Thread(target=_warm_up, args=(llm,), name="llm-warm-up", daemon=True).start()
+        # The default character last: with one Ollama slot (OLLAMA_NUM_PARALLEL=1) only the last stays cached.
+        ids = sorted(characters.ids(), key=lambda cid: cid == server.default_character)
+        personas = [characters.get(cid)[1].persona for cid in ids]
+        threading.Thread(target=_warm_up, args=(llm, personas), name="llm-warm-up", daemon=True).start()
     _LOGGER.info("%d library voices, Whisper on %s", len(library.list()), transcriber.device)
     return services
 
@@ -192,10 +195,11 @@ def prepare_voices(svc: Services) -> None:
             _LOGGER.warning("Voice %s could not be prepared at start (it will be tried on use): %s", spec.voice_id, err)
 
 
-def _warm_up(llm: LLM) -> None:
+def _warm_up(llm: LLM, personas: list[str]) -> None:
+    """Load the model and put each character's system prompt in the LLM's cache, off the start path."""
     t0 = time.monotonic()
     try:
-        llm.warm_up()
-        _LOGGER.info("LLM warmed up in %.1f s", time.monotonic() - t0)
+        warmed = llm.warm_up_prompts(personas)
+        _LOGGER.info("LLM %s warmed up (%d character prompts) in %.1f s", llm.model, warmed, time.monotonic() - t0)
     except Exception as err:
         _LOGGER.warning("LLM warm-up failed (replies will apologise until it is reachable): %s", err)

@@ -90,7 +90,10 @@ class LLMConfig:
     embedded_threads: int = 2
     """CPU threads for the embedded backend."""
     warm_up: bool = True
-    """Load the model at start-up so the first caller does not wait for it."""
+    """Load the model at start-up, and with Ollama evaluate each character's persona once (one short chat
+    each, in the background, the default character's last), so the first caller waits for neither.
+    Ollama keeps one cached prompt per parallel slot: set OLLAMA_NUM_PARALLEL to the number of
+    characters to keep them all warm."""
     warm_up_timeout_seconds: float = 120.0
     """Longest wait for the model to load at warm-up, in seconds (a cold load reads GBs from disk)."""
     health_timeout_seconds: float = 2.0
@@ -128,7 +131,9 @@ class ChatterboxConfig:
     device: Literal["auto", "cuda", "cpu"] = "auto"
     """Torch device; auto picks CUDA when available."""
     compile: bool = False
-    """torch.compile the T3 model (CUDA only; ignored on CPU)."""
+    """torch.compile T3's transformer and S3Gen's encoder and estimator (CUDA only; ignored on CPU)."""
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
+    """torch.compile's mode when ``compile`` is on: reduce-overhead uses CUDA graphs."""
     mixed_precision: bool = False
     """Run generation under bfloat16/float16 autocast (CUDA only; ignored on CPU)."""
     voice_clip: str | None = None

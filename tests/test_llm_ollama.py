@@ -304,6 +304,39 @@ def test_warm_up_asks_ollama_to_load_the_model(ollama: OllamaStandIn, standin_ll
     assert request.messages == [] and request.keep_alive == "2h" and request.model == "llama3.2:3b"
 
 
+def test_prompt_warm_up_sends_each_distinct_system_prompt_once(
+    ollama: OllamaStandIn, standin_llm_config: LLMConfig
+) -> None:
+    llm = OllamaLLM(replace(standin_llm_config, keep_alive="2h", context_tokens=1024))
+    assert llm.warm_up_prompts(["You are Ada.", "You are Bob.", "You are Ada."]) == 2
+    requests_seen = ollama.chat_requests()
+    assert [r.messages[0] for r in requests_seen] == [
+        {"role": "system", "content": "You are Ada."},
+        {"role": "system", "content": "You are Bob."},
+    ]
+    for request in requests_seen:
+        assert request.keep_alive == "2h" and request.options["num_predict"] == 1
+        assert request.options["num_ctx"] == 1024, "the replies' context size, or Ollama would reload the model"
+
+
+def test_start_warms_every_characters_prompt_in_the_background(
+    ollama: OllamaStandIn, start_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    characters = {
+        "operator": {"persona": "You are the operator. Be brief."},
+        "pirate": {"persona": "You are a pirate. Speak like one."},
+    }
+    config = server_config(ollama.url, tmp_path, llm={"warm_up": True, "keep_alive": "1h"}, characters=characters)
+    start_server(config)
+    wait_for(lambda: len(ollama.chat_requests()) >= 2, WAIT, "a warm-up per character")
+    requests_seen = ollama.chat_requests()
+    assert [r.messages[0]["content"] for r in requests_seen] == [
+        characters["pirate"]["persona"],
+        characters["operator"]["persona"],  # the default character last: the one a single slot keeps
+    ]
+    assert all(r.messages[0]["role"] == "system" and r.keep_alive == "1h" for r in requests_seen)
+
+
 def test_is_reachable_follows_the_server(standin_llm_config: LLMConfig, ollama: OllamaStandIn) -> None:
     llm = OllamaLLM(standin_llm_config)
     assert llm.is_reachable() is True

@@ -7,6 +7,7 @@ lock and the failure paths are the library's own. One model per session (see fix
 from __future__ import annotations
 
 import dataclasses
+import operator
 import shutil
 import threading
 import time
@@ -15,10 +16,17 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from cloud_server.tts.base import TTSError, VoiceSpec
-from cloud_server.tts.chatterbox_engine import ChatterboxEngine, LoadedChatterbox
-from cloud_server.tts.chatterbox_plan import SAMPLES_PER_TOKEN, DevicePlan, plan_device, token_budget
+from cloud_server.tts.chatterbox_engine import ChatterboxEngine, LoadedChatterbox, compile_modules
+from cloud_server.tts.chatterbox_plan import (
+    COMPILED_MODULES,
+    SAMPLES_PER_TOKEN,
+    DevicePlan,
+    plan_device,
+    token_budget,
+)
 from common.config import ChatterboxConfig
 from common.wav import pcm16_to_float
 
@@ -48,6 +56,67 @@ def test_device_plan_ignores_cuda_switches_on_cpu_and_says_so() -> None:
     plan = plan_device("auto", cuda_available=False, bf16_supported=False, compile=True, mixed_precision=True)
     assert (plan.device, plan.compile, plan.autocast_dtype) == ("cpu", False, None)
     assert any("compile" in n for n in plan.notes) and any("mixed_precision" in n for n in plan.notes)
+
+
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead", "max-autotune"])
+def test_on_cuda_compile_covers_t3_and_s3gen_in_the_configured_mode(mode: Any) -> None:
+    plan = plan_device("cuda", cuda_available=True, bf16_supported=True, compile=True, mixed_precision=True,
+                       compile_mode=mode)
+    assert plan.compiled_modules == ("t3.tfmr", "s3gen.flow.encoder", "s3gen.flow.decoder.estimator")
+    assert (plan.compile_mode, plan.autocast_dtype) == (mode, "bfloat16")
+
+
+def test_on_cpu_nothing_is_compiled_whatever_the_mode() -> None:
+    plan = plan_device("auto", cuda_available=False, bf16_supported=False, compile=True, mixed_precision=True,
+                       compile_mode="reduce-overhead")
+    assert plan.compiled_modules == () and plan.autocast_dtype is None
+
+
+class _Flow(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = torch.nn.Linear(2, 2)
+        self.decoder = torch.nn.Module()
+        self.decoder.estimator = torch.nn.Linear(2, 2)
+
+
+def _standin_model() -> Any:
+    """The attribute layout of a Chatterbox model, with tiny modules."""
+    model = torch.nn.Module()
+    model.t3 = torch.nn.Module()
+    model.t3.tfmr = torch.nn.Linear(2, 2)
+    model.s3gen = torch.nn.Module()
+    model.s3gen.flow = _Flow()
+    return model
+
+
+def test_compile_puts_compiled_modules_in_place_with_the_plan_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[tuple[Any, Any, Any]] = []
+    real_compile = torch.compile
+
+    def recording_compile(module: Any, **kwargs: Any) -> Any:
+        asked.append((module, kwargs.get("mode"), kwargs.get("dynamic")))
+        return real_compile(module, **kwargs)  # lazy: nothing is compiled until the module is called
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    model = _standin_model()
+    originals = [operator.attrgetter(p)(model) for p in COMPILED_MODULES]
+    plan = plan_device("cuda", cuda_available=True, bf16_supported=True, compile=True, mixed_precision=False,
+                       compile_mode="reduce-overhead")
+    compile_modules(model, plan)
+    assert asked == [(m, "reduce-overhead", True) for m in originals]
+    for path, original in zip(COMPILED_MODULES, originals, strict=True):
+        replaced = operator.attrgetter(path)(model)
+        assert replaced is not original and getattr(replaced, "_orig_mod", None) is original
+
+
+def test_compile_leaves_the_model_alone_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("torch.compile must not be used on CPU"))
+    model = _standin_model()
+    plan = plan_device("cpu", cuda_available=True, bf16_supported=True, compile=True, mixed_precision=True)
+    compile_modules(model, plan)
+    assert isinstance(model.t3.tfmr, torch.nn.Linear)
+    assert isinstance(model.s3gen.flow.decoder.estimator, torch.nn.Linear)
 
 
 def test_device_plan_refuses_cuda_without_a_gpu() -> None:

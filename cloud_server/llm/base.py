@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 _BYTES_PER_TOKEN = 3
 """Estimate without a tokenizer: English runs ~4 bytes a token, digits and other scripts fewer."""
@@ -35,6 +35,14 @@ class LLM(ABC):
     @abstractmethod
     def warm_up(self) -> None:
         """Load the model now so the first caller does not wait; raise LLMError if it cannot."""
+
+    def warm_up_prompts(self, system_prompts: Sequence[str]) -> int:
+        """Load the model and, where the backend caches prompts, each system prompt; how many were sent.
+
+        Default: only load the model (a backend without a prompt cache gains nothing more).
+        """
+        self.warm_up()
+        return 0
 
     @abstractmethod
     def is_reachable(self) -> bool:

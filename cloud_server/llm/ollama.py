@@ -6,7 +6,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -17,6 +17,10 @@ from common.config import LLMConfig
 _LOGGER = logging.getLogger(__name__)
 
 _CONNECT_TIMEOUT_SECONDS = 5.0
+_MAX_WARM_PROMPTS = 32
+"""At most this many system prompts are warmed at start: the warm-up stays bounded with many characters."""
+_WARM_WORDS = "Hello."
+"""The user turn of a prompt warm-up: short, so the request is the system prompt's evaluation."""
 
 
 def public_host(host: str) -> str:
@@ -127,15 +131,35 @@ class OllamaLLM(LLM):
 
     def warm_up(self) -> None:
         """Ask Ollama to load the model (a chat with no messages) and keep it for ``keep_alive``."""
-        started = time.monotonic()
+        self._warm_chat([])
+
+    def warm_up_prompts(self, system_prompts: Sequence[str]) -> int:
+        """One short chat per distinct system prompt, so Ollama has evaluated and cached each before a call.
+
+        The first one also loads the model; with none, the model is only loaded. The first failure
+        stops the rest (an unreachable Ollama costs one timeout, not one per character).
+        """
+        prompts = list(dict.fromkeys(p for p in system_prompts if p))[:_MAX_WARM_PROMPTS]
+        if not prompts:
+            self.warm_up()
+            return 0
+        for prompt in prompts:
+            self._warm_chat(
+                [{"role": "system", "content": prompt}, {"role": "user", "content": _WARM_WORDS}], num_predict=1
+            )
+        return len(prompts)
+
+    def _warm_chat(self, messages: list[dict[str, str]], num_predict: int | None = None) -> None:
+        options = self._options()
+        if num_predict is not None:
+            options["num_predict"] = num_predict
         try:
             # The same context size as the replies ask for: another one would make Ollama reload.
             self._warm_client.chat(
-                model=self._cfg.model, messages=[], keep_alive=self._cfg.keep_alive, options=self._options()
+                model=self._cfg.model, messages=messages, think=False, keep_alive=self._cfg.keep_alive, options=options
             )
         except Exception as err:
             raise self._error(err, self._cfg.warm_up_timeout_seconds) from err
-        _LOGGER.info("LLM %s loaded on %s in %.2f s", self.model, self._host, time.monotonic() - started)
 
     def is_reachable(self) -> bool:
         """True when Ollama answers its model list within ``health_timeout_seconds``."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import operator
 import os
 import threading
 import time
@@ -120,6 +121,7 @@ def load_chatterbox(cfg: ChatterboxConfig) -> LoadedChatterbox:
         bf16_supported=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         compile=cfg.compile,
         mixed_precision=cfg.mixed_precision,
+        compile_mode=cfg.compile_mode,
     )
     for note in plan.notes:
         _LOGGER.info("%s", note)
@@ -136,13 +138,28 @@ def load_chatterbox(cfg: ChatterboxConfig) -> LoadedChatterbox:
     if model.conds is not None:
         loaded.builtin = clone_conditionals(model.conds)
     _install_bounds(loaded)
-    if plan.compile:
-        model.t3.tfmr = torch.compile(model.t3.tfmr, dynamic=True)
+    compile_modules(model, plan)
     _LOGGER.info(
         "Loaded Chatterbox %s on %s in %.1f s (autocast %s, compile %s)",
-        cfg.model, plan.device, time.monotonic() - started, plan.autocast_dtype, plan.compile,
+        cfg.model, plan.device, time.monotonic() - started, plan.autocast_dtype,
+        plan.compile_mode if plan.compile else False,
     )
     return loaded
+
+
+def compile_modules(model: Any, plan: DevicePlan) -> None:
+    """Put torch.compile'd versions of the plan's modules in place (compiled lazily, on first use).
+
+    Forward pre-hooks stay on the original modules and run outside the compiled graph.
+    """
+    if not plan.compiled_modules:
+        return
+    import torch
+
+    for path in plan.compiled_modules:
+        owner_path, _, name = path.rpartition(".")
+        owner = operator.attrgetter(owner_path)(model)
+        setattr(owner, name, torch.compile(getattr(owner, name), mode=plan.compile_mode, dynamic=True))
 
 
 def _install_bounds(loaded: LoadedChatterbox) -> None:

@@ -9,6 +9,13 @@ from typing import Literal
 SAMPLES_PER_TOKEN = 960
 """Chatterbox speaks 25 speech tokens per second at 24 kHz."""
 
+CompileMode = Literal["default", "reduce-overhead", "max-autotune"]
+"""torch.compile's modes: reduce-overhead adds CUDA graphs, max-autotune also tunes its kernels."""
+
+COMPILED_MODULES = ("t3.tfmr", "s3gen.flow.encoder", "s3gen.flow.decoder.estimator")
+"""What ``compile`` compiles, as attribute paths on the model: T3's transformer (once per speech
+token) and S3Gen's token encoder and flow-matching estimator (once per step), where the time goes."""
+
 
 @dataclass(frozen=True)
 class DevicePlan:
@@ -16,11 +23,18 @@ class DevicePlan:
 
     device: Literal["cuda", "cpu"]
     compile: bool
-    """torch.compile the T3 backbone."""
+    """torch.compile T3 and S3Gen (``compiled_modules``)."""
     autocast_dtype: Literal["bfloat16", "float16"] | None
     """Autocast dtype for generation; None runs in float32."""
     notes: tuple[str, ...] = ()
     """Requested settings that were ignored, and why (logged at load)."""
+    compile_mode: CompileMode = "default"
+    """The mode torch.compile is asked for."""
+
+    @property
+    def compiled_modules(self) -> tuple[str, ...]:
+        """The model's modules to compile: none unless ``compile``."""
+        return COMPILED_MODULES if self.compile else ()
 
 
 def plan_device(
@@ -30,6 +44,7 @@ def plan_device(
     bf16_supported: bool,
     compile: bool,
     mixed_precision: bool,
+    compile_mode: CompileMode = "default",
 ) -> DevicePlan:
     """Resolve ``auto`` and drop the CUDA-only switches on CPU; CUDA asked for but absent is an error."""
     if requested == "cuda" and not cuda_available:
@@ -44,7 +59,7 @@ def plan_device(
     dtype: Literal["bfloat16", "float16"] | None = None
     if mixed_precision:
         dtype = "bfloat16" if bf16_supported else "float16"
-    return DevicePlan("cuda", compile=compile, autocast_dtype=dtype)
+    return DevicePlan("cuda", compile=compile, autocast_dtype=dtype, compile_mode=compile_mode)
 
 
 def token_budget(text_chars: int, tokens_per_char: float, min_tokens: int, max_tokens: int) -> int:
