@@ -1,1 +1,1 @@
-"""What makes it a telephone: the hook switch, the dial (rotary and DTMF), the directory and call-progress tones."""
+"""What makes it a telephone: the hook switch, the rotary dial, touch tones, the directory, call-progress tones."""
