@@ -21,7 +21,7 @@ from cloud_server.console_sessions import ConsoleSession
 from cloud_server.errors import ApiError
 from cloud_server.pipeline.recent import RecentTurn
 from cloud_server.routes.core import health_details
-from cloud_server.routes.request import CONSOLE_COOKIE, check_csrf, console_session
+from cloud_server.routes.request import CONSOLE_COOKIE, check_csrf, console_session, page_headers
 from cloud_server.routes.voices import ignored_knobs
 from cloud_server.services import services
 
@@ -39,12 +39,8 @@ _CHART_MIN_SLOTS: Final = 12
 
 @bp.after_request
 def _page_headers(response: Response) -> Response:
-    response.headers.setdefault("Content-Security-Policy", _CSP)
-    response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Cache-Control"] = "no-store"
-    return response
+    return page_headers(response, _CSP)
 
 
 @bp.get("/")

@@ -16,6 +16,8 @@ from typing import Any, Final
 import yaml
 from flask import Blueprint, Response, abort, jsonify, render_template, send_from_directory
 
+from cloud_server.routes.request import page_headers
+
 bp = Blueprint("docs", __name__)
 SWAGGER_ASSETS: Final = frozenset({"swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png"})
 """The files of flask-swagger-ui's dist the page uses; nothing else of the package is served."""
@@ -56,8 +58,4 @@ def swagger_asset(name: str) -> Response:
 
 @bp.after_request
 def _page_headers(response: Response) -> Response:
-    response.headers.setdefault("Content-Security-Policy", _CSP)
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    response.headers["X-Frame-Options"] = "DENY"
-    return response
+    return page_headers(response, _CSP)

@@ -209,3 +209,12 @@ def streamed(body: Iterator[bytes], mimetype: str, headers: Mapping[str, str], c
         on_close()
         raise
     return response
+
+
+def page_headers(response: Response, csp: str) -> Response:
+    """The headers every HTML page carries: its Content-Security-Policy, no framing, no sniffing, no referrer."""
+    response.headers.setdefault("Content-Security-Policy", csp)
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
