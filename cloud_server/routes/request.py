@@ -24,6 +24,7 @@ from flask import Response, request
 from cloud_server.console_sessions import ConsoleSession
 from cloud_server.errors import ApiError
 from cloud_server.services import services
+from common.protocol import Field
 
 SESSION_ID: Final = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 """Session ids are plain tokens: they appear in logs, URLs and the X-Session-Id header."""
@@ -121,7 +122,7 @@ def text_field(body: Mapping[str, Any], name: str, max_chars: int, required: boo
 
 def character_field(body: Mapping[str, Any]) -> str | None:
     """The requested character id (None: the default one); 400 when not a string."""
-    value = body.get("character")
+    value = body.get(Field.CHARACTER)
     if value is not None and not isinstance(value, str):
         raise ApiError(400, "bad_field", "'character' must be a string.")
     return value or None
@@ -173,7 +174,7 @@ def is_session_id(value: object) -> bool:
 
 def session_id_field(body: Mapping[str, Any]) -> str:
     """The caller's session id, or a new one."""
-    value = body.get("session_id")
+    value = body.get(Field.SESSION_ID)
     if value is None or value == "":
         return uuid.uuid4().hex
     if not is_session_id(value):
