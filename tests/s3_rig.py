@@ -26,7 +26,7 @@ from typing import Any
 
 import requests
 
-from tests.server_rig import REPO_ROOT, free_port
+from tests.server_rig import REPO_ROOT, free_port, stop_process
 
 START_TIMEOUT = 30.0
 REGION = "us-east-1"
@@ -114,12 +114,7 @@ def _running(command: list[str], env: dict[str, str], workdir: Path, port: int, 
         _wait_up(endpoint + probe, proc)
         yield endpoint
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc)
         log.close()
 
 

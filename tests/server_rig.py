@@ -48,6 +48,17 @@ def wait_healthy(
     return None
 
 
+def stop_process(proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
+    """SIGTERM, SIGKILL after ``grace`` seconds, and reap (bounded)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    proc.wait(timeout=10)
+
+
 @dataclass
 class ServerProcess:
     """A running cloud server and how to reach it."""
@@ -65,12 +76,7 @@ class ServerProcess:
 
     def stop(self) -> None:
         """Terminate and reap."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_process(self.proc)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")

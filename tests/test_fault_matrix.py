@@ -34,7 +34,7 @@ from common.wav import pcm16_to_float, read_wav_pcm16, write_wav
 from tests.fixtures_server import TEST_KEY, RunningServer, server_config
 from tests.helpers import wait_for, word_set
 from tests.ollama_standin import OllamaStandIn
-from tests.server_rig import free_port
+from tests.server_rig import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 16000
@@ -157,12 +157,8 @@ class ServerProcess:
             self.proc.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        if self.proc is not None:
+            stop_process(self.proc)
 
 
 def assert_next_call_is_normal(phone: Phone, url: str, standin: OllamaStandIn) -> None:
