@@ -107,17 +107,23 @@ def test_a_turn_with_the_callers_history_is_answered_from_it(
                                  {"role": "assistant", "content": "It is Rome."}]
 
 
+def after_first_audio(reply: requests.Response) -> Iterator[bytes]:
+    """Read a streamed reply up to its first PCM bytes; the rest of the body, still to be read."""
+    reader = WavStreamReader()
+    chunks = reply.iter_content(chunk_size=None)
+    for chunk in chunks:
+        if reader.feed(chunk):
+            break
+    return chunks
+
+
 def test_first_audio_arrives_before_the_llm_has_finished(
     ollama: OllamaStandIn, start_server: Any, tmp_path: Path
 ) -> None:
     ollama.script("Here is the first sentence of my answer. ", 4.0, "And here, much later, is the second one.")
     server = start_server(server_config(ollama.url, tmp_path))
     with ask(server.url, {"text": "Tell me something."}, stream=True) as reply:
-        reader = WavStreamReader()
-        chunks = reply.iter_content(chunk_size=None)
-        for chunk in chunks:
-            if reader.feed(chunk):
-                break  # the first PCM bytes
+        chunks = after_first_audio(reply)
         (chat,) = ollama.chat_requests()
         assert not chat.completed, "audio only came after the LLM had finished: nothing was streamed"
         b"".join(chunks)
@@ -135,11 +141,7 @@ def test_a_finished_sentence_is_spoken_while_the_llm_pauses(
     pause.start()
     try:
         with ask(server.url, {"text": "Tell me something."}, stream=True) as reply:
-            reader = WavStreamReader()
-            chunks = reply.iter_content(chunk_size=None)
-            for chunk in chunks:
-                if reader.feed(chunk):
-                    break  # the first PCM bytes
+            chunks = after_first_audio(reply)
             assert not release.is_set(), "the finished sentence waited for the LLM's next token"
             release.set()
             b"".join(chunks)
