@@ -329,10 +329,12 @@ class ServerClient:
 
     def greeting(self, character_id: str) -> bytes:
         """GET /characters/<id>/greeting: the greeting as WAV bytes, in the character's own voice."""
-        url = f"{self.base_url}/characters/{quote(character_id, safe='')}/greeting"
+        return self._get(f"/characters/{quote(character_id, safe='')}/greeting", self._cfg.read_timeout_seconds)
+
+    def _get(self, path: str, read_timeout: float) -> bytes:
+        """GET ``path``: the body of a 200; ServerUnavailable when unreachable, the typed error otherwise."""
         try:
-            timeout = self._timeout(self._cfg.read_timeout_seconds)
-            response = self._session.get(url, timeout=timeout, verify=self._verify)
+            response = self._session.get(self.base_url + path, timeout=self._timeout(read_timeout), verify=self._verify)
         except requests.RequestException as err:
             raise ServerUnavailable(f"{self.base_url} unreachable: {_short(err)}") from err
         with response:
@@ -341,19 +343,11 @@ class ServerClient:
             return response.content
 
     def _get_json(self, path: str) -> dict[str, Any]:
+        body = self._get(path, _SIDE_TIMEOUT_SECONDS)
         try:
-            response = self._session.get(
-                self.base_url + path, timeout=self._timeout(_SIDE_TIMEOUT_SECONDS), verify=self._verify
-            )
-        except requests.RequestException as err:
-            raise ServerUnavailable(f"{self.base_url} unreachable: {_short(err)}") from err
-        with response:
-            if response.status_code != 200:
-                raise _error_for(response)
-            try:
-                payload = response.json()
-            except ValueError as err:
-                raise ServerUnavailable(f"{path} answered no JSON") from err
+            payload = json.loads(body)
+        except ValueError as err:
+            raise ServerUnavailable(f"{path} answered no JSON") from err
         if not isinstance(payload, dict):
             raise ServerUnavailable(f"{path} answered {type(payload).__name__}, not an object")
         return payload
