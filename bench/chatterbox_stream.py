@@ -1,11 +1,12 @@
 """Time to first audio of one sentence with Chatterbox: whole-sentence vs streamed inside the sentence.
 
-Run: ``python -m bench.chatterbox_stream [--runs 3] [--tokens 150]``. The real engine
+Run: ``python -m bench.chatterbox_stream [--model standard|turbo] [--runs 3] [--tokens 150]``. The real engine
 (``ChatterboxEngine.synthesize``, the TTS seam the server uses) on the random-weight checkpoint
 built for the tests, on this CPU. Random weights never emit the stop token, so with the per-sentence
 budget pinned (min = max = ``--tokens``) both designs make exactly the same number of speech tokens
 for the same 15-word sentence. Runs alternate whole/streamed so machine load hits both alike;
-medians go to docs/PERFORMANCE.md; the last line printed is the ratio whole / streamed.
+medians go to docs/PERFORMANCE.md (one section per model); the last line printed is the ratio
+whole / streamed.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> dict[str, list[tuple[float, float, float]]]
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="bench-stream-") as conds:
         cfg = ChatterboxConfig(
-            checkpoint=str(ensure_checkpoint("standard")), device="cpu", conditionals_dir=conds,
+            model=args.model, checkpoint=str(ensure_checkpoint(args.model)), device="cpu", conditionals_dir=conds,
             min_tokens=args.tokens, max_tokens=args.tokens, sentence_timeout_seconds=1800.0,
         )
         loaded = load_chatterbox(cfg)
@@ -78,10 +79,11 @@ def report(results: dict[str, list[tuple[float, float, float]]], meta: dict[str,
     ratio = med["whole"][0] / med["streamed"][0]
     paired = [w[0] / s[0] for w, s in zip(results["whole"], results["streamed"], strict=True)]
     return [
-        "## Chatterbox: streaming inside the sentence (measured here)",
+        f"## Chatterbox{' Turbo' if meta['model'] == 'turbo' else ''}: streaming inside the sentence (measured here)",
         "",
-        f"`python -m bench.chatterbox_stream --runs {meta['runs']} --tokens {meta['tokens']}` on {meta['date']}: "
-        f"random-weight Chatterbox (standard) on {meta['cpus']} shared CPUs, torch on {meta['threads']} threads, "
+        f"`python -m bench.chatterbox_stream --model {meta['model']} --runs {meta['runs']} --tokens {meta['tokens']}` "
+        f"on {meta['date']}: random-weight Chatterbox ({meta['model']}) on {meta['cpus']} shared CPUs, "
+        f"torch on {meta['threads']} threads, "
         f"load average {meta['load_average']:.1f}. One 15-word sentence (\"{SENTENCE}\"), exactly "
         f"{meta['tokens']} speech tokens in both designs; medians of {meta['runs']} alternating runs, in seconds.",
         "",
@@ -92,7 +94,8 @@ def report(results: dict[str, list[tuple[float, float, float]]], meta: dict[str,
         f"First audio **{ratio:.1f}x sooner** streamed (goal: 3x); run by run (each whole run next to the "
         f"streamed run after it): {', '.join(f'{r:.1f}x' for r in paired)}, lowest {min(paired):.1f}x. "
         "Other work on the shared cores stretched some runs several-fold: the ratios matter, not the seconds. "
-        "On this CPU each S3Gen call costs ~9 s whatever its length (the voice prompt's flow steps dominate), "
+        "On this CPU each S3Gen call has a large fixed cost whatever its length (the voice prompt's flow steps "
+        f"dominate{'; Turbo makes 2 of them, standard 10' if meta['model'] == 'turbo' else ''}), "
         "so the streamed first audio is T3's first 10 tokens plus one such call; each later window pays that "
         "cost again but runs beside T3 on the other core, so the last audio came "
         f"{'sooner' if med['streamed'][1] < med['whole'][1] else 'later'} than whole here. On a GPU that fixed "
@@ -104,6 +107,7 @@ def report(results: dict[str, list[tuple[float, float, float]]], meta: dict[str,
 def main(argv: list[str] | None = None) -> int:
     """Measure, write the section of docs/PERFORMANCE.md, print the ratio last."""
     parser = argparse.ArgumentParser(prog="python -m bench.chatterbox_stream", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=("standard", "turbo"), default="standard", help="which Chatterbox")
     parser.add_argument("--runs", type=int, default=3, help="measured sentences per design")
     parser.add_argument("--tokens", type=int, default=150, help="speech tokens per sentence (both designs)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -114,12 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     _LOGGER.setLevel(logging.INFO)
     results = run(args)
     meta = {
-        "runs": args.runs, "tokens": args.tokens, "threads": args.threads, "cpus": os.cpu_count(),
+        "model": args.model, "runs": args.runs, "tokens": args.tokens, "threads": args.threads, "cpus": os.cpu_count(),
         "load_average": os.getloadavg()[0], "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     lines = report(results, meta)
     if not args.no_write:
-        replace_section(str(ROOT / "docs" / "PERFORMANCE.md"), "chatterbox-stream", "\n".join(lines))
+        section = "chatterbox-stream" if args.model == "standard" else f"chatterbox-stream-{args.model}"
+        replace_section(str(ROOT / "docs" / "PERFORMANCE.md"), section, "\n".join(lines))
     for line in lines:
         _LOGGER.info("%s", line)
     _LOGGER.info("first audio, whole / streamed: %.1fx", statistics.median(r[0] for r in results["whole"])
