@@ -60,6 +60,8 @@ class TurnStats:
     total_seconds: float = 0.0
     audio_seconds: float = 0.0
     sentence_seconds: list[float] = field(default_factory=list)
+    first_synth_seconds: float | None = None
+    """The voice's own time to the first PCM of the reply's first sentence (what the server adds is the rest)."""
     fallback_sentences: int = 0
     llm_failed: bool = False
     cancelled: bool = False
@@ -267,6 +269,8 @@ class ReplyPipeline:
         if not use_fallback:
             try:
                 for pcm in self.primary.synthesize(text, voice, cancel):
+                    if stats.first_synth_seconds is None:
+                        stats.first_synth_seconds = time.monotonic() - t0
                     yield pcm, False
                 stats.sentence_seconds.append(time.monotonic() - t0)
                 return
@@ -277,6 +281,8 @@ class ReplyPipeline:
         stats.fallback_sentences += 1
         try:
             for pcm in self.fallback.synthesize(text, voice, cancel):
+                if stats.first_synth_seconds is None:
+                    stats.first_synth_seconds = time.monotonic() - t0
                 yield resample_pcm16(pcm, self.fallback.sample_rate, self.sample_rate), True
         except Exception:
             _LOGGER.exception("Fallback voice failed too; sentence skipped")
@@ -290,12 +296,13 @@ class ReplyPipeline:
         elif stats.llm_failed and not stats.cancelled:
             self._sessions.drop_oldest_turn(turn.session_id, turn.character_id)
         _LOGGER.info(
-            "Turn session=%s character=%s llm_first=%s first_audio=%s total=%.2fs audio=%.2fs "
+            "Turn session=%s character=%s llm_first=%s first_audio=%s first_synth=%s total=%.2fs audio=%.2fs "
             "fallback_sentences=%d llm_failed=%s cancelled=%s",
             turn.session_id,
             turn.character_id,
             _fmt(stats.llm_first_token_seconds),
             _fmt(stats.first_audio_seconds),
+            _fmt(stats.first_synth_seconds, 3),
             stats.total_seconds,
             stats.audio_seconds,
             stats.fallback_sentences,
@@ -309,5 +316,5 @@ class ReplyPipeline:
                 _LOGGER.exception("Turn listener failed")
 
 
-def _fmt(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds:.2f}s"
+def _fmt(seconds: float | None, digits: int = 2) -> str:
+    return "-" if seconds is None else f"{seconds:.{digits}f}s"
