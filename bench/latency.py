@@ -81,6 +81,8 @@ class TurnTiming:
     """The server's Whisper (/process-audio) on the same utterance, on this machine."""
     utterance_seconds: float = 0.0
     """Length of the utterance the phone cut (what /process-audio would upload)."""
+    utterance_silence_seconds: float = 0.0
+    """Length of the utterance the silence rule alone cut: longer when Smart Turn ended the turn early."""
 
     @property
     def voice_to_first_audio(self) -> float:
@@ -98,6 +100,7 @@ class Heard:
     endpoint_silence: float
     stt_server: float
     utterance_seconds: float
+    utterance_silence_seconds: float
 
 
 def _question_wav(path: Path) -> float:
@@ -218,7 +221,7 @@ class Bench:
         t0 = time.monotonic()
         self.server_stt.transcribe(np.frombuffer(smart.pcm, dtype=np.int16).astype(np.float32) / 32768.0)
         return Heard(smart.endpoint_delay_seconds, stt, text, silence.endpoint_delay_seconds,
-                     time.monotonic() - t0, len(smart.pcm) / 2 / 16000)
+                     time.monotonic() - t0, len(smart.pcm) / 2 / 16000, len(silence.pcm) / 2 / 16000)
 
     def turn(self, setup: Setup, design: str, run: int, heard: Heard) -> TurnTiming:
         """One turn against the setup's server, timed at the caller, the LLM and the TTS seam."""
@@ -245,7 +248,7 @@ class Bench:
         return TurnTiming(
             setup=setup.label, design=design, run=run, endpoint=heard.endpoint, stt=heard.stt,
             endpoint_silence=heard.endpoint_silence, stt_server=heard.stt_server,
-            utterance_seconds=heard.utterance_seconds,
+            utterance_seconds=heard.utterance_seconds, utterance_silence_seconds=heard.utterance_silence_seconds,
             request=reply.headers_at - t0,
             llm_first_token=call.pieces[0][0] - t0,
             first_sentence=first_at - t0,

@@ -235,6 +235,12 @@ def write_report(table: Table, results: list[Any], meta: dict[str, Any], docs: P
         lines += ["", f"Same utterances, end of turn: Smart Turn **{piper['endpoint']:.2f} s** vs "
                       f"{piper['endpoint_silence']:.2f} s with the fixed silence rule alone; the server's Whisper "
                       f"(/process-audio, this CPU) took {piper['stt_server']:.2f} s on them."]
+        cut, whole = piper.get("utterance_seconds", 0.0), piper.get("utterance_silence_seconds", 0.0)
+        if whole - cut > 0.3:
+            lines += ["", f"**Smart Turn ended the turn early**: it kept {cut:.1f} s of the question against "
+                          f"{whole:.1f} s for the silence rule (it judged the clause before the comma a finished "
+                          "turn), so the delay above is at that pause, and the rest of the question would come "
+                          "as a second turn (issue 9's corpus bench counts such cut-offs)."]
     lines += ["", "Time to first audio, sequential / streamed (end of speech to first audio):", ""]
     lines += [f"- {setup}: **{r:.2f}x**" for setup, r in sorted(ratios(table).items())]
     lines += [
