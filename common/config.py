@@ -508,7 +508,7 @@ class ScheduledCallConfig:
     at: str = "08:00"
     """Local time of day the call is placed, ``HH:MM`` (every day)."""
     character: str | None = None
-    """Who calls; None: ``pi.character`` (else the server's default)."""
+    """Who calls; None: the server's default character."""
     reason: str = "A reminder."
     """What the character calls about (it is in the character's prompt when the handset is lifted)."""
 

@@ -8,14 +8,20 @@ and the bell on gpiozero's MockFactory.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+from common.config import ClientConfig, ConfigError, RingConfig, ScheduledCallConfig
 from common.protocol import ANSWERED_CUE
 from pi_client.call.machine import Outcome, State
+from pi_client.call.schedule import Scheduler, next_time
+from pi_client.server.client import ServerClient
+from pi_client.server.ring_poll import check_ring_settings
 from pi_client.telephone.hook import GpioHook
 from tests.helpers import mock_pins
 from tests.helpers import word_set as words
@@ -168,3 +174,52 @@ def test_an_unanswered_call_rings_n_times_then_the_server_hears_it_was_missed_an
     assert seen["after_cancel"] in (4, 5)  # its first ring, at most one more while the cancel was on its way
     assert seen["cancelled_status"] == "cancelled"
     assert sink.parts == [] and len(call_standin.chat_requests()) == chats_before  # nobody spoke
+
+
+# --------------------------------------------------------------------------- scheduled calls
+
+
+def test_a_scheduled_time_of_day_comes_next_today_or_tomorrow_and_a_bad_one_is_named_at_start() -> None:
+    now = dt.datetime(2026, 11, 29, 7, 30)
+    assert next_time("07:30", now) == dt.datetime(2026, 11, 30, 7, 30)  # just now: tomorrow
+    assert next_time("7:31", now) == dt.datetime(2026, 11, 29, 7, 31)
+    assert next_time("00:00", dt.datetime(2026, 12, 31, 23, 59, 59)) == dt.datetime(2027, 1, 1)
+    bad = RingConfig(scheduled=(ScheduledCallConfig(at="25:00"),))
+    with pytest.raises(ConfigError, match=r"pi\.ring\.scheduled\[0\]\.at"):
+        check_ring_settings(bad)
+
+
+def test_a_scheduled_call_is_placed_with_the_server_at_its_time(call_server: ServerProcess) -> None:
+    ring = RingConfig(phone_id="ring-scheduled", scheduled=(
+        ScheduledCallConfig(at="07:30", character="operator", reason="Wake them up gently."),
+    ))
+    started, base = time.monotonic(), dt.datetime(2026, 11, 29, 7, 29, 59, 500000)
+    client = ServerClient(call_server.url, call_server.key, ClientConfig())
+    auth = {"Authorization": f"Bearer {call_server.key}"}
+
+    def placed() -> list[dict[str, Any]]:
+        reply = requests.get(call_server.url + "/calls", params={"phone": "ring-scheduled"}, headers=auth, timeout=30)
+        return reply.json()["calls"]  # type: ignore[no-any-return]
+
+    async def scenario() -> list[dict[str, Any]]:
+        clock = lambda: base + dt.timedelta(seconds=time.monotonic() - started)  # noqa: E731 - half a second to 07:30
+        task = asyncio.create_task(Scheduler([client], ring, now=clock).run())
+        try:
+            for _ in range(int(WAIT / 0.1)):
+                calls = await asyncio.to_thread(placed)
+                if calls:
+                    await asyncio.sleep(0.5)  # and only once
+                    return await asyncio.to_thread(placed)
+                await asyncio.sleep(0.1)
+            raise AssertionError("no call was placed")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    try:
+        calls = asyncio.run(asyncio.wait_for(scenario(), WAIT))
+    finally:
+        client.close()
+    assert [(c["character"], c["reason"], c["status"]) for c in calls] == [
+        ("operator", "Wake them up gently.", "queued")
+    ]

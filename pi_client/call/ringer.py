@@ -73,6 +73,10 @@ class Ringer:
     def start(self) -> None:
         """Begin asking every server for calls (on the running loop)."""
         self._tasks = [asyncio.create_task(self._poll(line), name="ring-poll") for line in self._lines]
+        if self._cfg.scheduled:
+            from pi_client.call.schedule import Scheduler
+
+            self._tasks.append(asyncio.create_task(Scheduler(self._lines, self._cfg).run(), name="ring-schedule"))
         _LOGGER.info("Ringer: phone %s, bell %s", self._cfg.phone_id,
                      f"GPIO{self._bell.pin}" if self._bell.pin is not None else "none")
 

@@ -328,12 +328,22 @@ class ServerClient:
         return None
 
     def exchange(
-        self, method: str, path: str, read_timeout: float = _SIDE_TIMEOUT_SECONDS, params: dict[str, Any] | None = None
+        self,
+        method: str,
+        path: str,
+        read_timeout: float = _SIDE_TIMEOUT_SECONDS,
+        params: dict[str, Any] | None = None,
+        body: dict[str, Any] | None = None,
     ) -> Any:
         """A small JSON request (the ring API): the parsed body, None for 204; the typed error otherwise."""
         try:
             response = self._session.request(
-                method, self.base_url + path, params=params, timeout=self._timeout(read_timeout), verify=self._verify
+                method,
+                self.base_url + path,
+                params=params,
+                json=body,
+                timeout=self._timeout(read_timeout),
+                verify=self._verify,
             )
         except requests.RequestException as err:
             raise ServerUnavailable(f"{self.base_url} unreachable: {_short(err)}") from err

@@ -17,6 +17,8 @@ from pi_client.server.client import ServerClient, ServerUnavailable
 
 PHONE_ID: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 """What the server accepts as a phone id."""
+TIME_OF_DAY: Final = re.compile(r"([01]?[0-9]|2[0-3]):([0-5][0-9])")
+"""``HH:MM`` of a scheduled call."""
 _SLACK_SECONDS = 10.0
 """Read timeout beyond the server's wait: a long-poll answers at the end of its wait, not before, in seconds."""
 
@@ -31,6 +33,11 @@ def check_ring_settings(ring: RingConfig) -> None:
         raise ConfigError(f"pi.ring.cadence: expected seconds on, off, ... each in (0, 60], got {list(ring.cadence)}")
     if not 0 <= ring.poll_wait_seconds <= 300 or ring.retry_seconds <= 0:
         raise ConfigError("pi.ring.poll_wait_seconds: expected 0-300 (and retry_seconds above 0)")
+    for i, entry in enumerate(ring.scheduled):
+        if not TIME_OF_DAY.fullmatch(entry.at):
+            raise ConfigError(f"pi.ring.scheduled[{i}].at: expected HH:MM (local time), got {entry.at!r}")
+        if not entry.reason.strip():
+            raise ConfigError(f"pi.ring.scheduled[{i}].reason: expected what the call is about")
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,13 @@ def call_status(call: IncomingCall) -> str:
     """What the server says the call is now (``ringing``, or ``cancelled`` when its placer changed their mind)."""
     found = call.line.exchange("GET", f"{Route.CALLS}/{quote(call.call_id, safe='')}")
     return str(found.get("status", "")) if isinstance(found, dict) else ""
+
+
+def place_call(line: ServerClient, phone_id: str, character: str | None, reason: str) -> str:
+    """POST /calls: ask the server to call ``phone_id`` now; the new call's id."""
+    body = {Field.PHONE: phone_id, Field.REASON: reason, **({Field.CHARACTER: character} if character else {})}
+    placed = line.exchange("POST", Route.CALLS, body=body)
+    return str(placed.get("id", "")) if isinstance(placed, dict) else ""
 
 
 def report(call: IncomingCall, outcome: Literal["missed", "busy"]) -> None:
