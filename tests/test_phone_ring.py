@@ -18,7 +18,7 @@ import requests
 
 from common.config import ClientConfig, ConfigError, RingConfig, ScheduledCallConfig
 from common.protocol import ANSWERED_CUE
-from pi_client.call.machine import Outcome, State
+from pi_client.call.machine import Answered, Ask, CallPolicy, CheckHealth, Outcome, State, next_state
 from pi_client.call.schedule import Scheduler, next_time
 from pi_client.server.client import ServerClient
 from pi_client.server.ring_poll import check_ring_settings
@@ -74,6 +74,13 @@ def on_off_seconds(bell: Any) -> list[tuple[bool, float]]:
     gpiozero's mock pin records each change with the time since the previous one.
     """
     return [(before.state, after.timestamp) for before, after in zip(bell.states, bell.states[1:], strict=False)]
+
+
+def test_lifting_the_handset_on_a_ringing_call_asks_for_the_characters_first_words_even_with_a_directory() -> None:
+    answered = Answered("c0ffee", "luna")
+    for policy in (CallPolicy(), CallPolicy(dialing=True)):  # no dial tone for a call that rang
+        assert next_state(State.ON_HOOK, answered, policy) == (State.REPLYING, [CheckHealth(), Ask(call_id="c0ffee")])
+    assert next_state(State.LISTENING, answered) == (State.LISTENING, [])  # a late one changes nothing
 
 
 def test_a_call_rings_the_bell_and_lifting_the_handset_hears_the_character_speak_first_about_why(
