@@ -113,9 +113,14 @@ def test_a_call_rings_the_bell_and_lifting_the_handset_hears_the_character_speak
             talk.put_nowait(None)  # the caller answers back: the call goes on with the same character
             await until(lambda: len(phone.turns) == 2 and phone.state is State.LISTENING, "the reply", WAIT)
             seen["second_chat"] = call_standin.chat_requests()[-1]
-            await asyncio.sleep(ON + OFF)  # a ring's time: the bell stays silent off the hook
+            # A call placed while the handset is up does not ring (the line is busy) until it is put down.
+            later = await asyncio.to_thread(place_call, call_server, "ring-answered", "One more thing.")
+            await asyncio.sleep(2.0 + ON + OFF)  # past any poll that was under way when the handset was lifted
+            seen["levels"] = on_off_seconds(bell)
+            seen["later_status"] = await asyncio.to_thread(call_status, call_server, later["id"])
             pins.pin(HOOK_PIN).drive_high()
             await until(lambda: phone.state is State.ON_HOOK, "the hang-up", 10)
+            await until(lambda: rings(bell) == 3, "the later call's ring", WAIT)
             return phone
         finally:
             running.cancel()
@@ -125,8 +130,9 @@ def test_a_call_rings_the_bell_and_lifting_the_handset_hears_the_character_speak
     with mock_pins() as pins:
         phone = asyncio.run(asyncio.wait_for(scenario(pins), WAIT * 2))
         bell = pins.pin(BELL_PIN)
-        levels = on_off_seconds(bell)
-        assert rings(bell) == seen["rings_at_lift"] == 2 and not bell.state
+        assert rings(bell) == 3  # the later call, once the handset was down
+    levels = seen["levels"]
+    assert seen["rings_at_lift"] == 2 and seen["later_status"] == "queued"
     # The cadence: on, off, on, then silence from the lift (in the second ring's off time) on.
     assert [on for on, _ in levels] == [False, True, False, True]
     assert [s for _, s in levels[1:]] == pytest.approx([ON, OFF, ON], abs=0.25)
