@@ -17,6 +17,7 @@ from typing import Final
 
 from flask import current_app
 
+from cloud_server.calls import CallBook
 from cloud_server.console_sessions import ConsoleSessions
 from cloud_server.library.character_store import CharacterStore
 from cloud_server.library.characters import CharacterBook
@@ -70,6 +71,8 @@ class Services:
     """Where /generate-audio keeps its files (S3, or data_dir/outputs)."""
     emotions: EmotionBook
     """Each character's emotion profiles (cloud_server/library/emotions.py)."""
+    calls: CallBook
+    """Calls characters place to phones (cloud_server/calls.py), kept in the data dir."""
     started: float = field(default_factory=time.monotonic)
     _llm_seen: tuple[float, bool] = (0.0, False)
 
@@ -168,6 +171,7 @@ def build_services(
         recent=recent,
         storage=make_store(server.storage, data_dir),
         emotions=EmotionBook(EmotionStore.in_data_dir(data_dir), characters),
+        calls=CallBook.in_data_dir(data_dir, server.calls),
     )
     prepare_voices(services)
     if server.llm.warm_up:

@@ -51,6 +51,9 @@ def _load(args: argparse.Namespace) -> tuple[Config, str]:
     from pi_client.telephone.directory import Directory
 
     Directory(cfg.pi.directory)  # ConfigError naming the bad entry, before any model loads
+    from pi_client.server.ring_poll import check_ring_settings
+
+    check_ring_settings(cfg.pi.ring)
     key = resolve_api_key(cfg.pi.api_key_file)
     if not key:
         raise ConfigError("AI_TELEPHONE_API_KEY: not set (nor pi.api_key_file); the server refuses calls without it")
@@ -119,6 +122,7 @@ async def _build(args: argparse.Namespace, cfg: Config, key: str) -> _Stages:
         monitor=monitor,
         dial=None if args.input_wav else _make_dial(cfg),
         key_audio=make_source,
+        ringer=None if args.input_wav else _make_ringer(cfg, client, keyboard=bool(args.keyboard)),
     )
     return _Stages(phone, client, sink, monitor)
 
@@ -167,6 +171,22 @@ def _make_dial(cfg: Config) -> Any:
         return GpioDial(cfg.pi.dial.rotary)
     except DialError as err:  # it names pi.dial.rotary.pin
         raise ConfigError(str(err)) from err
+
+
+def _make_ringer(cfg: Config, client: Any, keyboard: bool) -> Any:
+    """The ringer for calls the server places; the bell only where the hook is on GPIO too (not at a desk)."""
+    ring = cfg.pi.ring
+    if not ring.enabled:
+        return None
+    from pi_client.call.ringer import Ringer
+    from pi_client.telephone.bell import Bell, BellError
+
+    gpio = not keyboard and cfg.pi.hook.mode == "gpio"
+    try:
+        bell = Bell(ring.bell_pin if gpio else None, ring.bell_active_high)
+    except BellError as err:  # it names pi.ring.bell_pin
+        raise ConfigError(str(err)) from err
+    return Ringer(client.clients, ring, bell)
 
 
 def _make_hook(cfg: Config, keyboard: bool) -> Any:

@@ -78,6 +78,14 @@ class Lifted:
 
 
 @dataclass(frozen=True)
+class Answered:
+    """The handset left the cradle while a call from the server rang: the character speaks first."""
+
+    call_id: str
+    character: str
+
+
+@dataclass(frozen=True)
 class PutDown:
     """The handset is back on the cradle."""
 
@@ -117,6 +125,8 @@ class Ask:
     attempt: int = 0
     delay_seconds: float = 0.0
     """Wait this long before sending (a retry after 503)."""
+    call_id: str | None = None
+    """An answered call from the server: no words to send, the character speaks first."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +165,7 @@ class ToneEnded:
 
 Event = (
     Lifted
+    | Answered
     | PutDown
     | Played
     | Heard
@@ -251,6 +262,10 @@ def next_state(state: State, event: Event, policy: CallPolicy = CallPolicy()) ->
             return State.DIALING, [CheckHealth(), PlayTone("dial", policy.off_hook_warning_seconds)]
         if state is State.ON_HOOK:
             return State.GREETING, [CheckHealth(), Say(Phrase.GREETING)]
+        return state, []
+    if isinstance(event, Answered):
+        if state is State.ON_HOOK:
+            return State.REPLYING, [CheckHealth(), Ask(call_id=event.call_id)]
         return state, []
     transition = _TRANSITIONS.get((state, type(event)))
     if transition is None:

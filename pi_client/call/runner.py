@@ -21,6 +21,7 @@ from pi_client.call.dialing import DialSource, KeyAudio, KeyPad, play_tone, ring
 from pi_client.call.machine import (
     IN_CALL,
     Action,
+    Answered,
     Ask,
     CallPolicy,
     CheckHealth,
@@ -49,6 +50,7 @@ from pi_client.call.machine import (
     next_state,
     will_retry,
 )
+from pi_client.call.ringer import Ringer
 from pi_client.call.turn_log import REPLY_TEXT_TIMEOUT_SECONDS, Turn, log_turn
 from pi_client.server.client import (
     Busy,
@@ -112,8 +114,10 @@ class Phone:
         policy: CallPolicy | None = None,
         dial: DialSource | None = None,
         key_audio: Callable[[], KeyAudio] | None = None,
+        ringer: Ringer | None = None,
     ) -> None:
-        """``dial`` is the rotary dial, ``key_audio`` opens the microphone for touch tones while dialing."""
+        """``dial`` is the rotary dial, ``key_audio`` opens the microphone for touch tones while dialing,
+        ``ringer`` rings for calls the server places (lifting the handset then answers them)."""
         from pi_client.telephone.directory import Directory
 
         self._directory = Directory(settings.directory)  # ConfigError naming pi.directory
@@ -148,6 +152,7 @@ class Phone:
         self.turns: deque[Turn] = deque(maxlen=_TURNS_KEPT)
         """The latest finished turns, newest last (file mode reads the one turn it ran)."""
         self._log_tasks: set[asyncio.Task[None]] = set()
+        self._ringer = ringer
 
     # ------------------------------------------------------------------ driving
 
@@ -160,6 +165,8 @@ class Phone:
         dialed = asyncio.create_task(self._forward_keys(keys), name="dial")
         if self._dial is not None:
             self._dial.start(asyncio.get_running_loop(), keys)
+        if self._ringer is not None:
+            self._ringer.start()
         try:
             while True:
                 await self._step(await self._events.get())
@@ -171,6 +178,8 @@ class Phone:
             hook.close()
             if self._dial is not None:
                 self._dial.close()
+            if self._ringer is not None:
+                await self._ringer.close()
             await self.drain_logs()
 
     async def dial(self, number: str) -> bool:
@@ -207,7 +216,17 @@ class Phone:
 
         while True:
             event = await hook_events.get()
-            await self._events.put(Lifted() if event == HookEvent.LIFTED else PutDown())
+            await self._events.put(self._ring_event(event == HookEvent.LIFTED))
+
+    def _ring_event(self, lifted: bool) -> Event:
+        """The hook event as the call sees it: lifting while the bell rings answers the call."""
+        if self._ringer is None:
+            return Lifted() if lifted else PutDown()
+        if not lifted:
+            self._ringer.put_down()
+            return PutDown()
+        call = self._ringer.lifted()
+        return Lifted() if call is None else Answered(call.call_id, call.character)
 
     async def _forward_keys(self, keys: asyncio.Queue[str]) -> None:
         while True:
@@ -219,6 +238,8 @@ class Phone:
             _LOGGER.debug("%s --%s--> %s %s", self.state.value, type(event).__name__, state.value, actions)
         if isinstance(event, Lifted) and self.state is State.ON_HOOK:
             _LOGGER.info("handset lifted")
+        if isinstance(event, Answered) and self.state is State.ON_HOOK:
+            self._character = event.character  # who called: the whole call is with them
         if isinstance(event, PutDown) and self.state is not State.ON_HOOK:
             _LOGGER.info("handset put down (%s)", self.state.value)
         self.state = state
@@ -368,6 +389,7 @@ class Phone:
             session_id=self._session_id,
             character=self._character or self._settings.character,
             prompt=self._settings.prompt,
+            call_id=ask.call_id,
         )
         pump = ReplyPump(self._client, request)
         retry_after: float | None = None

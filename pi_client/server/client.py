@@ -72,6 +72,8 @@ class ReplyRequest:
     prompt: str | None = None
     history: tuple[dict[str, str], ...] = ()
     """The call so far, as the phone heard it (``role``/``content``, oldest first); sent when not empty."""
+    call_id: str | None = None
+    """A call the server placed, answered: the reply is the character's first words (``/calls/<id>/answer``)."""
 
 
 class ReplyStream:
@@ -261,7 +263,10 @@ class ServerClient:
         )
 
     def open(self, request: ReplyRequest) -> ReplyStream:
-        """Send one turn the way the request says (text or audio)."""
+        """Send one turn the way the request says (an answered call, text or audio)."""
+        if request.call_id is not None:
+            body = {k: v for k, v in ((Field.SESSION_ID, request.session_id), (Field.PROMPT, request.prompt)) if v}
+            return self._post_stream(f"{Route.CALLS}/{quote(request.call_id, safe='')}/answer", json=body)
         if request.audio_pcm is not None:
             return self.send_audio(
                 request.audio_pcm, request.session_id, request.character, request.prompt, request.history
@@ -322,6 +327,35 @@ class ServerClient:
                 return str(entry.get("content", ""))
         return None
 
+    def exchange(
+        self,
+        method: str,
+        path: str,
+        read_timeout: float = _SIDE_TIMEOUT_SECONDS,
+        params: dict[str, Any] | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> Any:
+        """A small JSON request (the ring API): the parsed body, None for 204; the typed error otherwise."""
+        try:
+            response = self._session.request(
+                method,
+                self.base_url + path,
+                params=params,
+                json=body,
+                timeout=self._timeout(read_timeout),
+                verify=self._verify,
+            )
+        except requests.RequestException as err:
+            raise ServerUnavailable(f"{self.base_url} unreachable: {_short(err)}") from err
+        with response:
+            if response.status_code == 204:
+                return None
+            if response.status_code not in (200, 201):
+                raise _error_for(response)
+            try:
+                return response.json()
+            except ValueError as err:
+                raise ServerUnavailable(f"{path} answered no JSON") from err
 
     def characters(self) -> dict[str, Any]:
         """GET /characters: who one can call, each with its voice and greeting text."""

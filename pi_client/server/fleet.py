@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from common.config import ClientConfig
+from common.protocol import ANSWERED_CUE
 from pi_client.server.client import (
     Busy,
     ReplyRequest,
@@ -101,6 +102,11 @@ class ServerFleet:
         return self._cfg
 
     @property
+    def clients(self) -> tuple[ServerClient, ...]:
+        """Each server's own client (the ringer asks every server for calls placed to this phone)."""
+        return tuple(s.client for s in self._servers)
+
+    @property
     def base_url(self) -> str:
         """The servers, for log lines."""
         return ", ".join(s.client.base_url for s in self._servers)
@@ -121,12 +127,16 @@ class ServerFleet:
             request, session_id=session_id, history=self.conversation.history(session_id)
         )
         busy: Busy | None = None
+        unknown: ServerRejected | None = None
         reasons: list[str] = []
         for index in rank([(s.monitor.up, s.monitor.load) for s in self._servers]):
             server = self._servers[index]
             try:
                 stream = server.client.open(request)
-            except ServerRejected:
+            except ServerRejected as err:
+                if request.call_id is not None and err.code == "unknown_call":  # placed on another server
+                    unknown = err
+                    continue
                 raise
             except Busy as err:
                 server.monitor.load = 1.0  # full: the others go first next time
@@ -146,6 +156,8 @@ class ServerFleet:
             return stream
         if busy is not None:
             raise busy
+        if unknown is not None and not reasons:
+            raise unknown  # no server holds the call
         raise ServerUnavailable("no server answered: " + "; ".join(reasons))
 
     def characters(self) -> dict[str, Any]:
@@ -178,6 +190,8 @@ class ServerFleet:
             with self._lock:
                 self._last = (session_id, client, reply)
             user = stream.transcript if request.audio_pcm is not None else request.text
+            if request.call_id is not None:
+                user = ANSWERED_CUE  # what the server sent the LLM as the caller's side of the first turn
             if user and reply:
                 self.conversation.add(session_id, user, reply)
             else:
