@@ -286,6 +286,19 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class HangUpConfig:
+    marker: str = "[END CALL]"
+    """A character ends the call by writing this (any case) in its reply: it is not spoken, the reply
+    stops there, and the phone plays the busy tone once the reply has played. Empty: characters never
+    end calls."""
+    instruction: str = (
+        "When the caller says goodbye, or the conversation is clearly over, say a short goodbye "
+        "and end your reply with [END CALL]."
+    )
+    """Added below every persona, so the LLM knows how to end a call (keep the marker in it)."""
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     """Address to bind (0.0.0.0 on the GPU server)."""
@@ -310,6 +323,8 @@ class ServerConfig:
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     """Where /generate-audio keeps its files (S3-compatible, or the data directory)."""
+    hang_up: HangUpConfig = field(default_factory=HangUpConfig)
+    """How a character ends the call (the phone learns it from the session when the reply ends)."""
     cors_origins: tuple[str, ...] = ()
     """Web origins (``https://app.example.com``, exact) whose pages may call the API with the key from the
     browser; none by default. The console is same-origin and needs none."""
@@ -467,6 +482,9 @@ class DialConfig:
     """Decode touch-tone (DTMF) digits from the handset audio."""
     digit_timeout_seconds: float = 4.0
     """No digit for this long completes the number dialed so far, in seconds."""
+    end_call_key: str = "*"
+    """Dialed first during a call, this key ends it (busy tone); any other digit dials a new number.
+    A rotary dial has no ``*``: set a digit no directory number begins with. Empty: no end key."""
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from pi_client.call.dialing import KeyPad
-from pi_client.call.machine import DigitDialed, Event, NumberDialed
+from pi_client.call.machine import DigitDialed, EndKey, Event, NumberDialed
 from pi_client.telephone.directory import Directory
 
 DIRECTORY = Directory({"0": "operator", "7": "luna", "42": "deep", "420": "smoke"})
@@ -48,3 +48,25 @@ def test_keys_outside_dialing_and_stray_keys_are_ignored() -> None:
     pad.key("7")  # not begun
     assert events == [] and not pad.open
     assert run("*#", settle=0.0) == []
+
+
+async def in_call(keys: str, end_key: str, directory: Directory = DIRECTORY) -> list[Event]:
+    events: list[Event] = []
+    pad = KeyPad(directory, TIMEOUT, events.append)
+    pad.begin(touch_tones=False, end_key=end_key)
+    for key in keys:
+        pad.key(key)
+    await asyncio.sleep(TIMEOUT + 0.2)
+    pad.end()
+    return events
+
+
+def test_during_a_call_the_end_key_first_ends_it_and_later_in_a_number_is_just_a_digit() -> None:
+    assert asyncio.run(in_call("*7", "*")) == [EndKey()]  # the call is over: the 7 is not dialed
+    assert asyncio.run(in_call("9", "9")) == [EndKey()]  # a rotary phone's end key is a digit
+    assert asyncio.run(in_call("49", "9")) == [DigitDialed(), NumberDialed("49", None)]
+
+
+def test_without_a_directory_digits_mid_call_are_ignored_but_the_end_key_works() -> None:
+    assert asyncio.run(in_call("7", "*", Directory({}))) == []
+    assert asyncio.run(in_call("7*", "*", Directory({}))) == [EndKey()]

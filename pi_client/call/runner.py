@@ -18,6 +18,7 @@ from common.config import PiConfig
 from pi_client.audio.offline_voice import OfflineVoice, SpokenPhrase
 from pi_client.audio.playback import AudioSink
 from pi_client.call.dialing import DialSource, KeyAudio, KeyPad, play_tone, ring_until
+from pi_client.call.far_end import line_dropped
 from pi_client.call.machine import (
     IN_CALL,
     Action,
@@ -25,6 +26,7 @@ from pi_client.call.machine import (
     CallPolicy,
     CheckHealth,
     Connect,
+    DigitDialed,
     Event,
     Heard,
     Hush,
@@ -114,9 +116,10 @@ class Phone:
         key_audio: Callable[[], KeyAudio] | None = None,
     ) -> None:
         """``dial`` is the rotary dial, ``key_audio`` opens the microphone for touch tones while dialing."""
-        from pi_client.telephone.directory import Directory
+        from pi_client.telephone.directory import Directory, check_end_key
 
         self._directory = Directory(settings.directory)  # ConfigError naming pi.directory
+        check_end_key(settings.dial.end_call_key)
         self._settings = settings
         self._listen_fn = listen
         self._transcribe_fn = transcribe
@@ -139,6 +142,8 @@ class Phone:
             key_audio if settings.dial.dtmf else None,
         )
         self._greetings = GreetingCache(client, settings.cache_dir)
+        self._end_key = settings.dial.end_call_key or None
+        self._keys: asyncio.Queue[str] = asyncio.Queue()
         self._character: str | None = None
         """Who this call reaches (dialed); None: the configured default."""
         self.state = State.ON_HOOK
@@ -156,10 +161,9 @@ class Phone:
         hook_events: asyncio.Queue[Any] = asyncio.Queue()
         hook.start(asyncio.get_running_loop(), hook_events)
         forward = asyncio.create_task(self._forward_hook(hook_events), name="hook")
-        keys: asyncio.Queue[str] = asyncio.Queue()
-        dialed = asyncio.create_task(self._forward_keys(keys), name="dial")
+        dialed = asyncio.create_task(self._forward_keys(self._keys), name="dial")
         if self._dial is not None:
-            self._dial.start(asyncio.get_running_loop(), keys)
+            self._dial.start(asyncio.get_running_loop(), self._keys)
         try:
             while True:
                 await self._step(await self._events.get())
@@ -202,6 +206,10 @@ class Phone:
             await self.drain_logs()
         return self.turns[-1] if self.turns else None
 
+    def key_heard(self, key: str) -> None:
+        """A touch-tone key heard in the call's audio (pi_client.telephone.key_tap): dialed like the dial's."""
+        self._keys.put_nowait(key)
+
     async def _forward_hook(self, hook_events: asyncio.Queue[Any]) -> None:
         from pi_client.telephone.hook import HookEvent
 
@@ -224,9 +232,12 @@ class Phone:
         self.state = state
         if state is State.DIALING and isinstance(event, Lifted):
             self._keypad.begin(touch_tones=True)
-        elif state in IN_CALL and self._policy.dialing:
+        elif state in IN_CALL and (self._policy.dialing or self._end_key):
             if not self._keypad.open:
-                self._keypad.begin(touch_tones=False)  # the microphone is the call's: rotary digits only
+                # The microphone is the call's: touch tones come through its TouchToneTap while listening.
+                self._keypad.begin(touch_tones=False, end_key=self._end_key)
+        elif state is State.DIALING and isinstance(event, DigitDialed):
+            self._keypad.listen_for_touch_tones()  # a number begun mid-call: the microphone is free now
         elif state is not State.DIALING and self._keypad.open:
             self._keypad.end()
         for action in actions:
@@ -393,7 +404,14 @@ class Phone:
         if self._monitor is not None:
             self._monitor.report(outcome not in (Outcome.UNREACHABLE, Outcome.BROKEN), outcome.value)
         turn.outcome, turn.ended_at, turn.session_id = outcome, time.monotonic(), self._session_id
-        finished = ReplyFinished(ask, outcome, retry_after, farewell=is_farewell(turn.transcript))
+        finished = ReplyFinished(
+            ask,
+            outcome,
+            retry_after,
+            farewell=is_farewell(turn.transcript),
+            hung_up=turn.call_ended and outcome is Outcome.DONE,
+            line_dropped=outcome is Outcome.BROKEN and await line_dropped(self._client),
+        )
         if not will_retry(finished, self._policy):
             self._log_turn(turn)
         return finished
@@ -428,6 +446,7 @@ class Phone:
                     turn.first_audio_at, playing = time.monotonic(), True
                 await self._sink.write(piece.pcm)
             elif isinstance(piece, ReplyEnd):
+                turn.call_ended = piece.call_ended
                 break
         if not playing:
             _LOGGER.warning("the reply had no audio")

@@ -174,7 +174,8 @@ class ServerFleet:
         """What to do once the whole reply was heard: keep the turn (its text from the server that spoke it)."""
 
         def record() -> None:
-            reply = client.reply_text(session_id)
+            last = client.last_turn(session_id)
+            reply, stream.call_ended = last.reply, last.call_ended
             with self._lock:
                 self._last = (session_id, client, reply)
             user = stream.transcript if request.audio_pcm is not None else request.text
@@ -184,6 +185,10 @@ class ServerFleet:
                 _LOGGER.warning("turn not kept in the conversation: no reply text from %s", client.base_url)
 
         return record
+
+    def reachable(self) -> bool:
+        """True when any server answers /health now (a quick check after a reply broke off)."""
+        return any(server.client.reachable() for server in self._servers)
 
     def reply_text(self, session_id: str) -> str | None:
         """The last reply of ``session_id``: as kept when it ended, else asked of the server that answered."""
