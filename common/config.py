@@ -198,6 +198,9 @@ class CharacterConfig:
     phone itself says when the handset is lifted is ``pi.greeting``)."""
     apology: str = "Sorry, I can't think right now. Please try again in a moment."
     """What the caller hears when the LLM fails."""
+    filler: str = "Hmm, let me think."
+    """Said while the caller waits for a late reply (``GET /characters/<id>/filler``; the phone plays it
+    when ``pi.filler.enabled`` and the first audio is ``pi.filler.after_seconds`` late)."""
 
 
 def _default_characters() -> dict[str, CharacterConfig]:
@@ -293,9 +296,9 @@ class HangUpConfig:
     end calls."""
     instruction: str = (
         "When the caller says goodbye, or the conversation is clearly over, say a short goodbye "
-        "and end your reply with [END CALL]."
+        "and end your reply with {marker}."
     )
-    """Added below every persona, so the LLM knows how to end a call (keep the marker in it)."""
+    """Added below every persona, so the LLM knows how to end a call; ``{marker}`` stands for the marker."""
 
 
 @dataclass(frozen=True)
@@ -498,6 +501,15 @@ class TonesConfig:
 
 
 @dataclass(frozen=True)
+class FillerConfig:
+    enabled: bool = False
+    """Play the character's thinking filler ("Hmm, let me think.") when a reply's first audio is late."""
+    after_seconds: float = 1.2
+    """How late, counted from the end of the caller's speech, in seconds. The reply waits for the
+    filler to end (it is short), so it never talks over the character."""
+
+
+@dataclass(frozen=True)
 class PiConfig:
     server_url: str = "http://127.0.0.1:8000"
     """Base URL of the cloud server; AI_TELEPHONE_SERVER overrides it. Used when ``server_urls`` is empty."""
@@ -525,6 +537,7 @@ class PiConfig:
     """Dialed number (digits, quoted in YAML) → character id; empty: lifting the handset calls ``character``."""
     dial: DialConfig = field(default_factory=DialConfig)
     tones: TonesConfig = field(default_factory=TonesConfig)
+    filler: FillerConfig = field(default_factory=FillerConfig)
 
     def servers(self) -> tuple[str, ...]:
         """The servers the phone may call: ``server_urls``, else ``server_url`` alone."""

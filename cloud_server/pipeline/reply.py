@@ -114,8 +114,9 @@ class ReplyPipeline:
         server can answer any of its turns.
         """
         system = turn.character.persona
-        if self._cfg.hang_up.marker and self._cfg.hang_up.instruction:
-            system = f"{system}\n\n{self._cfg.hang_up.instruction}"
+        hang_up = self._cfg.hang_up
+        if hang_up.marker and hang_up.instruction:
+            system = f"{system}\n\n{hang_up.instruction.replace('{marker}', hang_up.marker)}"
         if turn.prompt:
             system = f"{system}\n\n{turn.prompt}"
         if turn.history is not None:

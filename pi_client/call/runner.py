@@ -19,6 +19,7 @@ from pi_client.audio.offline_voice import OfflineVoice, SpokenPhrase
 from pi_client.audio.playback import AudioSink
 from pi_client.call.dialing import DialSource, KeyAudio, KeyPad, play_tone, ring_until
 from pi_client.call.far_end import line_dropped
+from pi_client.call.filler import ThinkingFiller
 from pi_client.call.machine import (
     IN_CALL,
     Action,
@@ -142,6 +143,10 @@ class Phone:
             key_audio if settings.dial.dtmf else None,
         )
         self._greetings = GreetingCache(client, settings.cache_dir)
+        self._filler: ThinkingFiller | None = None
+        if settings.filler.enabled:  # the earpiece through the filler's sink, so a reply can queue behind it
+            self._filler = ThinkingFiller(GreetingCache(client, settings.cache_dir, "filler"), settings.filler, sink)
+            self._sink = self._filler.sink
         self._end_key = settings.dial.end_call_key or None
         self._keys: asyncio.Queue[str] = asyncio.Queue()
         self._character: str | None = None
@@ -383,7 +388,7 @@ class Phone:
         pump = ReplyPump(self._client, request)
         retry_after: float | None = None
         try:
-            outcome = await self._stream_reply(pump, turn)
+            outcome = await self._late_reply_filled(self._stream_reply(pump, turn), turn)
         except asyncio.CancelledError:
             _LOGGER.info("turn: heard=%r, hung up before the reply ended", turn.transcript)
             raise
@@ -453,6 +458,12 @@ class Phone:
             return Outcome.NO_AUDIO
         await self._sink.finish()
         return Outcome.DONE
+
+    async def _late_reply_filled(self, reply: Coroutine[Any, Any, Outcome], turn: Turn) -> Outcome:
+        """The reply, with the thinking filler first when its first audio is late (pi.filler)."""
+        if self._filler is None:
+            return await reply
+        return await self._filler.cover(reply, turn.character, turn.heard_at)
 
     async def _broken(self, pump: ReplyPump, reason: str) -> Outcome:
         _LOGGER.warning("reply broke off: %s", reason)

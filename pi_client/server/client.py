@@ -356,6 +356,10 @@ class ServerClient:
         """GET /characters/<id>/greeting: the greeting as WAV bytes, in the character's own voice."""
         return self._get(f"/characters/{quote(character_id, safe='')}/greeting", self._cfg.read_timeout_seconds)
 
+    def filler(self, character_id: str) -> bytes:
+        """GET /characters/<id>/filler: the thinking filler as WAV bytes, in the character's own voice."""
+        return self._get(f"/characters/{quote(character_id, safe='')}/filler", self._cfg.read_timeout_seconds)
+
     def _get(self, path: str, read_timeout: float) -> bytes:
         """GET ``path``: the body of a 200; ServerUnavailable when unreachable, the typed error otherwise."""
         try:

@@ -156,6 +156,10 @@ class ServerFleet:
         """A character's greeting as WAV bytes, from the best server that answers."""
         return self._first_answer(lambda client: client.greeting(character_id))
 
+    def filler(self, character_id: str) -> bytes:
+        """A character's thinking filler as WAV bytes, from the best server that answers."""
+        return self._first_answer(lambda client: client.filler(character_id))
+
     def _first_answer(self, ask: Callable[[ServerClient], _T]) -> _T:
         """``ask`` the servers best first; the next one when a server is unreachable."""
         reasons: list[str] = []
