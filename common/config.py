@@ -360,6 +360,8 @@ class AudioConfig:
     """Capture rate in Hz (Whisper and Silero both want 16 kHz)."""
     block_seconds: float = 0.032
     """Capture block length in seconds (512 samples at 16 kHz, Silero's frame)."""
+    telephone_band: bool = False
+    """Band-pass everything the earpiece plays to 300-3400 Hz, the sound of a telephone line."""
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,10 @@ async def _build(args: argparse.Namespace, cfg: Config, key: str) -> _Stages:
             source.close()
 
     sink: AudioSink = WavFileSink(args.output_wav) if args.output_wav else AplaySink(pi.audio.output_device)
+    if pi.audio.telephone_band:
+        from pi_client.audio.telephone_band import TelephoneBandSink
+
+        sink = TelephoneBandSink(sink)  # 300-3400 Hz: tones, greetings, replies, the phone's own voice
     client = ServerFleet(pi.servers(), key, pi.client)
     monitor = None if args.input_wav else client.health
     phone = Phone(

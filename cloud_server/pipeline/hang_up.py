@@ -8,6 +8,15 @@ there, and the session records that the call is over (the phone then plays the b
 
 from __future__ import annotations
 
+from common.config import HangUpConfig
+
+
+def system_prompt(persona: str, cfg: HangUpConfig) -> str:
+    """The persona with the instruction to hang up below it: what the LLM gets (and its warm-up caches)."""
+    if not cfg.marker or not cfg.instruction:
+        return persona
+    return f"{persona}\n\n{cfg.instruction.replace('{marker}', cfg.marker)}"
+
 
 class HangUpFilter:
     """Feed the LLM's pieces; get back the text to speak, with the marker (and all after it) removed."""

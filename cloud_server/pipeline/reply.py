@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from cloud_server.llm.base import LLM, LLMError
 from cloud_server.llm.context import fit_context
-from cloud_server.pipeline.hang_up import HangUpFilter
+from cloud_server.pipeline.hang_up import HangUpFilter, system_prompt
 from cloud_server.pipeline.pieces import paced
 from cloud_server.pipeline.sentences import SentenceSplitter
 from cloud_server.pipeline.sessions import SessionStore
@@ -113,10 +113,7 @@ class ReplyPipeline:
         A client that keeps its own conversation (``turn.history``) is answered from it, so any
         server can answer any of its turns.
         """
-        system = turn.character.persona
-        hang_up = self._cfg.hang_up
-        if hang_up.marker and hang_up.instruction:
-            system = f"{system}\n\n{hang_up.instruction.replace('{marker}', hang_up.marker)}"
+        system = system_prompt(turn.character.persona, self._cfg.hang_up)
         if turn.prompt:
             system = f"{system}\n\n{turn.prompt}"
         if turn.history is not None:

@@ -75,6 +75,8 @@ _LISTEN_RETRY_SECONDS = 2.0
 spin the call loop), in seconds."""
 _TURNS_KEPT = 20
 """Finished turns kept in ``Phone.turns`` (each one is also logged as it ends)."""
+_FILE_MODE_END_TONE_SECONDS = 2.0
+"""File mode: how much of the busy or reorder tone ends the file when the call ends, in seconds."""
 _PLAY_BLOCK_SECONDS = 0.25
 """Local phrases go to the sink in blocks this long, so a hang-up cancels between blocks, in seconds."""
 
@@ -203,6 +205,10 @@ class Phone:
                     return None
                 self.state, actions = next_state(self.state, event, self._policy)
                 if any(isinstance(a, Listen) or a == Say(Phrase.GREETING) for a in actions):
+                    break
+                if self.state is State.ENDED:  # goodbye, the character hung up, a dropped line: its tone, briefly
+                    for tone in (a for a in actions if isinstance(a, PlayTone)):
+                        await play_tone(self._sink, self._settings.tones, tone.name, _FILE_MODE_END_TONE_SECONDS)
                     break
                 for action in actions:
                     await self._execute(action)
