@@ -12,16 +12,18 @@ import numpy as np
 import pytest
 import requests
 
+from common.config import RotaryConfig
 from common.wav import write_wav
 from pi_client.call.machine import Outcome, State
 from pi_client.telephone.hook import GpioHook
+from pi_client.telephone.rotary import GpioDial
 from tests.fixtures_pi import PI_RATE, mix, silence, white_noise
 from tests.helpers import mock_pins
 from tests.helpers import word_set as words
 from tests.ollama_standin import OllamaStandIn
 from tests.phone_rig import build_phone, until
 from tests.server_rig import ServerProcess, start_server
-from tests.test_phone_dialing import Earpiece
+from tests.test_phone_dialing import Earpiece, dial_rotary
 from tests.tone_check import keypad, samples
 
 WAIT = 120.0
@@ -133,3 +135,34 @@ def test_star_pressed_during_the_call_ends_it_with_the_busy_tone_and_asks_nothin
     assert len(sink.parts) == 3, [(rate, len(pcm)) for rate, pcm in sink.parts]  # greeting, busy, howler
     assert_cadence(sink, 1, 0.5, [480.0, 620.0])
     assert len(call_standin.chat_requests()) == chats_before and not phone.turns  # nobody was asked
+
+
+def test_a_rotary_phone_ends_the_call_with_its_end_key_digit(
+    call_server: ServerProcess, call_whisper: Any, call_question_wav: Path, tmp_path: Path
+) -> None:
+    dial_pin = 27
+    pi = {**PI, "dial": {"end_call_key": "9", "rotary": {"enabled": True, "pin": dial_pin}}}  # no directory
+    sink = Earpiece(tmp_path / "r.wav")
+
+    async def scenario(pins: Any) -> None:
+        dial = GpioDial(RotaryConfig(enabled=True, pin=dial_pin))
+        pins.pin(dial_pin).drive_low()  # the dial at rest
+        rig = build_phone(call_server, call_question_wav, call_whisper, tmp_path, sink, gated=True, pi=pi, dial=dial)
+        phone = rig.phone
+        running = asyncio.create_task(phone.run(GpioHook(rig.settings.hook)))
+        try:
+            pins.pin(HOOK_PIN).drive_low()
+            await until(lambda: phone.state is State.LISTENING, "the greeting", WAIT)
+            await dial_rotary(pins.pin(dial_pin), "9")
+            await until(lambda: phone.state is State.OFF_HOOK_WARNING, "the howler", WAIT)
+            pins.pin(HOOK_PIN).drive_high()
+            await until(lambda: phone.state is State.ON_HOOK, "the hang-up", 10)
+        finally:
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+            await rig.close()
+
+    with mock_pins() as pins:
+        asyncio.run(asyncio.wait_for(scenario(pins), WAIT))
+    assert len(sink.parts) == 3, [(rate, len(pcm)) for rate, pcm in sink.parts]  # greeting, busy, howler
+    assert_cadence(sink, 1, 0.5, [480.0, 620.0])
