@@ -122,8 +122,13 @@ class ThinkingFiller:
         timer = asyncio.create_task(self._after(since + self._cfg.after_seconds, character), name="filler-timer")
         try:
             result = await reply
-        except BaseException:  # hung up, or the reply failed: the hang-up's kill silences any filler
+        except asyncio.CancelledError:  # hung up: the hang-up's kill silences any filler
             timer.cancel()
+            raise
+        except Exception:  # the reply failed before its audio: a filler already playing ends cleanly
+            timer.cancel()
+            if not self.sink.started:
+                await self.sink.settle()
             raise
         timer.cancel()
         await asyncio.gather(timer, return_exceptions=True)
