@@ -69,3 +69,24 @@ def test_a_late_reply_gets_the_filler_first_and_a_prompt_one_does_not(
     assert len(sink.parts) == 3 and not bytes(sink.parts[2][1]).startswith(filler[: len(filler) // 4])
     said = words(sink.transcript(call_whisper, 2))
     assert {"food", "streets"} <= said and not {"hmm", "think"} & said, said
+
+
+def test_the_reply_queues_behind_the_filler_at_the_same_rate_and_follows_it_at_another(tmp_path: Path) -> None:
+    from pi_client.call.filler import FillerSink
+
+    filler, reply = b"\x01\x00" * 8000, b"\x02\x00" * 4000
+
+    async def play(reply_rate: int) -> Earpiece:
+        ear = Earpiece(tmp_path / f"{reply_rate}.wav")
+        sink = FillerSink(ear)
+        sink.play_filler(filler, 16000)
+        await asyncio.sleep(0)  # the filler has begun
+        await sink.start(reply_rate)  # the reply's first audio
+        await sink.write(reply)
+        await sink.finish()
+        return ear
+
+    same = asyncio.run(play(16000))
+    assert [(rate, bytes(pcm)) for rate, pcm in same.parts] == [(16000, filler + reply)]  # one stream, in order
+    other = asyncio.run(play(24000))
+    assert [(rate, bytes(pcm)) for rate, pcm in other.parts] == [(16000, filler), (24000, reply)]
