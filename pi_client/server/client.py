@@ -98,7 +98,8 @@ class ReplyStream:
         self.on_complete: Callable[[], None] | None = None
         """Called once the whole reply has been read (not when cancelled or broken)."""
         self.call_ended = False
-        """Set by ``on_complete`` when the server says the character hung up in this reply."""
+        """Set by ``on_complete`` (the fleet's, which reads the session anyway) when the server says the
+        character hung up in this reply."""
 
     def audio(self, cancel: threading.Event) -> Iterator[bytes]:
         """PCM16 chunks (whole samples) as they arrive; stops early when ``cancel`` is set.
