@@ -27,6 +27,7 @@ from cloud_server.llm.base import LLM
 from cloud_server.llm.select import make_llm
 from cloud_server.metrics import Metrics
 from cloud_server.pipeline.admission import ReplySlots
+from cloud_server.pipeline.hang_up import system_prompt
 from cloud_server.pipeline.recent import RecentTurns
 from cloud_server.pipeline.reply import ReplyPipeline
 from cloud_server.pipeline.sessions import SessionStore
@@ -177,7 +178,7 @@ def build_services(
     if server.llm.warm_up:
         # The default character last: with one Ollama slot (OLLAMA_NUM_PARALLEL=1) only the last stays cached.
         ids = sorted(characters.ids(), key=lambda cid: cid == server.default_character)
-        personas = [characters.get(cid)[1].persona for cid in ids]
+        personas = [system_prompt(characters.get(cid)[1].persona, server.hang_up) for cid in ids]
         threading.Thread(target=_warm_up, args=(llm, personas), name="llm-warm-up", daemon=True).start()
     _LOGGER.info("%d library voices, Whisper on %s", len(library.list()), transcriber.device)
     return services

@@ -198,6 +198,9 @@ class CharacterConfig:
     phone itself says when the handset is lifted is ``pi.greeting``)."""
     apology: str = "Sorry, I can't think right now. Please try again in a moment."
     """What the caller hears when the LLM fails."""
+    filler: str = "Hmm, let me think."
+    """Said while the caller waits for a late reply (``GET /characters/<id>/filler``; the phone plays it
+    when ``pi.filler.enabled`` and the first audio is ``pi.filler.after_seconds`` late)."""
 
 
 def _default_characters() -> dict[str, CharacterConfig]:
@@ -308,6 +311,19 @@ class CallsConfig:
 
 
 @dataclass(frozen=True)
+class HangUpConfig:
+    marker: str = "[END CALL]"
+    """A character ends the call by writing this (any case) in its reply: it is not spoken, the reply
+    stops there, and the phone plays the busy tone once the reply has played. Empty: characters never
+    end calls."""
+    instruction: str = (
+        "When the caller says goodbye, or the conversation is clearly over, say a short goodbye "
+        "and end your reply with {marker}."
+    )
+    """Added below every persona, so the LLM knows how to end a call; ``{marker}`` stands for the marker."""
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     """Address to bind (0.0.0.0 on the GPU server)."""
@@ -334,6 +350,8 @@ class ServerConfig:
     """Where /generate-audio keeps its files (S3-compatible, or the data directory)."""
     calls: CallsConfig = field(default_factory=CallsConfig)
     """Calls a character places to a phone (the ring API)."""
+    hang_up: HangUpConfig = field(default_factory=HangUpConfig)
+    """How a character ends the call (the phone learns it from the session when the reply ends)."""
     cors_origins: tuple[str, ...] = ()
     """Web origins (``https://app.example.com``, exact) whose pages may call the API with the key from the
     browser; none by default. The console is same-origin and needs none."""
@@ -366,6 +384,8 @@ class AudioConfig:
     """Capture rate in Hz (Whisper and Silero both want 16 kHz)."""
     block_seconds: float = 0.032
     """Capture block length in seconds (512 samples at 16 kHz, Silero's frame)."""
+    telephone_band: bool = False
+    """Band-pass everything the earpiece plays to 300-3400 Hz, the sound of a telephone line."""
 
 
 @dataclass(frozen=True)
@@ -491,6 +511,9 @@ class DialConfig:
     """Decode touch-tone (DTMF) digits from the handset audio."""
     digit_timeout_seconds: float = 4.0
     """No digit for this long completes the number dialed so far, in seconds."""
+    end_call_key: str = "*"
+    """Dialed first during a call, this key ends it (busy tone); any other digit dials a new number.
+    A rotary dial has no ``*``: set a digit no directory number begins with. Empty: no end key."""
 
 
 @dataclass(frozen=True)
@@ -536,6 +559,15 @@ class RingConfig:
 
 
 @dataclass(frozen=True)
+class FillerConfig:
+    enabled: bool = False
+    """Play the character's thinking filler ("Hmm, let me think.") when a reply's first audio is late."""
+    after_seconds: float = 1.2
+    """How late, counted from the end of the caller's speech, in seconds. The reply waits for the
+    filler to end (it is short), so it never talks over the character."""
+
+
+@dataclass(frozen=True)
 class PiConfig:
     server_url: str = "http://127.0.0.1:8000"
     """Base URL of the cloud server; AI_TELEPHONE_SERVER overrides it. Used when ``server_urls`` is empty."""
@@ -565,6 +597,7 @@ class PiConfig:
     tones: TonesConfig = field(default_factory=TonesConfig)
     ring: RingConfig = field(default_factory=RingConfig)
     """Calls from the server: the bell, its cadence, giving up."""
+    filler: FillerConfig = field(default_factory=FillerConfig)
 
     def servers(self) -> tuple[str, ...]:
         """The servers the phone may call: ``server_urls``, else ``server_url`` alone."""

@@ -48,12 +48,13 @@ def _load(args: argparse.Namespace) -> tuple[Config, str]:
         raise ConfigError("--input-wav needs --output-wav (where the reply is written)")
     if args.dial is not None and (not args.input_wav or not args.dial.isdigit()):
         raise ConfigError("--dial: expected digits, and --input-wav (file mode); live calls dial on the phone")
-    from pi_client.telephone.directory import Directory
+    from pi_client.telephone.directory import Directory, check_end_key
 
     Directory(cfg.pi.directory)  # ConfigError naming the bad entry, before any model loads
     from pi_client.server.ring_poll import check_ring_settings
 
     check_ring_settings(cfg.pi.ring)
+    check_end_key(cfg.pi.dial.end_call_key)
     key = resolve_api_key(cfg.pi.api_key_file)
     if not key:
         raise ConfigError("AI_TELEPHONE_API_KEY: not set (nor pi.api_key_file); the server refuses calls without it")
@@ -104,12 +105,20 @@ async def _build(args: argparse.Namespace, cfg: Config, key: str) -> _Stages:
 
     async def listen_once() -> Any:
         source = make_source()
+        if pi.dial.dtmf:  # keys pressed during the call: a digit switches character, * ends the call
+            from pi_client.telephone.key_tap import TouchToneTap
+
+            source = TouchToneTap(source, lambda key: phone.key_heard(key))
         try:
             return await listen(source, vad, pi.vad, turn_detector, pi.turns.smart_turn)
         finally:
             source.close()
 
     sink: AudioSink = WavFileSink(args.output_wav) if args.output_wav else AplaySink(pi.audio.output_device)
+    if pi.audio.telephone_band:
+        from pi_client.audio.telephone_band import TelephoneBandSink
+
+        sink = TelephoneBandSink(sink)  # 300-3400 Hz: tones, greetings, replies, the phone's own voice
     client = ServerFleet(pi.servers(), key, pi.client)
     monitor = None if args.input_wav else client.health
     phone = Phone(

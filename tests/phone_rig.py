@@ -83,6 +83,7 @@ def build_phone(
     from pi_client.audio.offline_voice import OfflineVoice
     from pi_client.call.runner import Phone
     from pi_client.server.fleet import ServerFleet
+    from pi_client.telephone.key_tap import TouchToneTap
     from pi_client.turns.endpoint import listen
     from pi_client.turns.vad import SileroVad
 
@@ -94,7 +95,9 @@ def build_phone(
     async def listen_once() -> Any:
         if talk is not None:
             await talk.get()
-        source = WavFileSource(question)
+        source: Any = WavFileSource(question)
+        if settings.dial.dtmf:  # as python -m pi_client: keys pressed during the call are heard too
+            source = TouchToneTap(source, lambda key: phone.key_heard(key))
         try:
             return await listen(source, vad, settings.vad)
         finally:

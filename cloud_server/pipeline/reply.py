@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from cloud_server.llm.base import LLM, LLMError
 from cloud_server.llm.context import fit_context
+from cloud_server.pipeline.hang_up import HangUpFilter, system_prompt
 from cloud_server.pipeline.pieces import paced
 from cloud_server.pipeline.sentences import SentenceSplitter
 from cloud_server.pipeline.sessions import SessionStore
@@ -69,6 +70,8 @@ class TurnStats:
     character_id: str = ""
     heard: str = ""
     """What the caller said (the turn's text), for listeners that show calls."""
+    hung_up: bool = False
+    """The character ended the call in this reply (``server.hang_up.marker``)."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,7 @@ class ReplyPipeline:
         A client that keeps its own conversation (``turn.history``) is answered from it, so any
         server can answer any of its turns.
         """
-        system = turn.character.persona
+        system = system_prompt(turn.character.persona, self._cfg.hang_up)
         if turn.prompt:
             system = f"{system}\n\n{turn.prompt}"
         if turn.history is not None:
@@ -223,6 +226,7 @@ class ReplyPipeline:
             return False
 
         splitter = SentenceSplitter(self._cfg.sentences)
+        hang_up = HangUpFilter(self._cfg.hang_up.marker)
         grace = self._cfg.sentences.end_grace_seconds
         last_piece_at, told_idle = time.monotonic(), True
 
@@ -241,12 +245,18 @@ class ReplyPipeline:
                     last_piece_at, told_idle = time.monotonic(), False
                     if stats.llm_first_token_seconds is None:
                         stats.llm_first_token_seconds = last_piece_at - started
-                    parts.append(piece)
-                    ready = splitter.push(piece)
+                    text = hang_up.push(piece)
+                    parts.append(text)
+                    ready = splitter.push(text)
                 for sentence in ready:
                     if not put(sentence):
                         return
-            for sentence in splitter.flush():
+                if hang_up.found:
+                    stats.hung_up = True  # nothing after the marker is spoken: stop reading the LLM
+                    break
+            tail = hang_up.flush()
+            parts.append(tail)
+            for sentence in [*splitter.push(tail), *splitter.flush()]:
                 if not put(sentence):
                     return
             stats.llm_seconds = time.monotonic() - started
@@ -289,15 +299,21 @@ class ReplyPipeline:
         stats.sentence_seconds.append(time.monotonic() - t0)
 
     def _finish(self, turn: Turn, stats: TurnStats) -> None:
-        if stats.reply_text and not stats.llm_failed and not stats.cancelled:
+        if (stats.reply_text or stats.hung_up) and not stats.llm_failed and not stats.cancelled:
             self._sessions.record(
-                turn.session_id, turn.character_id, turn.text, stats.reply_text, turn.transcript, turn.history
+                turn.session_id,
+                turn.character_id,
+                turn.text,
+                stats.reply_text,
+                turn.transcript,
+                turn.history,
+                ended=stats.hung_up,
             )
         elif stats.llm_failed and not stats.cancelled:
             self._sessions.drop_oldest_turn(turn.session_id, turn.character_id)
         _LOGGER.info(
             "Turn session=%s character=%s llm_first=%s first_audio=%s first_synth=%s total=%.2fs audio=%.2fs "
-            "fallback_sentences=%d llm_failed=%s cancelled=%s",
+            "fallback_sentences=%d llm_failed=%s cancelled=%s hung_up=%s",
             turn.session_id,
             turn.character_id,
             _fmt(stats.llm_first_token_seconds),
@@ -308,6 +324,7 @@ class ReplyPipeline:
             stats.fallback_sentences,
             stats.llm_failed,
             stats.cancelled,
+            stats.hung_up,
         )
         for listener in self.listeners:
             try:

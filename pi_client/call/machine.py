@@ -138,6 +138,10 @@ class ReplyFinished:
     retry_after: float | None = None
     farewell: bool = False
     """The caller said goodbye in this turn (see :func:`is_farewell`): the call ends after the reply."""
+    hung_up: bool = False
+    """The character ended the call in this reply (the server's ``call_ended``): busy tone after it."""
+    line_dropped: bool = False
+    """The reply broke off and no server answers any more: the reorder tone, as for a dropped call."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +155,11 @@ class NumberDialed:
 
     number: str
     character: str | None
+
+
+@dataclass(frozen=True)
+class EndKey:
+    """The caller dialed the end-of-call key (``pi.dial.end_call_key``, ``*``) during a call."""
 
 
 @dataclass(frozen=True)
@@ -176,6 +185,7 @@ Event = (
     | NumberDialed
     | NumberUnknown
     | ToneEnded
+    | EndKey
 )
 
 
@@ -322,6 +332,10 @@ def _redial(_event: Event, _policy: CallPolicy) -> tuple[State, list[Action]]:
     return State.DIALING, [Hush()]
 
 
+def _end_key(_event: Event, policy: CallPolicy) -> tuple[State, list[Action]]:
+    return State.ENDED, [StopAll(), PlayTone("busy", policy.off_hook_warning_seconds)]
+
+
 def _number_dialed(event: Event, _policy: CallPolicy) -> tuple[State, list[Action]]:
     assert isinstance(event, NumberDialed)
     if event.character is None:
@@ -362,7 +376,9 @@ def is_farewell(transcript: str | None) -> bool:
 
 def _reply_finished(event: Event, policy: CallPolicy) -> tuple[State, list[Action]]:
     assert isinstance(event, ReplyFinished)
-    if event.farewell and event.outcome in (Outcome.DONE, Outcome.BROKEN):
+    if event.line_dropped:
+        return State.ENDED, [PlayTone("reorder", policy.off_hook_warning_seconds)]
+    if (event.farewell or event.hung_up) and event.outcome in (Outcome.DONE, Outcome.BROKEN):
         return State.ENDED, [PlayTone("busy", policy.off_hook_warning_seconds)]
     if event.outcome in (Outcome.DONE, Outcome.NOTHING_HEARD):
         return State.LISTENING, [Listen()]
@@ -408,4 +424,5 @@ _TRANSITIONS: dict[tuple[State, type], Transition] = {
     (State.LAST_CHANCE, NoSpeech): _silent_again,
     (State.ENDED, ToneEnded): _left_off_hook,
     **{(state, DigitDialed): _redial for state in IN_CALL},
+    **{(state, EndKey): _end_key for state in IN_CALL},
 }

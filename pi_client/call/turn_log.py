@@ -34,6 +34,8 @@ class Turn:
     reply_text: str | None = None
     character: str | None = None
     """Who answered (the server's X-Character, else the character asked for)."""
+    call_ended: bool = False
+    """The character hung up in this reply (the server's session says ``call_ended``)."""
 
 
 async def log_turn(turn: Turn, reply_text: Callable[[str], str | None]) -> None:

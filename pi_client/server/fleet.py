@@ -168,6 +168,10 @@ class ServerFleet:
         """A character's greeting as WAV bytes, from the best server that answers."""
         return self._first_answer(lambda client: client.greeting(character_id))
 
+    def filler(self, character_id: str) -> bytes:
+        """A character's thinking filler as WAV bytes, from the best server that answers."""
+        return self._first_answer(lambda client: client.filler(character_id))
+
     def _first_answer(self, ask: Callable[[ServerClient], _T]) -> _T:
         """``ask`` the servers best first; the next one when a server is unreachable."""
         reasons: list[str] = []
@@ -186,7 +190,8 @@ class ServerFleet:
         """What to do once the whole reply was heard: keep the turn (its text from the server that spoke it)."""
 
         def record() -> None:
-            reply = client.reply_text(session_id)
+            last = client.last_turn(session_id)
+            reply, stream.call_ended = last.reply, last.call_ended
             with self._lock:
                 self._last = (session_id, client, reply)
             user = stream.transcript if request.audio_pcm is not None else request.text
@@ -198,6 +203,10 @@ class ServerFleet:
                 _LOGGER.warning("turn not kept in the conversation: no reply text from %s", client.base_url)
 
         return record
+
+    def reachable(self) -> bool:
+        """True when any server answers /health now (a quick check after a reply broke off)."""
+        return any(server.client.reachable() for server in self._servers)
 
     def reply_text(self, session_id: str) -> str | None:
         """The last reply of ``session_id``: as kept when it ended, else asked of the server that answered."""
