@@ -396,6 +396,9 @@ class PiSTTConfig:
     """CPU threads for Whisper."""
     use_server: bool = False
     """Send the recording to /process-audio instead of transcribing on the Pi (slow Pis)."""
+    speculative: bool = True
+    """Start Whisper at the first short silence (the candidate end) so the transcript is ready when the turn
+    ends; dropped and run again if the caller goes on. Costs a Whisper run per pause; false: only at the end."""
 
 
 @dataclass(frozen=True)

@@ -160,7 +160,8 @@ def test_a_heard_report_past_the_reply_changes_nothing(server: RunningServer) ->
 
 
 def test_the_clip_keeps_whole_sentences_played_and_the_words_of_the_cut_one_that_fit() -> None:
-    spoken = [Spoken("One two three.", 0.0, 1.4, complete=True), Spoken("Four five six seven.", 1.4, 3.4, complete=True)]
+    spoken = [Spoken("One two three.", 0.0, 1.4, complete=True),
+              Spoken("Four five six seven.", 1.4, 3.4, complete=True)]
     assert clip(spoken, 3.4) == ("One two three. Four five six seven.", False)
     assert clip(spoken, 1.4) == ("One two three.…", True)
     assert clip(spoken, 1.4 + 2.0 * 0.5) == ("One two three. Four five…", True)  # half its characters: two words
