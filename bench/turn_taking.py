@@ -48,13 +48,23 @@ class Decision:
     ended_by: str = ""
     decided_at: float = 0.0
     """Audio seconds at the end decision, plus the model's time when the model decided."""
+    heard_until: float = 0.0
+    """Audio seconds at the end decision (without the model's time)."""
     checks: int = 0
     turn_cpu: float = 0.0
     turn_wall: list[float] = field(default_factory=list)
     vad_cpu: float = 0.0
     stt_wall: float = 0.0
+    """Whisper's time on the utterance once the turn ended (no speculation)."""
     stt_cpu: float = 0.0
+    """Whisper CPU seconds of the turn with speculation: every run, the dropped ones too."""
     transcript: str = ""
+    speculations: list[tuple[float, bytes]] = field(default_factory=list)
+    """Candidate ends: (audio seconds when Whisper would start, the audio it gets)."""
+    speculation_kept: bool = False
+    """The last speculation stands (no speech after it): its transcript is the turn's."""
+    speculative_sent: float = 0.0
+    """End of speech → request sent with speculation, in seconds."""
 
     @property
     def premature(self) -> bool:
@@ -75,17 +85,24 @@ class Decision:
 def decide(
     question: Question, mode: str, probs: list[float], vad_cpu_per_frame: float, smart_turn: SmartTurn
 ) -> tuple[Decision, bytes]:
-    """Run the endpointer over the question; the decision and the utterance audio it would send."""
+    """Run the endpointer over the question (as listen() does); the decision and the utterance it would send."""
 
     def heard_so_far() -> bytes:
         return question.pcm[endpointer.utterance_start_frame * FRAME_BYTES : (endpointer.frame_index + 1) * FRAME_BYTES]
 
-    turn_cfg = SmartTurnConfig() if mode == "smart_turn" else None
-    endpointer = Endpointer(VADConfig(), FRAME_SECONDS, turn_cfg)
+    turn_cfg = SmartTurnConfig()
+    candidate = None if mode == "smart_turn" else turn_cfg.check_after_silence_seconds
+    endpointer = Endpointer(VADConfig(), FRAME_SECONDS, turn_cfg if mode == "smart_turn" else None, candidate)
     result = Decision(question, mode)
     model_wall = 0.0
+    speculated_at: int | None = None
     for prob in probs:
         event = endpointer.process(prob)
+        if speculated_at not in (None, endpointer.last_speech_frame):
+            speculated_at = None  # the caller went on: the speculation is dropped
+        if event in (EndpointEvent.TURN_CHECK, EndpointEvent.CANDIDATE_END):
+            result.speculations.append(((endpointer.frame_index + 1) * FRAME_SECONDS, heard_so_far()))
+            speculated_at = endpointer.last_speech_frame
         if event is EndpointEvent.TURN_CHECK:
             cpu, wall = time.process_time(), time.perf_counter()
             finished, _prob = smart_turn.is_finished(heard_so_far())
@@ -97,11 +114,36 @@ def decide(
         if event is EndpointEvent.UTTERANCE_ENDED:
             break
     result.ended_by = endpointer.ended_by or "audio_end"
-    result.decided_at = (endpointer.frame_index + 1) * FRAME_SECONDS
+    result.decided_at = result.heard_until = (endpointer.frame_index + 1) * FRAME_SECONDS
     if result.ended_by == "model":
         result.decided_at += model_wall
     result.vad_cpu = (endpointer.frame_index + 1) * vad_cpu_per_frame
+    result.speculation_kept = speculated_at is not None
     return result, heard_so_far()
+
+
+def transcribe(stt: WhisperTranscriber, pcm: bytes) -> tuple[str, float, float]:
+    """(text, wall seconds, CPU seconds) of one Whisper run."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    text = stt.transcribe(pcm)
+    return text, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def hear(stt: WhisperTranscriber, result: Decision, utterance: bytes) -> None:
+    """Whisper as the phone runs it: once at the end, or speculatively (one worker, every candidate end)."""
+    result.transcript, result.stt_wall, end_cpu = transcribe(stt, utterance)
+    sent = result.decided_at + result.stt_wall
+    busy_until = 0.0
+    for i, (start, pcm) in enumerate(result.speculations):
+        _text, wall, cpu = transcribe(stt, pcm)
+        result.stt_cpu += cpu
+        busy_until = max(start, busy_until) + wall  # one worker: a run waits for the one before
+        if i == len(result.speculations) - 1 and result.speculation_kept:
+            sent = max(result.decided_at, busy_until)
+    if not result.speculation_kept:  # the last guess was dropped: Whisper runs again at the end
+        result.stt_cpu += end_cpu
+        sent = max(result.decided_at, busy_until) + result.stt_wall
+    result.speculative_sent = sent - result.question.speech_end
 
 
 def run(threads: int) -> list[Decision]:
@@ -118,9 +160,7 @@ def run(threads: int) -> list[Decision]:
         vad_cpu = (time.process_time() - cpu) / len(frames)
         for mode in MODES:
             result, utterance = decide(question, mode, probs, vad_cpu, smart_turn)
-            cpu, wall = time.process_time(), time.perf_counter()
-            result.transcript = stt.transcribe(utterance)
-            result.stt_wall, result.stt_cpu = time.perf_counter() - wall, time.process_time() - cpu
+            hear(stt, result, utterance)
             results.append(result)
             _LOGGER.info("%-10s %-8s %-52s by %-6s delay %+.2f s  %r", mode, question.kind, question.text[:52],
                          result.ended_by, result.delay, result.transcript)
@@ -143,11 +183,14 @@ def report(results: list[Decision], meta: dict[str, object]) -> list[str]:
         f"{sum(1 for r in results if r.mode == MODES[0] and r.question.pause)} with a 0.5-0.8 s pause between "
         "two words, spoken by Piper with its noise off. Delays are audio time from the end of the last word "
         "(plus the model's inference time where the model decided); a *premature* cut ends the turn inside "
-        "the pause. *Request sent* adds Whisper on the cut utterance: the phone's share of the silence.",
+        "the pause. *Request sent* adds Whisper on the cut utterance (medians over the turns not cut early): "
+        "the phone's share of the silence; *with speculative Whisper* starts it at each candidate end (0.2 s "
+        "of silence, pi.stt.speculative), one run at a time, and uses the last run when no speech followed. "
+        "Models are timed one after the other here; live, Smart Turn and Whisper share the cores.",
         "",
         "| mode | questions | median end-of-turn delay | p90 | premature cut-offs | ended by | "
-        "whole transcript | median end of speech → request sent |",
-        "|---|---|---:|---:|---:|---|---:|---:|",
+        "whole transcript | end of speech → request sent | … with speculative Whisper |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|",
     ]
     for mode in MODES:
         for kind in ("complete", "paused"):
@@ -159,19 +202,32 @@ def report(results: list[Decision], meta: dict[str, object]) -> list[str]:
                 f"{percentile(on_time, 90):.2f} | {sum(r.premature for r in rows)}/{len(rows)} | "
                 + ", ".join(f"{by} {n}" for by, n in ends.items() if n)
                 + f" | {sum(r.whole for r in rows)}/{len(rows)} | "
-                f"{_median([r.delay + r.stt_wall for r in rows if not r.premature])} |"
+                f"{_median([r.delay + r.stt_wall for r in rows if not r.premature])} | "
+                f"**{_median([r.speculative_sent for r in rows if not r.premature])}** |"
             )
+    early = [r for r in results if r.premature and r.question.pause]
+    gaps = [r.question.pause[1] - r.decided_at for r in early if r.question.pause]
+    if gaps:
+        lines += ["", f"Every premature cut came inside the pause; the caller's next word followed it by "
+                  f"{max(min(gaps), 0.0):.2f}-{max(gaps):.2f} s, sooner than the reply's first audio could play "
+                  "(request sent plus the server's first audio, about 0.6 s with the streamed Piper voice above)."]
     decisions = [w for r in results for w in r.turn_wall]
     smart = [r for r in results if r.mode == "smart_turn"]
+    by_model = [r.heard_until - r.question.speech_end for r in smart if r.ended_by == "model" and not r.premature]
     lines += [
+        "",
+        f"Of Smart Turn's delay, the audio part (Silero's lag behind the last word plus the 0.2 s check) is "
+        f"**{statistics.median(by_model):.2f} s** (median of the on-time turns it ended); the rest is its "
+        "inference time on this machine at that moment.",
         "",
         f"Smart Turn per decision: **{statistics.median(decisions) * 1000:.0f} ms** median "
         f"(p90 {percentile(decisions, 90) * 1000:.0f} ms, {len(decisions)} decisions, always 8 s of audio). "
         "CPU per turn (Smart Turn mode, medians, CPU seconds of this machine): "
         f"VAD {statistics.median(r.vad_cpu for r in smart):.3f}, "
         f"Smart Turn {statistics.median(r.turn_cpu for r in smart):.3f}, "
-        f"Whisper {statistics.median(r.stt_cpu for r in smart):.2f} "
-        f"(wall {statistics.median(r.stt_wall for r in smart):.2f} s on {meta['threads']} threads).",
+        f"Whisper {statistics.median(r.stt_cpu for r in smart):.2f} with speculation, dropped runs included "
+        f"(one run: wall {statistics.median(r.stt_wall for r in smart):.2f} s on {meta['threads']} threads); "
+        f"{sum(len(r.speculations) for r in smart)} Whisper runs for {len(smart)} turns.",
     ]
     return lines
 
