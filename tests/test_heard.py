@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from common.config import ClientConfig
 from common.wav import WavStreamReader
 from pi_client.server.client import ReplyRequest, ServerClient
 from pi_client.server.fleet import ServerFleet
+from pi_client.server.heard import report_heard
 from tests.fixtures_server import TEST_KEY, RunningServer, server_config
 from tests.ollama_standin import OllamaStandIn
 
@@ -108,7 +110,7 @@ def test_a_phone_that_keeps_the_conversation_clips_its_own_history(
                 if played / 2 / (stream.sample_rate or 1) >= heard:
                     break
             stream.abort()
-        heard_text = fleet.report_heard("call-2", heard)
+        heard_text = asyncio.run(report_heard(fleet, "call-2", heard))  # the barge-in seam
         assert heard_text is not None
         assert_heard_only_the_start(heard_text)
         with fleet.open(ReplyRequest(text="Which one is in Asia?", session_id="call-2")) as stream:

@@ -45,6 +45,9 @@ class SessionStore:
     def _expire(self, now: float) -> None:
         for sid in [s for s, sess in self._sessions.items() if now - sess.updated > self._cfg.ttl_seconds]:
             del self._sessions[sid]
+            reply = self._replies.get(sid)
+            if reply is not None and reply.closed.is_set():  # not a reply of the session starting again now
+                del self._replies[sid]
 
     def history(self, session_id: str, character: str) -> list[dict[str, str]]:
         """A copy of the history to send to the LLM (empty for a new session or a new character)."""

@@ -235,6 +235,8 @@ async def listen(
     kept: list[bytes] = []  # frames from index kept_from onwards
     kept_from = 0
     await asyncio.to_thread(vad.reset)
+    if speculator is not None:
+        speculator.drop()  # a guess from an earlier turn never answers this one
     queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=4 * _MAX_BATCH)
     pump = asyncio.create_task(_pump(source, queue), name="listen-audio")
     try:
