@@ -392,8 +392,9 @@ class PiSTTConfig:
     """Spoken language; None lets Whisper detect it."""
     beam_size: int = 1
     """Beam size; 1 is fastest on a Pi."""
-    threads: int = 4
-    """CPU threads for Whisper."""
+    threads: int = 3
+    """CPU threads for Whisper: one fewer than a Pi's four cores, so Smart Turn (and the VAD) decide the end of
+    turn beside a speculative Whisper run instead of waiting for a core."""
     use_server: bool = False
     """Send the recording to /process-audio instead of transcribing on the Pi (slow Pis)."""
     speculative: bool = True
