@@ -99,30 +99,42 @@ def test_the_next_turn_holds_only_what_the_caller_heard(
 def test_a_phone_that_keeps_the_conversation_clips_its_own_history(
     server: RunningServer, ollama: OllamaStandIn
 ) -> None:
-    """Stateless turns: the fleet sends the history it keeps; after the report it holds the heard part."""
+    """Stateless turns: the fleet sends the history it keeps; after the report it holds the heard part.
+
+    When the server that spoke is gone before the report, the phone keeps the caller's words and a cut mark.
+    """
     heard = audio_seconds(server, FIRST) + MARGIN_SECONDS
     fleet = ServerFleet((server.url,), TEST_KEY, ClientConfig())
-    try:
-        with fleet.open(ReplyRequest(text="Tell me about rivers.", session_id="call-2")) as stream:
-            cancel, played = threading.Event(), 0
-            for pcm in stream.audio(cancel):
+
+    def cut_in(text: str) -> None:
+        with fleet.open(ReplyRequest(text=text, session_id="call-2")) as stream:
+            played = 0
+            for pcm in stream.audio(threading.Event()):
                 played += len(pcm)
                 if played / 2 / (stream.sample_rate or 1) >= heard:
                     break
             stream.abort()
+
+    try:
+        cut_in("Tell me about rivers.")
         heard_text = asyncio.run(report_heard(fleet, "call-2", heard))  # the barge-in seam
         assert heard_text is not None
         assert_heard_only_the_start(heard_text)
         with fleet.open(ReplyRequest(text="Which one is in Asia?", session_id="call-2")) as stream:
             b"".join(stream.audio(threading.Event()))
+        chat = ollama.chat_requests()[-1]
+        cut_in("And in Europe?")
+        server.stop()
+        assert asyncio.run(report_heard(fleet, "call-2", heard)) is None
+        kept = fleet.conversation.history("call-2")
     finally:
         fleet.close()
-    chat = ollama.chat_requests()[-1]
     assert chat.messages[1:] == [
         {"role": "user", "content": "Tell me about rivers."},
         {"role": "assistant", "content": heard_text},
         {"role": "user", "content": "Which one is in Asia?"},
     ]
+    assert kept[-2:] == ({"role": "user", "content": "And in Europe?"}, {"role": "assistant", "content": "…"})
 
 
 BAD_REPORTS = [
