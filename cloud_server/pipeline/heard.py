@@ -106,6 +106,14 @@ class ReplyTimeline:
             if self._spoken:
                 self._spoken[-1].complete = True
 
+    def kept_text(self, whole: str) -> str:
+        """What the history keeps of a reply whose LLM text was ``whole``: all of it when it ran to its end
+        and nobody reported a cut; else what was heard, or as far as its audio went out ("" for none)."""
+        with self.lock:
+            if self.finished and self.heard_seconds is None:
+                return whole
+            return self.heard_text()[0] if self.sent_seconds > 0 else ""
+
     def heard_text(self, seconds: float | None = None) -> tuple[str, bool]:
         """The text within ``seconds`` (default: the reported cut, else all that was sent) and whether cut."""
         with self.lock:

@@ -298,9 +298,7 @@ class ReplyPipeline:
 
     def _finish(self, turn: Turn, stats: TurnStats, timeline: ReplyTimeline) -> None:
         with timeline.lock:  # a heard report arriving now waits, then clips what is recorded here
-            reply = stats.reply_text
-            if not timeline.finished or timeline.heard_seconds is not None:  # cut: keep what went out or was heard
-                reply = timeline.heard_text()[0] if timeline.sent_seconds > 0 else ""
+            reply = timeline.kept_text(stats.reply_text)
             if reply and not stats.llm_failed:
                 self._sessions.record(
                     turn.session_id, turn.character_id, turn.text, reply, turn.transcript, turn.history
