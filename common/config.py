@@ -436,10 +436,14 @@ class PiSTTConfig:
     """Spoken language; None lets Whisper detect it."""
     beam_size: int = 1
     """Beam size; 1 is fastest on a Pi."""
-    threads: int = 4
-    """CPU threads for Whisper."""
+    threads: int = 3
+    """CPU threads for Whisper: one fewer than a Pi's four cores, so Smart Turn (and the VAD) decide the end of
+    turn beside a speculative Whisper run instead of waiting for a core."""
     use_server: bool = False
     """Send the recording to /process-audio instead of transcribing on the Pi (slow Pis)."""
+    speculative: bool = True
+    """Start Whisper at the first short silence (the candidate end) so the transcript is ready when the turn
+    ends; dropped and run again if the caller goes on. Costs a Whisper run per pause; false: only at the end."""
 
 
 @dataclass(frozen=True)

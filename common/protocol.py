@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Final
 
+CUT_MARK: Final = "…"
+"""Ends a reply in the history that the caller cut short, so the LLM reads it as interrupted, not finished."""
+
 
 class Route:
     """Paths on the voice server."""
@@ -16,6 +19,9 @@ class Route:
     """POST a recording (as /process-audio) → JSON ``{text, duration}``; no reply (the Wyoming bridge's STT)."""
     SESSIONS: Final = "/sessions"
     """GET ``/sessions/<session_id>``: the conversation so far."""
+    HEARD: Final = "/heard"
+    """POST ``/sessions/<session_id>/heard`` ``{heard_seconds}`` after a barge-in: the history keeps only
+    what the caller heard of the latest reply → JSON ``{heard_text, cut, ...}``."""
     HEALTH: Final = "/health"
     """GET, no key: ``ok`` or ``degraded``."""
     CALLS: Final = "/calls"
@@ -32,6 +38,8 @@ class Field:
     CHARACTER: Final = "character"
     PROMPT: Final = "prompt"
     """Extra system text from a trusted client, appended below the character's persona."""
+    HEARD_SECONDS: Final = "heard_seconds"
+    """Seconds of the latest reply's audio the caller heard, from its first sample (the /heard report)."""
     HISTORY: Final = "history"
     """The conversation so far, ``[{role: user|assistant, content}]``, oldest first: the server answers
     from it instead of its own session, so any server can answer any turn (a JSON string in form fields)."""

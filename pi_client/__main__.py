@@ -79,6 +79,7 @@ async def _build(args: argparse.Namespace, cfg: Config, key: str) -> _Stages:
     from pi_client.server.fleet import ServerFleet
     from pi_client.turns.endpoint import listen
     from pi_client.turns.smart_turn import TurnDetectorError, load_turn_detector
+    from pi_client.turns.speculative import SpeculativeTranscriber
     from pi_client.turns.stt import TranscriberError, WhisperTranscriber
     from pi_client.turns.vad import SileroVad, VadError
 
@@ -89,8 +90,12 @@ async def _build(args: argparse.Namespace, cfg: Config, key: str) -> _Stages:
         vad = SileroVad()
         turn_detector = await asyncio.to_thread(load_turn_detector, pi.turns.smart_turn)
         transcribe = None
+        speculator = None
         if not pi.stt.use_server:
             transcribe = (await asyncio.to_thread(WhisperTranscriber, pi.stt)).transcribe
+            if pi.stt.speculative:
+                speculator = SpeculativeTranscriber(transcribe)
+                transcribe = speculator.transcribe
     except (TranscriberError, VadError, TurnDetectorError) as err:
         raise ConfigError(str(err)) from err
 
@@ -110,7 +115,7 @@ async def _build(args: argparse.Namespace, cfg: Config, key: str) -> _Stages:
 
             source = TouchToneTap(source, lambda key: phone.key_heard(key))
         try:
-            return await listen(source, vad, pi.vad, turn_detector, pi.turns.smart_turn)
+            return await listen(source, vad, pi.vad, turn_detector, pi.turns.smart_turn, speculator)
         finally:
             source.close()
 

@@ -156,3 +156,17 @@ def test_without_a_detector_the_silence_rule_is_unchanged() -> None:
     ep, events = _run([S] * 10 + [Q] * 8)
     assert events == [(2, EndpointEvent.SPEECH_STARTED), (14, EndpointEvent.UTTERANCE_ENDED)]
     assert ep.ended_by == "silence"
+
+
+def test_a_candidate_end_under_the_silence_rule_marks_each_short_silence_and_ends_nothing() -> None:
+    """For speculative transcription: 0.2 s into each silence, while the 0.5 s rule still decides."""
+    ep = Endpointer(CFG, FRAME, None, candidate_after_seconds=0.2)
+    probs = [S] * 10 + [Q] * 3 + [S] * 4 + [Q] * 8
+    events = [(i, e) for i, p in enumerate(probs) if (e := ep.process(p)) is not EndpointEvent.NONE]
+    assert events == [
+        (2, EndpointEvent.SPEECH_STARTED),
+        (11, EndpointEvent.CANDIDATE_END),
+        (18, EndpointEvent.CANDIDATE_END),
+        (21, EndpointEvent.UTTERANCE_ENDED),
+    ]
+    assert ep.ended_by == "silence"

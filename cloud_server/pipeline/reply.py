@@ -6,7 +6,9 @@ their own (pieces.py), so a finished sentence followed by a pause in the LLM goe
 ``sentences.end_grace_seconds`` instead of waiting for the next token. A failure degrades the turn instead of
 ending it: the LLM failing → the character's spoken apology; the voice model failing → the
 fallback voice speaks the rest. Hang-up (the WSGI server closing the response) sets ``cancel``,
-which stops the LLM stream and pending synthesis.
+which stops the LLM stream and pending synthesis. Each reply keeps a timeline of which sentence its
+audio was saying when (pipeline/heard.py): a reply cut short is recorded as far as it went out, and
+as far as the caller heard once the phone says so (``SessionStore.clip_reply``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from cloud_server.llm.base import LLM, LLMError
 from cloud_server.llm.context import fit_context
 from cloud_server.pipeline.hang_up import HangUpFilter, system_prompt
+from cloud_server.pipeline.heard import ReplyTimeline
 from cloud_server.pipeline.pieces import paced
 from cloud_server.pipeline.sentences import SentenceSplitter
 from cloud_server.pipeline.sessions import SessionStore
@@ -131,6 +134,7 @@ class ReplyPipeline:
         stats = TurnStats(engine=self.primary.name, character_id=turn.character_id, heard=turn.text)
         started = time.monotonic()
         yield wav_header(self.sample_rate)
+        timeline = self._sessions.start_reply(turn.session_id, cancel)  # before the history is read
         pending: queue.Queue[object] = queue.Queue(maxsize=_SENTENCES_AHEAD)
         parts: list[str] = []
         producer = threading.Thread(
@@ -152,21 +156,28 @@ class ReplyPipeline:
                 except queue.Empty:
                     continue
                 if item is _END:
+                    timeline.finished = True
                     break
                 if isinstance(item, _LLMFailed):
                     stats.llm_failed = True
                     _LOGGER.warning("LLM failed (%s): speaking the apology", item.reason)
                     item = turn.character.apology
                 text = str(item)
+                timeline.sentence(text)
                 with closing(self._speak_sentence(text, turn.voice, cancel, use_fallback, stats)) as spoken:
                     for pcm, via_fallback in spoken:
                         use_fallback = use_fallback or via_fallback
                         if stats.first_audio_seconds is None:
                             stats.first_audio_seconds = time.monotonic() - started
-                        stats.audio_seconds += len(pcm) / SAMPLE_WIDTH / self.sample_rate
+                        seconds = len(pcm) / SAMPLE_WIDTH / self.sample_rate
+                        stats.audio_seconds += seconds
+                        timeline.audio(seconds)
                         yield pcm
                         if time.monotonic() > deadline:  # checked per chunk: a slow reader cannot stretch it
                             break
+                    else:
+                        if not cancel.is_set():
+                            timeline.sentence_done()
                 if stats.llm_failed:
                     break
         except GeneratorExit:
@@ -177,7 +188,10 @@ class ReplyPipeline:
             producer.join(timeout=5.0)
             stats.reply_text = "".join(parts).strip()
             stats.total_seconds = time.monotonic() - started
-            self._finish(turn, stats)
+            try:
+                self._finish(turn, stats, timeline)
+            finally:
+                timeline.closed.set()
 
     def speak_sentences(
         self, text: str, voice: VoiceSpec, cancel: threading.Event, stats: TurnStats | None = None
@@ -298,19 +312,22 @@ class ReplyPipeline:
             _LOGGER.exception("Fallback voice failed too; sentence skipped")
         stats.sentence_seconds.append(time.monotonic() - t0)
 
-    def _finish(self, turn: Turn, stats: TurnStats) -> None:
-        if (stats.reply_text or stats.hung_up) and not stats.llm_failed and not stats.cancelled:
-            self._sessions.record(
-                turn.session_id,
-                turn.character_id,
-                turn.text,
-                stats.reply_text,
-                turn.transcript,
-                turn.history,
-                ended=stats.hung_up,
-            )
-        elif stats.llm_failed and not stats.cancelled:
-            self._sessions.drop_oldest_turn(turn.session_id, turn.character_id)
+    def _finish(self, turn: Turn, stats: TurnStats, timeline: ReplyTimeline) -> None:
+        with timeline.lock:  # a heard report arriving now waits, then clips what is recorded here
+            reply = timeline.kept_text(stats.reply_text)
+            if (reply or stats.hung_up) and not stats.llm_failed:
+                self._sessions.record(
+                    turn.session_id,
+                    turn.character_id,
+                    turn.text,
+                    reply,
+                    turn.transcript,
+                    turn.history,
+                    ended=stats.hung_up,
+                )
+                timeline.recorded = reply
+            elif stats.llm_failed and not stats.cancelled:
+                self._sessions.drop_oldest_turn(turn.session_id, turn.character_id)
         _LOGGER.info(
             "Turn session=%s character=%s llm_first=%s first_audio=%s first_synth=%s total=%.2fs audio=%.2fs "
             "fallback_sentences=%d llm_failed=%s cancelled=%s hung_up=%s",

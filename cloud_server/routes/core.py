@@ -1,7 +1,8 @@
-"""The core routes: /process-text (a streamed spoken reply), /sessions/<id>, /health."""
+"""The core routes: /process-text (a streamed spoken reply), /sessions/<id> and its heard report, /health."""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from typing import Any
@@ -84,6 +85,30 @@ def get_session(session_id: str) -> Response:
         last_transcript=session.last_transcript,
         call_ended=session.ended,
     )
+
+
+@bp.post(Route.SESSIONS + "/<session_id>" + Route.HEARD)
+def report_heard(session_id: str) -> Response:
+    """After a barge-in: the caller heard ``heard_seconds`` of the latest reply, the history keeps only that.
+
+    Sent by the phone as soon as it stopped playing (the reply's request is closed by then or soon
+    after); the answer's ``heard_text`` is what the history now holds, which a phone that keeps its
+    own conversation (stateless turns) keeps too.
+    """
+    require_key()
+    svc = services()
+    body = json_body(svc.config.server.limits.max_body_bytes)
+    heard = body.get(Field.HEARD_SECONDS)
+    longest = svc.config.server.limits.max_reply_seconds
+    if isinstance(heard, bool) or not isinstance(heard, int | float) or not math.isfinite(heard):
+        raise ApiError(400, "bad_field", f"'{Field.HEARD_SECONDS}' must be a number of seconds.")
+    if not 0 <= heard <= longest:
+        raise ApiError(400, "out_of_range", f"'{Field.HEARD_SECONDS}' must be between 0 and {longest:g}.")
+    clipped = svc.sessions.clip_reply(session_id, float(heard)) if is_session_id(session_id) else None
+    if clipped is None:
+        raise ApiError(404, "unknown_reply", "This session has no reply on this server (it may have expired).")
+    text, cut = clipped
+    return jsonify(session_id=session_id, heard_seconds=float(heard), heard_text=text, cut=cut)
 
 
 @bp.get(Route.HEALTH)

@@ -382,6 +382,25 @@ class ServerClient:
                 return response.json()
             except ValueError as err:
                 raise ServerUnavailable(f"{path} answered no JSON") from err
+    def report_heard(self, session_id: str, heard_seconds: float) -> str | None:
+        """POST /sessions/<id>/heard after a barge-in: the server keeps only what the caller heard of its
+        latest reply. The text it now holds, or None when the report failed (logged; the call goes on)."""
+        url = f"{self.base_url}{Route.SESSIONS}/{quote(session_id, safe='')}{Route.HEARD}"
+        try:
+            response = self._session.post(
+                url,
+                json={Field.HEARD_SECONDS: round(max(heard_seconds, 0.0), 3)},
+                timeout=self._timeout(_SIDE_TIMEOUT_SECONDS),
+                verify=self._verify,
+            )
+            with response:
+                if response.status_code != 200:
+                    raise _error_for(response)
+                text = response.json().get("heard_text")
+        except (requests.RequestException, ValueError, AttributeError, ServerError) as err:
+            _LOGGER.warning("heard report for session %s failed: %s", session_id, _short(err))
+            return None
+        return text if isinstance(text, str) else None
 
     def characters(self) -> dict[str, Any]:
         """GET /characters: who one can call, each with its voice and greeting text."""

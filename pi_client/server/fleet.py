@@ -3,11 +3,13 @@
 The phone keeps the conversation (what the caller said and heard, bounded) and sends it with every
 turn, so any server can answer any turn: a refused connection, a 5xx or a 503 moves the turn to the
 next server without dropping the call. Only when none answers does the phone's own voice speak.
+A reply the caller interrupted is kept as far as it was heard (``report_heard``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 import uuid
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from common.config import ClientConfig
-from common.protocol import ANSWERED_CUE
+from common.protocol import ANSWERED_CUE, CUT_MARK
 from pi_client.server.client import (
     Busy,
     ReplyRequest,
@@ -52,6 +54,12 @@ class Conversation:
                 self.session_id, self._messages = session_id, []
             return tuple(dict(m) for m in self._messages)
 
+    def clip_last(self, session_id: str, reply: str) -> None:
+        """The latest turn's reply was heard only as far as ``reply``: keep that instead."""
+        with self._lock:
+            if session_id == self.session_id and self._messages and self._messages[-1]["role"] == "assistant":
+                self._messages[-1] = {"role": "assistant", "content": reply}
+
     def add(self, session_id: str, user: str, reply: str) -> None:
         """Keep one finished turn, dropping the oldest past ``max_turns`` or ``max_chars``."""
         with self._lock:
@@ -61,6 +69,21 @@ class Conversation:
             self._messages = self._messages[-2 * self._max_turns :] if self._max_turns > 0 else []
             while self._messages and sum(len(m["content"]) for m in self._messages) > self._max_chars:
                 self._messages = self._messages[2:]
+
+
+@dataclass
+class _LastTurn:
+    """The latest turn: its session, the server that answered, what the caller said and what was kept."""
+
+    session_id: str
+    client: ServerClient
+    user: str | None
+    reply: str | None = None
+    """The reply text once known (whole, or as far as the caller heard it)."""
+    kept: bool = False
+    """The turn is in the conversation."""
+    heard: bool = False
+    """A barge-in report clipped it: the whole-reply record that may follow must not undo that."""
 
 
 @dataclass
@@ -92,9 +115,9 @@ class ServerFleet:
         self.health = FleetHealth([s.monitor for s in self._servers])
         """One monitor for the call logic: up while any server is."""
         self.conversation = Conversation(cfg.history_turns)
-        self._last: tuple[str, ServerClient, str | None] | None = None
-        """The latest turn: its session, the server that answered it, and its reply text once heard."""
+        self._last: _LastTurn | None = None
         self._lock = threading.Lock()
+        """Orders the latest turn's record against a heard report (each runs in its own thread)."""
 
     @property
     def settings(self) -> ClientConfig:
@@ -148,11 +171,15 @@ class ServerFleet:
                 reasons.append(str(err))
                 continue
             server.monitor.report(True)
+            user = stream.transcript if request.audio_pcm is not None else request.text
+            if request.call_id is not None:
+                user = ANSWERED_CUE  # what the server sent the LLM as the caller's side of the first turn
+            last = _LastTurn(session_id, server.client, user)
             with self._lock:
-                self._last = (session_id, server.client, None)
+                self._last = last
             if reasons:
                 _LOGGER.info("turn answered by %s after: %s", server.client.base_url, "; ".join(reasons))
-            stream.on_complete = self._recorder(server.client, session_id, request, stream)
+            stream.on_complete = functools.partial(self._record, last, stream)
             return stream
         if busy is not None:
             raise busy
@@ -184,25 +211,42 @@ class ServerFleet:
                 reasons.append(str(err))
         raise ServerUnavailable("no server answered: " + "; ".join(reasons))
 
-    def _recorder(
-        self, client: ServerClient, session_id: str, request: ReplyRequest, stream: ReplyStream
-    ) -> Callable[[], None]:
-        """What to do once the whole reply was heard: keep the turn (its text from the server that spoke it)."""
-
-        def record() -> None:
-            last = client.last_turn(session_id)
-            reply, stream.call_ended = last.reply, last.call_ended
-            with self._lock:
-                self._last = (session_id, client, reply)
-            user = stream.transcript if request.audio_pcm is not None else request.text
-            if request.call_id is not None:
-                user = ANSWERED_CUE  # what the server sent the LLM as the caller's side of the first turn
-            if user and reply:
-                self.conversation.add(session_id, user, reply)
+    def _record(self, last: _LastTurn, stream: ReplyStream) -> None:
+        """The whole reply was read: keep the turn (its text from the server that spoke it), and whether
+        the character ended the call."""
+        turn = last.client.last_turn(last.session_id)
+        reply, stream.call_ended = turn.reply, turn.call_ended
+        with self._lock:
+            if last.heard:  # the caller cut in while the read-ahead tail played; the report won
+                return
+            last.reply = reply
+            if last.user and reply:
+                self.conversation.add(last.session_id, last.user, reply)
+                last.kept = True
             else:
-                _LOGGER.warning("turn not kept in the conversation: no reply text from %s", client.base_url)
+                _LOGGER.warning("turn not kept in the conversation: no reply text from %s", last.client.base_url)
 
-        return record
+    def report_heard(self, session_id: str, heard_seconds: float) -> str | None:
+        """The caller cut in ``heard_seconds`` into the latest reply: the server that spoke it and the
+        phone's own conversation keep only what was heard. The text kept, None when the server could
+        not say (the conversation then keeps the caller's words and a cut mark). Never raises.
+
+        Call it once playback stopped and before the next turn is sent (pi_client/server/heard.py).
+        """
+        with self._lock:
+            last = self._last
+        if last is None or last.session_id != session_id:
+            return self._servers[0].client.report_heard(session_id, heard_seconds)
+        text = last.client.report_heard(session_id, heard_seconds)
+        with self._lock:
+            last.heard, last.reply = True, text if text is not None else last.reply
+            kept = text if text is not None else CUT_MARK
+            if last.kept:
+                self.conversation.clip_last(session_id, kept)
+            elif last.user:
+                self.conversation.add(session_id, last.user, kept)
+                last.kept = True
+        return text
 
     def reachable(self) -> bool:
         """True when any server answers /health now (a quick check after a reply broke off)."""
@@ -212,7 +256,6 @@ class ServerFleet:
         """The last reply of ``session_id``: as kept when it ended, else asked of the server that answered."""
         with self._lock:
             last = self._last
-        if last is None or last[0] != session_id:
+        if last is None or last.session_id != session_id:
             return self._servers[0].client.reply_text(session_id)
-        _, client, reply = last
-        return reply if reply is not None else client.reply_text(session_id)
+        return last.reply if last.reply is not None else last.client.reply_text(session_id)

@@ -7,6 +7,10 @@ Silero VAD, running the model in a worker thread so the event loop keeps hearing
 With a turn detector (Smart Turn), a short silence asks the model whether the caller has finished:
 the endpointer returns ``TURN_CHECK`` and the driver feeds the model's verdict back through
 :meth:`Endpointer.turn_verdict`, so the decision stays pure and tests drive it with values.
+
+With a :class:`~pi_client.turns.speculative.SpeculativeTranscriber`, that short silence (or, under
+the silence rule, the same silence as ``CANDIDATE_END``) also starts Whisper on the turn so far,
+and speech after it drops that transcript again.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 from common.config import SmartTurnConfig, VADConfig
 from pi_client.audio.capture import BLOCK_SAMPLES, SAMPLE_RATE, AudioSource
 from pi_client.turns.smart_turn import TurnDetector
+from pi_client.turns.speculative import SpeculativeTranscriber
 from pi_client.turns.vad import SileroVad
 
 _LOGGER = logging.getLogger(__name__)
@@ -41,6 +46,8 @@ class EndpointEvent(enum.Enum):
     TIMEOUT = "timeout"
     TURN_CHECK = "turn_check"
     """A short silence after speech: ask the turn detector, then call ``turn_verdict``."""
+    CANDIDATE_END = "candidate_end"
+    """Without a detector: a short silence after speech, where the turn may end (speculation starts)."""
 
 
 def _frames(seconds: float, frame_seconds: float) -> int:
@@ -56,8 +63,15 @@ def _frames_within(seconds: float, frame_seconds: float) -> int:
 class Endpointer:
     """Turns speech probabilities, one per frame, into start/end decisions; counts time in frames."""
 
-    def __init__(self, cfg: VADConfig, frame_seconds: float, smart_turn: SmartTurnConfig | None = None) -> None:
-        """``smart_turn`` set: a turn detector is there to ask; None: the fixed trailing-silence rule."""
+    def __init__(
+        self,
+        cfg: VADConfig,
+        frame_seconds: float,
+        smart_turn: SmartTurnConfig | None = None,
+        candidate_after_seconds: float | None = None,
+    ) -> None:
+        """``smart_turn`` set: a turn detector is there to ask; None: the fixed trailing-silence rule, with
+        ``CANDIDATE_END`` after ``candidate_after_seconds`` of silence when set."""
         self.cfg = cfg
         self.frame_seconds = frame_seconds
         self._min_speech = _frames(cfg.min_speech_seconds, frame_seconds)
@@ -68,6 +82,9 @@ class Endpointer:
             self._check = _frames(smart_turn.check_after_silence_seconds, frame_seconds)
             self._ceiling = _frames(smart_turn.max_silence_seconds, frame_seconds)
         self._silence_limit = self._ceiling if self._check is not None else self._trailing
+        self._candidate: int | None = None
+        if smart_turn is None and candidate_after_seconds is not None:
+            self._candidate = _frames(candidate_after_seconds, frame_seconds)
         self._max_utterance = _frames_within(cfg.max_utterance_seconds, frame_seconds)
         self._timeout = _frames(cfg.no_speech_timeout_seconds, frame_seconds)
         self.preroll_frames = round(cfg.preroll_seconds / frame_seconds)
@@ -139,6 +156,8 @@ class Endpointer:
                 return self._end("silence")
             if self._silence == self._check:
                 return self._check_max(EndpointEvent.TURN_CHECK)
+            if self._silence == self._candidate:
+                return self._check_max(EndpointEvent.CANDIDATE_END)
         return self._check_max(EndpointEvent.NONE)
 
     def turn_verdict(self, finished: bool | None) -> EndpointEvent:
@@ -201,18 +220,23 @@ async def listen(
     cfg: VADConfig,
     detector: TurnDetector | None = None,
     turn_cfg: SmartTurnConfig | None = None,
+    speculator: SpeculativeTranscriber | None = None,
 ) -> Utterance | None:
     """Listen until the caller has said something; None on timeout or when the source ends silent.
 
     With ``detector``, a short silence asks it whether the caller has finished (``turn_cfg`` gives
     the silences, its defaults when None); without it, the trailing silence of ``cfg`` ends the turn.
+    With ``speculator``, that short silence starts Whisper on the turn so far (see the module doc).
     """
-    if detector is not None and turn_cfg is None:
-        turn_cfg = SmartTurnConfig()
-    endpointer = Endpointer(cfg, BLOCK_SAMPLES / SAMPLE_RATE, turn_cfg if detector is not None else None)
+    turn_cfg = turn_cfg or SmartTurnConfig()
+    candidate = turn_cfg.check_after_silence_seconds if speculator is not None and detector is None else None
+    endpointer = Endpointer(cfg, BLOCK_SAMPLES / SAMPLE_RATE, turn_cfg if detector is not None else None, candidate)
+    speculated_at: int | None = None  # the last speech frame when the speculation started
     kept: list[bytes] = []  # frames from index kept_from onwards
     kept_from = 0
     await asyncio.to_thread(vad.reset)
+    if speculator is not None:
+        speculator.drop()  # a guess from an earlier turn never answers this one
     queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=4 * _MAX_BATCH)
     pump = asyncio.create_task(_pump(source, queue), name="listen-audio")
     try:
@@ -225,11 +249,17 @@ async def listen(
             for frame, prob in zip(frames, probs, strict=True):
                 kept.append(frame)
                 event = endpointer.process(prob)
+                if speculator is not None and speculated_at not in (None, endpointer.last_speech_frame):
+                    speculator.drop()  # the caller went on
+                    speculated_at = None
                 if event is EndpointEvent.TIMEOUT:
                     _LOGGER.info("No speech within %.1f s", cfg.no_speech_timeout_seconds)
                     return None
                 if event is EndpointEvent.SPEECH_STARTED:
                     _LOGGER.debug("Speech started at frame %s", endpointer.speech_start_frame)
+                if event in (EndpointEvent.TURN_CHECK, EndpointEvent.CANDIDATE_END) and speculator is not None:
+                    speculator.start(b"".join(kept[max(0, endpointer.utterance_start_frame - kept_from) :]))
+                    speculated_at = endpointer.last_speech_frame
                 if event is EndpointEvent.TURN_CHECK and detector is not None:
                     pcm = b"".join(kept[max(0, endpointer.utterance_start_frame - kept_from) :])
                     event = endpointer.turn_verdict(await _ask(detector, pcm, endpointer))
@@ -245,6 +275,10 @@ async def listen(
                     return _utterance(endpointer, kept, kept_from)
                 _LOGGER.info("Audio ended without speech")
                 return None
+    except BaseException:  # hang-up (cancelled) or a failing source: nothing will use the speculation
+        if speculator is not None:
+            speculator.drop()
+        raise
     finally:
         pump.cancel()
         with contextlib.suppress(asyncio.CancelledError):

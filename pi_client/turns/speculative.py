@@ -1,0 +1,105 @@
+"""Speculative transcription: Whisper starts at the first candidate end, so the transcript is ready at the real end.
+
+The listener calls :meth:`SpeculativeTranscriber.start` when a short silence follows speech (the
+moment Smart Turn is asked, or the same silence under the silence rule) and :meth:`drop` when the
+caller goes on. The call logic then asks :meth:`transcribe` for the whole utterance as before: when
+the utterance is the speculated audio plus silence, the speculative text is used (already done, or
+nearly); otherwise Whisper runs on the utterance.
+
+CPU budget (a Pi 4 has four cores): Whisper runs in one worker thread of its own, one job at a
+time; a newer candidate end replaces a job still waiting (latest wins), so jobs never pile up.
+Silero VAD (listener thread) and Smart Turn (its own worker, one ONNX thread) run beside it, never
+behind it. A job already running cannot be stopped inside CTranslate2; its result is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+_LOGGER = logging.getLogger(__name__)
+
+RESULT_WAIT_SECONDS = 60.0
+"""Longest wait for a speculative job to finish before transcribing anew (a stuck worker), in seconds."""
+_IDLE_POLL_SECONDS = 1.0
+
+
+@dataclass
+class _Guess:
+    pcm: bytes
+    text: str | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class SpeculativeTranscriber:
+    """Wraps a blocking ``transcribe(pcm) -> str`` with one worker that transcribes ahead of the end of turn."""
+
+    def __init__(self, transcribe: Callable[[bytes], str]) -> None:
+        self._transcribe = transcribe
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._pending: _Guess | None = None
+        self._current: _Guess | None = None
+        self._closed = False
+        self.runs = 0
+        """Whisper runs so far, speculative and not (for logs and tests)."""
+        self.used = 0
+        """Utterances answered with a speculative transcript."""
+        self._worker = threading.Thread(target=self._run, name="stt-speculative", daemon=True)
+        self._worker.start()
+
+    def start(self, pcm: bytes) -> None:
+        """A candidate end: transcribe ``pcm`` (the utterance so far) ahead; never blocks."""
+        with self._lock:
+            self._current = self._pending = _Guess(pcm)
+            self._wake.notify()
+
+    def drop(self) -> None:
+        """The caller went on: the speculation no longer describes the utterance."""
+        with self._lock:
+            self._current = self._pending = None
+
+    def transcribe(self, pcm: bytes) -> str:
+        """Text of the utterance: the speculative one when ``pcm`` is its audio plus silence; blocking."""
+        with self._lock:
+            guess, self._current = self._current, None
+            if guess is not None and not pcm.startswith(guess.pcm):
+                if guess is self._pending:
+                    self._pending = None
+                guess = None
+        if guess is not None and guess.done.wait(RESULT_WAIT_SECONDS) and guess.text is not None:
+            self.used += 1
+            return guess.text
+        return self._run_whisper(pcm)
+
+    def close(self) -> None:
+        """Stop the worker (after the job in hand)."""
+        with self._lock:
+            self._closed = True
+            self._pending = self._current = None
+            self._wake.notify()
+
+    def _run_whisper(self, pcm: bytes) -> str:
+        self.runs += 1
+        return self._transcribe(pcm)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while self._pending is None and not self._closed:
+                    self._wake.wait(_IDLE_POLL_SECONDS)
+                if self._closed:
+                    return
+                guess, self._pending = self._pending, None
+            assert guess is not None
+            started = time.monotonic()
+            try:
+                guess.text = self._run_whisper(guess.pcm)
+            except Exception:  # the final transcribe() runs Whisper again and reports its own error
+                _LOGGER.exception("speculative transcription failed")
+            finally:
+                guess.done.set()
+            _LOGGER.debug("speculative: %.2f s of audio in %.2f s", len(guess.pcm) / 32000, time.monotonic() - started)

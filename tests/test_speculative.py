@@ -1,0 +1,120 @@
+"""Speculative transcription: real Silero VAD, Smart Turn and Whisper on Piper speech (noise off)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from common.config import PiSTTConfig, SmartTurnConfig, VADConfig
+from common.wav import write_wav
+from pi_client.audio.capture import WavFileSource
+from pi_client.turns.endpoint import Utterance, listen
+from pi_client.turns.smart_turn import SmartTurn
+from pi_client.turns.speculative import SpeculativeTranscriber
+from pi_client.turns.stt import WhisperTranscriber
+from pi_client.turns.vad import SileroVad
+from tests.fixtures_pi import PI_RATE, silence
+
+PAUSED = ("My name is John and I", "live in Chicago.")  # Smart Turn: 0.01 after the first half, 0.95 after both
+COMPLETE = "What is the capital of France?"
+
+
+class CountingWhisper:
+    """The real Whisper, counting the audio it is given."""
+
+    def __init__(self, whisper: WhisperTranscriber) -> None:
+        self._whisper = whisper
+        self.heard: list[int] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, pcm: bytes) -> str:
+        with self._lock:
+            self.heard.append(len(pcm))
+        return self._whisper.transcribe(pcm)
+
+
+@pytest.fixture(scope="module")
+def whisper() -> WhisperTranscriber:
+    return WhisperTranscriber(PiSTTConfig(threads=2))
+
+
+def words(text: str) -> list[str]:
+    return re.sub(r"[^a-z ]", "", text.lower()).split()
+
+
+def turn(pcm: bytes, tmp_path: Path, speculator: SpeculativeTranscriber, detector: SmartTurn | None) -> Utterance:
+    path = tmp_path / "input.wav"
+    write_wav(str(path), pcm, PI_RATE)
+    listening = listen(WavFileSource(path), SileroVad(), VADConfig(), detector, SmartTurnConfig(), speculator)
+    utterance = asyncio.run(asyncio.wait_for(listening, timeout=60))
+    assert utterance is not None
+    return utterance
+
+
+@pytest.mark.parametrize(("by", "pause"), [("smart_turn", 0.5), ("silence", 0.25)])
+def test_a_paused_question_is_one_transcript_from_the_speculation(
+    by: str, pause: float, whisper: WhisperTranscriber, piper_speech: Callable[[str], bytes], tmp_path: Path
+) -> None:
+    """Speculation starts in the pause, is dropped when the caller goes on, and starts again at the end.
+
+    Under the silence rule the pause is shorter than its 0.6 s (with Piper's own trailing silence).
+    """
+    counting = CountingWhisper(whisper)
+    speculator = SpeculativeTranscriber(counting)
+    detector = SmartTurn(SmartTurnConfig()) if by == "smart_turn" else None
+    try:
+        first, rest = piper_speech(PAUSED[0]), piper_speech(PAUSED[1])
+        utterance = turn(silence(0.5) + first + silence(pause) + rest + silence(2.0), tmp_path, speculator, detector)
+        text = speculator.transcribe(utterance.pcm)
+    finally:
+        speculator.close()
+    assert words(text) == words(" ".join(PAUSED))
+    assert speculator.used == 1, "the transcript was not the speculative one"
+    assert len(counting.heard) <= 2 and max(counting.heard) <= len(utterance.pcm)
+
+
+def test_under_the_silence_rule_whisper_runs_once_before_the_turn_ends(
+    whisper: WhisperTranscriber, piper_speech: Callable[[str], bytes], tmp_path: Path
+) -> None:
+    """The candidate end comes 0.2 s into the 0.6 s silence: that run is the turn's only one."""
+    counting = CountingWhisper(whisper)
+    speculator = SpeculativeTranscriber(counting)
+    try:
+        utterance = turn(silence(0.5) + piper_speech(COMPLETE) + silence(2.0), tmp_path, speculator, None)
+        text = speculator.transcribe(utterance.pcm)
+    finally:
+        speculator.close()
+    assert words(text) == words(COMPLETE)
+    assert len(counting.heard) == 1 and counting.heard[0] < len(utterance.pcm)  # it heard the turn before its end
+
+
+def test_a_dropped_or_superseded_guess_is_never_used() -> None:
+    """Mechanics at the seam: the latest candidate wins, a drop forgets it, other audio is transcribed anew."""
+    busy, release = threading.Event(), threading.Event()
+    seen: list[bytes] = []
+
+    def slow(pcm: bytes) -> str:
+        seen.append(pcm)
+        busy.set()
+        release.wait(10)
+        return f"text of {pcm[:1].decode()}{len(pcm)}"
+
+    speculator = SpeculativeTranscriber(slow)
+    try:
+        speculator.start(b"a" * 10)  # the worker takes it and stays in "Whisper" until released
+        assert busy.wait(10)
+        speculator.start(b"b" * 10)
+        speculator.drop()  # the caller went on: b is never run
+        speculator.start(b"c" * 20)
+        speculator.start(b"c" * 30)  # supersedes c20 before it ran
+        release.set()
+        assert speculator.transcribe(b"c" * 30 + b"\0" * 4) == "text of c30"
+        assert speculator.transcribe(b"d" * 10) == "text of d10"  # no guess for it: Whisper runs
+    finally:
+        speculator.close()
+    assert [p[:1] + str(len(p)).encode() for p in seen] == [b"a10", b"c30", b"d10"] and speculator.used == 1
