@@ -10,6 +10,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,13 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+HEARD = (
+    "(() => { const m = document.getElementById('try-status').textContent.match(/([0-9.]+) s heard/);"
+    " return m && Number(m[1]) > 0 ? Number(m[1]) : null; })()"
+)
+"""Seconds of the try-it reply the page says it has played so far (null before any)."""
+
+
 def wait_for(driver: Any, script: str, what: str) -> Any:
     """Wait (bounded) until the JavaScript expression ``script`` is truthy; its value."""
     from selenium.webdriver.support.ui import WebDriverWait
@@ -114,20 +122,22 @@ def test_sign_in_see_status_create_a_character_hear_it_and_sign_out(
     browser.find_element(By.LINK_TEXT, "Try it").click()
     wait_for(browser, "document.getElementById('try-form')", "the try-it tab")
     for line in ("Hello, who is this?", "What is the weather up there?"):
+        more = threading.Event()  # the LLM holds its second sentence until the page is heard playing the first
+        ollama.script("Good evening from the moon. ", more, "The night is calm and clear.")
         Select(browser.find_element(By.ID, "try-character")).select_by_value("luna")
         text = browser.find_element(By.ID, "try-text")
         text.clear()
         text.send_keys(line)
         browser.find_element(By.ID, "try-speak").click()
+        heard_early = wait_for(browser, HEARD, "the first sentence to be heard")
+        chat = ollama.chat_requests()[-1]
+        assert not chat.completed, "the page played only after the whole reply had come"
+        more.set()
         wait_for(browser, "document.getElementById('try-reply').textContent.includes('night is calm')", "the reply")
-        played = wait_for(
-            browser,
-            "(() => { const a = document.getElementById('reply-audio');"
-            " return !a.error && isFinite(a.duration) && a.duration > 0 && a.played.length > 0"
-            " && a.currentTime > 0 ? {duration: a.duration} : null; })()",
-            "the reply to play",
-        )
-        assert played["duration"] > 1.0  # two spoken sentences, not a click
+        wait_for(browser, "document.getElementById('try-status').dataset.state === 'played'", "the reply played out")
+        assert wait_for(browser, HEARD, "the whole reply heard") > max(heard_early, 1.0)  # both sentences
+    browser.execute_script("document.getElementById('reply-audio').play()")  # hear it again
+    assert playable(browser, "#reply-audio", "the reply to play again")["duration"] > 1.0
     pages.append(browser.page_source)
     browser.save_screenshot(str(shots / "try-it.png"))
 
@@ -256,7 +266,8 @@ def test_upload_drop_and_record_voices_give_a_character_an_emotion_and_hear_it(
     listening.spoken.clear()
     browser.find_element(By.ID, "try-speak").click()
     wait_for(browser, "document.getElementById('try-reply').textContent.includes('soft and slow')", "the reply")
-    assert playable(browser, "#reply-audio", "the reply to play")["duration"] > 1.0
+    wait_for(browser, "document.getElementById('try-status').dataset.state === 'played'", "the reply played out")
+    assert wait_for(browser, HEARD, "the reply heard") > 1.0
     assert {(s.clip, s.exaggeration) for s in listening.spoken} == {(moon, 1.1)}  # spoken as the emotion
     browser.save_screenshot(str(shots / "try-it-emotion.png"))
 

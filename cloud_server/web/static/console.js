@@ -94,28 +94,38 @@ function tryIt() {
   };
   character.addEventListener("change", showEmotions);
   showEmotions();
-  audio.addEventListener("ended", () => { status.textContent = "Played. Say something else, or press play again."; });
-  audio.addEventListener("error", () => { status.textContent = "The browser could not play the reply."; });
+  let player = null;
+  let ticker = null;
+  const say = (state, text) => { status.dataset.state = state; status.textContent = text; };
+  const showHeard = () => say("playing", `Playing the reply as it arrives: ${player.heardSeconds().toFixed(1)} s heard.`);
+  audio.addEventListener("error", () => { if (audio.src) say("failed", "The browser could not play the reply."); });
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const button = document.getElementById("try-speak");
     button.disabled = true;
-    status.textContent = "Thinking and speaking…";
+    if (player) player.stop();
+    player = new StreamedReplyPlayer();  // made inside the click: the browser lets it sound
+    const mine = player;
+    say("thinking", "Thinking…");
     replyText.textContent = "";
+    if (audio.src.startsWith("blob:")) URL.revokeObjectURL(audio.src);
+    audio.removeAttribute("src");
     try {
       const response = await api("POST", "/process-text", {
         text: form.elements.text.value, character: form.elements.character.value, session_id: sessionId,
         emotion: form.elements.emotion.value || undefined,
       });
-      const wav = await response.arrayBuffer();  // the whole reply; Chromium plays its open-ended WAV header
-      status.textContent = "Playing the reply.";
-      if (!(await playWav(audio, wav))) status.textContent = "Reply ready: press play.";
+      const wav = await mine.play(response, () => { showHeard(); ticker = setInterval(showHeard, 200); });
+      audio.src = URL.createObjectURL(wav);  // the whole reply, to hear again
       const session = await (await api("GET", `/sessions/${sessionId}`)).json();
       replyText.textContent = session.last_reply ? `Reply: ${session.last_reply}` : "";
+      await mine.finished();
+      if (mine.context.state !== "running") say("ready", "Reply ready: press play.");  // the browser kept it silent
+      else say("played", `Played: ${mine.heardSeconds().toFixed(1)} s heard. Press play to hear it again, or say something else.`);
     } catch (err) {
-      status.textContent = `No reply: ${err.message}`;
+      if (player === mine) say("failed", `No reply: ${err.message}`);
     } finally {
-      button.disabled = false;
+      if (player === mine) { clearInterval(ticker); button.disabled = false; }
     }
   });
 }
