@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import requests
 import soundfile as sf
 
 from cloud_server.tts.base import TTSEngine
@@ -52,6 +53,7 @@ def browser() -> Iterator[Any]:
         "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
     ):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's console, for CSP violations
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
     driver.set_page_load_timeout(WAIT_SECONDS)
     try:
@@ -145,10 +147,19 @@ def test_sign_in_see_status_create_a_character_hear_it_and_sign_out(
     wait_for(browser, "document.querySelectorAll('#calls tr.call').length === 2", "both calls on the status tab")
     assert "What is the weather up there?" in browser.find_element(By.ID, "calls").text
     assert len(browser.find_elements(By.CSS_SELECTOR, "#latency-chart rect.bar-total")) == 2
+    ollama.script("The tide is in. ", "The boats are home.")
+    phoned = requests.post(server.url + "/process-text", json={"text": "Is the tide in?"},
+                           headers={"Authorization": f"Bearer {TEST_KEY}"}, timeout=WAIT_SECONDS)
+    assert phoned.status_code == 200
+    wait_for(browser, "document.querySelectorAll('#calls tr.call').length === 3", "a phone's call, live")
+    assert "Is the tide in?" in browser.find_element(By.ID, "calls").text
     pages.append(browser.page_source)
     browser.save_screenshot(str(shots / "status.png"))
     if os.environ.get("AI_TELEPHONE_UPDATE_SCREENSHOT") == "1":
         shutil.copyfile(shots / "status.png", REPO_ROOT / "docs" / "console.png")
+
+    errors = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == []  # e.g. nothing the Content-Security-Policy refused (htmx's eval or inline styles)
 
     storage = browser.execute_script(
         "return JSON.stringify([Object.entries(localStorage), Object.entries(sessionStorage)])"
@@ -237,6 +248,11 @@ def test_upload_drop_and_record_voices_give_a_character_an_emotion_and_hear_it(
     assert sorted(stored) == ["beep", "moon", "sea-shore"]
     assert 2.0 < stored["beep"] < 5.0
     browser.save_screenshot(str(shots / "voices.png"))
+    browser.find_element(By.CSS_SELECTOR, "#voice-sea-shore button.danger").click()
+    browser.switch_to.alert.accept()  # "Delete the voice sea-shore?"
+    wait_for(browser, "!document.getElementById('voice-sea-shore') && document.getElementById('voice-moon')",
+             "the voice gone from the list")
+    assert sorted(v.voice_id for v in server.services.library.list()) == ["beep", "moon"]
 
     browser.find_element(By.LINK_TEXT, "Characters").click()
     wait_for(browser, "document.getElementById('character-operator')", "the characters tab")

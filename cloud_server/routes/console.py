@@ -17,8 +17,7 @@ from typing import Any, Final
 
 from flask import Blueprint, Response, redirect, render_template, request
 
-from cloud_server.console_sessions import ConsoleSession
-from cloud_server.errors import ApiError
+from cloud_server.errors import error_response
 from cloud_server.pipeline.recent import RecentTurn
 from cloud_server.routes.core import health_details
 from cloud_server.routes.request import CONSOLE_COOKIE, check_csrf, console_session, page_headers
@@ -53,9 +52,13 @@ def status_page() -> Response | str:
 
 
 @bp.get("/console/status-panel")
-def status_panel() -> str:
-    """The status tab's live part (health, latest calls, chart), polled by the page."""
-    _session_or_401()
+def status_panel() -> Response | str:
+    """The status tab's live part (health, latest calls, chart), polled by the page (htmx).
+
+    Signed out (the session expired, or ended in another tab), the page is sent to the sign-in form.
+    """
+    if console_session() is None:
+        return error_response(401, "signed_out", "Sign in to the console first.", {"HX-Redirect": "/"})
     return render_template("_status.html", **status_context())
 
 
@@ -167,13 +170,6 @@ def _sign_in_page(error: str | None = None, status: int = 200) -> Response:
         path="/console/sign-in",
     )
     return response
-
-
-def _session_or_401() -> ConsoleSession:
-    session = console_session()
-    if session is None:
-        raise ApiError(401, "signed_out", "Sign in to the console first.")
-    return session
 
 
 def status_context() -> dict[str, Any]:

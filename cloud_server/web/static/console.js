@@ -21,16 +21,18 @@ async function api(method, url, body) {
   return response;
 }
 
-function refreshStatus() {
-  const panel = document.getElementById("status-panel");
-  if (!panel) return;
-  setInterval(async () => {
-    try {
-      const response = await fetch(panel.dataset.refresh, { credentials: "same-origin" });
-      if (response.status === 401) { window.location.assign("/"); return; }
-      if (response.ok) panel.innerHTML = await response.text();
-    } catch (_) { /* the server restarting: try again next time */ }
-  }, 3000);
+// htmx (vendored) refreshes the status panel and sends the delete buttons' requests, the CSRF token in
+// the header <body hx-headers> names; this reloads the page after a change, or says why it failed.
+function afterHtmxRequests() {
+  document.body.addEventListener("htmx:afterRequest", async (event) => {
+    const { elt, successful, xhr, requestConfig } = event.detail;
+    if (requestConfig.verb === "get") return;  // the status panel: htmx swaps it in, or follows HX-Redirect
+    if (successful) { window.location.reload(); return; }
+    let message = xhr.status ? `${xhr.status} ${xhr.statusText}` : "the server did not answer";
+    try { message = JSON.parse(xhr.responseText).error.message; } catch (_) { /* not JSON */ }
+    const where = document.getElementById(elt.dataset.message);
+    if (where) where.textContent = `Not done: ${message}`;
+  });
 }
 
 function characterForms() {
@@ -63,14 +65,6 @@ function characterForms() {
         playWav(player, wav);
         say("");
       } catch (err) { say(`Could not speak: ${err.message}`); } finally { button.disabled = false; }
-    });
-  }
-  for (const button of document.querySelectorAll("button.delete-character")) {
-    button.addEventListener("click", async () => {
-      try {
-        await api("DELETE", button.dataset.url);
-        window.location.reload();
-      } catch (err) { say(`Not deleted: ${err.message}`); }
     });
   }
 }
@@ -220,14 +214,6 @@ function voicesTab() {
       window.location.reload();
     } catch (err) { message.textContent = `Not uploaded: ${err.message}`; }
   });
-  for (const button of document.querySelectorAll("button.delete-voice")) {
-    button.addEventListener("click", async () => {
-      try {
-        await api("DELETE", button.dataset.url);
-        window.location.reload();
-      } catch (err) { message.textContent = `Not deleted: ${err.message}`; }
-    });
-  }
 }
 
-document.addEventListener("DOMContentLoaded", () => { refreshStatus(); characterForms(); voicesTab(); tryIt(); });
+document.addEventListener("DOMContentLoaded", () => { afterHtmxRequests(); characterForms(); voicesTab(); tryIt(); });

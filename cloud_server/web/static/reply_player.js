@@ -53,7 +53,7 @@ class StreamedReplyPlayer {
   constructor() {
     this.context = new AudioContext();
     this.sources = [];
-    this.startedAt = null;  // context time the first piece began
+    this.pieces = [];       // {at, seconds}: when each piece plays, in context time
     this.endsAt = 0;        // context time the last scheduled piece ends
   }
 
@@ -101,20 +101,22 @@ class StreamedReplyPlayer {
     const source = this.context.createBufferSource();
     source.buffer = buffer;
     source.connect(this.context.destination);
-    const first = this.startedAt === null;
+    const first = this.pieces.length === 0;
     // A short lead the first time, and again after a gap, so a piece is never cut into by the clock.
     const at = Math.max(this.endsAt, this.context.currentTime + 0.05);
-    if (first) this.startedAt = at;
     source.start(at);
+    this.pieces.push({ at, seconds: buffer.duration });
     this.endsAt = at + buffer.duration;
     this.sources.push(source);
     return first;
   }
 
-  // Seconds of the reply heard so far.
+  // Seconds of the reply heard so far (the silence while waiting for the next piece not counted).
   heardSeconds() {
-    if (this.startedAt === null) return 0;
-    return Math.max(0, Math.min(this.context.currentTime, this.endsAt) - this.startedAt);
+    const now = this.context.currentTime;
+    let heard = 0;
+    for (const { at, seconds } of this.pieces) heard += Math.min(Math.max(now - at, 0), seconds);
+    return heard;
   }
 
   // Resolves once everything scheduled so far has been heard (at once when stopped or never allowed to sound).
