@@ -57,6 +57,7 @@ class PhraseCache:
             "exaggeration": voice.exaggeration,
             "cfg_weight": voice.cfg_weight,
             "temperature": voice.temperature,
+            "max_tokens": voice.max_tokens,
             "model": model,
         }
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode("utf-8")).hexdigest()
