@@ -20,7 +20,13 @@ from flask import Blueprint, Response, redirect, render_template, request
 from cloud_server.errors import error_response
 from cloud_server.pipeline.recent import RecentTurn
 from cloud_server.routes.core import health_details
-from cloud_server.routes.request import CONSOLE_COOKIE, check_csrf, console_session, page_headers
+from cloud_server.routes.request import (
+    CONSOLE_COOKIE,
+    check_csrf,
+    client_address,
+    console_session,
+    page_headers,
+)
 from cloud_server.routes.voices import ignored_knobs
 from cloud_server.services import services
 
@@ -119,6 +125,12 @@ def try_page() -> Response | str:
 def sign_in() -> Response | tuple[str, int]:
     """Check the key once; answer with the session cookie (never the key) and go to the status tab."""
     svc = services()
+    address = client_address()
+    wait = svc.sign_ins.retry_after(address)
+    if wait is not None:  # too many wrong keys from here: even the right one waits
+        page = _sign_in_page(f"Too many wrong keys from this address; try again in {wait} s.", 429)
+        page.headers["Retry-After"] = str(wait)
+        return page  # type: ignore[return-value]
     nonce = request.cookies.get(LOGIN_COOKIE, "")
     given_nonce = request.form.get("login_nonce", "")
     if not nonce or not hmac.compare_digest(nonce.encode(), given_nonce.encode()):
@@ -126,7 +138,9 @@ def sign_in() -> Response | tuple[str, int]:
     key = request.form.get("key", "")
     expected = svc.api_key
     if expected is not None and not hmac.compare_digest(key.encode("utf-8"), expected.encode("utf-8")):
+        svc.sign_ins.failed(address)
         return _sign_in_page("That is not the server's API key.", 401)  # type: ignore[return-value]
+    svc.sign_ins.succeeded(address)
     token, _ = svc.console.open()
     response = redirect("/", 303)
     response.set_cookie(
