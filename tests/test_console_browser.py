@@ -1,6 +1,6 @@
 """The console driven in a real browser: Debian's Chromium through its chromedriver (scripts/setup installs both).
 
-Screenshots of each tab are kept under pytest's temporary directory (the path is printed);
+Screenshots of each tab are kept in out/console-screenshots/ (git-ignored; the path is printed);
 ``AI_TELEPHONE_UPDATE_SCREENSHOT=1`` also copies the status tab to docs/console.png for the README.
 """
 
@@ -63,10 +63,13 @@ def browser() -> Iterator[Any]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-@pytest.fixture
-def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where the screenshots go (kept after the run, like pytest's other temporary directories)."""
-    folder = tmp_path_factory.mktemp("console-screenshots")
+@pytest.fixture(scope="session")
+def shots() -> Path:
+    """Where the screenshots of each tab are kept after the run: out/console-screenshots/ (git-ignored), emptied once
+    per test session so it holds only this run's pictures."""
+    folder = REPO_ROOT / "out" / "console-screenshots"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
     print(f"console screenshots: {folder}")
     return folder
 
@@ -98,6 +101,7 @@ def test_sign_in_see_status_create_a_character_hear_it_and_sign_out(
     pages: list[str] = []
 
     browser.get(server.url + "/")
+    browser.save_screenshot(str(shots / "sign-in.png"))
     browser.find_element(By.ID, "key").send_keys(TEST_KEY)
     browser.find_element(By.CSS_SELECTOR, "#sign-in-form button[type=submit]").click()
     wait_for(browser, "document.getElementById('voice-engine')", "the status tab")
@@ -210,6 +214,7 @@ def test_upload_drop_and_record_voices_give_a_character_an_emotion_and_hear_it(
     clip = tmp_path / "moon.flac"
     sf.write(clip, samples, rate, format="FLAC")
     sign_in(browser, server)
+    pages: list[str] = []
 
     browser.find_element(By.LINK_TEXT, "Voices").click()
     wait_for(browser, "document.getElementById('voice-upload')", "the voices tab")
@@ -247,6 +252,7 @@ def test_upload_drop_and_record_voices_give_a_character_an_emotion_and_hear_it(
     stored = {v.voice_id: v.seconds for v in server.services.library.list()}
     assert sorted(stored) == ["beep", "moon", "sea-shore"]
     assert 2.0 < stored["beep"] < 5.0
+    pages.append(browser.page_source)
     browser.save_screenshot(str(shots / "voices.png"))
     browser.find_element(By.CSS_SELECTOR, "#voice-sea-shore button.danger").click()
     browser.switch_to.alert.accept()  # "Delete the voice sea-shore?"
@@ -270,6 +276,7 @@ def test_upload_drop_and_record_voices_give_a_character_an_emotion_and_hear_it(
     browser.find_element(By.CSS_SELECTOR, "#emotion-operator-dreamy > summary").click()
     browser.find_element(By.CSS_SELECTOR, "#emotion-operator-dreamy button.hear-emotion").click()
     assert playable(browser, "#hear-operator-dreamy", "the emotion's test line to play")["duration"] > 1.0
+    pages.append(browser.page_source)
     browser.save_screenshot(str(shots / "emotions.png"))
     moon = str(tmp_path / "data" / "voices" / "moon.wav")
     assert (listening.spoken[-1].clip, listening.spoken[-1].exaggeration) == (moon, 1.1)
@@ -285,7 +292,10 @@ def test_upload_drop_and_record_voices_give_a_character_an_emotion_and_hear_it(
     wait_for(browser, "document.getElementById('try-status').dataset.state === 'played'", "the reply played out")
     assert wait_for(browser, HEARD, "the reply heard") > 1.0
     assert {(s.clip, s.exaggeration) for s in listening.spoken} == {(moon, 1.1)}  # spoken as the emotion
+    pages.append(browser.page_source)
     browser.save_screenshot(str(shots / "try-it-emotion.png"))
+    for where in [*pages, repr(browser.get_cookies())]:
+        assert TEST_KEY not in where  # not on the voices, emotions or try-it pages, nor in a cookie
 
 
 def test_a_page_from_elsewhere_cannot_change_characters(
