@@ -29,6 +29,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 WAIT_SECONDS = 60
 REPO_ROOT = Path(__file__).resolve().parent.parent
+QUESTION = "What time does the last train leave tonight?"
 
 pytestmark = pytest.mark.skipif(
     not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists() and importlib.util.find_spec("selenium")),
@@ -36,8 +37,19 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(scope="session")
+def microphone_wav(
+    tmp_path_factory: pytest.TempPathFactory, spoken_text: Callable[[str], tuple[np.ndarray, int]]
+) -> Path:
+    """What the fake microphone says, over and over: a question in the Piper voice (noise off)."""
+    samples, rate = spoken_text(QUESTION)
+    path = tmp_path_factory.mktemp("microphone") / "question.wav"
+    sf.write(path, samples, rate, subtype="PCM_16")
+    return path
+
+
 @pytest.fixture
-def browser() -> Iterator[Any]:
+def browser(microphone_wav: Path) -> Iterator[Any]:
     """Headless Chromium with a fresh profile, talking only to 127.0.0.1."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -49,8 +61,9 @@ def browser() -> Iterator[Any]:
         "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
         "--window-size=1200,900", f"--user-data-dir={profile}",
-        # A fake microphone (a beeping tone) that needs no permission prompt: the voices tab records from it.
+        # A fake microphone that needs no permission prompt, saying QUESTION: the voices and try-it tabs record it.
         "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+        f"--use-file-for-fake-audio-capture={microphone_wav}",
     ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's console, for CSP violations
@@ -292,6 +305,19 @@ def test_upload_drop_and_record_voices_give_a_character_an_emotion_and_hear_it(
     wait_for(browser, "document.getElementById('try-status').dataset.state === 'played'", "the reply played out")
     assert wait_for(browser, HEARD, "the reply heard") > 1.0
     assert {(s.clip, s.exaggeration) for s in listening.spoken} == {(moon, 1.1)}  # spoken as the emotion
+
+    # Talking instead of typing: the microphone's recording goes through /process-audio, with the emotion.
+    ollama.script("The last train has long gone. ", "Stay and look at the stars.")
+    listening.spoken.clear()
+    browser.find_element(By.ID, "try-talk").click()
+    wait_for(browser, "document.getElementById('try-talk').getAttribute('aria-pressed') === 'true'", "listening")
+    browser.execute_async_script("setTimeout(arguments[0], 3500)")
+    browser.find_element(By.ID, "try-talk").click()
+    said = wait_for(browser, "(() => { const t = document.getElementById('try-reply').textContent;"
+                             " return t.includes('look at the stars') ? t : null; })()", "the spoken turn's reply")
+    assert "You said:" in said and "last train" in said.lower()
+    wait_for(browser, "document.getElementById('try-status').dataset.state === 'played'", "the reply played out")
+    assert {(s.clip, s.exaggeration) for s in listening.spoken} == {(moon, 1.1)}
     pages.append(browser.page_source)
     browser.save_screenshot(str(shots / "try-it-emotion.png"))
     for where in [*pages, repr(browser.get_cookies())]:

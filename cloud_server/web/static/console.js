@@ -6,12 +6,14 @@
 
 const csrfToken = () => document.querySelector('meta[name="csrf-token"]')?.content ?? "";
 
+// A call to the JSON API as the signed-in page; ``body`` is an object (sent as JSON) or FormData (multipart).
 async function api(method, url, body) {
+  const form = body instanceof FormData;
   const response = await fetch(url, {
     method,
     credentials: "same-origin",
-    headers: { "Content-Type": "application/json", "X-CSRF-Token": csrfToken() },
-    body: body === undefined ? undefined : JSON.stringify(body),
+    headers: form ? { "X-CSRF-Token": csrfToken() } : { "Content-Type": "application/json", "X-CSRF-Token": csrfToken() },
+    body: body === undefined || form ? body : JSON.stringify(body),
   });
   if (!response.ok) {
     let message = `${response.status} ${response.statusText}`;
@@ -69,61 +71,6 @@ function characterForms() {
   }
 }
 
-function tryIt() {
-  const form = document.getElementById("try-form");
-  if (!form) return;
-  const audio = document.getElementById("reply-audio");
-  const status = document.getElementById("try-status");
-  const replyText = document.getElementById("try-reply");
-  const sessionId = `console-${Math.random().toString(36).slice(2, 12)}`;
-  const character = form.elements.character;
-  const emotion = form.elements.emotion;
-  const showEmotions = () => {  // only the chosen character's emotions can be picked
-    for (const option of emotion.options) {
-      const mine = !option.dataset.character || option.dataset.character === character.value;
-      option.hidden = !mine;
-      option.disabled = !mine;
-    }
-    if (emotion.selectedOptions[0]?.disabled) emotion.value = "";
-  };
-  character.addEventListener("change", showEmotions);
-  showEmotions();
-  let player = null;
-  let ticker = null;
-  const say = (state, text) => { status.dataset.state = state; status.textContent = text; };
-  const showHeard = () => say("playing", `Playing the reply as it arrives: ${player.heardSeconds().toFixed(1)} s heard.`);
-  audio.addEventListener("error", () => { if (audio.src) say("failed", "The browser could not play the reply."); });
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const button = document.getElementById("try-speak");
-    button.disabled = true;
-    if (player) player.stop();
-    player = new StreamedReplyPlayer();  // made inside the click: the browser lets it sound
-    const mine = player;
-    say("thinking", "Thinking…");
-    replyText.textContent = "";
-    if (audio.src.startsWith("blob:")) URL.revokeObjectURL(audio.src);
-    audio.removeAttribute("src");
-    try {
-      const response = await api("POST", "/process-text", {
-        text: form.elements.text.value, character: form.elements.character.value, session_id: sessionId,
-        emotion: form.elements.emotion.value || undefined,
-      });
-      const wav = await mine.play(response, () => { showHeard(); ticker = setInterval(showHeard, 200); });
-      audio.src = URL.createObjectURL(wav);  // the whole reply, to hear again
-      const session = await (await api("GET", `/sessions/${sessionId}`)).json();
-      replyText.textContent = session.last_reply ? `Reply: ${session.last_reply}` : "";
-      await mine.finished();
-      if (mine.context.state !== "running") say("ready", "Reply ready: press play.");  // the browser kept it silent
-      else say("played", `Played: ${mine.heardSeconds().toFixed(1)} s heard. Press play to hear it again, or say something else.`);
-    } catch (err) {
-      if (player === mine) say("failed", `No reply: ${err.message}`);
-    } finally {
-      if (player === mine) { clearInterval(ticker); button.disabled = false; }
-    }
-  });
-}
-
 async function playWav(audio, wav) {
   const previous = audio.src;
   audio.src = URL.createObjectURL(new Blob([wav], { type: "audio/wav" }));
@@ -148,6 +95,24 @@ async function toWav(blob) {
     samples.forEach((x, i) => view.setInt16(44 + i * 2, Math.max(-1, Math.min(1, x)) * 0x7fff, true));
     return new Blob([view], { type: "audio/wav" });
   } finally { await context.close(); }
+}
+
+// Starts recording from the microphone; ``stop()`` ends it and resolves to the clip as WAV.
+async function startRecording() {
+  const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+  const parts = [];
+  const recorder = new MediaRecorder(stream);
+  recorder.addEventListener("dataavailable", (event) => parts.push(event.data));
+  const stopped = new Promise((resolve) => recorder.addEventListener("stop", resolve));
+  recorder.start();
+  return {
+    async stop() {
+      recorder.stop();
+      await stopped;
+      stream.getTracks().forEach((track) => track.stop());
+      return toWav(new Blob(parts, { type: parts[0]?.type || "audio/webm" }));
+    },
+  };
 }
 
 function voicesTab() {
@@ -175,29 +140,26 @@ function voicesTab() {
     const file = event.dataTransfer.files[0];
     if (file) choose(file, file.name);
   });
-  let recorder = null;
+  let recording = null;
+  const pressed = (on) => {
+    recordButton.textContent = on ? "Stop recording" : "Record in the browser";
+    recordButton.setAttribute("aria-pressed", String(on));
+  };
   recordButton.addEventListener("click", async () => {
-    if (recorder) { recorder.stop(); return; }
     try {
-      const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
-      const parts = [];
-      recorder = new MediaRecorder(stream);
-      recorder.addEventListener("dataavailable", (event) => parts.push(event.data));
-      recorder.addEventListener("stop", async () => {
-        stream.getTracks().forEach((track) => track.stop());
-        recorder = null;
-        recordButton.textContent = "Record in the browser";
-        recordButton.setAttribute("aria-pressed", "false");
-        const wav = await toWav(new Blob(parts, { type: parts[0]?.type || "audio/webm" }));
+      if (recording) {
+        const wav = await recording.stop();
+        recording = null;
+        pressed(false);
         recorded.hidden = false;
         recorded.src = URL.createObjectURL(wav);
         choose(wav, "recording.wav");
-      });
-      recorder.start();
-      recordButton.textContent = "Stop recording";
-      recordButton.setAttribute("aria-pressed", "true");
+        return;
+      }
+      recording = await startRecording();
+      pressed(true);
       message.textContent = "Recording: speak for a few seconds, then stop.";
-    } catch (err) { message.textContent = `Cannot record: ${err.message}`; }
+    } catch (err) { recording = null; pressed(false); message.textContent = `Cannot record: ${err.message}`; }
   });
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -207,13 +169,10 @@ function voicesTab() {
     data.append("audio", pending, "clip");
     message.textContent = "Uploading and preparing the voice…";
     try {
-      const response = await fetch("/voices", {
-        method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": csrfToken() }, body: data,
-      });
-      if (!response.ok) throw new Error((await response.json()).error.message);
+      await api("POST", "/voices", data);
       window.location.reload();
     } catch (err) { message.textContent = `Not uploaded: ${err.message}`; }
   });
 }
 
-document.addEventListener("DOMContentLoaded", () => { afterHtmxRequests(); characterForms(); voicesTab(); tryIt(); });
+document.addEventListener("DOMContentLoaded", () => { afterHtmxRequests(); characterForms(); voicesTab(); });
