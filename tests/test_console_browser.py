@@ -306,8 +306,12 @@ def test_upload_drop_and_record_voices_give_a_character_an_emotion_and_hear_it(
     assert wait_for(browser, HEARD, "the reply heard") > 1.0
     assert {(s.clip, s.exaggeration) for s in listening.spoken} == {(moon, 1.1)}  # spoken as the emotion
 
-    # Talking instead of typing: the microphone's recording goes through /process-audio, with the emotion.
+    # Talking instead of typing: the microphone's recording goes through /process-audio, with the emotion
+    # and this line's own voice settings.
     ollama.script("The last train has long gone. ", "Stay and look at the stars.")
+    browser.find_element(By.CSS_SELECTOR, "#try-knobs > summary").click()
+    browser.find_element(By.ID, "try-temperature").send_keys("0.4")
+    browser.find_element(By.ID, "try-max_tokens").send_keys("300")
     listening.spoken.clear()
     browser.find_element(By.ID, "try-talk").click()
     wait_for(browser, "document.getElementById('try-talk').getAttribute('aria-pressed') === 'true'", "listening")
@@ -317,7 +321,7 @@ def test_upload_drop_and_record_voices_give_a_character_an_emotion_and_hear_it(
                              " return t.includes('look at the stars') ? t : null; })()", "the spoken turn's reply")
     assert "You said:" in said and "last train" in said.lower()
     wait_for(browser, "document.getElementById('try-status').dataset.state === 'played'", "the reply played out")
-    assert {(s.clip, s.exaggeration) for s in listening.spoken} == {(moon, 1.1)}
+    assert {(s.clip, s.exaggeration, s.temperature, s.max_tokens) for s in listening.spoken} == {(moon, 1.1, 0.4, 300)}
     pages.append(browser.page_source)
     browser.save_screenshot(str(shots / "try-it-emotion.png"))
     for where in [*pages, repr(browser.get_cookies())]:

@@ -106,7 +106,7 @@ def voices_page() -> Response | str:
 
 @bp.get("/console/try")
 def try_page() -> Response | str:
-    """The try-it tab: type a line, hear the reply."""
+    """The try-it tab: type or say a line, hear the reply (with this line's own voice settings, if given)."""
     session = console_session()
     if session is None:
         return redirect("/", 303)  # type: ignore[return-value]
@@ -118,6 +118,9 @@ def try_page() -> Response | str:
         characters=svc.characters.listing(ignored_knobs()),
         emotions=[e.as_json() for e in svc.emotions.profiles()],
         max_chars=svc.config.server.limits.max_text_chars,
+        max_tokens=svc.config.server.tts.chatterbox.max_tokens,
+        engine=svc.primary.name,
+        ignored=_ignored_try_knobs(svc.primary.name),
     )
 
 
@@ -166,6 +169,12 @@ def sign_out() -> Response:
     response = redirect("/", 303)
     response.delete_cookie(CONSOLE_COOKIE, path="/", httponly=True, samesite="Strict", secure=request.is_secure)
     return response  # type: ignore[return-value]
+
+
+def _ignored_try_knobs(engine: str) -> list[str]:
+    """Which of the try-it tab's voice settings the voice model now speaking ignores (a hint, not a refusal)."""
+    ignored = [k for k in ignored_knobs() if k in ("exaggeration", "temperature", "cfg_weight")]
+    return ignored if engine == "chatterbox" else [*ignored, "max_tokens"]  # only Chatterbox counts speech tokens
 
 
 def _emotions_by_character() -> dict[str, list[dict[str, Any]]]:

@@ -23,6 +23,14 @@ function tryIt() {
   character.addEventListener("change", showEmotions);
   showEmotions();
 
+  const knobs = () => {  // this line's own voice settings: only the fields filled in
+    const chosen = {};
+    for (const name of ["exaggeration", "temperature", "cfg_weight", "max_tokens"]) {
+      if (form.elements[name].value !== "") chosen[name] = Number(form.elements[name].value);
+    }
+    return chosen;
+  };
+
   let player = null;
   const say = (state, text) => { status.dataset.state = state; status.textContent = text; };
   audio.addEventListener("error", () => { if (audio.src) say("failed", "The browser could not play the reply."); });
@@ -61,7 +69,7 @@ function tryIt() {
     event.preventDefault();
     turn(() => api("POST", "/process-text", {
       text: form.elements.text.value, character: character.value, session_id: sessionId,
-      emotion: emotion.value || undefined,
+      emotion: emotion.value || undefined, ...knobs(),
     }));
   });
 
@@ -89,6 +97,7 @@ function tryIt() {
       data.append("character", character.value);
       data.append("session_id", sessionId);
       if (emotion.value) data.append("emotion", emotion.value);
+      for (const [name, value] of Object.entries(knobs())) data.append(name, String(value));
       return api("POST", "/process-audio", data);
     });
   });
