@@ -170,6 +170,8 @@ def test_sign_in_see_status_create_a_character_hear_it_and_sign_out(
     assert phoned.status_code == 200
     wait_for(browser, "document.querySelectorAll('#calls tr.call').length === 3", "a phone's call, live")
     assert "Is the tide in?" in browser.find_element(By.ID, "calls").text
+    news = wait_for(browser, "document.getElementById('status-news').textContent", "the new call announced")
+    assert news.startswith("New call 3 to operator: heard “Is the tide in?”")  # to screen readers, once
     pages.append(browser.page_source)
     browser.save_screenshot(str(shots / "status.png"))
     if os.environ.get("AI_TELEPHONE_UPDATE_SCREENSHOT") == "1":

@@ -26,6 +26,13 @@ async function api(method, url, body) {
 // htmx (vendored) refreshes the status panel and sends the delete buttons' requests, the CSRF token in
 // the header <body hx-headers> names; this reloads the page after a change, or says why it failed.
 function afterHtmxRequests() {
+  let latestCall = document.getElementById("calls")?.dataset.latest;
+  document.body.addEventListener("htmx:afterSwap", () => {  // the status panel: announce a new call, once
+    const calls = document.getElementById("calls");
+    if (!calls || calls.dataset.latest === latestCall) return;
+    latestCall = calls.dataset.latest;
+    document.getElementById("status-news").textContent = calls.dataset.news;
+  });
   document.body.addEventListener("htmx:afterRequest", async (event) => {
     const { elt, successful, xhr, requestConfig } = event.detail;
     if (requestConfig.verb === "get") return;  // the status panel: htmx swaps it in, or follows HX-Redirect
