@@ -54,6 +54,7 @@ def test_sign_in_gives_a_session_cookie_not_the_key(console: RunningServer) -> N
 def test_a_wrong_key_or_a_forged_form_gets_no_session(console: RunningServer) -> None:
     browser, _, answer = sign_in(console.url, key="not-the-key")
     assert answer.status_code == 401 and "is not the server" in answer.text
+    assert "not-the-key" not in answer.text  # what was typed is not echoed back into the form
     assert "ai_telephone_console" not in browser.cookies
     forged = requests.post(
         console.url + "/console/sign-in", data={"key": TEST_KEY, "login_nonce": "x"}, timeout=TIMEOUT

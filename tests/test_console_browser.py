@@ -110,7 +110,8 @@ def test_sign_in_see_status_create_a_character_hear_it_and_sign_out(
     from selenium.webdriver.support.ui import Select
 
     ollama.script("Good evening from the moon. ", "The night is calm and clear.")
-    server = start_server(server_config(ollama.url, tmp_path))
+    # The LLM's pause (below) may outlast the usual 5 s read timeout on a busy machine: never an apology here.
+    server = start_server(server_config(ollama.url, tmp_path, llm={"timeout_seconds": WAIT_SECONDS}))
     pages: list[str] = []
 
     browser.get(server.url + "/")
