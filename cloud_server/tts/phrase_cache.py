@@ -57,9 +57,10 @@ class PhraseCache:
             "exaggeration": voice.exaggeration,
             "cfg_weight": voice.cfg_weight,
             "temperature": voice.temperature,
-            "max_tokens": voice.max_tokens,
             "model": model,
         }
+        if voice.max_tokens is not None:  # only then: the entries stored before this knob keep their names
+            material["max_tokens"] = voice.max_tokens
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode("utf-8")).hexdigest()
 
     def get(self, key: str) -> tuple[bytes, int] | None:
