@@ -31,6 +31,7 @@ from cloud_server.pipeline.hang_up import system_prompt
 from cloud_server.pipeline.recent import RecentTurns
 from cloud_server.pipeline.reply import ReplyPipeline
 from cloud_server.pipeline.sessions import SessionStore
+from cloud_server.sign_in_guard import SignInGuard
 from cloud_server.storage import AudioStore, make_store
 from cloud_server.stt import ServerTranscriber
 from cloud_server.tts.base import TTSEngine, VoiceSpec
@@ -68,6 +69,8 @@ class Services:
     """Signed-in console browsers (cloud_server/routes/console.py)."""
     recent: RecentTurns
     """The latest calls, for the console's status tab."""
+    sign_ins: SignInGuard
+    """Wrong keys at the console's sign-in, per address (429 after too many)."""
     storage: AudioStore
     """Where /generate-audio keeps its files (S3, or data_dir/outputs)."""
     emotions: EmotionBook
@@ -170,6 +173,7 @@ def build_services(
         metrics=metrics,
         console=ConsoleSessions(server.console.session_hours * 3600),
         recent=recent,
+        sign_ins=SignInGuard(server.console.sign_in_failures, server.console.sign_in_lockout_seconds),
         storage=make_store(server.storage, data_dir),
         emotions=EmotionBook(EmotionStore.in_data_dir(data_dir), characters),
         calls=CallBook.in_data_dir(data_dir, server.calls),

@@ -251,6 +251,10 @@ class ConsoleConfig:
     """A console sign-in lasts this long, in hours (signing out ends it sooner)."""
     recent_calls: int = 20
     """How many of the latest calls the status tab shows and charts."""
+    sign_in_failures: int = 5
+    """Wrong keys from one address within ``sign_in_lockout_seconds`` before its sign-ins get 429."""
+    sign_in_lockout_seconds: float = 60.0
+    """How long, in seconds, an address that gave too many wrong keys must wait (a right key too)."""
 
 
 @dataclass(frozen=True)

@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures_pi",
     "tests.fixtures_deploy",
     "tests.fixtures_features",
+    "tests.fixtures_browser",
 ]

@@ -5,6 +5,7 @@ The browser-driven flow is in test_console_browser.py; these cover what a browse
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -53,6 +54,7 @@ def test_sign_in_gives_a_session_cookie_not_the_key(console: RunningServer) -> N
 def test_a_wrong_key_or_a_forged_form_gets_no_session(console: RunningServer) -> None:
     browser, _, answer = sign_in(console.url, key="not-the-key")
     assert answer.status_code == 401 and "is not the server" in answer.text
+    assert "not-the-key" not in answer.text  # what was typed is not echoed back into the form
     assert "ai_telephone_console" not in browser.cookies
     forged = requests.post(
         console.url + "/console/sign-in", data={"key": TEST_KEY, "login_nonce": "x"}, timeout=TIMEOUT
@@ -66,6 +68,7 @@ def test_nothing_without_the_cookie(console: RunningServer) -> None:
         assert page.status_code == 303 and page.headers["Location"].endswith("/")
     panel = requests.get(console.url + "/console/status-panel", timeout=TIMEOUT)
     assert panel.status_code == 401 and panel.json()["error"]["code"] == "signed_out"
+    assert panel.headers["HX-Redirect"] == "/"  # the polling page goes to the sign-in form
     made = requests.post(console.url + "/characters", json={"id": "x"}, timeout=TIMEOUT)
     assert made.status_code == 401
     forged = requests.get(console.url + "/characters", cookies={"ai_telephone_console": "guess"}, timeout=TIMEOUT)
@@ -209,3 +212,15 @@ def test_edits_survive_a_restart_and_config_characters_stay_the_defaults(tmp_pat
     assert sorted(by_id) == ["operator", "sage", "zephyr"]
     assert by_id["sage"]["display_name"] == "Old Sage" and by_id["sage"]["persona"] == "You are wise."
     assert by_id["zephyr"]["temperature"] == 1.1 and by_id["zephyr"]["display_name"] == "Zephyr"
+
+
+def test_the_vendored_htmx_is_served_as_recorded(console: RunningServer) -> None:
+    """The page's one library is served from the server itself (offline), byte for byte what SOURCE.md records."""
+    vendor = Path(__file__).resolve().parent.parent / "cloud_server" / "web" / "static" / "vendor" / "htmx"
+    recorded = re.search(r"sha256 of `htmx.min.js`: `([0-9a-f]{64})`", (vendor / "SOURCE.md").read_text())
+    browser, _, page = sign_in(console.url)
+    assert '/static/vendor/htmx/htmx.min.js"' in page.text
+    served = browser.get(console.url + "/static/vendor/htmx/htmx.min.js", timeout=TIMEOUT)
+    assert served.status_code == 200 and recorded is not None
+    assert hashlib.sha256(served.content).hexdigest() == recorded.group(1)
+    assert (vendor / "LICENSE").read_text().startswith("Zero-Clause BSD")

@@ -11,10 +11,9 @@ import requests
 from openapi_spec_validator import validate
 
 from cloud_server.routes.docs import api_description
+from tests.fixtures_browser import needs_chromium, wait_for
 from tests.fixtures_server import TEST_KEY, RunningServer, server_config
 from tests.ollama_standin import OllamaStandIn
-from tests.test_console_browser import browser, wait_for  # noqa: F401  (the Chromium fixture)
-from tests.test_console_browser import pytestmark as needs_chromium
 
 TIMEOUT = 30
 NOT_API: Final = re.compile(r"static|console\..*|docs\.swagger_asset")
@@ -63,7 +62,7 @@ def test_the_description_and_its_viewer_need_no_key_and_are_served_offline(serve
 
 @needs_chromium
 def test_swagger_ui_shows_every_operation_in_a_real_browser_under_the_pages_csp(
-    server: RunningServer, browser: Any  # noqa: F811
+    server: RunningServer, browser: Any
 ) -> None:
     browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": (
         "window.cspViolations = [];"

@@ -7,12 +7,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
 from cloud_server.tts.base import TTSEngine, TTSError, VoiceSpec
 from cloud_server.tts.watch import FAILURES_BEFORE_DEGRADED
 from tests.fixtures_server import TEST_KEY, server_config
 from tests.ollama_standin import OllamaStandIn
+from tests.test_console import sign_in
 
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
 TIMEOUT = 30
@@ -102,3 +104,33 @@ def _wait(condition: Any, what: str, timeout: float = 15.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
+
+
+def test_health_and_the_status_tab_show_gpu_memory_on_cuda_and_none_on_cpu(
+    start_server: Any, tmp_path: Path, piper_engines: tuple[TTSEngine, TTSEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CPU-only machine stands in for the GPU's memory calls (torch.cuda patched); the rest is the real path."""
+    import torch
+
+    gib = 1024**3
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "NVIDIA RTX 4090")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index=None: (10 * gib, 24 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda index=None: 3 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda index=None: 4 * gib)
+    with OllamaStandIn() as ollama:
+        gpu_server = start_server(
+            server_config(ollama.url, tmp_path / "gpu", tts={"engine": "chatterbox"}),
+            engines=(GpuStandIn(piper_engines[0]), piper_engines[1]),
+        )
+        cpu_server = start_server(server_config(ollama.url, tmp_path / "cpu"))
+        on_gpu = requests.get(gpu_server.url + "/health", headers=AUTH, timeout=TIMEOUT).json()
+        on_cpu = requests.get(cpu_server.url + "/health", headers=AUTH, timeout=TIMEOUT).json()
+        console, _, _ = sign_in(gpu_server.url)
+        panel = console.get(gpu_server.url + "/console/status-panel", timeout=TIMEOUT)
+    assert on_gpu["gpu"] == {"name": "NVIDIA RTX 4090", "total_mib": 24576, "used_mib": 14336, "free_mib": 10240,
+                             "allocated_mib": 3072, "reserved_mib": 4096}
+    assert "gpu" not in on_cpu  # Piper on the CPU: nothing to report
+    assert panel.status_code == 200
+    assert "14336 / 24576 MiB" in panel.text and "NVIDIA RTX 4090" in panel.text

@@ -75,6 +75,7 @@ def test_key_follows_clip_content_knobs_and_model(tmp_path: Path) -> None:
     assert cache.key(GREETING + "!", base, "chatterbox:standard") != key
     assert cache.key(GREETING, VoiceSpec(voice_id="me", clip=clip, exaggeration=0.9), "chatterbox:standard") != key
     assert cache.key(GREETING, VoiceSpec(voice_id="me", clip=clip, temperature=0.3), "chatterbox:standard") != key
+    assert cache.key(GREETING, VoiceSpec(voice_id="me", clip=clip, max_tokens=40), "chatterbox:standard") != key
     assert cache.key(GREETING, base, "chatterbox:turbo") != key
     assert cache.key(GREETING, VoiceSpec(voice_id="me"), "chatterbox:standard") != key
     # Same name, new upload: a new key.

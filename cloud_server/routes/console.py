@@ -17,11 +17,16 @@ from typing import Any, Final
 
 from flask import Blueprint, Response, redirect, render_template, request
 
-from cloud_server.console_sessions import ConsoleSession
-from cloud_server.errors import ApiError
+from cloud_server.errors import error_response
 from cloud_server.pipeline.recent import RecentTurn
 from cloud_server.routes.core import health_details
-from cloud_server.routes.request import CONSOLE_COOKIE, check_csrf, console_session, page_headers
+from cloud_server.routes.request import (
+    CONSOLE_COOKIE,
+    check_csrf,
+    client_address,
+    console_session,
+    page_headers,
+)
 from cloud_server.routes.voices import ignored_knobs
 from cloud_server.services import services
 
@@ -53,9 +58,13 @@ def status_page() -> Response | str:
 
 
 @bp.get("/console/status-panel")
-def status_panel() -> str:
-    """The status tab's live part (health, latest calls, chart), polled by the page."""
-    _session_or_401()
+def status_panel() -> Response | str:
+    """The status tab's live part (health, latest calls, chart), polled by the page (htmx).
+
+    Signed out (the session expired, or ended in another tab), the page is sent to the sign-in form.
+    """
+    if console_session() is None:
+        return error_response(401, "signed_out", "Sign in to the console first.", {"HX-Redirect": "/"})
     return render_template("_status.html", **status_context())
 
 
@@ -97,7 +106,7 @@ def voices_page() -> Response | str:
 
 @bp.get("/console/try")
 def try_page() -> Response | str:
-    """The try-it tab: type a line, hear the reply."""
+    """The try-it tab: type or say a line, hear the reply (with this line's own voice settings, if given)."""
     session = console_session()
     if session is None:
         return redirect("/", 303)  # type: ignore[return-value]
@@ -109,6 +118,9 @@ def try_page() -> Response | str:
         characters=svc.characters.listing(ignored_knobs()),
         emotions=[e.as_json() for e in svc.emotions.profiles()],
         max_chars=svc.config.server.limits.max_text_chars,
+        max_tokens=svc.config.server.tts.chatterbox.max_tokens,
+        engine=svc.primary.name,
+        ignored=_ignored_try_knobs(svc.primary.name),
     )
 
 
@@ -116,6 +128,12 @@ def try_page() -> Response | str:
 def sign_in() -> Response | tuple[str, int]:
     """Check the key once; answer with the session cookie (never the key) and go to the status tab."""
     svc = services()
+    address = client_address()
+    wait = svc.sign_ins.retry_after(address)
+    if wait is not None:  # too many wrong keys from here: even the right one waits
+        page = _sign_in_page(f"Too many wrong keys from this address; try again in {wait} s.", 429)
+        page.headers["Retry-After"] = str(wait)
+        return page  # type: ignore[return-value]
     nonce = request.cookies.get(LOGIN_COOKIE, "")
     given_nonce = request.form.get("login_nonce", "")
     if not nonce or not hmac.compare_digest(nonce.encode(), given_nonce.encode()):
@@ -123,7 +141,9 @@ def sign_in() -> Response | tuple[str, int]:
     key = request.form.get("key", "")
     expected = svc.api_key
     if expected is not None and not hmac.compare_digest(key.encode("utf-8"), expected.encode("utf-8")):
+        svc.sign_ins.failed(address)
         return _sign_in_page("That is not the server's API key.", 401)  # type: ignore[return-value]
+    svc.sign_ins.succeeded(address)
     token, _ = svc.console.open()
     response = redirect("/", 303)
     response.set_cookie(
@@ -151,6 +171,12 @@ def sign_out() -> Response:
     return response  # type: ignore[return-value]
 
 
+def _ignored_try_knobs(engine: str) -> list[str]:
+    """Which of the try-it tab's voice settings the voice model now speaking ignores (a hint, not a refusal)."""
+    ignored = [k for k in ignored_knobs() if k in ("exaggeration", "temperature", "cfg_weight")]
+    return ignored if engine == "chatterbox" else [*ignored, "max_tokens"]  # only Chatterbox counts speech tokens
+
+
 def _emotions_by_character() -> dict[str, list[dict[str, Any]]]:
     grouped: dict[str, list[dict[str, Any]]] = {}
     for emotion in services().emotions.profiles():
@@ -167,13 +193,6 @@ def _sign_in_page(error: str | None = None, status: int = 200) -> Response:
         path="/console/sign-in",
     )
     return response
-
-
-def _session_or_401() -> ConsoleSession:
-    session = console_session()
-    if session is None:
-        raise ApiError(401, "signed_out", "Sign in to the console first.")
-    return session
 
 
 def status_context() -> dict[str, Any]:

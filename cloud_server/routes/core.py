@@ -24,6 +24,7 @@ from cloud_server.routes.request import (
     text_field,
 )
 from cloud_server.services import Services, services
+from cloud_server.tts.gpu_memory import gpu_memory
 from common.protocol import Field, Header, Route
 
 bp = Blueprint("api", __name__)
@@ -130,6 +131,7 @@ def health_details(svc: Services) -> dict[str, Any]:
     voice = svc.primary.status()  # the one place /health learns about the voice: every wrapper delegates it
     tts_degraded = voice.degraded or voice.name != cfg.tts.engine
     stale = svc.slots.held_longer_than(svc.longest_reply_seconds)
+    gpu = gpu_memory(voice.device)
     return {
         "healthy": llm_ok and not tts_degraded and not stale,
         "llm": {"backend": cfg.llm.backend, "model": svc.llm.model, "reachable": llm_ok},
@@ -144,6 +146,7 @@ def health_details(svc: Services) -> dict[str, Any]:
             "sample_rate": svc.pipeline.sample_rate,
         },
         "queue": {"active": svc.slots.active, "capacity": svc.slots.capacity, "stale": stale},
+        **({"gpu": gpu} if gpu is not None else {}),  # absent on CPU
         "storage": svc.storage.status(),  # reported, not part of "healthy": calls work without it
         "sessions": len(svc.sessions),
         "uptime_seconds": round(time.monotonic() - svc.started, 1),

@@ -1,9 +1,10 @@
 """How a request picks the voice it is spoken with: character, then emotion profile, then its own knobs.
 
 ``emotion`` (a profile's id or name, of the request's character) and the knobs ``exaggeration``,
-``temperature`` and ``cfg_weight`` are accepted by /process-text, /v1/audio/speech and
-/generate-audio. Each knob is bounded like a character's; an unknown emotion is a 404, never
-silently ignored.
+``temperature``, ``cfg_weight`` and ``max_tokens`` are accepted by /process-text, /v1/audio/speech
+and /generate-audio as JSON, and by /process-audio as form fields. Each knob is bounded like a
+character's; ``max_tokens`` caps the speech tokens of each sentence (Chatterbox speaks 25 a second)
+below ``server.tts.chatterbox.max_tokens``. An unknown emotion is a 404, never silently ignored.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from cloud_server.tts.base import VoiceSpec
 
 NUMBER_LIMITS: Final = {"exaggeration": (0.25, 2.0), "temperature": (0.05, 5.0), "cfg_weight": (0.0, 1.0)}
 """The range each knob accepts (Chatterbox's own useful ranges)."""
+MAX_TOKENS: Final = "max_tokens"
+"""Speech tokens one sentence may use, a whole number from 1 to the configured ceiling."""
 EMOTION: Final = "emotion"
 
 
@@ -33,7 +36,30 @@ def number_fields(body: Mapping[str, Any]) -> dict[str, Any]:
             if not low <= value <= high:
                 raise ApiError(400, "out_of_range", f"'{name}' must be between {low} and {high}.")
             fields[name] = float(value)
+    if MAX_TOKENS in body:
+        ceiling = services().config.server.tts.chatterbox.max_tokens
+        value = body[MAX_TOKENS]
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= ceiling:
+            raise ApiError(400, "out_of_range", f"'{MAX_TOKENS}' must be a whole number from 1 to {ceiling}.")
+        fields[MAX_TOKENS] = value
     return fields
+
+
+def form_knobs(form: Mapping[str, str]) -> dict[str, Any]:
+    """A multipart form's ``emotion`` and knobs (all text) as the numbers ``turn_voice`` takes; 400 if not numbers."""
+    body: dict[str, Any] = {}
+    if form.get(EMOTION):
+        body[EMOTION] = form[EMOTION]
+    for name in (*NUMBER_LIMITS, MAX_TOKENS):
+        text = form.get(name, "").strip()
+        if not text:
+            continue
+        try:
+            body[name] = int(text) if name == MAX_TOKENS else float(text)
+        except ValueError:
+            kind = "a whole number" if name == MAX_TOKENS else "a number"
+            raise ApiError(400, "bad_field", f"'{name}' must be {kind}.") from None
+    return body
 
 
 def emotion_field(body: Mapping[str, Any]) -> str | None:

@@ -12,6 +12,7 @@ newline in a response header fails after the reply slot was taken (issue 14).
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import re
 import threading
@@ -64,6 +65,21 @@ def require_key() -> None:
             check_csrf(session, request.headers.get(CSRF_HEADER))
         return
     check_key(expected)
+
+
+def client_address() -> str:
+    """Who is asking: the peer, or the X-Forwarded-For that scripts/serve's HAProxy sets, when the peer is this machine.
+
+    HAProxy replaces the header with the connection's source, so through it the value is one address;
+    a header from anyone else is ignored (it could say anything).
+    """
+    peer = request.remote_addr or ""
+    forwarded = request.headers.get("X-Forwarded-For", "").split(",")[-1].strip()
+    try:
+        trusted = ipaddress.ip_address(peer).is_loopback
+    except ValueError:
+        trusted = False
+    return forwarded if forwarded and trusted else peer
 
 
 def console_session() -> ConsoleSession | None:

@@ -16,6 +16,7 @@ from cloud_server.library.voices import VoiceError, check_voice_id
 from cloud_server.pipeline.admission import Busy
 from cloud_server.pipeline.reply import Turn
 from cloud_server.routes.core import stream_turn
+from cloud_server.routes.knobs import form_knobs, turn_voice
 from cloud_server.routes.request import (
     character_field,
     history_field,
@@ -115,18 +116,19 @@ def process_audio() -> Response:
     data, fields = audio_upload(limits.max_audio_bytes)
     session_id = session_id_field(fields)  # a bad id or history is a 400 before Whisper runs
     history = history_field(fields, Field.HISTORY, limits.max_history_messages, limits.max_history_chars)
+    character_id, character = svc.characters.get(character_field(fields))
+    voice = turn_voice(form_knobs(fields), character_id)  # a bad knob or emotion is a 4xx before Whisper runs
     heard = hear(data)
     transcript, audio, t0, t1, t2 = heard.text, heard.audio, heard.t0, heard.t1, heard.t2
     if not transcript:
         raise ApiError(400, "no_speech", "No speech was heard in the recording.")
     prompt = text_field(fields, Field.PROMPT, limits.max_prompt_chars, required=False)
-    character_id, character = svc.characters.get(character_field(fields))
     turn = Turn(
         text=transcript[: limits.max_text_chars],
         session_id=session_id,
         character_id=character_id,
         character=character,
-        voice=svc.characters.voice_spec(character_id),
+        voice=voice,
         prompt=prompt,
         transcript=transcript,
         history=history,

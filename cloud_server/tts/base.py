@@ -26,6 +26,8 @@ class VoiceSpec:
     """Classifier-free guidance weight (Chatterbox standard only)."""
     temperature: float = 0.8
     """Sampling temperature."""
+    max_tokens: int | None = None
+    """Most speech tokens one sentence may use (Chatterbox; 25 a second); None: the engine's own budget."""
 
 
 @dataclass(frozen=True)

@@ -242,6 +242,8 @@ class ChatterboxEngine(TTSEngine):
         if not text:
             return
         budget = token_budget(len(text), self.cfg.max_tokens_per_char, self.cfg.min_tokens, self.cfg.max_tokens)
+        if voice.max_tokens is not None:  # the request's own cap, below the length-based budget
+            budget = max(1, min(budget, voice.max_tokens))
         if not self._acquire(cancel):
             return
         started = time.monotonic()

@@ -59,6 +59,8 @@ class PhraseCache:
             "temperature": voice.temperature,
             "model": model,
         }
+        if voice.max_tokens is not None:  # only then: the entries stored before this knob keep their names
+            material["max_tokens"] = voice.max_tokens
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode("utf-8")).hexdigest()
 
     def get(self, key: str) -> tuple[bytes, int] | None:

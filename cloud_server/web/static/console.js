@@ -6,12 +6,14 @@
 
 const csrfToken = () => document.querySelector('meta[name="csrf-token"]')?.content ?? "";
 
+// A call to the JSON API as the signed-in page; ``body`` is an object (sent as JSON) or FormData (multipart).
 async function api(method, url, body) {
+  const form = body instanceof FormData;
   const response = await fetch(url, {
     method,
     credentials: "same-origin",
-    headers: { "Content-Type": "application/json", "X-CSRF-Token": csrfToken() },
-    body: body === undefined ? undefined : JSON.stringify(body),
+    headers: form ? { "X-CSRF-Token": csrfToken() } : { "Content-Type": "application/json", "X-CSRF-Token": csrfToken() },
+    body: body === undefined || form ? body : JSON.stringify(body),
   });
   if (!response.ok) {
     let message = `${response.status} ${response.statusText}`;
@@ -21,16 +23,25 @@ async function api(method, url, body) {
   return response;
 }
 
-function refreshStatus() {
-  const panel = document.getElementById("status-panel");
-  if (!panel) return;
-  setInterval(async () => {
-    try {
-      const response = await fetch(panel.dataset.refresh, { credentials: "same-origin" });
-      if (response.status === 401) { window.location.assign("/"); return; }
-      if (response.ok) panel.innerHTML = await response.text();
-    } catch (_) { /* the server restarting: try again next time */ }
-  }, 3000);
+// htmx (vendored) refreshes the status panel and sends the delete buttons' requests, the CSRF token in
+// the header <body hx-headers> names; this reloads the page after a change, or says why it failed.
+function afterHtmxRequests() {
+  let latestCall = document.getElementById("calls")?.dataset.latest;
+  document.body.addEventListener("htmx:afterSwap", () => {  // the status panel: announce a new call, once
+    const calls = document.getElementById("calls");
+    if (!calls || calls.dataset.latest === latestCall) return;
+    latestCall = calls.dataset.latest;
+    document.getElementById("status-news").textContent = calls.dataset.news;
+  });
+  document.body.addEventListener("htmx:afterRequest", async (event) => {
+    const { elt, successful, xhr, requestConfig } = event.detail;
+    if (requestConfig.verb === "get") return;  // the status panel: htmx swaps it in, or follows HX-Redirect
+    if (successful) { window.location.reload(); return; }
+    let message = xhr.status ? `${xhr.status} ${xhr.statusText}` : "the server did not answer";
+    try { message = JSON.parse(xhr.responseText).error.message; } catch (_) { /* not JSON */ }
+    const where = document.getElementById(elt.dataset.message);
+    if (where) where.textContent = `Not done: ${message}`;
+  });
 }
 
 function characterForms() {
@@ -65,59 +76,6 @@ function characterForms() {
       } catch (err) { say(`Could not speak: ${err.message}`); } finally { button.disabled = false; }
     });
   }
-  for (const button of document.querySelectorAll("button.delete-character")) {
-    button.addEventListener("click", async () => {
-      try {
-        await api("DELETE", button.dataset.url);
-        window.location.reload();
-      } catch (err) { say(`Not deleted: ${err.message}`); }
-    });
-  }
-}
-
-function tryIt() {
-  const form = document.getElementById("try-form");
-  if (!form) return;
-  const audio = document.getElementById("reply-audio");
-  const status = document.getElementById("try-status");
-  const replyText = document.getElementById("try-reply");
-  const sessionId = `console-${Math.random().toString(36).slice(2, 12)}`;
-  const character = form.elements.character;
-  const emotion = form.elements.emotion;
-  const showEmotions = () => {  // only the chosen character's emotions can be picked
-    for (const option of emotion.options) {
-      const mine = !option.dataset.character || option.dataset.character === character.value;
-      option.hidden = !mine;
-      option.disabled = !mine;
-    }
-    if (emotion.selectedOptions[0]?.disabled) emotion.value = "";
-  };
-  character.addEventListener("change", showEmotions);
-  showEmotions();
-  audio.addEventListener("ended", () => { status.textContent = "Played. Say something else, or press play again."; });
-  audio.addEventListener("error", () => { status.textContent = "The browser could not play the reply."; });
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const button = document.getElementById("try-speak");
-    button.disabled = true;
-    status.textContent = "Thinking and speaking…";
-    replyText.textContent = "";
-    try {
-      const response = await api("POST", "/process-text", {
-        text: form.elements.text.value, character: form.elements.character.value, session_id: sessionId,
-        emotion: form.elements.emotion.value || undefined,
-      });
-      const wav = await response.arrayBuffer();  // the whole reply; Chromium plays its open-ended WAV header
-      status.textContent = "Playing the reply.";
-      if (!(await playWav(audio, wav))) status.textContent = "Reply ready: press play.";
-      const session = await (await api("GET", `/sessions/${sessionId}`)).json();
-      replyText.textContent = session.last_reply ? `Reply: ${session.last_reply}` : "";
-    } catch (err) {
-      status.textContent = `No reply: ${err.message}`;
-    } finally {
-      button.disabled = false;
-    }
-  });
 }
 
 async function playWav(audio, wav) {
@@ -146,6 +104,24 @@ async function toWav(blob) {
   } finally { await context.close(); }
 }
 
+// Starts recording from the microphone; ``stop()`` ends it and resolves to the clip as WAV.
+async function startRecording() {
+  const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+  const parts = [];
+  const recorder = new MediaRecorder(stream);
+  recorder.addEventListener("dataavailable", (event) => parts.push(event.data));
+  const stopped = new Promise((resolve) => recorder.addEventListener("stop", resolve));
+  recorder.start();
+  return {
+    async stop() {
+      recorder.stop();
+      await stopped;
+      stream.getTracks().forEach((track) => track.stop());
+      return toWav(new Blob(parts, { type: parts[0]?.type || "audio/webm" }));
+    },
+  };
+}
+
 function voicesTab() {
   const form = document.getElementById("voice-upload");
   if (!form) return;
@@ -171,29 +147,26 @@ function voicesTab() {
     const file = event.dataTransfer.files[0];
     if (file) choose(file, file.name);
   });
-  let recorder = null;
+  let recording = null;
+  const pressed = (on) => {
+    recordButton.textContent = on ? "Stop recording" : "Record in the browser";
+    recordButton.setAttribute("aria-pressed", String(on));
+  };
   recordButton.addEventListener("click", async () => {
-    if (recorder) { recorder.stop(); return; }
     try {
-      const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
-      const parts = [];
-      recorder = new MediaRecorder(stream);
-      recorder.addEventListener("dataavailable", (event) => parts.push(event.data));
-      recorder.addEventListener("stop", async () => {
-        stream.getTracks().forEach((track) => track.stop());
-        recorder = null;
-        recordButton.textContent = "Record in the browser";
-        recordButton.setAttribute("aria-pressed", "false");
-        const wav = await toWav(new Blob(parts, { type: parts[0]?.type || "audio/webm" }));
+      if (recording) {
+        const wav = await recording.stop();
+        recording = null;
+        pressed(false);
         recorded.hidden = false;
         recorded.src = URL.createObjectURL(wav);
         choose(wav, "recording.wav");
-      });
-      recorder.start();
-      recordButton.textContent = "Stop recording";
-      recordButton.setAttribute("aria-pressed", "true");
+        return;
+      }
+      recording = await startRecording();
+      pressed(true);
       message.textContent = "Recording: speak for a few seconds, then stop.";
-    } catch (err) { message.textContent = `Cannot record: ${err.message}`; }
+    } catch (err) { recording = null; pressed(false); message.textContent = `Cannot record: ${err.message}`; }
   });
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -203,21 +176,10 @@ function voicesTab() {
     data.append("audio", pending, "clip");
     message.textContent = "Uploading and preparing the voice…";
     try {
-      const response = await fetch("/voices", {
-        method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": csrfToken() }, body: data,
-      });
-      if (!response.ok) throw new Error((await response.json()).error.message);
+      await api("POST", "/voices", data);
       window.location.reload();
     } catch (err) { message.textContent = `Not uploaded: ${err.message}`; }
   });
-  for (const button of document.querySelectorAll("button.delete-voice")) {
-    button.addEventListener("click", async () => {
-      try {
-        await api("DELETE", button.dataset.url);
-        window.location.reload();
-      } catch (err) { message.textContent = `Not deleted: ${err.message}`; }
-    });
-  }
 }
 
-document.addEventListener("DOMContentLoaded", () => { refreshStatus(); characterForms(); voicesTab(); tryIt(); });
+document.addEventListener("DOMContentLoaded", () => { afterHtmxRequests(); characterForms(); voicesTab(); });
