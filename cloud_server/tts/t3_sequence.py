@@ -53,12 +53,12 @@ class T3Sequence:
         self.text_tokens = torch.atleast_2d(self.inputs["text_tokens"]).to(dtype=torch.long, device=device)
         if self.turbo:
             self.rows = 1
-            self.processors = _turbo_processors(self.inputs)
+            self.processors: Any = _turbo_processors(self.inputs)
         else:
             self.rows = self.text_tokens.shape[0]
-            self.rep = RepetitionPenaltyLogitsProcessor(penalty=float(self.inputs["repetition_penalty"]))
-            self.min_p = MinPLogitsWarper(min_p=self.inputs["min_p"])
-            self.top_p = TopPLogitsWarper(top_p=self.inputs["top_p"])
+            self.rep: Any = RepetitionPenaltyLogitsProcessor(penalty=float(self.inputs["repetition_penalty"]))
+            self.min_p: Any = MinPLogitsWarper(min_p=self.inputs["min_p"])
+            self.top_p: Any = TopPLogitsWarper(top_p=self.inputs["top_p"])
 
     # ------------------------------------------------------------------ the prompt
 
