@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cloud_server.tts.base import TTSEngine, TTSError, VoiceSpec
+from cloud_server.tts.chatterbox_batched import routed_here, speak_batched, t3_call
+from cloud_server.tts.chatterbox_call import Interrupted, SentenceCall
 from cloud_server.tts.chatterbox_plan import SAMPLES_PER_TOKEN, DevicePlan, plan_device, token_budget
 from cloud_server.tts.chatterbox_stream import (
     TokensReady,
@@ -37,6 +39,7 @@ from cloud_server.tts.chatterbox_stream import (
 )
 from cloud_server.tts.conditionals import ConditionalsCache, clone_conditionals
 from cloud_server.tts.stream_stitch import StreamPlan
+from cloud_server.tts.t3_batch import T3Batcher, in_batch_decoder
 from common.config import ChatterboxConfig, expand_path
 from common.wav import float_to_pcm16
 
@@ -47,27 +50,9 @@ CHUNK_SAMPLES = 4800
 CFG_EPSILON = 1e-4
 """chatterbox-tts 0.1.7 breaks on cfg_weight=0.0 (tensor-size error); a tiny weight is the same as none."""
 LOCK_POLL_SECONDS = 0.1
-
-
-class _Interrupted(Exception):
-    """Raised from a forward hook to leave the library's generation loop."""
-
-    def __init__(self, cancelled: bool) -> None:
-        super().__init__("cancelled" if cancelled else "timed out")
-        self.cancelled = cancelled
-
-
-@dataclass
-class _Call:
-    """The one call in flight (set under the lock), read by the hooks."""
-
-    budget: int
-    deadline: float
-    cancel: threading.Event | None
-    stop: threading.Event = field(default_factory=threading.Event)
-    """Set when the reader of a streamed sentence went away: T3 stops at its next token."""
-    tokens: TokenStream | None = None
-    """The streamed sentence's tokens, fed by the hook on T3's speech embedding."""
+_BATCHER_START = threading.Lock()
+MAX_GATHER_MS = 20.0
+"""A caller never waits longer than this for others to start a batch with."""
 
 
 @dataclass
@@ -80,19 +65,32 @@ class LoadedChatterbox:
     fingerprint: str
     """Identifies the weights, so conditionals from other weights are never reused."""
     lock: threading.Lock = field(default_factory=threading.Lock)
-    call: _Call | None = None
+    call: SentenceCall | None = None
     builtin: Any = None
     """Pristine copy of the checkpoint's built-in voice (conds.pt), if it has one."""
+    vocoder_lock: threading.Lock = field(default_factory=threading.Lock)
+    """Batched mode: S3Gen runs for one caller at a time (the model ``lock`` is held only briefly)."""
+    batcher: T3Batcher | None = None
+    batch_gather_seconds: float = 0.01
+    batch_max_sequences: int = 8
+
+    def batch_decoder(self) -> T3Batcher:
+        """The model's one T3 batch decoder, started on first use."""
+        with _BATCHER_START:
+            if self.batcher is None:
+                self.batcher = T3Batcher(
+                    self.model.t3,
+                    gather_seconds=self.batch_gather_seconds,
+                    max_sequences=self.batch_max_sequences,
+                    autocast=lambda: autocast(self.plan),
+                )
+            return self.batcher
 
     def check(self) -> None:
         """Stop generation when the caller hung up or the sentence ran out of time."""
         call = self.call
-        if call is None:
-            return
-        if (call.cancel is not None and call.cancel.is_set()) or call.stop.is_set():
-            raise _Interrupted(cancelled=True)
-        if time.monotonic() > call.deadline:
-            raise _Interrupted(cancelled=False)
+        if call is not None:
+            call.check()
 
     def cap(self, requested: int | None) -> int:
         """The token limit for the current call."""
@@ -169,6 +167,8 @@ def _install_bounds(loaded: LoadedChatterbox) -> None:
         inner_turbo = t3.inference_turbo
 
         def bounded_turbo(*args: Any, max_gen_len: int = 1000, **kwargs: Any) -> Any:
+            if routed_here():  # batched: the caller's budget is applied by its route
+                return t3_call(inner_turbo, args, {**kwargs, "max_gen_len": max_gen_len})
             # inference_turbo samples one token before its loop of max_gen_len more.
             return inner_turbo(*args, max_gen_len=max(loaded.cap(max_gen_len) - 1, 0), **kwargs)
 
@@ -177,6 +177,8 @@ def _install_bounds(loaded: LoadedChatterbox) -> None:
         inner = t3.inference
 
         def bounded(*args: Any, max_new_tokens: int | None = None, **kwargs: Any) -> Any:
+            if routed_here():  # batched: the caller's budget is applied by its route
+                return t3_call(inner, args, {**kwargs, "max_new_tokens": max_new_tokens})
             return inner(*args, max_new_tokens=loaded.cap(max_new_tokens), **kwargs)
 
         t3.inference = bounded
@@ -186,6 +188,8 @@ def _install_bounds(loaded: LoadedChatterbox) -> None:
 
     def token_hook(_module: Any, args: Any) -> None:
         # Each new token is embedded to be fed back: the one place T3 shows it while generating.
+        if in_batch_decoder():  # batched: the decoder hands out tokens and checks each caller itself
+            return
         call = loaded.call
         ids = args[0] if args else None
         if call is not None and call.tokens is not None and ids is not None and ids.shape[-1] == 1 and in_t3_worker():
@@ -224,6 +228,11 @@ class ChatterboxEngine(TTSEngine):
             holdback_tokens=cfg.stream_holdback_tokens,
             samples_per_token=SAMPLES_PER_TOKEN,
         )
+        if not 0.0 <= cfg.batch_gather_ms <= MAX_GATHER_MS or cfg.batch_max_sequences < 1:
+            raise ValueError(f"tts.chatterbox: need batch_gather_ms in 0-{MAX_GATHER_MS:g}, batch_max_sequences >= 1")
+        if self.loaded.batcher is None:  # the first engine on a model sets up its decoder
+            self.loaded.batch_gather_seconds = cfg.batch_gather_ms / 1000.0
+            self.loaded.batch_max_sequences = cfg.batch_max_sequences
 
     # ------------------------------------------------------------------ the seam
 
@@ -242,20 +251,17 @@ class ChatterboxEngine(TTSEngine):
         if not text:
             return
         budget = token_budget(len(text), self.cfg.max_tokens_per_char, self.cfg.min_tokens, self.cfg.max_tokens)
-        if not self._acquire(cancel):
-            return
         started = time.monotonic()
-        wav = None
+        if self.cfg.batch:
+            call = SentenceCall(budget, started + self.cfg.sentence_timeout_seconds, cancel)
+            source = speak_batched(self, text, voice, call)
+        else:
+            source = self._serialized(text, voice, cancel, budget)
         try:
-            conds = clone_conditionals(self._pristine(voice))
-            self.loaded.call = _Call(budget, started + self.cfg.sentence_timeout_seconds, cancel)
-            if self.cfg.stream:
-                with contextlib.closing(self._stream(text, voice, conds)) as pieces:
-                    for piece in pieces:
-                        yield from _pcm_chunks(piece)
-            else:
-                wav = self._generate(text, voice, conds)
-        except _Interrupted as stop:
+            with contextlib.closing(source) as pieces:
+                for piece in pieces:
+                    yield from _pcm_chunks(piece)
+        except Interrupted as stop:
             if stop.cancelled:
                 _LOGGER.info("Synthesis cancelled after %.1f s", time.monotonic() - started)
                 return
@@ -265,23 +271,53 @@ class ChatterboxEngine(TTSEngine):
         except Exception as err:
             _LOGGER.exception("Chatterbox failed on a %d-char sentence", len(text))
             raise TTSError(f"chatterbox failed: {err}") from err
+        _LOGGER.info(
+            "Synthesized %d chars (budget %d tokens, %s%s) in %.1f s", len(text), budget,
+            "streamed" if self.cfg.stream else "whole", ", batched" if self.cfg.batch else "",
+            time.monotonic() - started,
+        )
+
+    def close(self) -> None:
+        """Drop the model (the memory goes when the last engine using it is gone) and its batch decoder."""
+        batcher, self.loaded.batcher = self.loaded.batcher, None
+        if batcher is not None:
+            batcher.close()
+        self.loaded.model = None
+
+    # ------------------------------------------------------------------ internals
+
+    def _serialized(
+        self, text: str, voice: VoiceSpec, cancel: threading.Event | None, budget: int
+    ) -> Generator[Any, None, None]:
+        """One sentence with the model to itself (the lock held throughout): float audio pieces."""
+        if not self._acquire(cancel):
+            return
+        wav = None
+        try:
+            conds = clone_conditionals(self._pristine(voice))
+            self.loaded.call = SentenceCall(budget, time.monotonic() + self.cfg.sentence_timeout_seconds, cancel)
+            if self.cfg.stream:
+                with contextlib.closing(self._stream(text, voice, conds)) as pieces:
+                    yield from pieces
+            else:
+                wav = self._generate(text, voice, conds)
         finally:
             self.loaded.call = None
             if self.loaded.model is not None:
                 self.loaded.model.conds = None  # the next call brings its own copy
             self.loaded.lock.release()
-        _LOGGER.info(
-            "Synthesized %d chars (budget %d tokens, %s) in %.1f s",
-            len(text), budget, "streamed" if wav is None else "whole", time.monotonic() - started,
-        )
-        if wav is not None:
-            yield from _pcm_chunks(wav)
+        if wav is not None:  # handed out after the lock is let go
+            yield wav
 
-    def close(self) -> None:
-        """Drop the model (the memory goes when the last engine using it is gone)."""
-        self.loaded.model = None
+    def vocode(self, conds: Any, window: list[int]) -> Any:
+        """S3Gen on speech tokens with the voice's reference, as generate() calls it: float audio."""
+        import torch
 
-    # ------------------------------------------------------------------ internals
+        options = {"n_cfm_timesteps": 2} if self.loaded.kind == "turbo" else {}  # as generate() does
+        ids = torch.tensor(window, dtype=torch.long, device=self.device)
+        with self._autocast():
+            wav, _ = self.loaded.model.s3gen.inference(speech_tokens=ids, ref_dict=conds.gen, **options)
+        return wav.reshape(-1).detach().float().cpu().numpy()
 
     def _acquire(self, cancel: threading.Event | None) -> bool:
         """Wait for the model, leaving the queue if the caller hangs up."""
@@ -328,12 +364,7 @@ class ChatterboxEngine(TTSEngine):
         return self._cache.remember(key, conds)
 
     def _autocast(self) -> Any:
-        plan = self.loaded.plan
-        if plan.autocast_dtype is None:
-            return contextlib.nullcontext()
-        import torch
-
-        return torch.autocast(device_type="cuda", dtype=getattr(torch, plan.autocast_dtype))
+        return autocast(self.loaded.plan)
 
     def _generate(self, text: str, voice: VoiceSpec, conds: Any) -> Any:
         model = self.loaded.model
@@ -352,22 +383,12 @@ class ChatterboxEngine(TTSEngine):
 
     def _stream(self, text: str, voice: VoiceSpec, conds: Any) -> Generator[Any, None, None]:
         """Float audio pieces of one sentence, watermarked, while T3 still generates (lock held)."""
-        import torch
-
         call, model = self.loaded.call, self.loaded.model
         assert call is not None
         call.tokens = TokenStream()
-        vocode_options = {"n_cfm_timesteps": 2} if self.loaded.kind == "turbo" else {}  # as generate() does
-
-        def vocode(window: list[int]) -> Any:
-            ids = torch.tensor(window, dtype=torch.long, device=self.device)
-            with self._autocast():
-                wav, _ = model.s3gen.inference(speech_tokens=ids, ref_dict=conds.gen, **vocode_options)
-            return wav.reshape(-1).detach().float().cpu().numpy()
-
         pieces = stream_audio(
             lambda: self._generate(text, voice, conds),
-            vocode,
+            lambda window: self.vocode(conds, window),
             call.tokens,
             self._plan,
             call.stop,
@@ -379,6 +400,15 @@ class ChatterboxEngine(TTSEngine):
             for piece in pieces:
                 # generate() watermarks every sentence; a streamed one is watermarked piece by piece.
                 yield watermarked(model.watermarker, piece, self.sample_rate)
+
+
+def autocast(plan: DevicePlan) -> Any:
+    """The autocast context generation runs in (none in float32)."""
+    if plan.autocast_dtype is None:
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast(device_type="cuda", dtype=getattr(torch, plan.autocast_dtype))
 
 
 def _pcm_chunks(wav: Any) -> Iterator[bytes]:
