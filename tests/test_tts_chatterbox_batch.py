@@ -23,35 +23,15 @@ from cloud_server.pipeline.admission import Busy, ReplySlots
 from cloud_server.pipeline.reply import ReplyPipeline, TurnStats
 from cloud_server.pipeline.sessions import SessionStore
 from cloud_server.tts.base import TTSEngine, VoiceSpec
-from cloud_server.tts.chatterbox_batched import routed
+from cloud_server.tts.chatterbox_batched import t3_inputs
 from cloud_server.tts.chatterbox_call import Interrupted, SentenceCall
 from cloud_server.tts.chatterbox_engine import ChatterboxEngine, LoadedChatterbox
-from cloud_server.tts.conditionals import clone_conditionals
 from cloud_server.tts.t3_batch import T3Batcher, T3Job
 from cloud_server.tts.t3_sequence import T3Sequence
 from common.config import ChatterboxConfig, LimitsConfig, LLMConfig, ServerConfig
 
 SENTENCE = "Hello there, this is the operator."
 WAIT_SECONDS = 600.0
-
-
-class _Captured(Exception):
-    def __init__(self, inputs: dict[str, Any]) -> None:
-        super().__init__("captured")
-        self.inputs = inputs
-
-
-def _t3_inputs(engine: ChatterboxEngine, text: str, voice: VoiceSpec) -> dict[str, Any]:
-    """What the library's generate() passes to T3 for this text and voice (its own tokenization and knobs)."""
-
-    def capture(inputs: dict[str, Any]) -> Any:
-        raise _Captured(inputs)
-
-    with engine.loaded.lock:
-        conds = clone_conditionals(engine._pristine(voice))
-        with routed(capture), pytest.raises(_Captured) as caught:
-            engine._generate(text, voice, conds)
-    return caught.value.inputs
 
 
 @dataclasses.dataclass
@@ -72,10 +52,10 @@ def batch_run(chatterbox_models: Any, chatterbox_config: ChatterboxConfig, voice
     alice = VoiceSpec("alice", str(voice_clips["alice"]), exaggeration=0.7, cfg_weight=0.3, temperature=1.0)
     bob = VoiceSpec("bob", str(voice_clips["bob"]), exaggeration=0.4, cfg_weight=0.6, temperature=0.7)
     callers = {
-        "A": _Caller("A", 6, 7, _t3_inputs(engine, SENTENCE, VoiceSpec())),
-        "B": _Caller("B", 2, 3, _t3_inputs(engine, "Yes.", alice)),
-        "C": _Caller("C", 3, 5, _t3_inputs(engine, "A caller who comes in late, with a longer sentence.", bob)),
-        "D": _Caller("D", 6, 9, _t3_inputs(engine, "Hang up on me.", VoiceSpec())),
+        "A": _Caller("A", 6, 7, t3_inputs(engine, SENTENCE, VoiceSpec())),
+        "B": _Caller("B", 2, 3, t3_inputs(engine, "Yes.", alice)),
+        "C": _Caller("C", 3, 5, t3_inputs(engine, "A caller who comes in late, with a longer sentence.", bob)),
+        "D": _Caller("D", 6, 9, t3_inputs(engine, "Hang up on me.", VoiceSpec())),
     }
     events: list[tuple[str, int]] = []
     batcher = T3Batcher(loaded.model.t3, gather_seconds=0.02, max_sequences=8, autocast=contextlib.nullcontext)

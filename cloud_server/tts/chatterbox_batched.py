@@ -4,8 +4,8 @@ Each caller runs the library's own ``generate()`` (text normalisation, tokenizat
 the token clean-up after T3) on its own copy of the conditionals, under the model lock. Where
 generate() calls T3, the engine's wrapper hands the call to ``BatchedT3``: the caller's sequence
 joins the shared decoder (t3_batch.py), the model lock is let go while it decodes, and the tokens
-come back as T3 would have returned them. S3Gen then vocodes per caller, one call at a time
-(``vocoder_lock``): on this CPU S3Gen is compute-bound and gains nothing from batching
+come back as T3 would have returned them. S3Gen then vocodes per caller, one call at a time,
+first windows first (vocoder_gate.py): on this CPU S3Gen is compute-bound and gains nothing from batching
 (docs/BATCHING.md has the figures and the GPU outlook).
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import itertools
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -52,6 +53,28 @@ def t3_call(inner: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, 
     bound = inspect.signature(inner).bind(*args, **kwargs)
     bound.apply_defaults()
     return _ROUTE.route(dict(bound.arguments))
+
+
+class _Captured(Exception):
+    def __init__(self, inputs: dict[str, Any]) -> None:
+        super().__init__("T3 inputs captured")
+        self.inputs = inputs
+
+
+def t3_inputs(engine: Any, text: str, voice: Any) -> dict[str, Any]:
+    """What the library's generate() hands T3 for this text and voice (for benchmarks and tests)."""
+
+    def capture(inputs: dict[str, Any]) -> Any:
+        raise _Captured(inputs)
+
+    with engine.loaded.lock:
+        conds = clone_conditionals(engine._pristine(voice))
+        try:
+            with routed(capture):
+                engine._generate(text, voice, conds)
+        except _Captured as captured:
+            return captured.inputs
+    raise RuntimeError("generate() did not call T3")
 
 
 def acquire(lock: threading.Lock, call: SentenceCall) -> None:
@@ -104,8 +127,10 @@ def speak_batched(engine: Any, text: str, voice: Any, call: SentenceCall) -> Gen
             finally:
                 loaded.lock.release()
 
+    windows = itertools.count()
+
     def vocode(window: list[int]) -> Any:
-        acquire(loaded.vocoder_lock, call)
+        loaded.vocoder_lock.acquire(first=next(windows) == 0, check=call.check)
         try:
             loaded.call = call  # S3Gen's hook stops this caller's window on hang-up or deadline
             return engine.vocode(conds, window)

@@ -40,6 +40,7 @@ from cloud_server.tts.chatterbox_stream import (
 from cloud_server.tts.conditionals import ConditionalsCache, clone_conditionals
 from cloud_server.tts.stream_stitch import StreamPlan
 from cloud_server.tts.t3_batch import T3Batcher, in_batch_decoder
+from cloud_server.tts.vocoder_gate import VocoderGate
 from common.config import ChatterboxConfig, expand_path
 from common.wav import float_to_pcm16
 
@@ -68,8 +69,8 @@ class LoadedChatterbox:
     call: SentenceCall | None = None
     builtin: Any = None
     """Pristine copy of the checkpoint's built-in voice (conds.pt), if it has one."""
-    vocoder_lock: threading.Lock = field(default_factory=threading.Lock)
-    """Batched mode: S3Gen runs for one caller at a time (the model ``lock`` is held only briefly)."""
+    vocoder_lock: VocoderGate = field(default_factory=VocoderGate)
+    """Batched mode: S3Gen runs for one caller at a time, first windows first (the model ``lock`` is brief)."""
     batcher: T3Batcher | None = None
     batch_gather_seconds: float = 0.01
     batch_max_sequences: int = 8
