@@ -73,28 +73,39 @@ def s3gen_part(engine: Any, window: int) -> dict[str, float]:
     from cloud_server.tts.base import VoiceSpec
 
     estimator = engine.loaded.model.s3gen.flow.decoder.estimator
-    seen: list[tuple[Any, ...]] = []
-    handle = estimator.register_forward_pre_hook(lambda _m, args: seen.append(args) if not seen else None)
+    seen: list[dict[str, Any]] = []
+    forward = estimator.forward  # the library calls estimator.forward(...) directly (no module hooks)
+
+    def spy(**kwargs: Any) -> Any:
+        if not seen:
+            seen.append(kwargs)
+        return forward(**kwargs)
+
+    estimator.forward = spy
     conds = engine._pristine(VoiceSpec())
     started = time.monotonic()
-    with torch.inference_mode():
-        engine.vocode(conds, list(range(100, 100 + window)))
+    try:
+        with torch.inference_mode():
+            engine.vocode(conds, list(range(100, 100 + window)))
+    finally:
+        del estimator.forward
     whole_call = time.monotonic() - started
-    handle.remove()
-    args = seen[0]
+    kwargs = seen[0]
 
-    def timed(call_args: tuple[Any, ...]) -> float:
+    def timed(call_kwargs: dict[str, Any]) -> float:
         best = float("inf")
         with torch.inference_mode():
             for _ in range(3):
                 t0 = time.monotonic()
-                estimator(*call_args)
+                forward(**call_kwargs)
                 best = min(best, time.monotonic() - t0)
         return best
 
-    stacked = tuple(a.repeat(4, *([1] * (a.dim() - 1))) if torch.is_tensor(a) and a.dim() else a for a in args)
-    one, four = timed(args), timed(stacked)
-    result = {"rows": float(args[0].shape[0]), "frames": float(args[0].shape[-1]), "one": one, "four": four,
+    stacked = {k: v.repeat(4, *([1] * (v.dim() - 1))) if torch.is_tensor(v) and v.dim() else v
+               for k, v in kwargs.items()}
+    one, four = timed(kwargs), timed(stacked)
+    x = kwargs["x"]
+    result = {"rows": float(x.shape[0]), "frames": float(x.shape[-1]), "one": one, "four": four,
               "whole_call": whole_call}
     _LOGGER.info("S3Gen estimator: %s", result)
     return result

@@ -1,48 +1,34 @@
-"""Chatterbox (``chatterbox-tts``) behind the TTS seam: one model per process, calls serialized.
+"""Chatterbox (``chatterbox-tts``) behind the TTS seam: one model per process, voices with cached conditionals.
 
-The library's ``generate()`` has no length limit, no cancellation and writes into the model's
-shared ``conds``. This engine adds, without copying library code:
-
-- a speech-token budget per sentence, by capping the ``max_new_tokens`` (Turbo: ``max_gen_len``)
-  that ``model.t3.inference`` receives;
-- a deadline and the caller's cancel event, checked by forward pre-hooks on the modules run once
-  per token (T3's speech embedding) and once per flow-matching step (S3Gen's estimator);
-- a fresh clone of cached, pristine conditionals for every call, under one lock;
-- streaming inside the sentence (``stream``): T3 on a worker thread, its tokens vocoded in windows
-  while it still generates (chatterbox_stream.py).
+Every sentence gets a fresh clone of its voice's pristine conditionals and a token budget, deadline
+and cancel event (chatterbox_call.py), enforced by the hooks installed at load (chatterbox_model.py).
+Two ways to share the model: ``batch`` on, concurrent callers' sentences decode together in one T3
+batch (chatterbox_batched.py); off, one sentence at a time under the model lock. Either way a
+sentence can be streamed inside itself (``stream``: its tokens vocoded in windows while T3 still
+generates, chatterbox_stream.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import operator
-import os
 import threading
 import time
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from cloud_server.tts.base import TTSEngine, TTSError, VoiceSpec
-from cloud_server.tts.chatterbox_batched import routed_here, speak_batched, t3_call
+from cloud_server.tts.chatterbox_batched import speak_batched
 from cloud_server.tts.chatterbox_call import Interrupted, SentenceCall
-from cloud_server.tts.chatterbox_plan import SAMPLES_PER_TOKEN, DevicePlan, plan_device, token_budget
-from cloud_server.tts.chatterbox_stream import (
-    TokensReady,
-    TokenStream,
-    in_t3_worker,
-    speech_tokens,
-    stream_audio,
-    watermarked,
-)
+from cloud_server.tts.chatterbox_model import LoadedChatterbox, autocast, compile_modules, load_chatterbox
+from cloud_server.tts.chatterbox_plan import SAMPLES_PER_TOKEN, token_budget
+from cloud_server.tts.chatterbox_stream import TokenStream, stream_audio, watermarked
 from cloud_server.tts.conditionals import ConditionalsCache, clone_conditionals
 from cloud_server.tts.stream_stitch import StreamPlan
-from cloud_server.tts.t3_batch import T3Batcher, in_batch_decoder
-from cloud_server.tts.vocoder_gate import VocoderGate
 from common.config import ChatterboxConfig, expand_path
 from common.wav import float_to_pcm16
+
+__all__ = ["ChatterboxEngine", "LoadedChatterbox", "compile_modules", "load_chatterbox"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -51,163 +37,8 @@ CHUNK_SAMPLES = 4800
 CFG_EPSILON = 1e-4
 """chatterbox-tts 0.1.7 breaks on cfg_weight=0.0 (tensor-size error); a tiny weight is the same as none."""
 LOCK_POLL_SECONDS = 0.1
-_BATCHER_START = threading.Lock()
 MAX_GATHER_MS = 20.0
 """A caller never waits longer than this for others to start a batch with."""
-
-
-@dataclass
-class LoadedChatterbox:
-    """A loaded model and what every engine using it shares: the lock, the hooks' call state."""
-
-    model: Any
-    kind: str
-    plan: DevicePlan
-    fingerprint: str
-    """Identifies the weights, so conditionals from other weights are never reused."""
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    call: SentenceCall | None = None
-    builtin: Any = None
-    """Pristine copy of the checkpoint's built-in voice (conds.pt), if it has one."""
-    vocoder_lock: VocoderGate = field(default_factory=VocoderGate)
-    """Batched mode: S3Gen runs for one caller at a time, first windows first (the model ``lock`` is brief)."""
-    batcher: T3Batcher | None = None
-    batch_gather_seconds: float = 0.01
-    batch_max_sequences: int = 8
-
-    def batch_decoder(self) -> T3Batcher:
-        """The model's one T3 batch decoder, started on first use."""
-        with _BATCHER_START:
-            if self.batcher is None:
-                self.batcher = T3Batcher(
-                    self.model.t3,
-                    gather_seconds=self.batch_gather_seconds,
-                    max_sequences=self.batch_max_sequences,
-                    autocast=lambda: autocast(self.plan),
-                )
-            return self.batcher
-
-    def check(self) -> None:
-        """Stop generation when the caller hung up or the sentence ran out of time."""
-        call = self.call
-        if call is not None:
-            call.check()
-
-    def cap(self, requested: int | None) -> int:
-        """The token limit for the current call."""
-        budget = self.call.budget if self.call is not None else requested
-        return min(x for x in (requested, budget) if x is not None)
-
-
-def _fingerprint(cfg: ChatterboxConfig) -> str:
-    if cfg.checkpoint is None:
-        source = f"hub:{cfg.model}"
-    else:
-        root = expand_path(cfg.checkpoint).resolve()
-        stats = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in root.iterdir() if p.is_file())
-        source = f"{root}:{stats}"
-    return hashlib.sha256(source.encode()).hexdigest()[:12]
-
-
-def load_chatterbox(cfg: ChatterboxConfig) -> LoadedChatterbox:
-    """Load the configured model once (imports torch); raise on any failure, with the reason."""
-    os.environ.setdefault("TQDM_DISABLE", "1")  # the per-token progress bar would flood the log
-    import torch
-
-    plan = plan_device(
-        cfg.device,
-        cuda_available=torch.cuda.is_available(),
-        bf16_supported=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-        compile=cfg.compile,
-        mixed_precision=cfg.mixed_precision,
-        compile_mode=cfg.compile_mode,
-    )
-    for note in plan.notes:
-        _LOGGER.info("%s", note)
-    if cfg.model == "turbo":
-        from chatterbox.tts_turbo import ChatterboxTurboTTS as model_cls
-    else:
-        from chatterbox.tts import ChatterboxTTS as model_cls
-    started = time.monotonic()
-    if cfg.checkpoint is not None:
-        model = model_cls.from_local(str(expand_path(cfg.checkpoint)), plan.device)
-    else:
-        model = model_cls.from_pretrained(plan.device)
-    loaded = LoadedChatterbox(model=model, kind=cfg.model, plan=plan, fingerprint=_fingerprint(cfg))
-    if model.conds is not None:
-        loaded.builtin = clone_conditionals(model.conds)
-    _install_bounds(loaded)
-    compile_modules(model, plan)
-    _LOGGER.info(
-        "Loaded Chatterbox %s on %s in %.1f s (autocast %s, compile %s)",
-        cfg.model, plan.device, time.monotonic() - started, plan.autocast_dtype,
-        plan.compile_mode if plan.compile else False,
-    )
-    return loaded
-
-
-def compile_modules(model: Any, plan: DevicePlan) -> None:
-    """Put torch.compile'd versions of the plan's modules in place (compiled lazily, on first use).
-
-    Forward pre-hooks stay on the original modules and run outside the compiled graph.
-    """
-    if not plan.compiled_modules:
-        return
-    import torch
-
-    for path in plan.compiled_modules:
-        owner_path, _, name = path.rpartition(".")
-        owner = operator.attrgetter(owner_path)(model)
-        setattr(owner, name, torch.compile(getattr(owner, name), mode=plan.compile_mode, dynamic=True))
-
-
-def _install_bounds(loaded: LoadedChatterbox) -> None:
-    """Cap the token count the library asks for and let hooks interrupt its loops."""
-    t3 = loaded.model.t3
-    if loaded.kind == "turbo":
-        inner_turbo = t3.inference_turbo
-
-        def bounded_turbo(*args: Any, max_gen_len: int = 1000, **kwargs: Any) -> Any:
-            if routed_here():  # batched: the caller's budget is applied by its route
-                return t3_call(inner_turbo, args, {**kwargs, "max_gen_len": max_gen_len})
-            # inference_turbo samples one token before its loop of max_gen_len more.
-            return inner_turbo(*args, max_gen_len=max(loaded.cap(max_gen_len) - 1, 0), **kwargs)
-
-        t3.inference_turbo = bounded_turbo
-    else:
-        inner = t3.inference
-
-        def bounded(*args: Any, max_new_tokens: int | None = None, **kwargs: Any) -> Any:
-            if routed_here():  # batched: the caller's budget is applied by its route
-                return t3_call(inner, args, {**kwargs, "max_new_tokens": max_new_tokens})
-            return inner(*args, max_new_tokens=loaded.cap(max_new_tokens), **kwargs)
-
-        t3.inference = bounded
-
-    def hook(_module: Any, _args: Any) -> None:
-        loaded.check()
-
-    def token_hook(_module: Any, args: Any) -> None:
-        # Each new token is embedded to be fed back: the one place T3 shows it while generating.
-        if in_batch_decoder():  # batched: the decoder hands out tokens and checks each caller itself
-            return
-        call = loaded.call
-        ids = args[0] if args else None
-        if call is not None and call.tokens is not None and ids is not None and ids.shape[-1] == 1 and in_t3_worker():
-            call.tokens.push(int(ids.reshape(-1)[0]))
-        loaded.check()
-
-    t3.speech_emb.register_forward_pre_hook(token_hook)
-    loaded.model.s3gen.flow.decoder.estimator.register_forward_pre_hook(hook)
-    s3gen = loaded.model.s3gen
-    inner_vocode = s3gen.inference
-
-    def vocode(*args: Any, **kwargs: Any) -> Any:
-        if in_t3_worker():  # a streamed sentence's generate() got past T3: the caller vocodes, not us
-            raise TokensReady(speech_tokens(kwargs["speech_tokens"] if "speech_tokens" in kwargs else args[0]))
-        return inner_vocode(*args, **kwargs)
-
-    s3gen.inference = vocode
 
 
 class ChatterboxEngine(TTSEngine):
@@ -401,15 +232,6 @@ class ChatterboxEngine(TTSEngine):
             for piece in pieces:
                 # generate() watermarks every sentence; a streamed one is watermarked piece by piece.
                 yield watermarked(model.watermarker, piece, self.sample_rate)
-
-
-def autocast(plan: DevicePlan) -> Any:
-    """The autocast context generation runs in (none in float32)."""
-    if plan.autocast_dtype is None:
-        return contextlib.nullcontext()
-    import torch
-
-    return torch.autocast(device_type="cuda", dtype=getattr(torch, plan.autocast_dtype))
 
 
 def _pcm_chunks(wav: Any) -> Iterator[bytes]:
