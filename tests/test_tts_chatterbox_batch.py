@@ -147,3 +147,22 @@ def test_with_the_default_settings_eight_replies_run_at_once_and_a_ninth_is_refu
         slots.take()
     held[0].release()
     slots.take()
+
+
+def test_turbo_sentences_decode_together_with_the_tokens_the_library_gives_alone(
+    turbo_engine: ChatterboxEngine,
+) -> None:
+    model = turbo_engine.loaded.model
+    first = t3_inputs(turbo_engine, SENTENCE, VoiceSpec())
+    other = t3_inputs(turbo_engine, "Yes.", VoiceSpec(temperature=1.0))
+    batcher = T3Batcher(model.t3, gather_seconds=0.02, max_sequences=8, autocast=contextlib.nullcontext)
+    try:
+        jobs = [batcher.submit(T3Job(T3Sequence(model.t3, True, inputs, budget, seed), lambda _t: None, lambda: None))
+                for inputs, budget, seed in ((first, 5, 7), (other, 3, 3))]
+        tokens = [job.wait(lambda: None).tolist() for job in jobs]
+    finally:
+        batcher.close()
+    assert batcher.stats.largest_batch == 2
+    torch.manual_seed(7)  # Turbo's own loop alone (its wrapper caps it at 5 tokens in all)
+    alone = model.t3.inference_turbo(**{**first, "max_gen_len": 5})
+    assert tokens[0] == alone.tolist() and len(tokens[1][0]) == 3
