@@ -1,8 +1,9 @@
 """Batched T3 across callers, for real (random-weight Chatterbox on CPU, tiny token budgets).
 
 One batch run (module fixture) serves two tests: four callers decode together, one joins late, one
-leaves early, one hangs up mid-batch. A third test sends one failing sentence into a batch through the
-reply pipeline: only that caller hears the fallback voice.
+leaves early, one hangs up mid-batch. Another sends one failing sentence into a batch through the
+reply pipeline: only that caller hears the fallback voice. Turbo's batch is checked against Turbo's
+own loop; admission's default is eight replies.
 """
 
 from __future__ import annotations
