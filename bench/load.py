@@ -1,6 +1,6 @@
 """Several phones at once against one server: time to first audio, the server's own overhead, 503s.
 
-Run: ``python -m bench.load [--phones 1 2 4 8] [--turns 6]``. The server is production's: gunicorn
+Run: ``python -m bench.load [--phones 1 2 4 8 16] [--turns 6]``. The server is production's: gunicorn
 with ``cloud_server/gunicorn.conf.py`` (one worker, threads) in its own process on 127.0.0.1, the
 real Piper voice, and a fast Ollama stand-in (50 ms to the first token, 5 ms per word), so what is
 left of the time to first audio is the server itself. Each phone is a thread with its own kept-alive
@@ -28,12 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.rig import Heard, PacedLLM, RecordingLLM, ask, percentile, replace_section
+from common.config import LimitsConfig
 from tests.server_rig import free_port, wait_healthy
 
 _LOGGER = logging.getLogger("bench.load")
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "load-key-0123456789abcdef"
-QUEUE_DEPTH = 4
+QUEUE_DEPTH = LimitsConfig().queue_depth
+"""The default admission bound (server.limits.queue_depth): what a maker gets without configuring it."""
 RETRY_AFTER = 1
 REPLY = "Certainly, the line is clear. I can hear you well. What else can I do for you today?"
 START_TIMEOUT = 60.0
@@ -184,7 +186,8 @@ def report(rows: dict[int, dict[str, Any]], meta: dict[str, Any]) -> list[str]:
         "",
         f"`python -m bench.load` on {meta['date']}: {meta['cpus']} CPUs, no GPU, load average "
         f"{meta['load_average'][0]:.1f} at the end (shared machine). One gunicorn server as in production "
-        f"(one worker, gthread), queue bound {QUEUE_DEPTH} replies, Retry-After {RETRY_AFTER} s; real Piper voice; "
+        f"(one worker, gthread), queue bound {QUEUE_DEPTH} replies (the default), Retry-After {RETRY_AFTER} s; "
+        "real Piper voice; "
         f"Ollama stand-in at 50 ms to the first token and 5 ms per word (first sentence ready after "
         f"~{meta['llm_first_sentence']:.2f} s). Each phone sends {meta['turns']} turns back to back on a kept-alive "
         f"connection, all phones starting together; the phrase cache off (every turn's reply is the same text). "
@@ -216,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     from tests.ollama_standin import OllamaStandIn
 
     parser = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.splitlines()[0])
-    parser.add_argument("--phones", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--phones", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--turns", type=int, default=6, help="turns per phone")
     parser.add_argument("--no-write", action="store_true", help="do not update docs/PERFORMANCE.md")
     args = parser.parse_args(argv)

@@ -48,8 +48,8 @@ class LimitsConfig:
     """Largest accepted audio upload, in bytes."""
     max_audio_seconds: float = 60.0
     """Longest accepted audio upload, in seconds."""
-    queue_depth: int = 4
-    """Replies in progress at once (they share the voice model sentence by sentence); one more gets 503."""
+    queue_depth: int = 8
+    """Replies in progress at once (their sentences decode together in one batch); one more gets 503."""
     retry_after_seconds: int = 3
     """Value of the Retry-After header sent with 503, in seconds."""
     max_reply_seconds: float = 120.0
@@ -158,6 +158,12 @@ class ChatterboxConfig:
     """Tokens before a chunk that are decoded again with it, so the vocoder continues the same sound."""
     stream_holdback_tokens: int = 3
     """Tokens at a chunk's end held back until the next chunk (S3Gen looks 3 tokens ahead)."""
+    batch: bool = True
+    """Decode concurrent callers' sentences together in one T3 batch (false: one sentence at a time, under a lock)."""
+    batch_gather_ms: float = 10.0
+    """How long an idle T3 decoder waits for other callers to start together, in milliseconds (at most 20)."""
+    batch_max_sequences: int = 8
+    """Most sentences decoded in one T3 batch; more wait for a place (a standard sentence is 2 rows, for CFG)."""
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,7 @@ def _test_config(kind: Literal["standard", "turbo"], checkpoint: Path, condition
         min_tokens=TEST_MIN_TOKENS,
         max_tokens=TEST_MAX_TOKENS,
         sentence_timeout_seconds=300.0,
+        batch=False,  # the engine tests cover the one-sentence-at-a-time path; test_tts_chatterbox_batch the batch
     )
 
 
@@ -139,6 +140,21 @@ def chatterbox_engine(chatterbox_config: ChatterboxConfig, chatterbox_loaded: Lo
     from cloud_server.tts.chatterbox_engine import ChatterboxEngine
 
     return ChatterboxEngine(chatterbox_config, chatterbox_loaded)
+
+
+@pytest.fixture
+def batched_engine(
+    chatterbox_config: ChatterboxConfig, chatterbox_loaded: LoadedChatterbox
+) -> Iterator[ChatterboxEngine]:
+    """A ChatterboxEngine as in production (sentences of concurrent callers decode in one T3 batch)."""
+    import dataclasses
+
+    from cloud_server.tts.chatterbox_engine import ChatterboxEngine
+
+    yield ChatterboxEngine(dataclasses.replace(chatterbox_config, batch=True), chatterbox_loaded)
+    batcher, chatterbox_loaded.batcher = chatterbox_loaded.batcher, None
+    if batcher is not None:
+        batcher.close()
 
 
 @pytest.fixture

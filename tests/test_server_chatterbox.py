@@ -18,8 +18,9 @@ AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
 
 
 def test_two_callers_with_different_voices_both_hear_chatterbox_at_24khz(
-    start_server: Any, tmp_path: Path, chatterbox_engine: Any, local_voice: Any, voice_clips: dict[str, Path]
+    start_server: Any, tmp_path: Path, batched_engine: Any, local_voice: Any, voice_clips: dict[str, Path]
 ) -> None:
+    chatterbox_engine = batched_engine  # as in production: the two callers' sentences decode in one T3 batch
     characters = {
         name: {"persona": f"You are {name}.", "voice_clip": str(clip)} for name, clip in voice_clips.items()
     }
@@ -54,3 +55,4 @@ def test_two_callers_with_different_voices_both_hear_chatterbox_at_24khz(
         assert 0 < n_samples <= TEST_MAX_TOKENS * 960 * 1.25
     # Both replies came from Chatterbox itself, not from the fallback voice.
     assert len(turns) == 2 and all(t.fallback_sentences == 0 and t.engine == "chatterbox" for t in turns)
+    assert chatterbox_engine.loaded.batcher.stats.largest_batch == 2, "both callers decoded in one batch"

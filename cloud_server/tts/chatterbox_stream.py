@@ -10,9 +10,10 @@ library's own ``s3gen.inference`` and yields each stitched piece at once (see st
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import numpy as np
@@ -141,6 +142,16 @@ def _t3_worker(run_t3: Callable[[], Any], tokens: TokenStream) -> None:
         tokens.finish(None, err)
         return
     tokens.finish(None, RuntimeError("generate() returned without reaching S3Gen"))
+
+
+@contextlib.contextmanager
+def t3_role() -> Iterator[None]:
+    """Act as a T3 worker on this thread for a while: generate() hands its tokens over at S3Gen."""
+    _ROLE.t3 = True
+    try:
+        yield
+    finally:
+        _ROLE.t3 = False
 
 
 def in_t3_worker() -> bool:

@@ -1,0 +1,254 @@
+"""Four callers at once vs one, with Chatterbox batched across callers (random weights, this CPU).
+
+Run: ``python -m bench.chatterbox_batch [--tokens 40] [--threads 2] [--no-write]``. Three parts, one
+model load, one run each (the machine is shared; the ratios matter, not the seconds):
+
+1. T3 alone: the batch decoder (t3_batch.py) with one sequence, then four, each exactly ``--tokens``
+   speech tokens (random weights never stop early): tokens per second of decoding, and with prefill.
+2. S3Gen: its flow estimator (where S3Gen's time goes) for one caller's window as the library calls it
+   (2 rows: classifier-free guidance), then four callers' windows stacked (8 rows): what batching S3Gen
+   could save here.
+3. End to end through the engine (the TTS seam the server uses), streamed: one caller, then four at
+   once, batched and serialized (``tts.chatterbox.batch`` off): the slowest caller's first audio against
+   one caller's, and aggregate audio seconds per wall second.
+The section goes to docs/PERFORMANCE.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.rig import replace_section
+
+_LOGGER = logging.getLogger("bench.chatterbox_batch")
+ROOT = Path(__file__).resolve().parent.parent
+SENTENCES = (
+    "I can put you through to the ticket office now.",
+    "The museum opens at nine and closes at five today.",
+    "Your table for four is booked for eight this evening.",
+    "The next train to the coast leaves from platform two.",
+)
+
+
+def t3_part(engine: Any, tokens: int) -> dict[str, dict[str, float]]:
+    """The decoder with 1 and with 4 sequences: seconds of prefill and of steps, tokens."""
+    from cloud_server.tts.base import VoiceSpec
+    from cloud_server.tts.chatterbox_batched import t3_inputs
+    from cloud_server.tts.t3_batch import T3Batcher, T3Job
+    from cloud_server.tts.t3_sequence import T3Sequence
+
+    t3 = engine.loaded.model.t3
+    inputs = [t3_inputs(engine, text, VoiceSpec()) for text in SENTENCES]
+    out = {}
+    for count in (1, 4):
+        batcher = T3Batcher(t3, gather_seconds=0.02, max_sequences=8, autocast=contextlib.nullcontext)
+        started = time.monotonic()
+        jobs = [batcher.submit(T3Job(T3Sequence(t3, False, inputs[i], tokens, seed=i), lambda _t: None,
+                                     lambda: None)) for i in range(count)]
+        for job in jobs:
+            job.wait(lambda: None, poll_seconds=1.0)
+        wall = time.monotonic() - started
+        batcher.close()
+        s = batcher.stats
+        out[str(count)] = {"tokens": s.tokens, "prefill": s.prefill_seconds, "steps": s.step_seconds,
+                           "step_count": s.steps, "wall": wall, "decoded": s.tokens - count}
+        _LOGGER.info("T3 x%d: %s", count, out[str(count)])
+    return out
+
+
+def s3gen_part(engine: Any, window: int) -> dict[str, float]:
+    """The estimator for one caller's window (as called) and for four stacked; one whole S3Gen call."""
+    import torch
+
+    from cloud_server.tts.base import VoiceSpec
+
+    estimator = engine.loaded.model.s3gen.flow.decoder.estimator
+    seen: list[dict[str, Any]] = []
+    forward = estimator.forward  # the library calls estimator.forward(...) directly (no module hooks)
+
+    def spy(**kwargs: Any) -> Any:
+        if not seen:
+            seen.append(kwargs)
+        return forward(**kwargs)
+
+    estimator.forward = spy
+    conds = engine._pristine(VoiceSpec())
+    tokens = list(range(100, 100 + window))
+    try:
+        with torch.inference_mode():
+            engine.vocode(conds, tokens)  # warm-up, and the estimator's arguments
+    finally:
+        del estimator.forward
+    started = time.monotonic()
+    with torch.inference_mode():
+        engine.vocode(conds, tokens)
+    whole_call = time.monotonic() - started
+    kwargs = seen[0]
+
+    def timed(call_kwargs: dict[str, Any]) -> float:
+        best = float("inf")
+        with torch.inference_mode():
+            for _ in range(3):
+                t0 = time.monotonic()
+                forward(**call_kwargs)
+                best = min(best, time.monotonic() - t0)
+        return best
+
+    stacked = {k: v.repeat(4, *([1] * (v.dim() - 1))) if torch.is_tensor(v) and v.dim() else v
+               for k, v in kwargs.items()}
+    one, four = timed(kwargs), timed(stacked)
+    x = kwargs["x"]
+    result = {"rows": float(x.shape[0]), "frames": float(x.shape[-1]), "one": one, "four": four,
+              "whole_call": whole_call}
+    _LOGGER.info("S3Gen estimator: %s", result)
+    return result
+
+
+def speak(engine: Any, text: str, barrier: threading.Barrier | None, out: list[tuple[float, float, float]]) -> None:
+    """One caller's sentence: (first audio, last audio, audio seconds), counted from the common start."""
+    from cloud_server.tts.base import VoiceSpec
+
+    if barrier is not None:
+        barrier.wait(timeout=60)
+    started = time.monotonic()
+    first, samples = None, 0
+    for pcm in engine.synthesize(text, VoiceSpec()):
+        if first is None:
+            first = time.monotonic() - started
+        samples += len(pcm) // 2
+    total = time.monotonic() - started
+    out.append((first if first is not None else total, total, samples / engine.sample_rate))
+
+
+def callers_part(engines: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """One caller alone, then four at once, with each engine."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, engine in engines.items():
+        one: list[tuple[float, float, float]] = []
+        speak(engine, SENTENCES[0], None, one)
+        four: list[tuple[float, float, float]] = []
+        barrier = threading.Barrier(4)
+        started = time.monotonic()
+        threads = [threading.Thread(target=speak, args=(engine, text, barrier, four)) for text in SENTENCES]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=3600)
+        wall = time.monotonic() - started
+        out[name] = {"one": one[0], "four": four, "wall": wall}
+        _LOGGER.info("%s: one %s; four %s in %.1f s", name, one[0], four, wall)
+    return out
+
+
+def report(t3: dict[str, Any], s3: dict[str, float], e2e: dict[str, Any], meta: dict[str, Any]) -> list[str]:
+    """The Markdown section."""
+    rate = {k: v["decoded"] / v["steps"] for k, v in t3.items()}
+    step_ratio = (t3["4"]["steps"] / t3["4"]["step_count"]) / (t3["1"]["steps"] / t3["1"]["step_count"])
+    per_second = {name: sum(a for *_, a in r["four"]) / r["wall"] for name, r in e2e.items()}
+    rate_all = {k: v["tokens"] / (v["prefill"] + v["steps"]) for k, v in t3.items()}
+    lines = [
+        "## Chatterbox: four callers at once, batched across callers (measured here)",
+        "",
+        f"`python -m bench.chatterbox_batch --tokens {meta['tokens']} --threads {meta['threads']}` on {meta['date']}: "
+        f"random-weight Chatterbox (standard) on {meta['cpus']} shared CPUs (load average {meta['load']:.1f}), "
+        f"torch on {meta['threads']} threads, one run each. Every sentence is exactly {meta['tokens']} speech tokens "
+        f"({meta['tokens'] / 25:.1f} s of audio).",
+        "",
+        "**T3** (the batch decoder alone, text → speech tokens):",
+        "",
+        "| sequences | prefill s | decode steps | step s | decode tokens/s | tokens/s with prefill |",
+        "|---:|---:|---:|---:|---:|---:|",
+        *(f"| {k} | {v['prefill']:.1f} | {v['step_count']} | {v['steps']:.1f} | {rate[k]:.2f} | {rate_all[k]:.2f} |"
+          for k, v in t3.items()),
+        "",
+        f"Four sequences decode at **{rate['4'] / rate['1']:.1f}x** the tokens per second of one (goal ≥ 3x); a "
+        f"step for four costs {step_ratio:.2f}x "
+        "a step for one: the weights are read once per step whatever the rows. Prefill (each newcomer's prompt, "
+        f"~{t3['4']['prefill'] / 4:.1f} s here) is compute-bound and is not shared; counted in, "
+        f"**{rate_all['4'] / rate_all['1']:.1f}x**.",
+        "",
+        f"**S3Gen** (its flow estimator, {int(s3['frames'])} mel frames: a {meta['window']}-token window with the "
+        f"voice prompt): one caller's call ({int(s3['rows'])} rows) {s3['one'] * 1000:.0f} ms, four callers' stacked "
+        f"{s3['four'] * 1000:.0f} ms (**{s3['four'] / s3['one']:.1f}x** for 4x the work); one whole S3Gen call "
+        f"{s3['whole_call']:.1f} s. Compute-bound on this CPU: batching S3Gen would save "
+        f"{max(0.0, 1 - s3['four'] / (4 * s3['one'])) * 100:.0f}% of the estimator's time here, "
+        "so the server vocodes per caller, one "
+        "at a time, each sentence's first window first (vocoder_gate.py).",
+        "",
+        "**End to end** (the engine, streamed inside the sentence; first/last audio per caller from a common start):",
+        "",
+        "| engine | one caller: first | last | four: slowest first | slowest last | four's audio s per s "
+        "| slowest first / one |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in e2e.items():
+        four = r["four"]
+        slowest_first, slowest_last = max(f for f, _, _ in four), max(t for _, t, _ in four)
+        lines.append(
+            f"| {name} | {r['one'][0]:.1f} | {r['one'][1]:.1f} | {slowest_first:.1f} | {slowest_last:.1f} "
+            f"| {per_second[name]:.3f} | **{slowest_first / r['one'][0]:.2f}x** |"
+        )
+    lines += [
+        "",
+        f"Aggregate audio per second, batched / serialized: "
+        f"**{per_second['batched'] / per_second['serialized']:.2f}x**. "
+        "Goal for the slowest of four: ≤ 2.5x one caller on "
+        "this CPU. Here S3Gen, not T3, sets the pace: every window is a compute-bound call of "
+        f"~{s3['whole_call']:.0f} s that no batching shares, and four callers' first windows queue for it.",
+    ]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure the three parts, write the section, log it."""
+    parser = argparse.ArgumentParser(prog="python -m bench.chatterbox_batch", description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=40, help="speech tokens per sentence")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--skip-e2e", action="store_true", help="T3 and S3Gen only")
+    parser.add_argument("--no-write", action="store_true", help="do not update docs/PERFORMANCE.md")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    _LOGGER.setLevel(logging.INFO)
+    import torch
+
+    from cloud_server.tts.chatterbox_engine import ChatterboxEngine, load_chatterbox
+    from common.config import ChatterboxConfig
+    from tests.chatterbox_checkpoint import ensure_checkpoint
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="bench-batch-") as conds:
+        cfg = ChatterboxConfig(checkpoint=str(ensure_checkpoint("standard")), device="cpu", conditionals_dir=conds,
+                               min_tokens=args.tokens, max_tokens=args.tokens, sentence_timeout_seconds=3600.0)
+        loaded = load_chatterbox(cfg)
+        batched = ChatterboxEngine(dataclasses.replace(cfg, batch=True), loaded)
+        t3 = t3_part(batched, args.tokens)
+        s3 = s3gen_part(batched, cfg.stream_first_chunk_tokens)
+        engines = {"batched": batched, "serialized": ChatterboxEngine(dataclasses.replace(cfg, batch=False), loaded)}
+        e2e = {} if args.skip_e2e else callers_part(engines)
+        batched.close()
+    meta = {"tokens": args.tokens, "threads": args.threads, "cpus": os.cpu_count(), "load": os.getloadavg()[0],
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "window": cfg.stream_first_chunk_tokens}
+    if args.skip_e2e:
+        _LOGGER.info("T3 %s; S3Gen %s", t3, s3)
+        return 0
+    lines = report(t3, s3, e2e, meta)
+    if not args.no_write:
+        replace_section(str(ROOT / "docs" / "PERFORMANCE.md"), "chatterbox-batch", "\n".join(lines))
+    for line in lines:
+        _LOGGER.info("%s", line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
