@@ -226,3 +226,11 @@ def test_hanging_up_between_chunks_stops_generation(
     assert first and steps_at_stop < 200, "T3 ran to its budget"
     assert not _t3_workers() and not chatterbox_loaded.lock.locked() and chatterbox_loaded.call is None
     assert watch.steps == steps_at_stop, "T3 kept generating after the hang-up"
+
+
+def test_a_sentence_of_one_speech_token_is_spoken_not_a_crash(chatterbox_engine: Any) -> None:
+    # Random weights (and a tight max_tokens) can leave one valid token: S3Gen alone fails on it.
+    with chatterbox_engine.loaded.lock:
+        conds = chatterbox_engine._pristine(VoiceSpec())
+    audio = chatterbox_engine.vocode(conds, [4272])
+    assert audio.size > 0 and np.isfinite(audio).all()

@@ -38,6 +38,9 @@ CFG_EPSILON = 1e-4
 """chatterbox-tts 0.1.7 breaks on cfg_weight=0.0 (tensor-size error); a tiny weight is the same as none."""
 LOCK_POLL_SECONDS = 0.1
 MAX_GATHER_MS = 20.0
+MIN_VOCODE_TOKENS = 2
+"""S3Gen fades in the first 40 ms of every render and fails on a shorter one (one token gives 20 ms):
+a sentence of fewer valid tokens is padded with S3Gen's silence token, as Turbo pads every sentence."""
 """A caller never waits longer than this for others to start a batch with."""
 
 
@@ -146,8 +149,10 @@ class ChatterboxEngine(TTSEngine):
     def vocode(self, conds: Any, window: list[int]) -> Any:
         """S3Gen on speech tokens with the voice's reference, as generate() calls it: float audio."""
         import torch
+        from chatterbox.models.s3gen.const import S3GEN_SIL
 
         options = {"n_cfm_timesteps": 2} if self.loaded.kind == "turbo" else {}  # as generate() does
+        window = [*window, *[S3GEN_SIL] * (MIN_VOCODE_TOKENS - len(window))]
         ids = torch.tensor(window, dtype=torch.long, device=self.device)
         with self._autocast():
             wav, _ = self.loaded.model.s3gen.inference(speech_tokens=ids, ref_dict=conds.gen, **options)
