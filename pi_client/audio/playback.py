@@ -59,6 +59,11 @@ class AudioSink(ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook, most sinks hold nothing between utterances
         """Release what the sink holds between utterances."""
 
+    @property
+    def played_seconds(self) -> float:
+        """Seconds of the current utterance the caller has heard so far (barge-in reports it)."""
+        return 0.0
+
 
 class AplaySink(AudioSink):
     """Feeds ``aplay -t wav -`` on stdin, so the first sentence plays while the rest streams in."""
@@ -150,6 +155,13 @@ class AplaySink(AudioSink):
         """Kill any player still running."""
         await self.kill()
 
+    @property
+    def played_seconds(self) -> float:
+        """Wall time since aplay started, at most the audio given to it (an estimate: aplay's buffer is not asked)."""
+        if self._rate <= 0:
+            return 0.0
+        return max(0.0, min(time.monotonic() - self._started_at, self._bytes / (SAMPLE_WIDTH * self._rate)))
+
     async def _stderr_tail(self) -> str:
         proc = self._proc
         if proc is None:
@@ -199,6 +211,7 @@ class WavFileSink(AudioSink):
         self._chunks: list[bytes] = []
         self._rate: int | None = None
         self._current_rate = 0
+        self._current_bytes = 0
         self.utterances = 0
         """How many utterances were started (greeting, reply, offline message, ...)."""
 
@@ -219,12 +232,19 @@ class WavFileSink(AudioSink):
             self._rate = sample_rate
         self._current_rate = sample_rate
         self.utterances += 1
+        self._current_bytes = 0
 
     async def write(self, pcm: bytes) -> None:
         """Keep the PCM (resampled when this utterance's rate differs from the file's)."""
         if pcm and self._rate is not None:
             # Resampling per chunk is fine here: chunks are whole sentences or large network reads.
             self._chunks.append(resample_pcm16(pcm, self._current_rate, self._rate))
+            self._current_bytes += len(pcm)
+
+    @property
+    def played_seconds(self) -> float:
+        """Everything written counts as heard (a file has no clock)."""
+        return self._current_bytes / SAMPLE_WIDTH / max(self._current_rate, 1)
 
     async def finish(self) -> None:
         """Write the file so far (a played utterance is on disk even if the process dies later)."""

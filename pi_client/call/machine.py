@@ -57,6 +57,8 @@ class Outcome(enum.Enum):
     """503: the server's voice queue is full."""
     NOTHING_HEARD = "nothing-heard"
     """/process-audio found no words in the recording (a noise): just listen again."""
+    INTERRUPTED = "interrupted"
+    """The caller talked over the reply: playback cut, the request closed (barge-in)."""
 
 
 class Phrase(enum.Enum):
@@ -153,6 +155,13 @@ class ToneEnded:
     """A tone played for its set time (or, played once, to its end)."""
 
 
+@dataclass(frozen=True)
+class BargeIn:
+    """The caller talked over the playback long enough to interrupt it; ``heard_seconds`` of it had played."""
+
+    heard_seconds: float
+
+
 Event = (
     Lifted
     | PutDown
@@ -165,6 +174,7 @@ Event = (
     | NumberDialed
     | NumberUnknown
     | ToneEnded
+    | BargeIn
 )
 
 
@@ -225,7 +235,14 @@ class Intercept:
     """Special-information tones, then "the number you have dialed is not in service"."""
 
 
-Action = StopAll | CheckHealth | Say | Listen | Transcribe | Ask | PlayTone | Hush | Connect | Intercept
+@dataclass(frozen=True)
+class StopPlayback:
+    """Barge-in: cut the playback and close the request in flight; the listener goes on hearing the caller."""
+
+    heard_seconds: float
+
+
+Action = StopPlayback | StopAll | CheckHealth | Say | Listen | Transcribe | Ask | PlayTone | Hush | Connect | Intercept
 
 
 @dataclass(frozen=True)
@@ -373,6 +390,14 @@ def _apologized(_event: Event, _policy: CallPolicy) -> tuple[State, list[Action]
     return State.LISTENING, [Listen()]
 
 
+def _barged_in(event: Event, _policy: CallPolicy) -> tuple[State, list[Action]]:
+    assert isinstance(event, BargeIn)
+    return State.LISTENING, [StopPlayback(event.heard_seconds), Listen()]
+
+
+INTERRUPTIBLE = frozenset({State.GREETING, State.CONNECTING, State.REPLYING, State.APOLOGIZING, State.STILL_THERE})
+"""States where the phone talks and the caller may talk over it (barge-in)."""
+
 Transition = Callable[[Event, CallPolicy], tuple[State, list[Action]]]
 
 _TRANSITIONS: dict[tuple[State, type], Transition] = {
@@ -393,4 +418,5 @@ _TRANSITIONS: dict[tuple[State, type], Transition] = {
     (State.LAST_CHANCE, NoSpeech): _silent_again,
     (State.ENDED, ToneEnded): _left_off_hook,
     **{(state, DigitDialed): _redial for state in IN_CALL},
+    **{(state, BargeIn): _barged_in for state in INTERRUPTIBLE},
 }

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from common.config import PiConfig
 from pi_client.audio.offline_voice import OfflineVoice, SpokenPhrase
 from pi_client.audio.playback import AudioSink
+from pi_client.call.barge_in import OverhearFn, Overhearing
 from pi_client.call.dialing import DialSource, KeyAudio, KeyPad, play_tone, ring_until
 from pi_client.call.machine import (
     IN_CALL,
@@ -42,6 +43,7 @@ from pi_client.call.machine import (
     Say,
     State,
     StopAll,
+    StopPlayback,
     ToneEnded,
     Transcribe,
     Transcribed,
@@ -112,8 +114,13 @@ class Phone:
         policy: CallPolicy | None = None,
         dial: DialSource | None = None,
         key_audio: Callable[[], KeyAudio] | None = None,
+        overhear: OverhearFn | None = None,
     ) -> None:
-        """``dial`` is the rotary dial, ``key_audio`` opens the microphone for touch tones while dialing."""
+        """``dial`` is the rotary dial, ``key_audio`` opens the microphone for touch tones while dialing.
+
+        ``overhear`` is a listen that reports every frame (on the shared, echo-cancelled microphone):
+        with it the phone listens while it plays and the caller can interrupt (pi.turns.barge_in).
+        """
         from pi_client.telephone.directory import Directory
 
         self._directory = Directory(settings.directory)  # ConfigError naming pi.directory
@@ -148,6 +155,20 @@ class Phone:
         self.turns: deque[Turn] = deque(maxlen=_TURNS_KEPT)
         """The latest finished turns, newest last (file mode reads the one turn it ran)."""
         self._log_tasks: set[asyncio.Task[None]] = set()
+        self._overhearing = (
+            Overhearing(overhear, settings.turns.barge_in, lambda: self._sink.played_seconds, self._events.put_nowait)
+            if overhear is not None
+            else None
+        )
+        self._reply_turn: Turn | None = None
+        """The turn whose reply is playing (a barge-in notes on it what was heard)."""
+
+    @property
+    def idle(self) -> bool:
+        """Nothing plays and nobody talks: the phone only waits (whole-call file mode hangs up then)."""
+        waiting = self.state in (State.LISTENING, State.LAST_CHANCE, State.ENDED, State.OFF_HOOK_WARNING)
+        hearing = self._overhearing is not None and (self._overhearing.caller_speaking or self._overhearing.playing)
+        return (waiting or self.state in (State.ON_HOOK, State.DIALING)) and not hearing
 
     # ------------------------------------------------------------------ driving
 
@@ -233,7 +254,11 @@ class Phone:
             await self._execute(action)
 
     async def _execute(self, action: Action) -> None:
-        if isinstance(action, StopAll):
+        if self._overhearing is not None and isinstance(action, StopAll | PlayTone | Connect | Intercept):
+            await self._overhearing.stop()  # tones and hang-up are not listened over
+        if isinstance(action, StopPlayback):
+            await self._cut(action.heard_seconds)
+        elif isinstance(action, StopAll):
             await self._hush()
             self._session_id, self._turn, self._character = None, None, None
         elif isinstance(action, Hush):
@@ -262,6 +287,14 @@ class Phone:
         await self._sink.kill()
         if task is not None:
             await asyncio.wait({task}, timeout=_CANCEL_WAIT_SECONDS)
+
+    async def _cut(self, heard_seconds: float) -> None:
+        """Barge-in: the reply (or phrase) stops where the caller is, the request is closed, listening goes on."""
+        if self._reply_turn is not None:
+            self._reply_turn.heard_seconds = heard_seconds
+        if self._overhearing is not None:
+            self._overhearing.playback_ended()
+        await self._hush()
 
     def _spawn(self, work: Callable[[], Coroutine[Any, Any, Event]], fallback: Event, name: str) -> None:
         """Run one stage as the call's task; its result (or ``fallback`` if it crashed) is the next event."""
@@ -321,14 +354,20 @@ class Phone:
 
     async def _play(self, spoken: SpokenPhrase) -> None:
         await self._sink.start(spoken.sample_rate)
-        block = max(2, int(spoken.sample_rate * _PLAY_BLOCK_SECONDS) * 2)
-        for i in range(0, len(spoken.pcm), block):
-            await self._sink.write(spoken.pcm[i : i + block])
-        await self._sink.finish()
+        if self._overhearing is not None:
+            self._overhearing.playback_started()
+        try:
+            block = max(2, int(spoken.sample_rate * _PLAY_BLOCK_SECONDS) * 2)
+            for i in range(0, len(spoken.pcm), block):
+                await self._sink.write(spoken.pcm[i : i + block])
+            await self._sink.finish()
+        finally:
+            if self._overhearing is not None:
+                self._overhearing.playback_ended()
 
     async def _listen(self) -> Event:
         try:
-            utterance = await self._listen_fn()
+            utterance = await (self._overhearing.listen() if self._overhearing is not None else self._listen_fn())
         except Exception:  # a microphone that fails mid-call: log, pause, and let the call prompt again
             _LOGGER.exception("listening failed; retrying in %.0f s", _LISTEN_RETRY_SECONDS)
             await asyncio.sleep(_LISTEN_RETRY_SECONDS)
@@ -338,6 +377,7 @@ class Phone:
         self._turn = Turn(
             speech_seconds=utterance.speech_seconds,
             endpoint_delay=utterance.endpoint_delay_seconds,
+            ended_by=getattr(utterance, "ended_by", "silence"),
             heard_at=time.monotonic(),
         )
         up = self._monitor.up if self._monitor is not None else None
@@ -371,10 +411,15 @@ class Phone:
         )
         pump = ReplyPump(self._client, request)
         retry_after: float | None = None
+        self._reply_turn = turn
         try:
             outcome = await self._stream_reply(pump, turn)
         except asyncio.CancelledError:
-            _LOGGER.info("turn: heard=%r, hung up before the reply ended", turn.transcript)
+            if turn.heard_seconds is None:
+                _LOGGER.info("turn: heard=%r, hung up before the reply ended", turn.transcript)
+            else:  # barge-in: the request is closed (finally), the turn is logged with what was heard
+                turn.outcome, turn.ended_at, turn.session_id = Outcome.INTERRUPTED, time.monotonic(), self._session_id
+                self._log_turn(turn)
             raise
         except Busy as err:
             outcome, retry_after = Outcome.BUSY, err.retry_after
@@ -390,6 +435,9 @@ class Phone:
             outcome = Outcome.UNREACHABLE
         finally:
             pump.stop()
+            self._reply_turn = None
+            if self._overhearing is not None:
+                self._overhearing.playback_ended()
         if self._monitor is not None:
             self._monitor.report(outcome not in (Outcome.UNREACHABLE, Outcome.BROKEN), outcome.value)
         turn.outcome, turn.ended_at, turn.session_id = outcome, time.monotonic(), self._session_id
@@ -426,6 +474,8 @@ class Phone:
                 if not playing:
                     await self._sink.start(piece.sample_rate)
                     turn.first_audio_at, playing = time.monotonic(), True
+                    if self._overhearing is not None:
+                        self._overhearing.playback_started()
                 await self._sink.write(piece.pcm)
             elif isinstance(piece, ReplyEnd):
                 break

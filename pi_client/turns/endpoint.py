@@ -17,6 +17,7 @@ import enum
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from common.config import SmartTurnConfig, VADConfig
@@ -201,11 +202,14 @@ async def listen(
     cfg: VADConfig,
     detector: TurnDetector | None = None,
     turn_cfg: SmartTurnConfig | None = None,
+    on_frame: Callable[[bool, float], None] | None = None,
 ) -> Utterance | None:
     """Listen until the caller has said something; None on timeout or when the source ends silent.
 
     With ``detector``, a short silence asks it whether the caller has finished (``turn_cfg`` gives
     the silences, its defaults when None); without it, the trailing silence of ``cfg`` ends the turn.
+    ``on_frame(in_speech, speech_seconds)`` follows every frame (barge-in watches how long the
+    caller has spoken over the playback).
     """
     if detector is not None and turn_cfg is None:
         turn_cfg = SmartTurnConfig()
@@ -225,6 +229,8 @@ async def listen(
             for frame, prob in zip(frames, probs, strict=True):
                 kept.append(frame)
                 event = endpointer.process(prob)
+                if on_frame is not None:
+                    on_frame(endpointer.in_speech, endpointer.speech_seconds if endpointer.in_speech else 0.0)
                 if event is EndpointEvent.TIMEOUT:
                     _LOGGER.info("No speech within %.1f s", cfg.no_speech_timeout_seconds)
                     return None

@@ -1,0 +1,78 @@
+"""The earpiece in the microphone: a handset's echo path made on purpose, and its cancellation.
+
+:class:`HandsetLeak` is the echo path of ``--echo-db``: the earpiece delayed and band-limited to
+what a telephone capsule passes (300-3400 Hz), at a given level, so echo handling can be tried and
+tested with files. :class:`EchoCanceller` removes that echo again with WebRTC's AEC3
+(``pywebrtc-audio``), the playback as reference; docs/DESIGN-NOTES.md says why this library.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+_LOGGER = logging.getLogger(__name__)
+
+LEAK_DELAY_SECONDS = 0.03
+"""Earpiece-to-microphone delay of the simulated handset (sound path plus the Pi's audio buffers), in seconds."""
+_BAND_HZ = (300.0, 3400.0)
+"""What a telephone earpiece and capsule pass."""
+_TAPS = 101
+"""Length of the band-pass filter (odd: linear phase, a whole-sample group delay)."""
+
+
+def _band_pass(sample_rate: int) -> np.ndarray:
+    """A windowed-sinc band-pass FIR for :data:`_BAND_HZ` at ``sample_rate``."""
+    n = np.arange(_TAPS) - (_TAPS - 1) / 2
+    low, high = (f / sample_rate for f in _BAND_HZ)
+    kernel = 2 * high * np.sinc(2 * high * n) - 2 * low * np.sinc(2 * low * n)
+    return (kernel * np.hamming(_TAPS)).astype(np.float32)
+
+
+class HandsetLeak:
+    """The earpiece as the microphone hears it: ``level_db`` below the playback, delayed, band-limited."""
+
+    def __init__(self, level_db: float, sample_rate: int = 16000, delay_seconds: float = LEAK_DELAY_SECONDS) -> None:
+        self.gain = float(10 ** (level_db / 20))
+        self.kernel = _band_pass(sample_rate)
+        group_delay = (_TAPS - 1) // 2
+        self.delay = max(0, round(delay_seconds * sample_rate) - group_delay)
+        """Samples of pure delay before the filter (whose own group delay makes up the rest)."""
+
+    @property
+    def history(self) -> int:
+        """Earpiece samples before a block that the leak of that block depends on."""
+        return self.delay + _TAPS - 1
+
+    def leak(self, earpiece: np.ndarray) -> np.ndarray:
+        """The echo of the last ``len(earpiece) - history`` samples of ``earpiece`` (float32 -1..1)."""
+        shifted = earpiece[: earpiece.size - self.delay] if self.delay else earpiece
+        return np.convolve(shifted, self.kernel, mode="valid").astype(np.float32) * self.gain
+
+
+class EchoCancellerError(RuntimeError):
+    """The echo canceller cannot run (library missing)."""
+
+
+class EchoCanceller:
+    """WebRTC AEC3 on 16 kHz mono PCM16: the microphone with the earpiece's echo removed."""
+
+    def __init__(self, sample_rate: int = 16000, delay_ms: int = 40) -> None:
+        try:
+            from pywebrtc_audio import EchoCanceller as Aec3
+        except ImportError as err:
+            raise EchoCancellerError("echo cancellation needs pywebrtc-audio (requirements-pi.txt)") from err
+        self._aec = Aec3(sample_rate=sample_rate, num_channels=1, stream_delay_ms=delay_ms)
+
+    def process(self, mic: bytes, earpiece: bytes) -> bytes:
+        """``mic`` without the echo of ``earpiece`` (the same length: what played while ``mic`` was heard)."""
+        near = np.frombuffer(mic, dtype="<i2")
+        far = np.frombuffer(earpiece, dtype="<i2")
+        if far.size != near.size:
+            far = np.resize(far, near.size) if far.size else np.zeros(near.size, dtype=np.int16)
+        return bytes(self._aec.process(near, far).astype("<i2").tobytes())
+
+    def reset(self) -> None:
+        """Forget the echo path learned (a new call)."""
+        self._aec.reset()

@@ -1,0 +1,110 @@
+"""One microphone for the whole call, shared by everyone who listens, with the earpiece's echo removed once.
+
+A phone that can be interrupted listens while it plays: the turn listener, the barge-in watch and
+the touch-tone decoder all hear the same handset. :class:`CallMicrophone` reads its source
+continuously, cancels the echo of what the earpiece played (the reference), and hands every
+frame to each :meth:`~CallMicrophone.tap` opened since; a tap is an ordinary
+:class:`~pi_client.audio.capture.AudioSource`, so listening code does not know it is shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+
+from pi_client.audio.capture import BLOCK_SAMPLES, AudioSource
+from pi_client.audio.echo import EchoCanceller
+
+_LOGGER = logging.getLogger(__name__)
+
+_TAP_FRAMES = 160
+"""Frames a tap holds for a slow reader (about 5 s) before the oldest are dropped."""
+
+Reference = Callable[[int, int], bytes]
+"""``reference(first_sample, count)``: the PCM16 the earpiece played over those microphone samples."""
+
+
+class MicTap(AudioSource):
+    """The shared microphone from the moment the tap was opened until it is closed."""
+
+    def __init__(self, owner: CallMicrophone) -> None:
+        self._owner = owner
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=_TAP_FRAMES)
+        self.dropped = 0
+
+    def put(self, frame: bytes | None) -> None:
+        """A frame from the microphone (None: it ended); the oldest goes when the reader lags."""
+        if self._queue.full():
+            self._queue.get_nowait()
+            self.dropped += 1
+        self._queue.put_nowait(frame)
+
+    async def frames(self) -> AsyncIterator[bytes]:
+        """Frames as they are heard; ends when the tap is closed or the microphone ends."""
+        while (frame := await self._queue.get()) is not None:
+            yield frame
+
+    def close(self) -> None:
+        """Stop receiving; a reader waiting for a frame gets the end."""
+        self._owner.untap(self)
+        self.put(None)
+
+
+class CallMicrophone:
+    """Reads ``source`` in its own task and fans the frames (echo cancelled when set up) out to taps."""
+
+    def __init__(
+        self, source: AudioSource, canceller: EchoCanceller | None = None, reference: Reference | None = None
+    ) -> None:
+        self._source = source
+        self._canceller = canceller if reference is not None else None
+        self._reference = reference
+        self._taps: set[MicTap] = set()
+        self._task: asyncio.Task[None] | None = None
+        self.samples = 0
+        """Samples heard so far (the microphone's own clock)."""
+
+    def start(self) -> None:
+        """Begin reading the source (idempotent)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._pump(), name="microphone")
+
+    def tap(self) -> MicTap:
+        """A new listener, hearing from now on."""
+        self.start()
+        tap = MicTap(self)
+        self._taps.add(tap)
+        return tap
+
+    def untap(self, tap: MicTap) -> None:
+        """Forget a listener (its close does this)."""
+        self._taps.discard(tap)
+
+    async def _pump(self) -> None:
+        frames = self._source.frames()
+        try:
+            async for frame in frames:
+                if self._canceller is not None and self._reference is not None:
+                    played = self._reference(self.samples, len(frame) // 2)
+                    frame = self._canceller.process(frame, played)  # well under a millisecond per frame
+                self.samples += len(frame) // 2 or BLOCK_SAMPLES
+                for tap in list(self._taps):
+                    tap.put(frame)
+        finally:
+            aclose = getattr(frames, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+            for tap in list(self._taps):
+                tap.put(None)
+
+    async def close(self) -> None:
+        """Stop reading and release the source; open taps end."""
+        self._source.close()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -1,0 +1,112 @@
+"""Listening while the phone plays: the caller talking over it, long enough, interrupts (barge-in).
+
+:class:`Overhearing` keeps one listener running from the moment playback starts. Speech over
+the playback that lasts ``min_speech_seconds`` emits :class:`~pi_client.call.machine.BargeIn`
+(the runner cuts the playback and closes the request) and the same listener goes on to hear
+the whole utterance, pre-roll from its onset included, as the next turn. Shorter speech (an
+"mm-hm", a cough) is dropped and the listener starts again. When playback ends first, the
+call's next ``Listen`` takes over the listener, so words begun at the end of a reply are kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from common.config import BargeInConfig
+from pi_client.call.machine import BargeIn, Event
+
+_LOGGER = logging.getLogger(__name__)
+
+FrameReport = Callable[[bool, float], None]
+"""``report(in_speech, speech_seconds)``, called for every frame the listener hears."""
+OverhearFn = Callable[[FrameReport], Awaitable[Any]]
+"""One listen (an utterance, or None on timeout) that reports every frame."""
+
+
+class Overhearing:
+    """The one listener of a call, running through playback; tells the call when the caller barges in."""
+
+    def __init__(
+        self,
+        listen: OverhearFn,
+        cfg: BargeInConfig,
+        played_seconds: Callable[[], float],
+        emit: Callable[[Event], None],
+    ) -> None:
+        self._listen = listen
+        self._cfg = cfg
+        self._played_seconds = played_seconds
+        self._emit = emit
+        self._task: asyncio.Task[Any] | None = None
+        self._barged = False
+        self.playing = False
+        """The earpiece is playing something the caller may interrupt."""
+        self.caller_speaking = False
+        """The listener is inside an utterance (confirmed speech, not yet ended)."""
+
+    def playback_started(self) -> None:
+        """The phone starts talking: listen over it (when barge-in is on)."""
+        self.playing = True
+        if not self._cfg.enabled:
+            return
+        if self._task is None or self._task.done():
+            self._barged = False
+            self._task = asyncio.create_task(self._run(), name="overhear")
+
+    def playback_ended(self) -> None:
+        """The phone has finished talking (or was cut)."""
+        self.playing = False
+
+    async def listen(self) -> Any:
+        """The next utterance: the running listener's if the caller is talking or has barged in, else a fresh one."""
+        task, self._task = self._task, None
+        if task is not None and not task.done() and not (self.caller_speaking or self._barged):
+            await _cancel(task)  # quiet: start afresh, so the no-speech timeout counts from now
+            task = None
+        if task is None:
+            self._barged = False
+            task = asyncio.create_task(self._run(), name="listen")
+        self._task = task
+        try:
+            return await task
+        finally:
+            self._task = None
+            self._barged = False
+
+    async def stop(self) -> None:
+        """Hang-up, or the call moves on to something that is not listened over."""
+        self.playing = False
+        task, self._task = self._task, None
+        if task is not None:
+            await _cancel(task)
+        self.caller_speaking = False
+
+    async def _run(self) -> Any:
+        while True:
+            utterance = await self._listen(self._on_frame)
+            self.caller_speaking = False
+            if self._barged or not self.playing:
+                return utterance
+            if utterance is not None:
+                _LOGGER.info(
+                    "%.2fs of speech over the playback: too short to interrupt, playback goes on",
+                    utterance.speech_seconds,
+                )
+
+    def _on_frame(self, in_speech: bool, speech_seconds: float) -> None:
+        self.caller_speaking = in_speech
+        if in_speech and self.playing and not self._barged and speech_seconds >= self._cfg.min_speech_seconds:
+            self._barged = True
+            heard = self._played_seconds()
+            _LOGGER.info("caller barged in %.2fs into the playback (%.2fs of speech)", heard, speech_seconds)
+            self._emit(BargeIn(heard))
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
