@@ -64,15 +64,24 @@ class EchoCanceller:
         except ImportError as err:
             raise EchoCancellerError("echo cancellation needs pywebrtc-audio (requirements-pi.txt)") from err
         self._aec = Aec3(sample_rate=sample_rate, num_channels=1, stream_delay_ms=delay_ms)
+        self._step = sample_rate // 100  # AEC3 works on 10 ms frames and zero-pads a partial one: feed whole ones
+        self._near = np.zeros(0, dtype=np.int16)
+        self._far = np.zeros(0, dtype=np.int16)
+        self._out = np.zeros(self._step, dtype=np.int16)  # one frame of latency, so every call can be answered
 
     def process(self, mic: bytes, earpiece: bytes) -> bytes:
-        """``mic`` without the echo of ``earpiece`` (the same length: what played while ``mic`` was heard)."""
+        """``mic`` without the echo of ``earpiece`` (the same length: what played while ``mic`` was heard),
+        10 ms late: the output lags the input by one AEC3 frame."""
         near = np.frombuffer(mic, dtype="<i2")
         far = np.frombuffer(earpiece, dtype="<i2")
         if far.size != near.size:
             far = np.resize(far, near.size) if far.size else np.zeros(near.size, dtype=np.int16)
-        return bytes(self._aec.process(near, far).astype("<i2").tobytes())
-
-    def reset(self) -> None:
-        """Forget the echo path learned (a new call)."""
-        self._aec.reset()
+        self._near = np.concatenate([self._near, near])
+        self._far = np.concatenate([self._far, far])
+        whole = self._near.size - self._near.size % self._step
+        if whole:
+            done = self._aec.process(self._near[:whole], self._far[:whole])
+            self._out = np.concatenate([self._out, done.astype(np.int16)])
+            self._near, self._far = self._near[whole:], self._far[whole:]
+        out, self._out = self._out[: near.size], self._out[near.size :]
+        return bytes(out.astype("<i2").tobytes())

@@ -157,9 +157,11 @@ class ToneEnded:
 
 @dataclass(frozen=True)
 class BargeIn:
-    """The caller talked over the playback long enough to interrupt it; ``heard_seconds`` of it had played."""
+    """The caller talked long enough while the phone held the turn; ``heard_seconds`` of the playback had played."""
 
     heard_seconds: float
+    playing: bool = True
+    """Something was playing; False: the phone was still thinking (transcribing, waiting for the reply)."""
 
 
 Event = (
@@ -240,6 +242,8 @@ class StopPlayback:
     """Barge-in: cut the playback and close the request in flight; the listener goes on hearing the caller."""
 
     heard_seconds: float
+    went_on: bool = False
+    """Nothing of the reply had played: the caller went on talking, the utterance so far stays in the turn."""
 
 
 Action = StopPlayback | StopAll | CheckHealth | Say | Listen | Transcribe | Ask | PlayTone | Hush | Connect | Intercept
@@ -269,6 +273,8 @@ def next_state(state: State, event: Event, policy: CallPolicy = CallPolicy()) ->
         if state is State.ON_HOOK:
             return State.GREETING, [CheckHealth(), Say(Phrase.GREETING)]
         return state, []
+    if isinstance(event, BargeIn):
+        return _barged_in(state, event)
     transition = _TRANSITIONS.get((state, type(event)))
     if transition is None:
         return state, []  # a late result from work the call no longer waits for
@@ -390,13 +396,17 @@ def _apologized(_event: Event, _policy: CallPolicy) -> tuple[State, list[Action]
     return State.LISTENING, [Listen()]
 
 
-def _barged_in(event: Event, _policy: CallPolicy) -> tuple[State, list[Action]]:
-    assert isinstance(event, BargeIn)
-    return State.LISTENING, [StopPlayback(event.heard_seconds), Listen()]
+def _barged_in(state: State, event: BargeIn) -> tuple[State, list[Action]]:
+    if state not in INTERRUPTIBLE:
+        return state, []
+    went_on = state in (State.TRANSCRIBING, State.REPLYING) and not event.playing
+    return State.LISTENING, [StopPlayback(event.heard_seconds, went_on), Listen()]
 
 
-INTERRUPTIBLE = frozenset({State.GREETING, State.CONNECTING, State.REPLYING, State.APOLOGIZING, State.STILL_THERE})
-"""States where the phone talks and the caller may talk over it (barge-in)."""
+INTERRUPTIBLE = frozenset(
+    {State.GREETING, State.CONNECTING, State.TRANSCRIBING, State.REPLYING, State.APOLOGIZING, State.STILL_THERE}
+)
+"""States where the phone holds the turn (talks, or thinks) and the caller may talk over it (barge-in)."""
 
 Transition = Callable[[Event, CallPolicy], tuple[State, list[Action]]]
 
@@ -418,5 +428,4 @@ _TRANSITIONS: dict[tuple[State, type], Transition] = {
     (State.LAST_CHANCE, NoSpeech): _silent_again,
     (State.ENDED, ToneEnded): _left_off_hook,
     **{(state, DigitDialed): _redial for state in IN_CALL},
-    **{(state, BargeIn): _barged_in for state in INTERRUPTIBLE},
 }

@@ -162,12 +162,16 @@ class Phone:
         )
         self._reply_turn: Turn | None = None
         """The turn whose reply is playing (a barge-in notes on it what was heard)."""
+        self._last_pcm = b""
+        """The latest utterance; kept so that, if the caller goes on before any reply plays, both make one turn."""
+        self._carry = b""
+        """Audio to put before the next utterance (the caller went on talking)."""
 
     @property
     def idle(self) -> bool:
         """Nothing plays and nobody talks: the phone only waits (whole-call file mode hangs up then)."""
         waiting = self.state in (State.LISTENING, State.LAST_CHANCE, State.ENDED, State.OFF_HOOK_WARNING)
-        hearing = self._overhearing is not None and (self._overhearing.caller_speaking or self._overhearing.playing)
+        hearing = self._overhearing is not None and (self._overhearing.caller_speaking or self._overhearing.busy)
         return (waiting or self.state in (State.ON_HOOK, State.DIALING)) and not hearing
 
     # ------------------------------------------------------------------ driving
@@ -257,7 +261,7 @@ class Phone:
         if self._overhearing is not None and isinstance(action, StopAll | PlayTone | Connect | Intercept):
             await self._overhearing.stop()  # tones and hang-up are not listened over
         if isinstance(action, StopPlayback):
-            await self._cut(action.heard_seconds)
+            await self._cut(action)
         elif isinstance(action, StopAll):
             await self._hush()
             self._session_id, self._turn, self._character = None, None, None
@@ -288,10 +292,17 @@ class Phone:
         if task is not None:
             await asyncio.wait({task}, timeout=_CANCEL_WAIT_SECONDS)
 
-    async def _cut(self, heard_seconds: float) -> None:
-        """Barge-in: the reply (or phrase) stops where the caller is, the request is closed, listening goes on."""
-        if self._reply_turn is not None:
-            self._reply_turn.heard_seconds = heard_seconds
+    async def _cut(self, cut: StopPlayback) -> None:
+        """Barge-in: the reply (or phrase) stops where the caller is, the request is closed, listening goes on.
+
+        Before any of the reply played (transcribing, waiting for the first audio), the caller simply
+        went on talking: the utterance so far is kept and heard again together with what follows.
+        """
+        if self._reply_turn is not None and not cut.went_on:
+            self._reply_turn.heard_seconds = cut.heard_seconds
+        if cut.went_on:
+            _LOGGER.info("caller went on talking before the reply: one turn with what follows")
+            self._carry = self._last_pcm
         if self._overhearing is not None:
             self._overhearing.playback_ended()
         await self._hush()
@@ -374,6 +385,10 @@ class Phone:
             return NoSpeech()
         if utterance is None:
             return NoSpeech()
+        if self._overhearing is not None:
+            self._overhearing.hold()  # the phone has the turn; the caller may still go on, or interrupt
+        pcm, self._carry = self._carry + utterance.pcm, b""
+        self._last_pcm = pcm
         self._turn = Turn(
             speech_seconds=utterance.speech_seconds,
             endpoint_delay=utterance.endpoint_delay_seconds,
@@ -383,7 +398,7 @@ class Phone:
         up = self._monitor.up if self._monitor is not None else None
         if up is False:
             _LOGGER.info("turn: %.1fs of speech, server down: offline voice", utterance.speech_seconds)
-        return Heard(utterance.pcm, up)
+        return Heard(pcm, up)
 
     async def _transcribe(self, pcm: bytes) -> Event:
         assert self._transcribe_fn is not None  # the policy sends audio to the server without one
@@ -416,7 +431,7 @@ class Phone:
             outcome = await self._stream_reply(pump, turn)
         except asyncio.CancelledError:
             if turn.heard_seconds is None:
-                _LOGGER.info("turn: heard=%r, hung up before the reply ended", turn.transcript)
+                _LOGGER.info("turn: heard=%r, cut off before the reply ended (hang-up, or went on)", turn.transcript)
             else:  # barge-in: the request is closed (finally), the turn is logged with what was heard
                 turn.outcome, turn.ended_at, turn.session_id = Outcome.INTERRUPTED, time.monotonic(), self._session_id
                 self._log_turn(turn)

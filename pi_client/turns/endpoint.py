@@ -29,6 +29,9 @@ _LOGGER = logging.getLogger(__name__)
 
 HYSTERESIS = 0.15
 """Once speaking, a frame counts as silence only below threshold minus this (Silero's advice)."""
+REJOIN_SECONDS = 0.5
+"""A speech run too short to count, followed within this gap by speech that does, starts the utterance
+("Wait, ... what about Italy?" keeps its "Wait"), in seconds."""
 _MAX_BATCH = 32
 """Most frames handed to the VAD thread at once (~1 s of audio)."""
 
@@ -82,6 +85,8 @@ class Endpointer:
         self.last_speech_frame: int | None = None
         self._run = 0  # consecutive speech frames of a candidate
         self._silence = 0  # consecutive silent frames inside an utterance
+        self._rejoin = _frames(REJOIN_SECONDS, frame_seconds)
+        self._dropped: tuple[int, int] | None = None  # first and last frame of the latest run too short to count
         self.ended_by = ""
         """What ended the utterance: "model", "silence" or "max_length" (empty until it ends)."""
 
@@ -89,6 +94,8 @@ class Endpointer:
     def utterance_start_frame(self) -> int:
         """First frame of the utterance audio: speech start minus the pre-roll (never before 0)."""
         start = self.speech_start_frame if self.speech_start_frame is not None else self.frame_index + 1
+        if self._dropped is not None and start - self._dropped[1] <= self._rejoin:
+            start = self._dropped[0]
         return max(0, start - self.preroll_frames)
 
     @property
@@ -123,7 +130,9 @@ class Endpointer:
                     self._silence = 0
                     return self._check_max(EndpointEvent.SPEECH_STARTED)
             elif not (self._run and speech_prob >= threshold - HYSTERESIS):
-                # A run shorter than min_speech_seconds was a click or a cough: forget it.
+                # A run shorter than min_speech_seconds was a click or a cough: forget it (unless speech follows).
+                if self._run and self.speech_start_frame is not None and self.last_speech_frame is not None:
+                    self._dropped = (self.speech_start_frame, self.last_speech_frame)
                 self._run = 0
                 self.speech_start_frame = self.last_speech_frame = None
             if n + 1 >= self._timeout:

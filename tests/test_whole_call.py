@@ -1,0 +1,170 @@
+"""``python -m pi_client --whole-call``: a recorded call is the live microphone, the earpiece a file on its clock.
+
+Real Silero, Smart Turn and Whisper on Piper speech (noise off), a real ``cloud_server`` behind
+the Ollama stand-in. The clock runs twice as fast as real time (``--clock-speed``, for tests):
+every position is counted in call samples, so what is asserted about the call does not change.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.wav import read_wav_pcm16, write_wav
+from tests.fixtures_pi import PI_RATE, silence
+from tests.helpers import wait_for, word_set
+from tests.ollama_standin import OllamaStandIn
+from tests.server_rig import ServerProcess, pi_config, run_pi_client
+
+QUESTION = "What is the capital of France?"
+INTERRUPTION = "Wait, what is the weather like in London?"
+BACKCHANNEL = "Yeah."
+LONG_REPLY = (
+    "The capital of France is Paris. ",
+    "It is a lovely city to visit in the spring, with parks and cafes along the river. ",
+)
+"""About seven seconds of speech: whatever the machine's speed, the caller's later words land inside it."""
+MORE = tuple(step for i in range(12) for step in (f"Many people go there, {i + 1} million every year. ", 0.7))
+"""More reply, one sentence every 0.7 s (the server writes all along): once the phone closes the request,
+the server notices and stops asking the LLM."""
+SPEED = "2"
+
+
+def loud_spans(pcm: bytes, level: int = 500, hop: float = 0.05) -> list[tuple[float, float]]:
+    """(start, end) seconds of the stretches above ``level``, gaps shorter than 0.6 s bridged."""
+    x = np.abs(np.frombuffer(pcm, dtype="<i2"))
+    step = round(hop * PI_RATE)
+    env = x[: x.size - x.size % step].reshape(-1, step).max(axis=1) > level
+    spans: list[tuple[float, float]] = []
+    for i in np.flatnonzero(env):
+        t = i * hop
+        if spans and t - spans[-1][1] < 0.6:
+            spans[-1] = (spans[-1][0], t + hop)
+        else:
+            spans.append((t, t + hop))
+    return spans
+
+
+def turn_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "turn: heard=" in line]
+
+
+def record_call(path: Path, *parts: bytes) -> list[float]:
+    """Write the call's microphone; returns where each part starts, in seconds."""
+    starts, at = [], 0
+    for part in parts:
+        starts.append(at / 2 / PI_RATE)
+        at += len(part)
+    write_wav(str(path), b"".join(parts), PI_RATE)
+    return starts
+
+
+def after_first_request(standin: OllamaStandIn, *steps: Any) -> threading.Thread:
+    """Once the first chat of this call arrives, script the replies that follow (short: the test stays quick)."""
+    seen = len(standin.chat_requests())
+
+    def rescript() -> None:
+        wait_for(lambda: len(standin.chat_requests()) > seen, 120.0, "the first request")
+        standin.script(*steps)
+
+    thread = threading.Thread(target=rescript, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_the_caller_interrupts_the_reply_and_is_answered(
+    call_server: ServerProcess,
+    call_standin: OllamaStandIn,
+    call_whisper: Any,
+    piper_speech: Callable[[str], bytes],
+    tmp_path: Path,
+) -> None:
+    """Barge-in mid-reply, the earpiece leaking back at -10 dB: the reply stops, the request closes,
+    the interruption (its first word included) is the next turn, and the earpiece file is on the call's clock."""
+    call = tmp_path / "call.wav"
+    starts = record_call(
+        call, silence(3.0), piper_speech(QUESTION), silence(6.0), piper_speech(INTERRUPTION), silence(1.0)
+    )
+    barge_at = starts[3]
+    first = len(call_standin.chat_requests())
+    call_standin.script(*LONG_REPLY, *MORE)
+    rescript = after_first_request(call_standin, "It is raining in London. ")
+    ear = tmp_path / "ear.wav"
+    result = run_pi_client(
+        pi_config(tmp_path),
+        call_server.url,
+        call_server.key,
+        call,
+        ear,
+        "--whole-call",
+        "--echo-db",
+        "-10",
+        "--clock-speed",
+        SPEED,
+    )
+    rescript.join(timeout=5)
+    assert result.returncode == 0, result.stderr[-3000:]
+    chats = call_standin.chat_requests()[first:]
+    assert len(chats) == 2, result.stderr[-3000:]
+    # The phone closed the first request: the server stopped generating (the stand-in saw it hang up).
+    assert chats[0].client_closed.wait(10) and not chats[0].completed
+    assert {"wait", "weather", "london"} <= word_set(chats[1].messages[-1]["content"])  # "Wait" kept: pre-roll
+    first_turn, second_turn = turn_lines(result.stderr)
+    assert "outcome=interrupted" in first_turn and re.search(r"barge_in=\d+\.\d\ds", first_turn)
+    assert "outcome=done" in second_turn and "barge_in=-" in second_turn
+    assert re.search(r"end_by=(model|silence)", second_turn)
+    # The earpiece is aligned with the call: as long as it, the reply cut soon after the caller's first word.
+    recording, _ = read_wav_pcm16(str(call), PI_RATE)
+    earpiece, _ = read_wav_pcm16(str(ear), PI_RATE)
+    assert len(earpiece) >= len(recording)
+    spans = loud_spans(earpiece)
+    cut = next(end for start, end in spans if start < barge_at < end)
+    # "Wait," alone is shorter than min_speech_seconds: the cut comes with "what is the weather".
+    assert barge_at < cut < barge_at + 1.5, (barge_at, spans)
+    answer_start = next(start for start, _ in spans if start > cut)
+    heard_before, _ = read_wav_pcm16(str(ear), PI_RATE)
+    before = call_whisper.transcribe(heard_before[: round(cut * PI_RATE) * 2])
+    after = call_whisper.transcribe(heard_before[round(answer_start * PI_RATE) * 2 :])
+    assert "paris" in word_set(before) and "million" not in word_set(before + after), (before, after)
+    assert {"raining", "london"} <= word_set(after), after
+
+
+def test_a_backchannel_and_the_echo_do_not_stop_the_reply(
+    call_server: ServerProcess,
+    call_standin: OllamaStandIn,
+    call_whisper: Any,
+    piper_speech: Callable[[str], bytes],
+    tmp_path: Path,
+) -> None:
+    """A "yeah" over the reply, the earpiece leaking back at -10 dB: the reply plays to its end, once."""
+    call = tmp_path / "call.wav"
+    record_call(call, silence(3.0), piper_speech(QUESTION), silence(5.5), piper_speech(BACKCHANNEL), silence(1.0))
+    first = len(call_standin.chat_requests())
+    call_standin.script(*LONG_REPLY)
+    ear = tmp_path / "ear.wav"
+    result = run_pi_client(
+        pi_config(tmp_path),
+        call_server.url,
+        call_server.key,
+        call,
+        ear,
+        "--whole-call",
+        "--echo-db",
+        "-10",
+        "--clock-speed",
+        SPEED,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(call_standin.chat_requests()) == first + 1, result.stderr[-3000:]  # "yeah" was not a turn
+    (turn,) = turn_lines(result.stderr)
+    assert "outcome=done" in turn and "barge_in=-" in turn, turn
+    assert "too short to interrupt" in result.stderr
+    earpiece, _ = read_wav_pcm16(str(ear), PI_RATE)
+    reply_start = loud_spans(earpiece)[1][0]  # after the greeting
+    heard = call_whisper.transcribe(earpiece[round(reply_start * PI_RATE) * 2 :])
+    assert {"paris", "spring", "river"} <= word_set(heard), heard
