@@ -113,19 +113,25 @@ async def _build(args: argparse.Namespace, cfg: Config, key: str) -> _Stages:
         raise ConfigError(str(err)) from err
 
     line = microphone = None
+    sink: AudioSink
     if args.whole_call:
+        from pi_client.audio.recorded_call import LineEarpiece
+
         line, microphone = _recorded_call(args, pi)
+        sink = LineEarpiece(line)
+    elif args.output_wav:
+        sink = WavFileSink(args.output_wav)
+    else:
+        aplay = AplaySink(pi.audio.output_device)
+        microphone = _live_microphone(pi, aplay)
+        sink = aplay
 
     def make_source() -> Any:
         if microphone is not None:
             return microphone.tap()
-        if args.input_wav:
-            from pi_client.audio.capture import WavFileSource
+        from pi_client.audio.capture import WavFileSource
 
-            return WavFileSource(args.input_wav)
-        from pi_client.audio.capture import SoundDeviceSource
-
-        return SoundDeviceSource(pi.audio)
+        return WavFileSource(args.input_wav)
 
     async def listen_once(on_frame: Any = None) -> Any:
         source = make_source()
@@ -134,13 +140,6 @@ async def _build(args: argparse.Namespace, cfg: Config, key: str) -> _Stages:
         finally:
             source.close()
 
-    sink: AudioSink
-    if line is not None:
-        from pi_client.audio.recorded_call import LineEarpiece
-
-        sink = LineEarpiece(line)
-    else:
-        sink = WavFileSink(args.output_wav) if args.output_wav else AplaySink(pi.audio.output_device)
     client = ServerFleet(pi.servers(), key, pi.client)
     monitor = None if args.input_wav else client.health
     phone = Phone(
@@ -156,6 +155,27 @@ async def _build(args: argparse.Namespace, cfg: Config, key: str) -> _Stages:
         overhear=listen_once if microphone is not None else None,
     )
     return _Stages(phone, client, sink, monitor, line, microphone)
+
+
+def _live_microphone(pi: Any, aplay: Any) -> Any:
+    """The handset microphone, open for the whole run and shared, the earpiece's echo cancelled."""
+    from pi_client.audio.capture import SoundDeviceSource
+    from pi_client.audio.echo import EchoCanceller, EchoCancellerError
+    from pi_client.audio.microphone import CallMicrophone
+
+    canceller = None
+    if pi.turns.echo.cancel:
+        try:
+            canceller = EchoCanceller(delay_ms=pi.turns.echo.delay_ms)
+        except EchoCancellerError as err:
+            raise ConfigError(f"pi.turns.echo.cancel: {err}") from err
+    microphone: Any = None
+
+    def played(first: int, count: int) -> bytes:
+        return bytes(aplay.history.segment(microphone.sample_time(first), count))
+
+    microphone = CallMicrophone(SoundDeviceSource(pi.audio), canceller, played)
+    return microphone
 
 
 def _recorded_call(args: argparse.Namespace, pi: Any) -> tuple[Any, Any]:
@@ -214,6 +234,8 @@ async def _main(args: argparse.Namespace, cfg: Config, key: str) -> int:
     finally:
         if stages.monitor is not None:
             await stages.monitor.close()
+        if stages.microphone is not None:
+            await stages.microphone.close()
         await stages.sink.close()
         stages.client.close()
 

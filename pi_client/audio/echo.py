@@ -85,3 +85,35 @@ class EchoCanceller:
             self._near, self._far = self._near[whole:], self._far[whole:]
         out, self._out = self._out[: near.size], self._out[near.size :]
         return bytes(out.astype("<i2").tobytes())
+
+
+class PlayedHistory:
+    """What the earpiece was given, on the monotonic clock, at 16 kHz: the live echo canceller's reference."""
+
+    def __init__(self, keep_seconds: float = 10.0, sample_rate: int = 16000) -> None:
+        self._rate = sample_rate
+        self._keep = keep_seconds
+        self._spans: list[tuple[float, np.ndarray]] = []
+
+    def add(self, at: float, pcm: np.ndarray) -> None:
+        """``pcm`` (int16, 16 kHz) starts playing at monotonic time ``at``."""
+        self._spans = [(t, x) for t, x in self._spans if t + x.size / self._rate > at - self._keep]
+        self._spans.append((at, pcm))
+
+    def cut(self, at: float) -> None:
+        """Playback was killed at ``at``: nothing after it was heard."""
+        kept = []
+        for t, x in self._spans:
+            if t < at:
+                kept.append((t, x[: max(0, round((at - t) * self._rate))]))
+        self._spans = kept
+
+    def segment(self, at: float, count: int) -> bytes:
+        """The ``count`` samples played from monotonic time ``at`` on (silence where nothing played)."""
+        out = np.zeros(count, dtype=np.int16)
+        for t, x in self._spans:
+            offset = round((t - at) * self._rate)  # where this span starts inside the segment
+            lo, hi = max(0, offset), min(count, offset + x.size)
+            if hi > lo:
+                out[lo:hi] = x[lo - offset : hi - offset]
+        return bytes(out.astype("<i2").tobytes())

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 
-from pi_client.audio.capture import BLOCK_SAMPLES, AudioSource
+from pi_client.audio.capture import BLOCK_SAMPLES, SAMPLE_RATE, AudioSource
 from pi_client.audio.echo import EchoCanceller
 
 _LOGGER = logging.getLogger(__name__)
@@ -31,11 +32,11 @@ class MicTap(AudioSource):
 
     def __init__(self, owner: CallMicrophone) -> None:
         self._owner = owner
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=_TAP_FRAMES)
+        self._queue: asyncio.Queue[bytes | Exception | None] = asyncio.Queue(maxsize=_TAP_FRAMES)
         self.dropped = 0
 
-    def put(self, frame: bytes | None) -> None:
-        """A frame from the microphone (None: it ended); the oldest goes when the reader lags."""
+    def put(self, frame: bytes | Exception | None) -> None:
+        """A frame from the microphone (None: it ended; an error: it failed); the oldest goes when the reader lags."""
         if self._queue.full():
             self._queue.get_nowait()
             self.dropped += 1
@@ -44,6 +45,8 @@ class MicTap(AudioSource):
     async def frames(self) -> AsyncIterator[bytes]:
         """Frames as they are heard; ends when the tap is closed or the microphone ends."""
         while (frame := await self._queue.get()) is not None:
+            if isinstance(frame, Exception):
+                raise frame
             yield frame
 
     def close(self) -> None:
@@ -65,11 +68,16 @@ class CallMicrophone:
         self._task: asyncio.Task[None] | None = None
         self.samples = 0
         """Samples heard so far (the microphone's own clock)."""
+        self._started_at: float | None = None
 
     def start(self) -> None:
-        """Begin reading the source (idempotent)."""
-        if self._task is None:
+        """Begin reading the source (idempotent; again after it failed)."""
+        if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._pump(), name="microphone")
+
+    def sample_time(self, sample: int) -> float:
+        """Monotonic time at which ``sample`` was heard (the live echo reference is found by time)."""
+        return (self._started_at or time.monotonic()) + sample / SAMPLE_RATE
 
     def tap(self) -> MicTap:
         """A new listener, hearing from now on."""
@@ -84,21 +92,27 @@ class CallMicrophone:
 
     async def _pump(self) -> None:
         frames = self._source.frames()
+        self.samples, self._started_at = 0, None
+        ended: Exception | None = None
         try:
             async for frame in frames:
+                if self._started_at is None:
+                    self._started_at = time.monotonic() - len(frame) / 2 / SAMPLE_RATE
                 if self._canceller is not None and self._reference is not None:
                     played = self._reference(self.samples, len(frame) // 2)
                     frame = self._canceller.process(frame, played)  # well under a millisecond per frame
                 self.samples += len(frame) // 2 or BLOCK_SAMPLES
                 for tap in list(self._taps):
                     tap.put(frame)
+        except Exception as err:  # the device failed: listeners hear why, the next tap opens it again
+            ended = err
         finally:
             aclose = getattr(frames, "aclose", None)
             if aclose is not None:
                 with contextlib.suppress(Exception):
                     await aclose()
             for tap in list(self._taps):
-                tap.put(None)
+                tap.put(ended)
 
     async def close(self) -> None:
         """Stop reading and release the source; open taps end."""

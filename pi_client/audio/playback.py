@@ -15,6 +15,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
+
 from common.wav import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, SAMPLE_WIDTH, resample_pcm16, wav_header, write_wav
 
 _LOGGER = logging.getLogger(__name__)
@@ -75,6 +77,10 @@ class AplaySink(AudioSink):
         self._rate = 0
         self._bytes = 0
         self._started_at = 0.0
+        from pi_client.audio.echo import PlayedHistory
+
+        self.history = PlayedHistory()
+        """What was played when (the echo canceller's reference)."""
 
     @property
     def pid(self) -> int | None:
@@ -107,6 +113,8 @@ class AplaySink(AudioSink):
     async def write(self, pcm: bytes) -> None:
         """Pipe PCM into aplay; waits only while its pipe is full (it plays in real time)."""
         if pcm:
+            at = self._started_at + self._bytes / (SAMPLE_WIDTH * self._rate)
+            self.history.add(max(at, time.monotonic()), np.frombuffer(resample_pcm16(pcm, self._rate, 16000), "<i2"))
             await self._send(pcm)
             self._bytes += len(pcm)
 
@@ -147,6 +155,7 @@ class AplaySink(AudioSink):
 
     async def kill(self) -> None:
         """Terminate aplay mid-sentence and reap it."""
+        self.history.cut(time.monotonic())
         proc, self._proc = self._proc, None
         if proc is not None:
             await _terminate(proc)

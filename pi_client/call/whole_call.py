@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,11 @@ _STOP_WAIT_SECONDS = 10.0
 class RecordedHook:
     """The hook of a recorded call: lifted at once, put down when the recording is over and the phone idle."""
 
-    def __init__(self, line: RecordedLine, phone: Phone) -> None:
+    def __init__(self, line: RecordedLine, phone: Phone, hang_up_when: Callable[[], bool] | None = None) -> None:
+        """``hang_up_when`` replaces the rule (tests hang up in the middle of things)."""
         self._line = line
         self._phone = phone
+        self._done = hang_up_when or (lambda: line.recording_done and phone.idle)
         self._watch: asyncio.Task[None] | None = None
         self.down = asyncio.Event()
 
@@ -47,7 +50,7 @@ class RecordedHook:
 
         line = self._line
         latest = line.recording_samples + round(MAX_CALL_AFTER_RECORDING_SECONDS * SAMPLE_RATE)
-        while not (line.recording_done and self._phone.idle):
+        while not self._done():
             if line.now >= latest:
                 _LOGGER.warning("busy %.0fs past the recording: hanging up", MAX_CALL_AFTER_RECORDING_SECONDS)
                 break
@@ -62,9 +65,15 @@ class RecordedHook:
             self._watch.cancel()
 
 
-async def run_whole_call(phone: Phone, line: RecordedLine, microphone: CallMicrophone, earpiece: str | Path) -> None:
+async def run_whole_call(
+    phone: Phone,
+    line: RecordedLine,
+    microphone: CallMicrophone,
+    earpiece: str | Path,
+    hang_up_when: Callable[[], bool] | None = None,
+) -> None:
     """Run the call to its end, then write ``earpiece`` (16 kHz, aligned with the recording)."""
-    hook = RecordedHook(line, phone)
+    hook = RecordedHook(line, phone, hang_up_when)
     calls = asyncio.create_task(phone.run(hook), name="call")
     microphone.start()  # the clock starts with the handset lifted
     try:
