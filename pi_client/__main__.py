@@ -153,6 +153,7 @@ async def _build(args: argparse.Namespace, cfg: Config, key: str) -> _Stages:
         dial=None if args.input_wav else _make_dial(cfg),
         key_audio=make_source,
         overhear=listen_once if microphone is not None else None,
+        microphone=microphone if line is None else None,  # a recorded call's clock stops with its own hook
     )
     return _Stages(phone, client, sink, monitor, line, microphone)
 
@@ -174,7 +175,7 @@ def _live_microphone(pi: Any, aplay: Any) -> Any:
     def played(first: int, count: int) -> bytes:
         return bytes(aplay.history.segment(microphone.sample_time(first), count))
 
-    microphone = CallMicrophone(SoundDeviceSource(pi.audio), canceller, played)
+    microphone = CallMicrophone(SoundDeviceSource(pi.audio), canceller, played, idle_close_seconds=0.0)
     return microphone
 
 

@@ -59,9 +59,17 @@ class CallMicrophone:
     """Reads ``source`` in its own task and fans the frames (echo cancelled when set up) out to taps."""
 
     def __init__(
-        self, source: AudioSource, canceller: EchoCanceller | None = None, reference: Reference | None = None
+        self,
+        source: AudioSource,
+        canceller: EchoCanceller | None = None,
+        reference: Reference | None = None,
+        idle_close_seconds: float | None = None,
     ) -> None:
+        """``idle_close_seconds``: release the device once nobody has listened this long (on-hook);
+        None keeps it running (a recorded call, whose clock must not stop)."""
         self._source = source
+        self._idle_close_seconds = idle_close_seconds
+        self._idle_timer: asyncio.TimerHandle | None = None
         self._canceller = canceller if reference is not None else None
         self._reference = reference
         self._taps: set[MicTap] = set()
@@ -81,14 +89,28 @@ class CallMicrophone:
 
     def tap(self) -> MicTap:
         """A new listener, hearing from now on."""
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         self.start()
         tap = MicTap(self)
         self._taps.add(tap)
         return tap
 
     def untap(self, tap: MicTap) -> None:
-        """Forget a listener (its close does this)."""
+        """Forget a listener (its close does this); the last one gone starts the idle countdown."""
         self._taps.discard(tap)
+        if not self._taps and self._idle_close_seconds is not None and self._idle_timer is None:
+            loop = asyncio.get_running_loop()
+            self._idle_timer = loop.call_later(self._idle_close_seconds, self._close_idle)
+
+    def _close_idle(self) -> None:
+        self._idle_timer = None
+        task, self._task = self._task, None
+        if task is not None and not self._taps:
+            _LOGGER.debug("microphone idle: released")
+            self._source.close()
+            task.cancel()
 
     async def _pump(self) -> None:
         frames = self._source.frames()
@@ -114,8 +136,21 @@ class CallMicrophone:
             for tap in list(self._taps):
                 tap.put(ended)
 
+    def release(self) -> None:
+        """Hang-up: let go of the device at once (open taps end); the next tap opens it again."""
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        task, self._task = self._task, None
+        self._source.close()
+        if task is not None:
+            task.cancel()
+
     async def close(self) -> None:
         """Stop reading and release the source; open taps end."""
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         self._source.close()
         task, self._task = self._task, None
         if task is not None:

@@ -122,6 +122,8 @@ class LineEarpiece(AudioSink):
         self._start = 0
         self._end = 0
         self.utterances = 0
+        self.cuts: list[float] = []
+        """Call seconds at which playback was cut short (barge-in, hang-up)."""
 
     async def start(self, sample_rate: int) -> None:
         check_rate(sample_rate)
@@ -145,6 +147,8 @@ class LineEarpiece(AudioSink):
         now = self._line.now
         if self._end > now:
             self._line.silence_from(now)
+            self.cuts.append(now / SAMPLE_RATE)
+            _LOGGER.info("earpiece cut at %.2fs of the call", now / SAMPLE_RATE)
         self._end = min(self._end, now)
 
     @property

@@ -72,17 +72,20 @@ class Overhearing:
     async def listen(self) -> Any:
         """The next utterance: the running listener's if the caller is talking or has barged in, else a fresh one."""
         self.playing = self.busy = False  # the turn is the caller's
-        task, self._task = self._task, None
-        if task is not None and not task.done() and not (self.caller_speaking or self._barged):
-            await _cancel(task)  # quiet: start afresh, so the no-speech timeout counts from now
-            task = None
-        if task is None:
-            self._barged = False
+        task, old = self._task, None
+        if task is None or (not task.done() and not (self.caller_speaking or self._barged)):
+            # Quiet: start afresh, so the no-speech timeout counts from now. The new listener opens its
+            # tap before the old one closes, so the shared microphone never sees nobody listening.
+            old, self._barged = task, False
             task = asyncio.create_task(self._run(), name="listen")
         self._task = task
         try:
+            if old is not None:
+                await _cancel(old)
             return await task
         finally:
+            if not task.done():
+                task.cancel()  # hung up (this listen was cancelled) before the listener was awaited
             self._task = None
             self._barged = False
 

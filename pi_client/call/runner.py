@@ -86,6 +86,12 @@ class HeardUtterance(Protocol):
     endpoint_delay_seconds: float
 
 
+class Microphone(Protocol):
+    """The call's shared microphone (pi_client.audio.microphone.CallMicrophone)."""
+
+    def release(self) -> None: ...
+
+
 class HookSource(Protocol):
     """The hook switch (pi_client.telephone.hook): puts HookEvent values on a queue."""
 
@@ -115,11 +121,13 @@ class Phone:
         dial: DialSource | None = None,
         key_audio: Callable[[], KeyAudio] | None = None,
         overhear: OverhearFn | None = None,
+        microphone: Microphone | None = None,
     ) -> None:
         """``dial`` is the rotary dial, ``key_audio`` opens the microphone for touch tones while dialing.
 
         ``overhear`` is a listen that reports every frame (on the shared, echo-cancelled microphone):
         with it the phone listens while it plays and the caller can interrupt (pi.turns.barge_in).
+        ``microphone`` is that shared microphone: hang-up releases it at once.
         """
         from pi_client.telephone.directory import Directory
 
@@ -160,6 +168,7 @@ class Phone:
             if overhear is not None
             else None
         )
+        self._microphone = microphone
         self._reply_turn: Turn | None = None
         """The turn whose reply is playing (a barge-in notes on it what was heard)."""
         self._last_pcm = b""
@@ -258,6 +267,8 @@ class Phone:
             await self._execute(action)
 
     async def _execute(self, action: Action) -> None:
+        if self._microphone is not None and isinstance(action, StopAll):
+            self._microphone.release()  # the handset is down: no more listening, at once
         if self._overhearing is not None and isinstance(action, StopAll | PlayTone | Connect | Intercept):
             await self._overhearing.stop()  # tones and hang-up are not listened over
         if isinstance(action, StopPlayback):
