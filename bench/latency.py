@@ -56,6 +56,7 @@ class TurnTiming:
     design: str
     run: int
     endpoint: float
+    """End-of-turn delay as the phone decides it by default (Smart Turn after a short silence)."""
     stt: float
     request: float
     llm_first_token: float
@@ -74,11 +75,32 @@ class TurnTiming:
     pieces_to_first_sentence: int
     pieces: int
     reply_text: str
+    endpoint_silence: float = 0.0
+    """The same utterance's end-of-turn delay with the fixed silence rule alone (the phone before Smart Turn)."""
+    stt_server: float = 0.0
+    """The server's Whisper (/process-audio) on the same utterance, on this machine."""
+    utterance_seconds: float = 0.0
+    """Length of the utterance the phone cut (what /process-audio would upload)."""
+    utterance_silence_seconds: float = 0.0
+    """Length of the utterance the silence rule alone cut: longer when Smart Turn ended the turn early."""
 
     @property
     def voice_to_first_audio(self) -> float:
         """End of the caller's speech to the first reply audio at the Pi."""
         return self.endpoint + self.stt + self.first_audio
+
+
+@dataclass(frozen=True)
+class Heard:
+    """The Pi side of one turn: end-of-turn delays, Whisper's time on the Pi and on the server, the text."""
+
+    endpoint: float
+    stt: float
+    text: str
+    endpoint_silence: float
+    stt_server: float
+    utterance_seconds: float
+    utterance_silence_seconds: float
 
 
 def _question_wav(path: Path) -> float:
@@ -99,8 +121,10 @@ class Bench:
     def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
         from bench.rig import PacedLLM, RecordingLLM
         from cloud_server.llm.embedded import EmbeddedLLM
+        from cloud_server.stt import ServerTranscriber
         from cloud_server.tts.select import build_engines
-        from common.config import LLMConfig, PiSTTConfig, TTSConfig
+        from common.config import LLMConfig, PiSTTConfig, ServerSTTConfig, SmartTurnConfig, TTSConfig
+        from pi_client.turns.smart_turn import load_turn_detector
         from pi_client.turns.stt import WhisperTranscriber
         from pi_client.turns.vad import SileroVad
         from tests.ollama_standin import OllamaStandIn
@@ -110,10 +134,16 @@ class Bench:
         self.question_seconds = _question_wav(self.question)
         self.vad = SileroVad()
         self.stt = WhisperTranscriber(PiSTTConfig(threads=2))
+        self.turn_cfg = SmartTurnConfig()
+        self.detector = load_turn_detector(self.turn_cfg)
+        if self.detector is None:
+            raise RuntimeError("Smart Turn did not load: the phone's default end of turn cannot be measured")
+        self.server_stt = ServerTranscriber(ServerSTTConfig())
+        self.server_stt.load()
         piper, piper_fallback = build_engines(TTSConfig(engine="piper"))
         self.engines: dict[str, Any] = {"piper": (piper, piper_fallback)}
         if not args.no_chatterbox:
-            self.engines["chatterbox"] = self._chatterbox(tmp, piper_fallback)
+            self.engines["chatterbox"] = self._chatterbox(tmp, piper)
         smollm2 = EmbeddedLLM(LLMConfig(backend="embedded", max_tokens=args.smollm2_tokens, temperature=0.0))
         smollm2.warm_up()
         self.llms = {"standin": RecordingLLM(PacedLLM()), "smollm2": RecordingLLM(smollm2)}
@@ -124,7 +154,8 @@ class Bench:
             for llm in self.llms:
                 self._serve(Setup(tts, llm), tmp)
 
-    def _chatterbox(self, tmp: Path, piper_fallback: Any) -> tuple[Any, Any]:
+    def _chatterbox(self, tmp: Path, piper: Any) -> tuple[Any, Any]:
+        """Chatterbox on the random-weight checkpoint, with Piper (resampled to its rate) as its fallback."""
         from cloud_server.tts.chatterbox_engine import ChatterboxEngine, load_chatterbox
         from cloud_server.tts.piper_engine import LocalVoiceEngine
         from common.config import ChatterboxConfig
@@ -140,7 +171,7 @@ class Bench:
         engine = ChatterboxEngine(cfg, load_chatterbox(cfg))
         _LOGGER.info("Chatterbox (random weights, %d speech tokens max per sentence) loaded in %.1f s",
                      self.args.chatterbox_tokens, time.monotonic() - t0)
-        return engine, LocalVoiceEngine(piper_fallback.voice, sample_rate=engine.sample_rate)
+        return engine, LocalVoiceEngine(piper.voice, sample_rate=engine.sample_rate)
 
     def _serve(self, setup: Setup, tmp: Path) -> None:
         from bench.rig import TimedTTS
@@ -170,20 +201,29 @@ class Bench:
         for standin in self.standins.values():
             standin.stop()
 
-    def hear_question(self) -> tuple[float, float, str]:
-        """The Pi side: endpointing over the recording, then Whisper; (endpoint delay, STT seconds, text)."""
+    def hear_question(self) -> Heard:
+        """The Pi side: end of turn over the recording (Smart Turn, and the silence rule alone), then Whisper."""
+        import numpy as np
+
         from common.config import VADConfig
         from pi_client.audio.capture import WavFileSource
         from pi_client.turns.endpoint import listen
 
-        utterance = asyncio.run(listen(WavFileSource(self.question), self.vad, VADConfig()))
-        if utterance is None:
+        silence = asyncio.run(listen(WavFileSource(self.question), self.vad, VADConfig()))
+        smart = asyncio.run(
+            listen(WavFileSource(self.question), self.vad, VADConfig(), self.detector, self.turn_cfg)
+        )
+        if silence is None or smart is None:
             raise RuntimeError("the VAD found no speech in the spoken question")
         t0 = time.monotonic()
-        text = self.stt.transcribe(utterance.pcm)
-        return utterance.endpoint_delay_seconds, time.monotonic() - t0, text
+        text = self.stt.transcribe(smart.pcm)
+        stt = time.monotonic() - t0
+        t0 = time.monotonic()
+        self.server_stt.transcribe(np.frombuffer(smart.pcm, dtype=np.int16).astype(np.float32) / 32768.0)
+        return Heard(smart.endpoint_delay_seconds, stt, text, silence.endpoint_delay_seconds,
+                     time.monotonic() - t0, len(smart.pcm) / 2 / 16000, len(silence.pcm) / 2 / 16000)
 
-    def turn(self, setup: Setup, design: str, run: int, heard: tuple[float, float, str]) -> TurnTiming:
+    def turn(self, setup: Setup, design: str, run: int, heard: Heard) -> TurnTiming:
         """One turn against the setup's server, timed at the caller, the LLM and the TTS seam."""
         import requests
 
@@ -194,7 +234,7 @@ class Bench:
         server = self.servers[setup]
         path = "/process-text" if design == "streamed" else SEQUENTIAL_PATH
         with requests.Session() as session:
-            reply = ask(session, server.url + path, KEY, {"text": heard[2]})
+            reply = ask(session, server.url + path, KEY, {"text": heard.text})
         if reply.status != 200 or reply.first_audio_at is None or reply.error:
             raise RuntimeError(f"{setup.label} {design}: status {reply.status}, {reply.error}")
         calls = self.llms[setup.llm].calls_since(reply.sent)
@@ -206,7 +246,9 @@ class Bench:
         t0 = reply.sent
         rate = self.timed[setup].sample_rate
         return TurnTiming(
-            setup=setup.label, design=design, run=run, endpoint=heard[0], stt=heard[1],
+            setup=setup.label, design=design, run=run, endpoint=heard.endpoint, stt=heard.stt,
+            endpoint_silence=heard.endpoint_silence, stt_server=heard.stt_server,
+            utterance_seconds=heard.utterance_seconds, utterance_silence_seconds=heard.utterance_silence_seconds,
             request=reply.headers_at - t0,
             llm_first_token=call.pieces[0][0] - t0,
             first_sentence=first_at - t0,
@@ -251,7 +293,7 @@ def run(args: argparse.Namespace) -> list[TurnTiming]:
             setups = list(bench.servers)
             # One unmeasured turn per setup: first-call costs (allocations, caches) are not a phone turn's.
             heard = bench.hear_question()
-            _LOGGER.info("Caller said %.1f s of speech; Whisper heard %r", bench.question_seconds, heard[2])
+            _LOGGER.info("Caller said %.1f s of speech; Whisper heard %r", bench.question_seconds, heard.text)
             for setup in setups:
                 bench.turn(setup, "streamed", -1, heard)
             for i in range(args.runs):

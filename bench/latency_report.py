@@ -35,6 +35,9 @@ PROMPT_TOKENS = 120
 """Persona + question as the server sends them, in tokens (estimate)."""
 TOKENS_PER_PIECE = 1.3
 """Stand-in pieces are words; English averages ~1.3 tokens per word."""
+WHISPER_TINY_GPU_RTFX = 49.44
+"""faster-whisper tiny.en on CUDA: 49.44 s of audio per second (Open ASR leaderboard evaluations, Jan 2025;
+short read-speech utterances, each padded to Whisper's 30 s window, so the per-call cost is in it)."""
 
 SEGMENTS = ("endpoint", "stt", "llm", "tts", "rest")
 SEGMENT_LABELS = {
@@ -99,7 +102,11 @@ class Projection:
 
 
 def project(table: Table) -> list[Projection]:
-    """Pi 5 + RTX 4090 over a 30 ms link, from the measured Pi side and server overhead and GPU figures."""
+    """Pi 5 + RTX 4090 over a 30 ms link, from the measured Pi side and server overhead and GPU figures.
+
+    The streamed rows end the turn as the phone does now (Smart Turn); the seed's sequential design
+    keeps the fixed silence it had. The last row counts the upload of the utterance to /process-audio.
+    """
     piper = table.get(("piper + stand-in LLM", "streamed"))
     seq = table.get(("piper + stand-in LLM", "sequential"))
     if piper is None or seq is None:
@@ -113,20 +120,28 @@ def project(table: Table) -> list[Projection]:
     llm_all = PROMPT_TOKENS / LLM_PROMPT_TPS + all_tokens / LLM_DECODE_TPS
     speech_first, speech_all = piper["first_chunk_audio"], seq["reply_audio"]
     send_all = speech_all * 24000 * 2 * 8 / (LINK_MBIT * 1e6)
+    utterance = piper.get("utterance_seconds") or 0.0
+    upload = utterance * 16000 * 2 * 8 / (LINK_MBIT * 1e6)
+    server_stt = utterance / WHISPER_TINY_GPU_RTFX + upload
     rest = RTT_SECONDS + overhead
+
+    def streamed(tts: float, stt_seconds: float = stt) -> dict[str, float]:
+        return {"endpoint": endpoint, "stt": stt_seconds, "llm": llm_first, "tts": tts, "rest": rest}
+
     return [
-        Projection("streamed, Chatterbox upstream", {"endpoint": endpoint, "stt": stt, "llm": llm_first,
-                   "tts": speech_first * CB_RTF_4090, "rest": rest},
+        Projection("streamed sentences, Chatterbox upstream", streamed(speech_first * CB_RTF_4090),
                    f"first sentence {speech_first:.1f} s of speech x RTF {CB_RTF_4090:.2f} (#552)"),
-        Projection("streamed, Chatterbox + CUDA graphs", {"endpoint": endpoint, "stt": stt, "llm": llm_first,
-                   "tts": speech_first * CB_RTF_4090_GRAPHS, "rest": rest},
+        Projection("streamed sentences, Chatterbox + CUDA graphs", streamed(speech_first * CB_RTF_4090_GRAPHS),
                    f"RTF {CB_RTF_4090_GRAPHS:.2f} (#552)"),
-        Projection("streamed, streaming Chatterbox fork", {"endpoint": endpoint, "stt": stt, "llm": llm_first,
-                   "tts": CB_STREAM_FIRST_AUDIO, "rest": rest},
-                   f"first audio {CB_STREAM_FIRST_AUDIO} s (fork's figure)"),
-        Projection("sequential (seed), Chatterbox upstream", {"endpoint": endpoint, "stt": stt, "llm": llm_all,
-                   "tts": speech_all * CB_RTF_4090, "rest": RTT_SECONDS + overhead + send_all},
-                   f"whole reply {speech_all:.1f} s of speech x RTF {CB_RTF_4090:.2f}; "
+        Projection("streamed inside the sentence (this server), STT on the Pi", streamed(CB_STREAM_FIRST_AUDIO),
+                   f"first audio {CB_STREAM_FIRST_AUDIO} s: a streaming fork's figure for the same design"),
+        Projection("streamed inside the sentence, STT on the server", streamed(CB_STREAM_FIRST_AUDIO, server_stt),
+                   f"{utterance:.1f} s utterance uploaded at {LINK_MBIT:g} Mbit/s ({upload:.2f} s) + "
+                   f"Whisper tiny.en on CUDA at {WHISPER_TINY_GPU_RTFX:g}x real time"),
+        Projection("sequential (seed), Chatterbox upstream",
+                   {"endpoint": piper.get("endpoint_silence") or endpoint, "stt": stt, "llm": llm_all,
+                    "tts": speech_all * CB_RTF_4090, "rest": RTT_SECONDS + overhead + send_all},
+                   f"fixed silence; whole reply {speech_all:.1f} s of speech x RTF {CB_RTF_4090:.2f}; "
                    f"WAV sent at {LINK_MBIT:g} Mbit/s"),
     ]
 
@@ -198,8 +213,9 @@ def write_report(table: Table, results: list[Any], meta: dict[str, Any], docs: P
         f"{meta['runs']} measured turns per setup and design ({meta['chatterbox_runs']} with Chatterbox), "
         f"one unmeasured warm-up turn per setup; {meta['seconds']:.0f} s in all. Medians, in seconds.",
         "",
-        "Stages: **endpoint** = audio time from the last speech frame to the VAD's end-of-utterance decision "
-        "(live, this is real time); **stt** = Whisper tiny.en on the utterance; then, counted from the moment "
+        "Stages: **endpoint** = audio time from the last speech frame to the phone's end-of-turn decision "
+        "(Smart Turn after a short silence, as the phone does by default; live, this is real time); "
+        "**stt** = Whisper tiny.en on the utterance, on the Pi's side; then, counted from the moment "
         "the request is sent: **req** = response headers, **llm1** = first LLM token, **sent1** = first "
         "sentence complete (the server's splitter), **tts1** = first sentence synthesized (first PCM out of "
         "the engine), **audio1** = first audio byte at the caller, **whole** = last byte; "
@@ -214,6 +230,17 @@ def write_report(table: Table, results: list[Any], meta: dict[str, Any], docs: P
             f"{m['llm_first_token']:.2f} | {m['first_sentence']:.2f} | {m['first_synth']:.2f} | "
             f"**{m['first_audio']:.2f}** | {m['whole']:.2f} | **{m['voice_to_first_audio']:.2f}** |"
         )
+    piper = table.get(("piper + stand-in LLM", "streamed"))
+    if piper is not None and piper.get("endpoint_silence"):
+        lines += ["", f"Same utterances, end of turn: Smart Turn **{piper['endpoint']:.2f} s** vs "
+                      f"{piper['endpoint_silence']:.2f} s with the fixed silence rule alone; the server's Whisper "
+                      f"(/process-audio, this CPU) took {piper['stt_server']:.2f} s on them."]
+        cut, whole = piper.get("utterance_seconds", 0.0), piper.get("utterance_silence_seconds", 0.0)
+        if whole - cut > 0.3:
+            lines += ["", f"**Smart Turn ended the turn early**: it kept {cut:.1f} s of the question against "
+                          f"{whole:.1f} s for the silence rule (it judged the clause before the comma a finished "
+                          "turn), so the delay above is at that pause, and the rest of the question would come "
+                          "as a second turn (issue 9's corpus bench counts such cut-offs)."]
     lines += ["", "Time to first audio, sequential / streamed (end of speech to first audio):", ""]
     lines += [f"- {setup}: **{r:.2f}x**" for setup, r in sorted(ratios(table).items())]
     lines += [
@@ -252,8 +279,12 @@ def write_report(table: Table, results: list[Any], meta: dict[str, Any], docs: P
         f"tokens, {TOKENS_PER_PIECE} tokens per word.",
         f"- Link: {RTT_SECONDS * 1000:.0f} ms round trip on the kept-alive connection (a fresh TLS connection "
         f"would add two more); the sequential design also sends the whole WAV at {LINK_MBIT:g} Mbit/s (assumption).",
+        f"- Whisper tiny.en on the server's GPU: {WHISPER_TINY_GPU_RTFX:g}x real time with faster-whisper on CUDA "
+        "(Open ASR leaderboard evaluations, Jan 2025), plus the upload of the utterance as 16 kHz PCM.",
         "- Assumed, not measured: Whisper tiny.en int8 on a Pi 5's four Cortex-A76 cores takes about what it takes "
-        "on this 2-core VM; speech length per sentence as Piper speaks it; aplay's start-up is not counted.",
+        "on this 2-core VM (whisper.cpp#89 reports 1.1-1.4 s for tiny on a Pi 5 with whisper.cpp: with that, the "
+        "STT-on-the-Pi rows grow by ~1 s, one more reason for STT on the server); speech length per sentence as "
+        "Piper speaks it; aplay's start-up is not counted.",
         "",
         "| projected configuration | endpoint | stt | llm | tts | link + server | end of speech → first audio "
         "| basis |",
@@ -263,7 +294,11 @@ def write_report(table: Table, results: list[Any], meta: dict[str, Any], docs: P
         s = p.segments
         lines.append(f"| {p.label} | {s['endpoint']:.2f} | {s['stt']:.2f} | {s['llm']:.2f} | {s['tts']:.2f} | "
                      f"{s['rest']:.2f} | **{p.total:.2f}** | {p.notes} |")
-    if len(projections) >= 4:
-        lines += ["", f"Projected ratio sequential / streamed (upstream Chatterbox): "
-                      f"**{projections[3].total / projections[0].total:.2f}x**."]
+    if projections:
+        seed, best_pi, best_server = projections[-1], projections[2], projections[3]
+        lines += ["", f"Projected ratio sequential (seed) / streamed sentences (upstream Chatterbox): "
+                      f"**{seed.total / projections[0].total:.2f}x**; / streamed inside the sentence with STT on "
+                      f"the server: **{seed.total / best_server.total:.2f}x**. Issue 11's goals: ≤ 1.0 s with "
+                      f"STT on the server (projected {best_server.total:.2f} s), ≤ 1.3 s with STT on the Pi "
+                      f"(projected {best_pi.total:.2f} s)."]
     replace_section(str(docs / "PERFORMANCE.md"), "latency", "\n".join(lines))

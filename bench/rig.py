@@ -186,6 +186,8 @@ class Heard:
     sample_rate: int = 0
     retry_after: str | None = None
     error: str | None = None
+    session_id: str | None = None
+    """The server's X-Session-Id: ties the turn to the server's own log line for it."""
 
     @property
     def audio_seconds(self) -> float:
@@ -200,7 +202,8 @@ def ask(session: requests.Session, url: str, key: str, body: dict[str, Any], tim
     except requests.RequestException as err:
         now = time.monotonic()
         return Heard(status=0, sent=sent, headers_at=now, done_at=now, error=type(err).__name__)
-    heard = Heard(status=reply.status_code, sent=sent, headers_at=time.monotonic())
+    heard = Heard(status=reply.status_code, sent=sent, headers_at=time.monotonic(),
+                  session_id=reply.headers.get("X-Session-Id"))
     with reply:
         if reply.status_code != 200:
             heard.retry_after = reply.headers.get("Retry-After")

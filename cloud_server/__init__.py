@@ -29,7 +29,7 @@ def create_app(
     from cloud_server.cors import allow_configured_origins
     from cloud_server.errors import register_error_handlers
     from cloud_server.metrics import count_responses
-    from cloud_server.routes import characters, console, core, docs, emotions, openai, outputs, voices
+    from cloud_server.routes import calls, characters, console, core, docs, emotions, openai, outputs, voices
     from cloud_server.services import EXTENSION, build_services
     from cloud_server.write_timeout import WriteTimeout
 
@@ -45,7 +45,8 @@ def create_app(
     register_error_handlers(app, limits.retry_after_seconds)
     count_responses(app, svc.metrics)
     allow_configured_origins(app, cfg.server.cors_origins)
-    for blueprint in (core.bp, voices.bp, characters.bp, emotions.bp, openai.bp, outputs.bp, console.bp, docs.bp):
+    blueprints = (core.bp, voices.bp, characters.bp, emotions.bp, calls.bp, openai.bp, outputs.bp, console.bp, docs.bp)
+    for blueprint in blueprints:
         app.register_blueprint(blueprint)
     app.wsgi_app = WriteTimeout(app.wsgi_app, limits.write_timeout_seconds)  # type: ignore[method-assign]
     _LOGGER.info("Ready: voice %s (fallback %s), LLM %s", svc.primary.name, svc.fallback.name, cfg.server.llm.backend)

@@ -24,7 +24,8 @@ bind = [os.environ.get("AI_TELEPHONE_BIND") or f"{_cfg.server.host}:{_cfg.server
 # One process = one copy of Chatterbox on the GPU; the reply gate bounds the work inside it.
 workers = 1
 worker_class = "gthread"
-threads = max(8, _cfg.server.limits.queue_depth * 2)
+# Phones waiting for a call (GET /calls/next, a long-poll) each hold a thread too.
+threads = max(8, _cfg.server.limits.queue_depth * 2) + _cfg.server.calls.max_waiting
 # Streams can be long and the model loads slowly; the worker must not be killed mid-reply.
 timeout = 300
 graceful_timeout = 30

@@ -17,6 +17,7 @@ from typing import Final
 
 from flask import current_app
 
+from cloud_server.calls import CallBook
 from cloud_server.console_sessions import ConsoleSessions
 from cloud_server.library.character_store import CharacterStore
 from cloud_server.library.characters import CharacterBook
@@ -26,6 +27,7 @@ from cloud_server.llm.base import LLM
 from cloud_server.llm.select import make_llm
 from cloud_server.metrics import Metrics
 from cloud_server.pipeline.admission import ReplySlots
+from cloud_server.pipeline.hang_up import system_prompt
 from cloud_server.pipeline.recent import RecentTurns
 from cloud_server.pipeline.reply import ReplyPipeline
 from cloud_server.pipeline.sessions import SessionStore
@@ -70,6 +72,8 @@ class Services:
     """Where /generate-audio keeps its files (S3, or data_dir/outputs)."""
     emotions: EmotionBook
     """Each character's emotion profiles (cloud_server/library/emotions.py)."""
+    calls: CallBook
+    """Calls characters place to phones (cloud_server/calls.py), kept in the data dir."""
     started: float = field(default_factory=time.monotonic)
     _llm_seen: tuple[float, bool] = (0.0, False)
 
@@ -168,12 +172,13 @@ def build_services(
         recent=recent,
         storage=make_store(server.storage, data_dir),
         emotions=EmotionBook(EmotionStore.in_data_dir(data_dir), characters),
+        calls=CallBook.in_data_dir(data_dir, server.calls),
     )
     prepare_voices(services)
     if server.llm.warm_up:
         # The default character last: with one Ollama slot (OLLAMA_NUM_PARALLEL=1) only the last stays cached.
         ids = sorted(characters.ids(), key=lambda cid: cid == server.default_character)
-        personas = [characters.get(cid)[1].persona for cid in ids]
+        personas = [system_prompt(characters.get(cid)[1].persona, server.hang_up) for cid in ids]
         threading.Thread(target=_warm_up, args=(llm, personas), name="llm-warm-up", daemon=True).start()
     _LOGGER.info("%d library voices, Whisper on %s", len(library.list()), transcriber.device)
     return services

@@ -198,6 +198,9 @@ class CharacterConfig:
     phone itself says when the handset is lifted is ``pi.greeting``)."""
     apology: str = "Sorry, I can't think right now. Please try again in a moment."
     """What the caller hears when the LLM fails."""
+    filler: str = "Hmm, let me think."
+    """Said while the caller waits for a late reply (``GET /characters/<id>/filler``; the phone plays it
+    when ``pi.filler.enabled`` and the first audio is ``pi.filler.after_seconds`` late)."""
 
 
 def _default_characters() -> dict[str, CharacterConfig]:
@@ -286,6 +289,41 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class CallsConfig:
+    """Calls the server places to phones (``POST /calls``; the phone long-polls ``GET /calls/next``)."""
+
+    max_wait_seconds: float = 25.0
+    """Longest a phone's ``GET /calls/next`` waits for a call, in seconds (under HAProxy's 30 s client timeout)."""
+    max_waiting: int = 16
+    """Phones waiting at once; one more gets 503 (each holds a server thread while it waits)."""
+    ttl_seconds: float = 3600.0
+    """A queued call no phone took this long after it was due is ``expired``, in seconds (a call may set its own)."""
+    max_ttl_seconds: float = 7 * 86400.0
+    """Longest ``ttl_seconds`` a call may ask for, and how far ahead ``at`` may be, in seconds."""
+    ring_timeout_seconds: float = 300.0
+    """A call handed to a phone that reports neither answered nor missed this long after is ``missed``, in seconds."""
+    max_queued_per_phone: int = 10
+    """Calls waiting for one phone at once; one more gets 429."""
+    max_reason_chars: int = 500
+    """Longest ``reason`` (what the character is calling about), in characters."""
+    keep_finished: int = 200
+    """Finished calls (answered, missed, cancelled, expired) kept for ``GET /calls``; the oldest go first."""
+
+
+@dataclass(frozen=True)
+class HangUpConfig:
+    marker: str = "[END CALL]"
+    """A character ends the call by writing this (any case) in its reply: it is not spoken, the reply
+    stops there, and the phone plays the busy tone once the reply has played. Empty: characters never
+    end calls."""
+    instruction: str = (
+        "When the caller says goodbye, or the conversation is clearly over, say a short goodbye "
+        "and end your reply with {marker}."
+    )
+    """Added below every persona, so the LLM knows how to end a call; ``{marker}`` stands for the marker."""
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     """Address to bind (0.0.0.0 on the GPU server)."""
@@ -310,6 +348,10 @@ class ServerConfig:
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     """Where /generate-audio keeps its files (S3-compatible, or the data directory)."""
+    calls: CallsConfig = field(default_factory=CallsConfig)
+    """Calls a character places to a phone (the ring API)."""
+    hang_up: HangUpConfig = field(default_factory=HangUpConfig)
+    """How a character ends the call (the phone learns it from the session when the reply ends)."""
     cors_origins: tuple[str, ...] = ()
     """Web origins (``https://app.example.com``, exact) whose pages may call the API with the key from the
     browser; none by default. The console is same-origin and needs none."""
@@ -342,6 +384,8 @@ class AudioConfig:
     """Capture rate in Hz (Whisper and Silero both want 16 kHz)."""
     block_seconds: float = 0.032
     """Capture block length in seconds (512 samples at 16 kHz, Silero's frame)."""
+    telephone_band: bool = False
+    """Band-pass everything the earpiece plays to 300-3400 Hz, the sound of a telephone line."""
 
 
 @dataclass(frozen=True)
@@ -487,6 +531,9 @@ class DialConfig:
     """Decode touch-tone (DTMF) digits from the handset audio."""
     digit_timeout_seconds: float = 4.0
     """No digit for this long completes the number dialed so far, in seconds."""
+    end_call_key: str = "*"
+    """Dialed first during a call, this key ends it (busy tone); any other digit dials a new number.
+    A rotary dial has no ``*``: set a digit no directory number begins with. Empty: no end key."""
 
 
 @dataclass(frozen=True)
@@ -497,6 +544,47 @@ class TonesConfig:
     """Level of each frequency in a tone, in dB below full scale."""
     off_hook_warning_seconds: float = 30.0
     """Dial, busy or reorder tone this long with the handset lifted, then the off-hook warning, in seconds."""
+
+
+@dataclass(frozen=True)
+class ScheduledCallConfig:
+    at: str = "08:00"
+    """Local time of day the call is placed, ``HH:MM`` (every day)."""
+    character: str | None = None
+    """Who calls; None: the server's default character."""
+    reason: str = "A reminder."
+    """What the character calls about (it is in the character's prompt when the handset is lifted)."""
+
+
+@dataclass(frozen=True)
+class RingConfig:
+    enabled: bool = True
+    """Ask the server for calls placed to this phone while the handset is down, and ring for them."""
+    phone_id: str = "phone"
+    """This phone's id in ``POST /calls`` (1-64 of a-z 0-9 - _)."""
+    bell_pin: int | None = 22
+    """BCM pin of the bell's output (a relay or buzzer driver); None: no bell (rings are only logged)."""
+    bell_active_high: bool = True
+    """The output is high while the bell rings (false for relay boards that switch on low)."""
+    cadence: tuple[float, ...] = (2.0, 4.0)
+    """One ring: seconds on, off, on, off... (North American 2 s on 4 s off; UK [0.4, 0.2, 0.4, 2.0])."""
+    rings: int = 8
+    """Rings before an unanswered call gives up (the server is told it was missed)."""
+    poll_wait_seconds: float = 20.0
+    """How long each ``GET /calls/next`` waits on the server for a call, in seconds (the server caps it)."""
+    retry_seconds: float = 10.0
+    """Pause after the server could not be asked, in seconds."""
+    scheduled: tuple[ScheduledCallConfig, ...] = ()
+    """Calls this phone places to itself every day at a time (a wake-up call, a reminder)."""
+
+
+@dataclass(frozen=True)
+class FillerConfig:
+    enabled: bool = False
+    """Play the character's thinking filler ("Hmm, let me think.") when a reply's first audio is late."""
+    after_seconds: float = 1.2
+    """How late, counted from the end of the caller's speech, in seconds. The reply waits for the
+    filler to end (it is short), so it never talks over the character."""
 
 
 @dataclass(frozen=True)
@@ -527,6 +615,9 @@ class PiConfig:
     """Dialed number (digits, quoted in YAML) → character id; empty: lifting the handset calls ``character``."""
     dial: DialConfig = field(default_factory=DialConfig)
     tones: TonesConfig = field(default_factory=TonesConfig)
+    ring: RingConfig = field(default_factory=RingConfig)
+    """Calls from the server: the bell, its cadence, giving up."""
+    filler: FillerConfig = field(default_factory=FillerConfig)
 
     def servers(self) -> tuple[str, ...]:
         """The servers the phone may call: ``server_urls``, else ``server_url`` alone."""

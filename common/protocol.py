@@ -18,6 +18,10 @@ class Route:
     """GET ``/sessions/<session_id>``: the conversation so far."""
     HEALTH: Final = "/health"
     """GET, no key: ``ok`` or ``degraded``."""
+    CALLS: Final = "/calls"
+    """POST ``{phone, character?, reason, at?, ttl_seconds?}`` queues a call to a phone; ``/calls/next?phone=``
+    (GET, long-poll) hands it to the phone; ``/calls/<id>/answer`` (POST) streams the character's first words,
+    ``/calls/<id>/missed`` and ``/calls/<id>/busy`` (POST) report what became of it."""
 
 
 class Field:
@@ -31,6 +35,15 @@ class Field:
     HISTORY: Final = "history"
     """The conversation so far, ``[{role: user|assistant, content}]``, oldest first: the server answers
     from it instead of its own session, so any server can answer any turn (a JSON string in form fields)."""
+    PHONE: Final = "phone"
+    """The phone a call is for (``POST /calls``, ``GET /calls/next``)."""
+    REASON: Final = "reason"
+    """What the character calls about; it goes into the character's prompt when the handset is lifted."""
+
+
+ANSWERED_CUE: Final = "(The phone rings and they pick it up.)"
+"""The caller's side of a placed call's first turn (the character speaks first): the server sends it to the LLM
+as the user's line, and the phone keeps it in the call's history as what the caller "said"."""
 
 
 class Header:

@@ -67,9 +67,13 @@ def _load(args: argparse.Namespace) -> tuple[Config, str]:
         raise ConfigError("--clock-speed: expected 0.1-10")
     if args.dial is not None and (not args.input_wav or not args.dial.isdigit()):
         raise ConfigError("--dial: expected digits, and --input-wav (file mode); live calls dial on the phone")
-    from pi_client.telephone.directory import Directory
+    from pi_client.telephone.directory import Directory, check_end_key
 
     Directory(cfg.pi.directory)  # ConfigError naming the bad entry, before any model loads
+    from pi_client.server.ring_poll import check_ring_settings
+
+    check_ring_settings(cfg.pi.ring)
+    check_end_key(cfg.pi.dial.end_call_key)
     key = resolve_api_key(cfg.pi.api_key_file)
     if not key:
         raise ConfigError("AI_TELEPHONE_API_KEY: not set (nor pi.api_key_file); the server refuses calls without it")
@@ -135,11 +139,19 @@ async def _build(args: argparse.Namespace, cfg: Config, key: str) -> _Stages:
 
     async def listen_once(on_frame: Any = None) -> Any:
         source = make_source()
+        if pi.dial.dtmf:  # keys pressed during the call: a digit switches character, * ends the call
+            from pi_client.telephone.key_tap import TouchToneTap
+
+            source = TouchToneTap(source, lambda key: phone.key_heard(key))
         try:
             return await listen(source, vad, pi.vad, turn_detector, pi.turns.smart_turn, on_frame)
         finally:
             source.close()
 
+    if pi.audio.telephone_band:
+        from pi_client.audio.telephone_band import TelephoneBandSink
+
+        sink = TelephoneBandSink(sink)  # 300-3400 Hz: tones, greetings, replies, the phone's own voice
     client = ServerFleet(pi.servers(), key, pi.client)
     monitor = None if args.input_wav else client.health
     phone = Phone(
@@ -154,6 +166,7 @@ async def _build(args: argparse.Namespace, cfg: Config, key: str) -> _Stages:
         key_audio=make_source,
         overhear=listen_once if microphone is not None else None,
         microphone=microphone if line is None else None,  # a recorded call's clock stops with its own hook
+        ringer=None if args.input_wav else _make_ringer(cfg, client, keyboard=bool(args.keyboard)),
     )
     return _Stages(phone, client, sink, monitor, line, microphone)
 
@@ -250,6 +263,22 @@ def _make_dial(cfg: Config) -> Any:
         return GpioDial(cfg.pi.dial.rotary)
     except DialError as err:  # it names pi.dial.rotary.pin
         raise ConfigError(str(err)) from err
+
+
+def _make_ringer(cfg: Config, client: Any, keyboard: bool) -> Any:
+    """The ringer for calls the server places; the bell only where the hook is on GPIO too (not at a desk)."""
+    ring = cfg.pi.ring
+    if not ring.enabled:
+        return None
+    from pi_client.call.ringer import Ringer
+    from pi_client.telephone.bell import Bell, BellError
+
+    gpio = not keyboard and cfg.pi.hook.mode == "gpio"
+    try:
+        bell = Bell(ring.bell_pin if gpio else None, ring.bell_active_high)
+    except BellError as err:  # it names pi.ring.bell_pin
+        raise ConfigError(str(err)) from err
+    return Ringer(client.clients, ring, bell)
 
 
 def _make_hook(cfg: Config, keyboard: bool) -> Any:

@@ -72,16 +72,18 @@ def build_phone(
     more_servers: tuple[ServerProcess, ...] = (),
     dial: Any = None,
     touch_tones: Path | None = None,
+    ring: bool = False,
 ) -> PhoneRig:
     """A Phone against ``server`` (then ``more_servers``, same key) hearing ``question``; call inside a running loop.
 
     ``dial`` is a rotary dial (GpioDial on mock pins); ``touch_tones`` a WAV the microphone
-    hears while the phone waits for a number.
+    hears while the phone waits for a number; ``ring`` adds the ringer (its bell on ``pi.ring.bell_pin``).
     """
     from pi_client.audio.capture import WavFileSource
     from pi_client.audio.offline_voice import OfflineVoice
     from pi_client.call.runner import Phone
     from pi_client.server.fleet import ServerFleet
+    from pi_client.telephone.key_tap import TouchToneTap
     from pi_client.turns.endpoint import listen
     from pi_client.turns.vad import SileroVad
 
@@ -93,7 +95,9 @@ def build_phone(
     async def listen_once() -> Any:
         if talk is not None:
             await talk.get()
-        source = WavFileSource(question)
+        source: Any = WavFileSource(question)
+        if settings.dial.dtmf:  # as python -m pi_client: keys pressed during the call are heard too
+            source = TouchToneTap(source, lambda key: phone.key_heard(key))
         try:
             return await listen(source, vad, settings.vad)
         finally:
@@ -101,6 +105,12 @@ def build_phone(
 
     client = ServerFleet((server.url, *(s.url for s in more_servers)), server.key, settings.client)
     health = client.health if monitor else None
+    ringer = None
+    if ring:
+        from pi_client.call.ringer import Ringer
+        from pi_client.telephone.bell import Bell
+
+        ringer = Ringer(client.clients, settings.ring, Bell(settings.ring.bell_pin, settings.ring.bell_active_high))
     phone = Phone(
         settings=settings,
         listen=listen_once,
@@ -111,6 +121,7 @@ def build_phone(
         monitor=health,
         dial=dial,
         key_audio=(lambda: WavFileSource(touch_tones, realtime=True)) if touch_tones is not None else None,
+        ringer=ringer,
     )
     return PhoneRig(phone, settings, client, sink, health, talk)
 

@@ -10,6 +10,7 @@ from pi_client.call.machine import (
     CheckHealth,
     Connect,
     DigitDialed,
+    EndKey,
     Heard,
     Hush,
     Intercept,
@@ -228,3 +229,24 @@ def test_after_a_goodbye_the_reply_plays_then_the_busy_tone() -> None:
     assert next_state(State.REPLYING, event, DIALING) == (State.ENDED, [PlayTone("busy", 30.0)])
     failed = ReplyFinished(Ask(text="bye"), Outcome.UNREACHABLE, farewell=True)
     assert next_state(State.REPLYING, failed, DIALING) == (State.APOLOGIZING, [Say(Phrase.OFFLINE)])
+
+
+# --------------------------------------------------------------------------- the far side ends the call
+
+
+def test_the_character_hanging_up_plays_its_reply_then_the_busy_tone() -> None:
+    event = ReplyFinished(Ask(text="that's all"), Outcome.DONE, hung_up=True)
+    assert next_state(State.REPLYING, event, DIALING) == (State.ENDED, [PlayTone("busy", 30.0)])
+
+
+def test_a_reply_that_broke_off_with_no_server_left_is_a_dropped_call_with_the_reorder_tone() -> None:
+    dropped = ReplyFinished(Ask(text="hi"), Outcome.BROKEN, line_dropped=True)
+    assert next_state(State.REPLYING, dropped, DIALING) == (State.ENDED, [PlayTone("reorder", 30.0)])
+    hiccup = ReplyFinished(Ask(text="hi"), Outcome.BROKEN)  # a server still answers: the call goes on
+    assert next_state(State.REPLYING, hiccup, DIALING) == (State.APOLOGIZING, [Say(Phrase.BROKEN)])
+
+
+@pytest.mark.parametrize("state", [State.LISTENING, State.REPLYING, State.GREETING, State.CONNECTING])
+def test_the_end_key_during_a_call_stops_it_and_gives_the_busy_tone(state: State) -> None:
+    assert next_state(state, EndKey(), DIALING) == (State.ENDED, [StopAll(), PlayTone("busy", 30.0)])
+    assert next_state(State.DIALING, EndKey(), DIALING) == (State.DIALING, [])  # at the dial tone: nothing

@@ -35,6 +35,7 @@ from tests.fixtures_server import TEST_KEY, RunningServer, server_config
 from tests.helpers import wait_for, word_set
 from tests.ollama_standin import OllamaStandIn
 from tests.server_rig import free_port, stop_process
+from tests.tone_check import peaks_between
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 16000
@@ -274,7 +275,7 @@ def test_voice_model_failing_mid_reply_the_fallback_voice_speaks_the_rest(
     assert_next_call_is_normal(phone, server.url, standin)
 
 
-def test_server_killed_while_streaming_the_phone_plays_what_came_then_its_message_and_recovers(
+def test_server_killed_while_streaming_the_phone_plays_what_came_then_the_reorder_tone_and_recovers(
     standin: OllamaStandIn, phone: Phone, tmp_path: Path
 ) -> None:
     standin.script(*long_reply())
@@ -289,9 +290,10 @@ def test_server_killed_while_streaming_the_phone_plays_what_came_then_its_messag
         assert call.returncode == 0, call.stderr[-3000:]
         assert {"sentence", "number"} <= call.said, call.heard  # what arrived was played
         assert "reply broke off" in call.stderr
-        ending = call.said_in_last(6.0)
-        assert spoke(ending, BROKEN_WORDS), ending  # then the phone's own voice, no dead line
-        assert call.speech > 4.0
+        # No server answers: a dropped call, the reorder tone (not "say that again" into a dead line).
+        assert "the line dropped: no server answers" in call.stderr
+        assert peaks_between(call.pcm, RATE, -1.98, -1.77, 2) == pytest.approx([480.0, 620.0], abs=6.0)
+        assert call.speech > 2.0
         server.start()  # restarted (systemd Restart=always) on the same address
         assert_next_call_is_normal(phone, server.url, standin)
     finally:

@@ -17,7 +17,7 @@ from cloud_server.llm.context import MESSAGE_OVERHEAD_TOKENS
 from cloud_server.llm.embedded import EmbeddedLLM
 from cloud_server.llm.ollama import OllamaLLM
 from cloud_server.llm.select import make_llm
-from common.config import LLMConfig, replace
+from common.config import HangUpConfig, LLMConfig, replace
 from tests.fixtures_server import TEST_KEY, RunningServer, server_config
 from tests.helpers import wait_for
 from tests.ollama_standin import OllamaStandIn
@@ -330,9 +330,11 @@ def test_start_warms_every_characters_prompt_in_the_background(
     start_server(config)
     wait_for(lambda: len(ollama.chat_requests()) >= 2, WAIT, "a warm-up per character")
     requests_seen = ollama.chat_requests()
+    # The system prompt as every turn sends it (persona, then how to hang up), so the cache matches.
+    hang_up = "\n\n" + HangUpConfig().instruction.replace("{marker}", HangUpConfig().marker)
     assert [r.messages[0]["content"] for r in requests_seen] == [
-        characters["pirate"]["persona"],
-        characters["operator"]["persona"],  # the default character last: the one a single slot keeps
+        characters["pirate"]["persona"] + hang_up,
+        characters["operator"]["persona"] + hang_up,  # the default character last: the one a single slot keeps
     ]
     assert all(r.messages[0]["role"] == "system" and r.keep_alive == "1h" for r in requests_seen)
 

@@ -391,3 +391,41 @@ def test_file_mode_dialing_an_unknown_number_hears_the_intercept(
     said = words(call_whisper.transcribe(resample_pcm16(pcm[round(1.0 * rate) * 2 :], rate, PI_RATE)))
     assert {"number", "not", "service"} <= said, said
     assert len(call_standin.chat_requests()) == chats_before
+
+
+def test_a_touch_tone_0_heard_during_lunas_call_switches_to_the_operator(
+    luna_server: ServerProcess, call_standin: OllamaStandIn, call_whisper: Any, tmp_path: Path
+) -> None:
+    touch = tmp_path / "keys.wav"
+    write_wav(str(touch), silence(0.5) + keypad("7") + silence(8.0), PI_RATE)
+    mid_call = tmp_path / "zero.wav"  # what the caller's microphone hears once Luna listens: a key, in line noise
+    pcm = silence(0.6) + keypad("0") + silence(1.5)
+    write_wav(str(mid_call), mix(pcm, white_noise(len(pcm) / 2 / PI_RATE, rms=0.003)), PI_RATE)
+    chats_before = len(call_standin.chat_requests())
+    sink = Earpiece(tmp_path / "r.wav")
+
+    async def scenario(pins: Any) -> None:
+        rig = build_phone(luna_server, mid_call, call_whisper, tmp_path, sink, gated=True, pi=PI, touch_tones=touch)
+        phone, talk = rig.phone, rig.talk
+        assert talk is not None
+        running = asyncio.create_task(phone.run(GpioHook(rig.settings.hook)))
+        try:
+            pins.pin(HOOK_PIN).drive_low()
+            await until(lambda: phone.state is State.LISTENING, "Luna's greeting", WAIT)
+            talk.put_nowait(None)  # the caller presses 0
+            await until(lambda: len(sink.parts) >= 5 and phone.state is State.LISTENING, "the operator", WAIT)
+            pins.pin(HOOK_PIN).drive_high()
+            await until(lambda: phone.state is State.ON_HOOK, "the hang-up", 10)
+        finally:
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+            await rig.close()
+
+    with mock_pins() as pins:
+        asyncio.run(asyncio.wait_for(scenario(pins), WAIT))
+    # dial tone, ringback, Luna's greeting; ringback, the operator's greeting
+    assert len(sink.parts) == 5, [(rate, len(pcm)) for rate, pcm in sink.parts]
+    assert {"luna", "moon"} & words(sink.transcript(call_whisper, 2))
+    assert sink.tone_peaks(3, 2) == pytest.approx([440.0, 480.0], abs=6.0)  # ringing the operator
+    assert {"operator"} <= words(sink.transcript(call_whisper, 4))
+    assert len(call_standin.chat_requests()) == chats_before  # the key was not taken for words

@@ -10,6 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from common.wav import read_wav_pcm16
 from tests.helpers import wait_for, word_set
 from tests.ollama_standin import OllamaStandIn
 from tests.phone_rig import BROKEN_WORDS, OFFLINE_WORDS, heard
@@ -21,6 +24,7 @@ from tests.server_rig import (
     run_pi_client,
     start_server,
 )
+from tests.tone_check import peaks_between
 
 WAIT = 120.0
 
@@ -107,7 +111,7 @@ def test_a_refused_key_is_logged_and_the_caller_still_hears_something(
     assert len(word_set(text) & OFFLINE_WORDS) >= 3, text
 
 
-def test_server_killed_mid_reply_plays_what_arrived_then_the_broken_message(
+def test_server_killed_mid_reply_plays_what_arrived_then_the_reorder_tone_of_a_dropped_call(
     call_standin: OllamaStandIn, call_whisper: Any, call_question_wav: Path, tmp_path: Path
 ) -> None:
     call_standin.script("Here is the first part of my answer. ", 60.0, "You will never hear this second part.")
@@ -132,8 +136,12 @@ def test_server_killed_mid_reply_plays_what_arrived_then_the_broken_message(
     text, _ = heard(call_whisper, reply)
     said = word_set(text)
     assert {"first", "part", "answer"} <= said, text
-    assert len(said & BROKEN_WORDS) >= 3, text
     assert "never" not in said
+    # No server answers any more: the call has dropped, and the file ends with the reorder tone.
+    assert "the line dropped: no server answers" in stderr
+    pcm, rate = read_wav_pcm16(str(reply))
+    assert peaks_between(pcm, rate, -1.98, -1.77, 2) == pytest.approx([480.0, 620.0], abs=6.0)
+    assert not said & BROKEN_WORDS, text  # not "say that again" into a dead line
 
 
 def test_a_reply_that_stalls_mid_stream_counts_as_broken(

@@ -72,7 +72,8 @@ def test_a_turn_is_a_streamed_spoken_reply(ollama: OllamaStandIn, start_server: 
     (chat,) = ollama.chat_requests()
     assert chat.think is False and chat.stream is True
     persona = server.services.config.server.characters["operator"].persona
-    assert chat.messages[0] == {"role": "system", "content": f"{persona}\n\nBe brief."}  # below the persona
+    hang_up = server.services.config.server.hang_up.instruction.replace("{marker}", "[END CALL]")
+    assert chat.messages[0] == {"role": "system", "content": f"{persona}\n\n{hang_up}\n\nBe brief."}  # below
     assert chat.messages[-1] == {"role": "user", "content": "What is the capital of France?"}
 
     record = requests.get(f"{server.url}/sessions/{session_id}", headers=AUTH, timeout=TIMEOUT).json()

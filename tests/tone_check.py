@@ -27,6 +27,13 @@ def peaks(x: np.ndarray, count: int, rate: int = PI_RATE) -> list[float]:
     return sorted(float(i) * rate / n for i in strongest)
 
 
+def peaks_between(pcm: bytes, rate: int, start: float, end: float, count: int) -> list[float]:
+    """The ``count`` strongest frequencies of PCM16 ``pcm`` between ``start`` and ``end`` seconds
+    (negative: counted from its end, as a file that ends with a tone is checked)."""
+    x = samples(pcm)
+    return peaks(x[round(start * rate) : round(end * rate)], count, rate)
+
+
 def dtmf_tone(key: str, seconds: float, row_dev: float = 0.0, col_dev: float = 0.0, twist_db: float = 0.0) -> bytes:
     """The DTMF pair for ``key``: deviations as fractions, twist as the column's level over the row's in dB."""
     row = next(i for i, keys in enumerate(KEYS) if key in keys)

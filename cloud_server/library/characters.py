@@ -183,6 +183,7 @@ class CharacterBook:
                     "cfg_weight": character.cfg_weight,
                     "temperature": character.temperature,
                     "greeting": character.greeting,
+                    "filler": character.filler,
                     "persona": character.persona,
                     "ignored_parameters": list(ignored),
                 }

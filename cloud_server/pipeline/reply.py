@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from cloud_server.llm.base import LLM, LLMError
 from cloud_server.llm.context import fit_context
+from cloud_server.pipeline.hang_up import HangUpFilter, system_prompt
 from cloud_server.pipeline.pieces import paced
 from cloud_server.pipeline.sentences import SentenceSplitter
 from cloud_server.pipeline.sessions import SessionStore
@@ -60,6 +61,8 @@ class TurnStats:
     total_seconds: float = 0.0
     audio_seconds: float = 0.0
     sentence_seconds: list[float] = field(default_factory=list)
+    first_synth_seconds: float | None = None
+    """The voice's own time to the first PCM of the reply's first sentence (what the server adds is the rest)."""
     fallback_sentences: int = 0
     llm_failed: bool = False
     cancelled: bool = False
@@ -67,6 +70,8 @@ class TurnStats:
     character_id: str = ""
     heard: str = ""
     """What the caller said (the turn's text), for listeners that show calls."""
+    hung_up: bool = False
+    """The character ended the call in this reply (``server.hang_up.marker``)."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +115,7 @@ class ReplyPipeline:
         A client that keeps its own conversation (``turn.history``) is answered from it, so any
         server can answer any of its turns.
         """
-        system = turn.character.persona
+        system = system_prompt(turn.character.persona, self._cfg.hang_up)
         if turn.prompt:
             system = f"{system}\n\n{turn.prompt}"
         if turn.history is not None:
@@ -221,6 +226,7 @@ class ReplyPipeline:
             return False
 
         splitter = SentenceSplitter(self._cfg.sentences)
+        hang_up = HangUpFilter(self._cfg.hang_up.marker)
         grace = self._cfg.sentences.end_grace_seconds
         last_piece_at, told_idle = time.monotonic(), True
 
@@ -239,12 +245,18 @@ class ReplyPipeline:
                     last_piece_at, told_idle = time.monotonic(), False
                     if stats.llm_first_token_seconds is None:
                         stats.llm_first_token_seconds = last_piece_at - started
-                    parts.append(piece)
-                    ready = splitter.push(piece)
+                    text = hang_up.push(piece)
+                    parts.append(text)
+                    ready = splitter.push(text)
                 for sentence in ready:
                     if not put(sentence):
                         return
-            for sentence in splitter.flush():
+                if hang_up.found:
+                    stats.hung_up = True  # nothing after the marker is spoken: stop reading the LLM
+                    break
+            tail = hang_up.flush()
+            parts.append(tail)
+            for sentence in [*splitter.push(tail), *splitter.flush()]:
                 if not put(sentence):
                     return
             stats.llm_seconds = time.monotonic() - started
@@ -267,6 +279,8 @@ class ReplyPipeline:
         if not use_fallback:
             try:
                 for pcm in self.primary.synthesize(text, voice, cancel):
+                    if stats.first_synth_seconds is None:
+                        stats.first_synth_seconds = time.monotonic() - t0
                     yield pcm, False
                 stats.sentence_seconds.append(time.monotonic() - t0)
                 return
@@ -277,30 +291,40 @@ class ReplyPipeline:
         stats.fallback_sentences += 1
         try:
             for pcm in self.fallback.synthesize(text, voice, cancel):
+                if stats.first_synth_seconds is None:
+                    stats.first_synth_seconds = time.monotonic() - t0
                 yield resample_pcm16(pcm, self.fallback.sample_rate, self.sample_rate), True
         except Exception:
             _LOGGER.exception("Fallback voice failed too; sentence skipped")
         stats.sentence_seconds.append(time.monotonic() - t0)
 
     def _finish(self, turn: Turn, stats: TurnStats) -> None:
-        if stats.reply_text and not stats.llm_failed and not stats.cancelled:
+        if (stats.reply_text or stats.hung_up) and not stats.llm_failed and not stats.cancelled:
             self._sessions.record(
-                turn.session_id, turn.character_id, turn.text, stats.reply_text, turn.transcript, turn.history
+                turn.session_id,
+                turn.character_id,
+                turn.text,
+                stats.reply_text,
+                turn.transcript,
+                turn.history,
+                ended=stats.hung_up,
             )
         elif stats.llm_failed and not stats.cancelled:
             self._sessions.drop_oldest_turn(turn.session_id, turn.character_id)
         _LOGGER.info(
-            "Turn session=%s character=%s llm_first=%s first_audio=%s total=%.2fs audio=%.2fs "
-            "fallback_sentences=%d llm_failed=%s cancelled=%s",
+            "Turn session=%s character=%s llm_first=%s first_audio=%s first_synth=%s total=%.2fs audio=%.2fs "
+            "fallback_sentences=%d llm_failed=%s cancelled=%s hung_up=%s",
             turn.session_id,
             turn.character_id,
             _fmt(stats.llm_first_token_seconds),
             _fmt(stats.first_audio_seconds),
+            _fmt(stats.first_synth_seconds, 3),
             stats.total_seconds,
             stats.audio_seconds,
             stats.fallback_sentences,
             stats.llm_failed,
             stats.cancelled,
+            stats.hung_up,
         )
         for listener in self.listeners:
             try:
@@ -309,5 +333,5 @@ class ReplyPipeline:
                 _LOGGER.exception("Turn listener failed")
 
 
-def _fmt(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds:.2f}s"
+def _fmt(seconds: float | None, digits: int = 2) -> str:
+    return "-" if seconds is None else f"{seconds:.{digits}f}s"

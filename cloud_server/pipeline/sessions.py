@@ -18,6 +18,8 @@ class Session:
     history: list[dict[str, str]] = field(default_factory=list)
     last_transcript: str | None = None
     last_reply: str | None = None
+    ended: bool = False
+    """The character ended the call with its last reply."""
     updated: float = 0.0
 
 
@@ -51,8 +53,9 @@ class SessionStore:
         reply: str,
         transcript: str | None = None,
         history: Sequence[dict[str, str]] | None = None,
+        ended: bool = False,
     ) -> None:
-        """Append one turn, trimming to the configured number of turns.
+        """Append one turn, trimming to the configured number of turns; ``ended``: the reply ended the call.
 
         ``history``: the conversation the client sent with the turn; it replaces what this server
         knew, so /sessions shows the whole conversation even when other servers answered before.
@@ -69,6 +72,7 @@ class SessionStore:
             sess.history = sess.history[-2 * self._cfg.max_turns :]
             sess.last_reply = reply
             sess.last_transcript = transcript
+            sess.ended = ended
             sess.updated = now
             self._sessions[session_id] = sess
             self._sessions.move_to_end(session_id)

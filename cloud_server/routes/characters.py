@@ -24,7 +24,7 @@ from common.config import CharacterConfig
 _LOGGER = logging.getLogger(__name__)
 bp = Blueprint("characters_api", __name__)
 
-TEXT_LIMITS: Final = {"display_name": 64, "persona": 4000, "greeting": 500, "apology": 500}
+TEXT_LIMITS: Final = {"display_name": 64, "persona": 4000, "greeting": 500, "apology": 500, "filler": 200}
 """The longest each text field may be, in characters."""
 _ACCEPTED: Final = frozenset({*TEXT_LIMITS, *NUMBER_LIMITS, "id", "voice"})
 

@@ -71,7 +71,7 @@ def process_text() -> Response:
 
 @bp.get(Route.SESSIONS + "/<session_id>")
 def get_session(session_id: str) -> Response:
-    """The conversation so far: the Pi logs the reply text from here after the audio ended."""
+    """The conversation so far; the Pi reads it when a reply ends (its text, and whether it ended the call)."""
     require_key()
     session = services().sessions.get(session_id) if is_session_id(session_id) else None
     if session is None:
@@ -82,6 +82,7 @@ def get_session(session_id: str) -> Response:
         history=session.history,
         last_reply=session.last_reply,
         last_transcript=session.last_transcript,
+        call_ended=session.ended,
     )
 
 

@@ -171,12 +171,25 @@ def switch_voice(character_id: str) -> Response:
 def greeting(character_id: str) -> Response:
     """The character's greeting as a WAV file, synthesized once and then served from the phrase cache."""
     require_key()
+    cid, character = services().characters.get(character_id)
+    return _spoken_phrase(cid, character.greeting)
+
+
+@bp.get("/characters/<character_id>/filler")
+def filler(character_id: str) -> Response:
+    """The character's thinking filler ("Hmm, let me think."), for the phone to play while a reply is late."""
+    require_key()
+    cid, character = services().characters.get(character_id)
+    return _spoken_phrase(cid, character.filler)
+
+
+def _spoken_phrase(cid: str, text: str) -> Response:
+    """A short text in the character's voice as one WAV file (from the phrase cache after the first time)."""
     svc = services()
-    cid, character = svc.characters.get(character_id)
     spec = svc.characters.voice_spec(cid)
     t0 = time.monotonic()
     with svc.slots.hold():  # Busy → 503 at the edge
-        pcm = b"".join(svc.pipeline.speak_sentences(character.greeting, spec, threading.Event()))
+        pcm = b"".join(svc.pipeline.speak_sentences(text, spec, threading.Event()))
     took = time.monotonic() - t0
     seconds = len(pcm) / 2 / svc.pipeline.sample_rate
     return Response(

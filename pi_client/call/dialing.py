@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 from common.config import TonesConfig
 from pi_client.audio.playback import AudioSink
-from pi_client.call.machine import DigitDialed, Event, NumberDialed
+from pi_client.call.machine import DigitDialed, EndKey, Event, NumberDialed
 from pi_client.telephone.directory import Directory, NumberCollector
 from pi_client.telephone.tones import PLANS, ToneGenerator, ToneName
 
@@ -110,22 +110,37 @@ class KeyPad:
         self._collector: NumberCollector | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._listening: asyncio.Task[None] | None = None
+        self._end_key: str | None = None
+        self._last_key: str | None = None
 
     @property
     def open(self) -> bool:
         """True between :meth:`begin` and :meth:`end`."""
         return self._collector is not None
 
-    def begin(self, touch_tones: bool) -> None:
-        """Take keys for a new number; with ``touch_tones``, also listen for them in the microphone."""
+    def begin(self, touch_tones: bool, end_key: str | None = None) -> None:
+        """Take keys for a new number; with ``touch_tones``, also listen for them in the microphone.
+
+        ``end_key`` (during a call): that key, dialed first, ends the call instead of starting a number.
+        """
         self.end()
         self._collector = NumberCollector(self._directory, self._timeout)
-        if touch_tones and self._key_audio is not None:
-            self._listening = asyncio.create_task(self._decode_touch_tones(self._key_audio), name="dtmf")
+        self._end_key = end_key
+        if touch_tones:
+            self.listen_for_touch_tones()
+
+    def listen_for_touch_tones(self) -> None:
+        """Decode keys from the microphone from now on (it is free: the dial tone, or a number begun mid-call).
+
+        The key that was just pressed may still be sounding: it is not taken again.
+        """
+        if self._key_audio is not None and self._listening is None and self._collector is not None:
+            task = self._decode_touch_tones(self._key_audio, self._last_key)
+            self._listening = asyncio.create_task(task, name="dtmf")
 
     def end(self) -> None:
         """The number is dialed, or the handset is down: no more keys."""
-        self._collector = None
+        self._collector, self._end_key, self._last_key = None, None, None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -140,6 +155,15 @@ class KeyPad:
             _LOGGER.debug("key %s outside dialing: ignored", key)
             return
         first = not collector.number
+        self._last_key = key
+        if first and key == self._end_key:
+            _LOGGER.info("dialed %s: the caller ends the call", key)
+            self.end()
+            self._emit(EndKey())
+            return
+        if not self._directory:
+            _LOGGER.debug("key %s: no directory to dial", key)
+            return
         dialed = collector.key(key, asyncio.get_running_loop().time())
         _LOGGER.info("dialed %s", key)
         if first and (collector.number or dialed is not None):  # a one-digit number is complete at once
@@ -164,10 +188,12 @@ class KeyPad:
         if deadline is not None:
             self._timer = asyncio.get_running_loop().call_at(deadline + 0.001, self._tick)
 
-    async def _decode_touch_tones(self, open_audio: Callable[[], KeyAudio]) -> None:
+    async def _decode_touch_tones(self, open_audio: Callable[[], KeyAudio], sounding: str | None) -> None:
         from pi_client.telephone.dtmf import DtmfDecoder
 
         decoder = DtmfDecoder()
+        if sounding is not None:
+            decoder.hold(sounding)
         source = open_audio()
         try:
             async for frame in source.frames():

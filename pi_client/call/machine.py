@@ -80,6 +80,14 @@ class Lifted:
 
 
 @dataclass(frozen=True)
+class Answered:
+    """The handset left the cradle while a call from the server rang: the character speaks first."""
+
+    call_id: str
+    character: str
+
+
+@dataclass(frozen=True)
 class PutDown:
     """The handset is back on the cradle."""
 
@@ -119,6 +127,8 @@ class Ask:
     attempt: int = 0
     delay_seconds: float = 0.0
     """Wait this long before sending (a retry after 503)."""
+    call_id: str | None = None
+    """An answered call from the server: no words to send, the character speaks first."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +140,10 @@ class ReplyFinished:
     retry_after: float | None = None
     farewell: bool = False
     """The caller said goodbye in this turn (see :func:`is_farewell`): the call ends after the reply."""
+    hung_up: bool = False
+    """The character ended the call in this reply (the server's ``call_ended``): busy tone after it."""
+    line_dropped: bool = False
+    """The reply broke off and no server answers any more: the reorder tone, as for a dropped call."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +157,11 @@ class NumberDialed:
 
     number: str
     character: str | None
+
+
+@dataclass(frozen=True)
+class EndKey:
+    """The caller dialed the end-of-call key (``pi.dial.end_call_key``, ``*``) during a call."""
 
 
 @dataclass(frozen=True)
@@ -166,6 +185,7 @@ class BargeIn:
 
 Event = (
     Lifted
+    | Answered
     | PutDown
     | Played
     | Heard
@@ -177,6 +197,7 @@ Event = (
     | NumberUnknown
     | ToneEnded
     | BargeIn
+    | EndKey
 )
 
 
@@ -275,6 +296,10 @@ def next_state(state: State, event: Event, policy: CallPolicy = CallPolicy()) ->
         return state, []
     if isinstance(event, BargeIn):
         return _barged_in(state, event)
+    if isinstance(event, Answered):
+        if state is State.ON_HOOK:
+            return State.REPLYING, [CheckHealth(), Ask(call_id=event.call_id)]
+        return state, []
     transition = _TRANSITIONS.get((state, type(event)))
     if transition is None:
         return state, []  # a late result from work the call no longer waits for
@@ -330,6 +355,10 @@ def _redial(_event: Event, _policy: CallPolicy) -> tuple[State, list[Action]]:
     return State.DIALING, [Hush()]
 
 
+def _end_key(_event: Event, policy: CallPolicy) -> tuple[State, list[Action]]:
+    return State.ENDED, [StopAll(), PlayTone("busy", policy.off_hook_warning_seconds)]
+
+
 def _number_dialed(event: Event, _policy: CallPolicy) -> tuple[State, list[Action]]:
     assert isinstance(event, NumberDialed)
     if event.character is None:
@@ -370,7 +399,9 @@ def is_farewell(transcript: str | None) -> bool:
 
 def _reply_finished(event: Event, policy: CallPolicy) -> tuple[State, list[Action]]:
     assert isinstance(event, ReplyFinished)
-    if event.farewell and event.outcome in (Outcome.DONE, Outcome.BROKEN):
+    if event.line_dropped:
+        return State.ENDED, [PlayTone("reorder", policy.off_hook_warning_seconds)]
+    if (event.farewell or event.hung_up) and event.outcome in (Outcome.DONE, Outcome.BROKEN):
         return State.ENDED, [PlayTone("busy", policy.off_hook_warning_seconds)]
     if event.outcome in (Outcome.DONE, Outcome.NOTHING_HEARD):
         return State.LISTENING, [Listen()]
@@ -428,4 +459,5 @@ _TRANSITIONS: dict[tuple[State, type], Transition] = {
     (State.LAST_CHANCE, NoSpeech): _silent_again,
     (State.ENDED, ToneEnded): _left_off_hook,
     **{(state, DigitDialed): _redial for state in IN_CALL},
+    **{(state, EndKey): _end_key for state in IN_CALL},
 }

@@ -19,13 +19,17 @@ from pi_client.audio.offline_voice import OfflineVoice, SpokenPhrase
 from pi_client.audio.playback import AudioSink
 from pi_client.call.barge_in import OverhearFn, Overhearing
 from pi_client.call.dialing import DialSource, KeyAudio, KeyPad, play_tone, ring_until
+from pi_client.call.far_end import line_dropped
+from pi_client.call.filler import ThinkingFiller
 from pi_client.call.machine import (
     IN_CALL,
     Action,
+    Answered,
     Ask,
     CallPolicy,
     CheckHealth,
     Connect,
+    DigitDialed,
     Event,
     Heard,
     Hush,
@@ -51,6 +55,7 @@ from pi_client.call.machine import (
     next_state,
     will_retry,
 )
+from pi_client.call.ringer import Ringer
 from pi_client.call.turn_log import REPLY_TEXT_TIMEOUT_SECONDS, Turn, log_turn
 from pi_client.server.client import (
     Busy,
@@ -74,6 +79,8 @@ _LISTEN_RETRY_SECONDS = 2.0
 spin the call loop), in seconds."""
 _TURNS_KEPT = 20
 """Finished turns kept in ``Phone.turns`` (each one is also logged as it ends)."""
+_FILE_MODE_END_TONE_SECONDS = 2.0
+"""File mode: how much of the busy or reorder tone ends the file when the call ends, in seconds."""
 _PLAY_BLOCK_SECONDS = 0.25
 """Local phrases go to the sink in blocks this long, so a hang-up cancels between blocks, in seconds."""
 
@@ -122,16 +129,19 @@ class Phone:
         key_audio: Callable[[], KeyAudio] | None = None,
         overhear: OverhearFn | None = None,
         microphone: Microphone | None = None,
+        ringer: Ringer | None = None,
     ) -> None:
-        """``dial`` is the rotary dial, ``key_audio`` opens the microphone for touch tones while dialing.
+        """``dial`` is the rotary dial, ``key_audio`` opens the microphone for touch tones while dialing,
+        ``ringer`` rings for calls the server places (lifting the handset then answers them).
 
         ``overhear`` is a listen that reports every frame (on the shared, echo-cancelled microphone):
         with it the phone listens while it plays and the caller can interrupt (pi.turns.barge_in).
         ``microphone`` is that shared microphone: hang-up releases it at once.
         """
-        from pi_client.telephone.directory import Directory
+        from pi_client.telephone.directory import Directory, check_end_key
 
         self._directory = Directory(settings.directory)  # ConfigError naming pi.directory
+        check_end_key(settings.dial.end_call_key)
         self._settings = settings
         self._listen_fn = listen
         self._transcribe_fn = transcribe
@@ -154,6 +164,12 @@ class Phone:
             key_audio if settings.dial.dtmf else None,
         )
         self._greetings = GreetingCache(client, settings.cache_dir)
+        self._filler: ThinkingFiller | None = None
+        if settings.filler.enabled:  # the earpiece through the filler's sink, so a reply can queue behind it
+            self._filler = ThinkingFiller(GreetingCache(client, settings.cache_dir, "filler"), settings.filler, sink)
+            self._sink = self._filler.sink
+        self._end_key = settings.dial.end_call_key or None
+        self._keys: asyncio.Queue[str] = asyncio.Queue()
         self._character: str | None = None
         """Who this call reaches (dialed); None: the configured default."""
         self.state = State.ON_HOOK
@@ -169,6 +185,7 @@ class Phone:
             else None
         )
         self._microphone = microphone
+        self._ringer = ringer
         self._reply_turn: Turn | None = None
         """The turn whose reply is playing (a barge-in notes on it what was heard)."""
         self._last_pcm = b""
@@ -190,10 +207,11 @@ class Phone:
         hook_events: asyncio.Queue[Any] = asyncio.Queue()
         hook.start(asyncio.get_running_loop(), hook_events)
         forward = asyncio.create_task(self._forward_hook(hook_events), name="hook")
-        keys: asyncio.Queue[str] = asyncio.Queue()
-        dialed = asyncio.create_task(self._forward_keys(keys), name="dial")
+        dialed = asyncio.create_task(self._forward_keys(self._keys), name="dial")
         if self._dial is not None:
-            self._dial.start(asyncio.get_running_loop(), keys)
+            self._dial.start(asyncio.get_running_loop(), self._keys)
+        if self._ringer is not None:
+            self._ringer.start()
         try:
             while True:
                 await self._step(await self._events.get())
@@ -205,6 +223,8 @@ class Phone:
             hook.close()
             if self._dial is not None:
                 self._dial.close()
+            if self._ringer is not None:
+                await self._ringer.close()
             await self.drain_logs()
 
     async def dial(self, number: str) -> bool:
@@ -229,6 +249,10 @@ class Phone:
                 self.state, actions = next_state(self.state, event, self._policy)
                 if any(isinstance(a, Listen) or a == Say(Phrase.GREETING) for a in actions):
                     break
+                if self.state is State.ENDED:  # goodbye, the character hung up, a dropped line: its tone, briefly
+                    for tone in (a for a in actions if isinstance(a, PlayTone)):
+                        await play_tone(self._sink, self._settings.tones, tone.name, _FILE_MODE_END_TONE_SECONDS)
+                    break
                 for action in actions:
                     await self._execute(action)
         finally:
@@ -236,12 +260,26 @@ class Phone:
             await self.drain_logs()
         return self.turns[-1] if self.turns else None
 
+    def key_heard(self, key: str) -> None:
+        """A touch-tone key heard in the call's audio (pi_client.telephone.key_tap): dialed like the dial's."""
+        self._keys.put_nowait(key)
+
     async def _forward_hook(self, hook_events: asyncio.Queue[Any]) -> None:
         from pi_client.telephone.hook import HookEvent
 
         while True:
             event = await hook_events.get()
-            await self._events.put(Lifted() if event == HookEvent.LIFTED else PutDown())
+            await self._events.put(self._ring_event(event == HookEvent.LIFTED))
+
+    def _ring_event(self, lifted: bool) -> Event:
+        """The hook event as the call sees it: lifting while the bell rings answers the call."""
+        if self._ringer is None:
+            return Lifted() if lifted else PutDown()
+        if not lifted:
+            self._ringer.put_down()
+            return PutDown()
+        call = self._ringer.lifted()
+        return Lifted() if call is None else Answered(call.call_id, call.character)
 
     async def _forward_keys(self, keys: asyncio.Queue[str]) -> None:
         while True:
@@ -253,14 +291,19 @@ class Phone:
             _LOGGER.debug("%s --%s--> %s %s", self.state.value, type(event).__name__, state.value, actions)
         if isinstance(event, Lifted) and self.state is State.ON_HOOK:
             _LOGGER.info("handset lifted")
+        if isinstance(event, Answered) and self.state is State.ON_HOOK:
+            self._character = event.character  # who called: the whole call is with them
         if isinstance(event, PutDown) and self.state is not State.ON_HOOK:
             _LOGGER.info("handset put down (%s)", self.state.value)
         self.state = state
         if state is State.DIALING and isinstance(event, Lifted):
             self._keypad.begin(touch_tones=True)
-        elif state in IN_CALL and self._policy.dialing:
+        elif state in IN_CALL and (self._policy.dialing or self._end_key):
             if not self._keypad.open:
-                self._keypad.begin(touch_tones=False)  # the microphone is the call's: rotary digits only
+                # The microphone is the call's: touch tones come through its TouchToneTap while listening.
+                self._keypad.begin(touch_tones=False, end_key=self._end_key)
+        elif state is State.DIALING and isinstance(event, DigitDialed):
+            self._keypad.listen_for_touch_tones()  # a number begun mid-call: the microphone is free now
         elif state is not State.DIALING and self._keypad.open:
             self._keypad.end()
         for action in actions:
@@ -434,12 +477,13 @@ class Phone:
             session_id=self._session_id,
             character=self._character or self._settings.character,
             prompt=self._settings.prompt,
+            call_id=ask.call_id,
         )
         pump = ReplyPump(self._client, request)
         retry_after: float | None = None
         self._reply_turn = turn
         try:
-            outcome = await self._stream_reply(pump, turn)
+            outcome = await self._late_reply_filled(self._stream_reply(pump, turn), turn)
         except asyncio.CancelledError:
             if turn.heard_seconds is None:
                 _LOGGER.info("turn: heard=%r, cut off before the reply ended (hang-up, or went on)", turn.transcript)
@@ -467,7 +511,14 @@ class Phone:
         if self._monitor is not None:
             self._monitor.report(outcome not in (Outcome.UNREACHABLE, Outcome.BROKEN), outcome.value)
         turn.outcome, turn.ended_at, turn.session_id = outcome, time.monotonic(), self._session_id
-        finished = ReplyFinished(ask, outcome, retry_after, farewell=is_farewell(turn.transcript))
+        finished = ReplyFinished(
+            ask,
+            outcome,
+            retry_after,
+            farewell=is_farewell(turn.transcript),
+            hung_up=turn.call_ended and outcome is Outcome.DONE,
+            line_dropped=outcome is Outcome.BROKEN and await line_dropped(self._client),
+        )
         if not will_retry(finished, self._policy):
             self._log_turn(turn)
         return finished
@@ -504,12 +555,19 @@ class Phone:
                         self._overhearing.playback_started()
                 await self._sink.write(piece.pcm)
             elif isinstance(piece, ReplyEnd):
+                turn.call_ended = piece.call_ended
                 break
         if not playing:
             _LOGGER.warning("the reply had no audio")
             return Outcome.NO_AUDIO
         await self._sink.finish()
         return Outcome.DONE
+
+    async def _late_reply_filled(self, reply: Coroutine[Any, Any, Outcome], turn: Turn) -> Outcome:
+        """The reply, with the thinking filler first when its first audio is late (pi.filler)."""
+        if self._filler is None:
+            return await reply
+        return await self._filler.cover(reply, turn.character, turn.heard_at)
 
     async def _broken(self, pump: ReplyPump, reason: str) -> Outcome:
         _LOGGER.warning("reply broke off: %s", reason)

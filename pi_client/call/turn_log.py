@@ -39,6 +39,8 @@ class Turn:
     heard_seconds: float | None = None
     """Barge-in: seconds of the reply the caller heard before talking over it (None: not interrupted).
     The hook for "history records what was heard": the server is told this when the API exists."""
+    call_ended: bool = False
+    """The character hung up in this reply (the server's session says ``call_ended``)."""
 
 
 async def log_turn(turn: Turn, reply_text: Callable[[str], str | None]) -> None:

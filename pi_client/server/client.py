@@ -72,6 +72,17 @@ class ReplyRequest:
     prompt: str | None = None
     history: tuple[dict[str, str], ...] = ()
     """The call so far, as the phone heard it (``role``/``content``, oldest first); sent when not empty."""
+    call_id: str | None = None
+    """A call the server placed, answered: the reply is the character's first words (``/calls/<id>/answer``)."""
+
+
+@dataclass(frozen=True)
+class LastTurn:
+    """What ``GET /sessions/<id>`` says about the latest turn."""
+
+    reply: str | None = None
+    call_ended: bool = False
+    """The character hung up in this reply (the server's ``call_ended``)."""
 
 
 class ReplyStream:
@@ -88,6 +99,9 @@ class ReplyStream:
         """Known once the WAV header has arrived (before the first chunk is yielded)."""
         self.on_complete: Callable[[], None] | None = None
         """Called once the whole reply has been read (not when cancelled or broken)."""
+        self.call_ended = False
+        """Set by ``on_complete`` (the fleet's, which reads the session anyway) when the server says the
+        character hung up in this reply."""
 
     def audio(self, cancel: threading.Event) -> Iterator[bytes]:
         """PCM16 chunks (whole samples) as they arrive; stops early when ``cancel`` is set.
@@ -261,7 +275,10 @@ class ServerClient:
         )
 
     def open(self, request: ReplyRequest) -> ReplyStream:
-        """Send one turn the way the request says (text or audio)."""
+        """Send one turn the way the request says (an answered call, text or audio)."""
+        if request.call_id is not None:
+            body = {k: v for k, v in ((Field.SESSION_ID, request.session_id), (Field.PROMPT, request.prompt)) if v}
+            return self._post_stream(f"{Route.CALLS}/{quote(request.call_id, safe='')}/answer", json=body)
         if request.audio_pcm is not None:
             return self.send_audio(
                 request.audio_pcm, request.session_id, request.character, request.prompt, request.history
@@ -305,23 +322,66 @@ class ServerClient:
 
     def reply_text(self, session_id: str) -> str | None:
         """The last assistant message of a session (for the turn's log line); None when unavailable."""
+        return self.last_turn(session_id).reply
+
+    def last_turn(self, session_id: str) -> LastTurn:
+        """How the session's last turn ended: its reply text, and whether the character hung up."""
         try:
             response = self._session.get(
                 f"{self.base_url}{Route.SESSIONS}/{quote(session_id, safe='')}",
                 timeout=self._timeout(_SIDE_TIMEOUT_SECONDS),
                 verify=self._verify,
             )
-            history = response.json().get("history") if response.status_code == 200 else None
+            session = response.json() if response.status_code == 200 else None
+            history = session.get("history") if isinstance(session, dict) else None
         except (requests.RequestException, ValueError, AttributeError) as err:
             _LOGGER.debug("no reply text for session %s: %s", session_id, err)
-            return None
-        if not isinstance(history, list):
-            return None
+            return LastTurn()
+        if not isinstance(session, dict) or not isinstance(history, list):
+            return LastTurn()
+        ended = session.get("call_ended") is True
         for entry in reversed(history):
             if isinstance(entry, dict) and entry.get("role") == "assistant":
-                return str(entry.get("content", ""))
-        return None
+                return LastTurn(str(entry.get("content", "")), ended)
+        return LastTurn(None, ended)
 
+    def reachable(self) -> bool:
+        """True when the server answers /health now (a quick check after a reply broke off)."""
+        try:
+            self.health()
+        except ServerUnavailable:
+            return False
+        return True
+
+    def exchange(
+        self,
+        method: str,
+        path: str,
+        read_timeout: float = _SIDE_TIMEOUT_SECONDS,
+        params: dict[str, Any] | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> Any:
+        """A small JSON request (the ring API): the parsed body, None for 204; the typed error otherwise."""
+        try:
+            response = self._session.request(
+                method,
+                self.base_url + path,
+                params=params,
+                json=body,
+                timeout=self._timeout(read_timeout),
+                verify=self._verify,
+            )
+        except requests.RequestException as err:
+            raise ServerUnavailable(f"{self.base_url} unreachable: {_short(err)}") from err
+        with response:
+            if response.status_code == 204:
+                return None
+            if response.status_code not in (200, 201):
+                raise _error_for(response)
+            try:
+                return response.json()
+            except ValueError as err:
+                raise ServerUnavailable(f"{path} answered no JSON") from err
 
     def characters(self) -> dict[str, Any]:
         """GET /characters: who one can call, each with its voice and greeting text."""
@@ -330,6 +390,10 @@ class ServerClient:
     def greeting(self, character_id: str) -> bytes:
         """GET /characters/<id>/greeting: the greeting as WAV bytes, in the character's own voice."""
         return self._get(f"/characters/{quote(character_id, safe='')}/greeting", self._cfg.read_timeout_seconds)
+
+    def filler(self, character_id: str) -> bytes:
+        """GET /characters/<id>/filler: the thinking filler as WAV bytes, in the character's own voice."""
+        return self._get(f"/characters/{quote(character_id, safe='')}/filler", self._cfg.read_timeout_seconds)
 
     def _get(self, path: str, read_timeout: float) -> bytes:
         """GET ``path``: the body of a 200; ServerUnavailable when unreachable, the typed error otherwise."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from common.config import ClientConfig
+from common.protocol import ANSWERED_CUE
 from pi_client.server.client import (
     Busy,
     ReplyRequest,
@@ -101,6 +102,11 @@ class ServerFleet:
         return self._cfg
 
     @property
+    def clients(self) -> tuple[ServerClient, ...]:
+        """Each server's own client (the ringer asks every server for calls placed to this phone)."""
+        return tuple(s.client for s in self._servers)
+
+    @property
     def base_url(self) -> str:
         """The servers, for log lines."""
         return ", ".join(s.client.base_url for s in self._servers)
@@ -121,12 +127,16 @@ class ServerFleet:
             request, session_id=session_id, history=self.conversation.history(session_id)
         )
         busy: Busy | None = None
+        unknown: ServerRejected | None = None
         reasons: list[str] = []
         for index in rank([(s.monitor.up, s.monitor.load) for s in self._servers]):
             server = self._servers[index]
             try:
                 stream = server.client.open(request)
-            except ServerRejected:
+            except ServerRejected as err:
+                if request.call_id is not None and err.code == "unknown_call":  # placed on another server
+                    unknown = err
+                    continue
                 raise
             except Busy as err:
                 server.monitor.load = 1.0  # full: the others go first next time
@@ -146,6 +156,8 @@ class ServerFleet:
             return stream
         if busy is not None:
             raise busy
+        if unknown is not None and not reasons:
+            raise unknown  # no server holds the call
         raise ServerUnavailable("no server answered: " + "; ".join(reasons))
 
     def characters(self) -> dict[str, Any]:
@@ -155,6 +167,10 @@ class ServerFleet:
     def greeting(self, character_id: str) -> bytes:
         """A character's greeting as WAV bytes, from the best server that answers."""
         return self._first_answer(lambda client: client.greeting(character_id))
+
+    def filler(self, character_id: str) -> bytes:
+        """A character's thinking filler as WAV bytes, from the best server that answers."""
+        return self._first_answer(lambda client: client.filler(character_id))
 
     def _first_answer(self, ask: Callable[[ServerClient], _T]) -> _T:
         """``ask`` the servers best first; the next one when a server is unreachable."""
@@ -174,16 +190,23 @@ class ServerFleet:
         """What to do once the whole reply was heard: keep the turn (its text from the server that spoke it)."""
 
         def record() -> None:
-            reply = client.reply_text(session_id)
+            last = client.last_turn(session_id)
+            reply, stream.call_ended = last.reply, last.call_ended
             with self._lock:
                 self._last = (session_id, client, reply)
             user = stream.transcript if request.audio_pcm is not None else request.text
+            if request.call_id is not None:
+                user = ANSWERED_CUE  # what the server sent the LLM as the caller's side of the first turn
             if user and reply:
                 self.conversation.add(session_id, user, reply)
             else:
                 _LOGGER.warning("turn not kept in the conversation: no reply text from %s", client.base_url)
 
         return record
+
+    def reachable(self) -> bool:
+        """True when any server answers /health now (a quick check after a reply broke off)."""
+        return any(server.client.reachable() for server in self._servers)
 
     def reply_text(self, session_id: str) -> str | None:
         """The last reply of ``session_id``: as kept when it ended, else asked of the server that answered."""

@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from common.atomic import atomic_write
 from common.config import expand_path
@@ -47,25 +47,37 @@ class GreetingSource(Protocol):
     def greeting(self, character_id: str) -> bytes:
         """A character's greeting as WAV bytes."""
 
+    def filler(self, character_id: str) -> bytes:
+        """A character's thinking filler as WAV bytes."""
+
 
 class GreetingCache:
     """Greetings on disk under ``cache_dir``, one file per character and voice."""
 
-    def __init__(self, client: GreetingSource, cache_dir: str | os.PathLike[str]) -> None:
+    def __init__(
+        self,
+        client: GreetingSource,
+        cache_dir: str | os.PathLike[str],
+        kind: Literal["greeting", "filler"] = "greeting",
+    ) -> None:
+        """``kind``: the character's greeting, or its thinking filler (the same cache, another folder)."""
         self._client = client
-        self._dir = expand_path(str(cache_dir)) / "greetings"
+        self._kind = kind
+        self._download = client.greeting if kind == "greeting" else client.filler
+        self._dir = expand_path(str(cache_dir)) / f"{kind}s"
 
-    def fetch(self, character: str) -> Greeting:
-        """The greeting for ``character`` (blocking: call it in a thread)."""
+    def fetch(self, character: str | None) -> Greeting:
+        """The greeting (or filler) for ``character``, None: the server's default (blocking: call it in a thread)."""
         try:
             listing = self._client.characters()
         except ServerError as err:
-            _LOGGER.warning("greeting for %s: %s", character, err)
+            _LOGGER.warning("%s for %s: %s", self._kind, character, err)
             return Greeting()
+        character = character or str(listing.get("default") or "")
         entries = listing.get("characters")
         entry = next((c for c in entries or [] if isinstance(c, dict) and c.get("id") == character), None)
         if entry is None:
-            _LOGGER.info("greeting: the server has no character %r", character)
+            _LOGGER.info("%s: the server has no character %r", self._kind, character)
             return Greeting(known=False)
         path = self._path(character, {"engine": listing.get("engine"), **entry})
         if path.is_file():
@@ -73,20 +85,20 @@ class GreetingCache:
                 pcm, rate = read_wav_pcm16(str(path))
                 return Greeting(pcm=pcm, sample_rate=rate)
             except Exception as err:  # a damaged file is fetched again, not fatal
-                _LOGGER.warning("cached greeting %s unreadable (%s); fetching again", path, err)
+                _LOGGER.warning("cached %s %s unreadable (%s); fetching again", self._kind, path, err)
         try:
-            wav = self._client.greeting(character)
+            wav = self._download(character)
             pcm, rate = read_wav_pcm16(wav)
         except ServerRejected as err:
             if err.status == 404:
                 return Greeting(known=False)
-            _LOGGER.warning("greeting for %s refused: %s", character, err)
+            _LOGGER.warning("%s for %s refused: %s", self._kind, character, err)
             return Greeting()
         except ServerError as err:
-            _LOGGER.warning("greeting for %s: %s", character, err)
+            _LOGGER.warning("%s for %s: %s", self._kind, character, err)
             return Greeting()
         except Exception as err:  # not a WAV: speak with the phone's own voice instead
-            _LOGGER.warning("greeting for %s unusable: %s", character, err)
+            _LOGGER.warning("%s for %s unusable: %s", self._kind, character, err)
             return Greeting()
         self._store(path, pcm, rate)
         return Greeting(pcm=pcm, sample_rate=rate)
@@ -105,4 +117,4 @@ class GreetingCache:
                 if old != path and old.name.rsplit("-", 1)[0] + "-" == prefix:
                     old.unlink(missing_ok=True)
         except OSError as err:
-            _LOGGER.warning("cannot cache the greeting in %s: %s", self._dir, err)
+            _LOGGER.warning("cannot cache the %s in %s: %s", self._kind, self._dir, err)

@@ -58,6 +58,9 @@ class ReplyAudio:
 class ReplyEnd:
     """The reply stream ended normally."""
 
+    call_ended: bool = False
+    """The character hung up in this reply: the call ends once it has played."""
+
 
 ReplyPiece = ReplyHead | ReplyAudio | ReplyEnd
 
@@ -132,7 +135,7 @@ class ReplyPump:
                     if not self._wait_for_room(len(pcm), rate):
                         return
                     self._put(ReplyAudio(rate, pcm))
-                self._put(ReplyEnd())
+                self._put(ReplyEnd(stream.call_ended))
         except ServerError as err:
             self._put(err)
         except Exception as err:  # a bug must not leave the call waiting for a piece that never comes

@@ -30,6 +30,16 @@ class Dialed:
         return self.character is not None
 
 
+KEYS = frozenset("0123456789*#ABCD")
+"""Every key a telephone can dial (A-D: the fourth column of some touch-tone keypads)."""
+
+
+def check_end_key(key: str) -> None:
+    """ConfigError naming ``pi.dial.end_call_key`` unless it is one key (or empty: none)."""
+    if key and (len(key) != 1 or key not in KEYS):
+        raise ConfigError(f"pi.dial.end_call_key: expected one key (0-9, *, #, A-D) or empty, got {key!r}")
+
+
 class Directory:
     """Numbers → character ids, checked for shape (the Pi does not know the server's characters)."""
 

@@ -62,6 +62,10 @@ class DtmfDecoder:
         self._active: str | None = None  # the key of the burst in progress (reported or rejected)
         self._missing = 0
 
+    def hold(self, key: str) -> None:
+        """``key`` was already taken (heard by another decoder): its tone, if still sounding, is not a new press."""
+        self._active, self._missing, self._candidate = key, 0, None
+
     def feed(self, pcm: bytes) -> list[str]:
         """Keys whose tone became long enough within this chunk."""
         x = np.frombuffer(pcm, dtype="<i2").astype(np.float64) / 32768.0
