@@ -30,8 +30,9 @@ _LOGGER = logging.getLogger(__name__)
 HYSTERESIS = 0.15
 """Once speaking, a frame counts as silence only below threshold minus this (Silero's advice)."""
 REJOIN_SECONDS = 0.5
-"""A speech run too short to count, followed within this gap by speech that does, starts the utterance
-("Wait, ... what about Italy?" keeps its "Wait"), in seconds."""
+"""A speech run too short to count (but half min_speech_seconds or more: a short word, not a click),
+followed within this gap by speech that does, starts the utterance ("Wait, ... what about Italy?" keeps
+its "Wait", and barge-in counts the talking from it), in seconds."""
 _MAX_BATCH = 32
 """Most frames handed to the VAD thread at once (~1 s of audio)."""
 
@@ -93,10 +94,22 @@ class Endpointer:
     @property
     def utterance_start_frame(self) -> int:
         """First frame of the utterance audio: speech start minus the pre-roll (never before 0)."""
+        return max(0, self.onset_frame - self.preroll_frames)
+
+    @property
+    def onset_frame(self) -> int:
+        """Where the caller started: the speech start, or a short word just before it (:data:`REJOIN_SECONDS`)."""
         start = self.speech_start_frame if self.speech_start_frame is not None else self.frame_index + 1
         if self._dropped is not None and start - self._dropped[1] <= self._rejoin:
             start = self._dropped[0]
-        return max(0, start - self.preroll_frames)
+        return start
+
+    @property
+    def talk_seconds(self) -> float:
+        """Audio time from the onset to the last speech frame (how long the caller has been talking)."""
+        if self.last_speech_frame is None:
+            return 0.0
+        return (self.last_speech_frame - self.onset_frame + 1) * self.frame_seconds
 
     @property
     def speech_seconds(self) -> float:
@@ -131,7 +144,8 @@ class Endpointer:
                     return self._check_max(EndpointEvent.SPEECH_STARTED)
             elif not (self._run and speech_prob >= threshold - HYSTERESIS):
                 # A run shorter than min_speech_seconds was a click or a cough: forget it (unless speech follows).
-                if self._run and self.speech_start_frame is not None and self.last_speech_frame is not None:
+                word = self._run >= max(2, self._min_speech // 2)  # a short word, not a click
+                if word and self.speech_start_frame is not None and self.last_speech_frame is not None:
                     self._dropped = (self.speech_start_frame, self.last_speech_frame)
                 self._run = 0
                 self.speech_start_frame = self.last_speech_frame = None
@@ -217,8 +231,8 @@ async def listen(
 
     With ``detector``, a short silence asks it whether the caller has finished (``turn_cfg`` gives
     the silences, its defaults when None); without it, the trailing silence of ``cfg`` ends the turn.
-    ``on_frame(in_speech, speech_seconds)`` follows every frame (barge-in watches how long the
-    caller has spoken over the playback).
+    ``on_frame(in_speech, talk_seconds)`` follows every frame (barge-in watches how long the
+    caller has been talking over the playback, from the onset).
     """
     if detector is not None and turn_cfg is None:
         turn_cfg = SmartTurnConfig()
@@ -239,7 +253,7 @@ async def listen(
                 kept.append(frame)
                 event = endpointer.process(prob)
                 if on_frame is not None:
-                    on_frame(endpointer.in_speech, endpointer.speech_seconds if endpointer.in_speech else 0.0)
+                    on_frame(endpointer.in_speech, endpointer.talk_seconds if endpointer.in_speech else 0.0)
                 if event is EndpointEvent.TIMEOUT:
                     _LOGGER.info("No speech within %.1f s", cfg.no_speech_timeout_seconds)
                     return None
