@@ -120,14 +120,17 @@ async def _build(args: argparse.Namespace, cfg: Config, key: str) -> _Stages:
     sink: AudioSink
     if args.whole_call:
         from pi_client.audio.recorded_call import LineEarpiece
+        from pi_client.call.whole_call import recorded_call
 
-        line, microphone = _recorded_call(args, pi)
+        line, microphone = recorded_call(args.input_wav, args.echo_db, args.clock_speed or 1.0, pi.turns.echo)
         sink = LineEarpiece(line)
     elif args.output_wav:
         sink = WavFileSink(args.output_wav)
     else:
         aplay = AplaySink(pi.audio.output_device)
-        microphone = _live_microphone(pi, aplay)
+        from pi_client.audio.microphone import live_microphone
+
+        microphone = live_microphone(pi.audio, pi.turns.echo, aplay)
         sink = aplay
 
     def make_source() -> Any:
@@ -169,46 +172,6 @@ async def _build(args: argparse.Namespace, cfg: Config, key: str) -> _Stages:
         ringer=None if args.input_wav else _make_ringer(cfg, client, keyboard=bool(args.keyboard)),
     )
     return _Stages(phone, client, sink, monitor, line, microphone)
-
-
-def _live_microphone(pi: Any, aplay: Any) -> Any:
-    """The handset microphone, open for the whole run and shared, the earpiece's echo cancelled."""
-    from pi_client.audio.capture import SoundDeviceSource
-    from pi_client.audio.echo import EchoCanceller, EchoCancellerError
-    from pi_client.audio.microphone import CallMicrophone
-
-    canceller = None
-    if pi.turns.echo.cancel:
-        try:
-            canceller = EchoCanceller(delay_ms=pi.turns.echo.delay_ms)
-        except EchoCancellerError as err:
-            raise ConfigError(f"pi.turns.echo.cancel: {err}") from err
-    microphone: Any = None
-
-    def played(first: int, count: int) -> bytes:
-        return bytes(aplay.history.segment(microphone.sample_time(first), count))
-
-    microphone = CallMicrophone(SoundDeviceSource(pi.audio), canceller, played, idle_close_seconds=0.0)
-    return microphone
-
-
-def _recorded_call(args: argparse.Namespace, pi: Any) -> tuple[Any, Any]:
-    """The recorded line (mic, clock, earpiece) and its shared, echo-cancelled microphone."""
-    from pi_client.audio.echo import EchoCanceller, EchoCancellerError
-    from pi_client.audio.microphone import CallMicrophone
-    from pi_client.audio.recorded_call import RecordedLine
-
-    try:
-        line = RecordedLine.from_wav(args.input_wav, args.echo_db, args.clock_speed or 1.0)
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"--input-wav: {err}") from err
-    canceller = None
-    if pi.turns.echo.cancel and args.echo_db is not None:  # no leak made, none to cancel (AEC3 would dull the voice)
-        try:
-            canceller = EchoCanceller(delay_ms=pi.turns.echo.delay_ms)
-        except EchoCancellerError as err:
-            raise ConfigError(f"pi.turns.echo.cancel: {err}") from err
-    return line, CallMicrophone(line, canceller, line.reference)
 
 
 async def _main(args: argparse.Namespace, cfg: Config, key: str) -> int:

@@ -89,18 +89,15 @@ async def _call(
     server: ServerProcess, models: dict[str, Any], tmp_path: Path, recording: Path, hang_up: Callable[[Any], bool]
 ) -> tuple[Any, Path, list[str]]:
     """A recorded call (echo at -10 dB) put down when ``hang_up(phone)``; the phone, the earpiece, tasks left."""
-    from pi_client.audio.echo import EchoCanceller
-    from pi_client.audio.microphone import CallMicrophone
     from pi_client.audio.offline_voice import OfflineVoice
-    from pi_client.audio.recorded_call import LineEarpiece, RecordedLine
+    from pi_client.audio.recorded_call import LineEarpiece
     from pi_client.call.runner import Phone
-    from pi_client.call.whole_call import run_whole_call
+    from pi_client.call.whole_call import recorded_call, run_whole_call
     from pi_client.server.fleet import ServerFleet
     from pi_client.turns.endpoint import listen
 
     settings = config_from_dict({"pi": {"cache_dir": str(models["cache"])}}).pi
-    line = RecordedLine.from_wav(recording, echo_db=-10, speed=3.0)
-    microphone = CallMicrophone(line, EchoCanceller(), line.reference)
+    line, microphone = recorded_call(str(recording), -10, 3.0, settings.turns.echo)
 
     async def hear(on_frame: Any = None) -> Any:
         tap = microphone.tap()

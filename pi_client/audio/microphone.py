@@ -14,9 +14,11 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
+from common.config import AudioConfig, ConfigError, EchoConfig
 from pi_client.audio.capture import BLOCK_SAMPLES, SAMPLE_RATE, AudioSource
-from pi_client.audio.echo import EchoCanceller
+from pi_client.audio.echo import EchoCanceller, EchoCancellerError
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -156,3 +158,28 @@ class CallMicrophone:
         if task is not None:
             task.cancel()
             await asyncio.wait({task})
+
+
+def echo_canceller(cfg: EchoConfig) -> EchoCanceller | None:
+    """The canceller ``pi.turns.echo`` asks for (None when off); a ConfigError naming the key if it cannot run."""
+    if not cfg.cancel:
+        return None
+    try:
+        return EchoCanceller(delay_ms=cfg.delay_ms)
+    except EchoCancellerError as err:
+        raise ConfigError(f"pi.turns.echo.cancel: {err}") from err
+
+
+def live_microphone(audio: AudioConfig, echo: EchoConfig, aplay: Any) -> CallMicrophone:
+    """The handset microphone, shared by the call and released on hang-up, the echo of what ``aplay``
+    (an AplaySink) was given cancelled: both are placed on the monotonic clock."""
+    from pi_client.audio.capture import SoundDeviceSource
+
+    microphone: CallMicrophone | None = None
+
+    def played(first: int, count: int) -> bytes:
+        assert microphone is not None
+        return bytes(aplay.history.segment(microphone.sample_time(first), count))
+
+    microphone = CallMicrophone(SoundDeviceSource(audio), echo_canceller(echo), played, idle_close_seconds=0.0)
+    return microphone

@@ -15,8 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from common.config import ConfigError, EchoConfig, replace
 from pi_client.audio.capture import BLOCK_SAMPLES, SAMPLE_RATE
-from pi_client.audio.microphone import CallMicrophone
+from pi_client.audio.microphone import CallMicrophone, echo_canceller
 from pi_client.audio.recorded_call import RecordedLine
 from pi_client.call.runner import Phone
 
@@ -26,6 +27,22 @@ MAX_CALL_AFTER_RECORDING_SECONDS = 120.0
 """Call time after the recording's end the phone may still talk before the handset goes down anyway."""
 _STOP_WAIT_SECONDS = 10.0
 """Bound on the phone unwinding after the handset is down, in seconds."""
+
+
+def recorded_call(
+    path: str, echo_db: float | None, speed: float, echo: EchoConfig
+) -> tuple[RecordedLine, CallMicrophone]:
+    """The recorded line (microphone, clock, earpiece) and the call's shared microphone on it.
+
+    The echo is cancelled only when ``echo_db`` makes one: AEC3 that has learned no echo path
+    dulls a clean voice (docs/DESIGN-NOTES.md).
+    """
+    try:
+        line = RecordedLine.from_wav(path, echo_db, speed)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"--input-wav: {err}") from err
+    canceller = echo_canceller(echo if echo_db is not None else replace(echo, cancel=False))
+    return line, CallMicrophone(line, canceller, line.reference)
 
 
 class RecordedHook:
