@@ -20,6 +20,7 @@ from tests.fixtures_pi import PI_RATE, silence
 from tests.helpers import wait_for, word_set
 from tests.ollama_standin import OllamaStandIn
 from tests.server_rig import ServerProcess, pi_config, run_pi_client
+from tests.tone_check import keypad
 
 QUESTION = "What is the capital of France?"
 INTERRUPTION = "Wait, what is the weather like in London?"
@@ -144,14 +145,16 @@ def test_a_backchannel_and_the_echo_do_not_stop_the_reply(
     piper_speech: Callable[[str], bytes],
     tmp_path: Path,
 ) -> None:
-    """A "yeah" over the reply, the earpiece leaking back at -10 dB: the reply plays to its end, once."""
+    """Touch tones in the recording dial the number; then a "yeah" over the reply, the earpiece leaking
+    back at -10 dB: the reply plays to its end, once."""
     call = tmp_path / "call.wav"
-    record_call(call, silence(3.0), piper_speech(QUESTION), silence(5.5), piper_speech(BACKCHANNEL), silence(1.0))
+    dialed = silence(1.0) + keypad("0") + silence(8.0)  # dial tone, the key, ringback and the greeting
+    record_call(call, dialed, piper_speech(QUESTION), silence(5.5), piper_speech(BACKCHANNEL), silence(1.0))
     first = len(call_standin.chat_requests())
     call_standin.script(*LONG_REPLY)
     ear = tmp_path / "ear.wav"
     result = run_pi_client(
-        pi_config(tmp_path),
+        pi_config(tmp_path, directory={"0": "operator", "7": "nobody"}),
         call_server.url,
         call_server.key,
         call,
@@ -163,11 +166,12 @@ def test_a_backchannel_and_the_echo_do_not_stop_the_reply(
         SPEED,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "number 0: operator" in result.stderr and "connected to operator" in result.stderr
     assert len(call_standin.chat_requests()) == first + 1, result.stderr[-3000:]  # "yeah" was not a turn
     (turn,) = turn_lines(result.stderr)
     assert "outcome=done" in turn and "barge_in=-" in turn, turn
     assert "too short to interrupt" in result.stderr
     earpiece, _ = read_wav_pcm16(str(ear), PI_RATE)
-    reply_start = loud_spans(earpiece)[1][0]  # after the greeting
+    reply_start = next(start for start, _ in loud_spans(earpiece) if start > len(dialed) / 2 / PI_RATE + 2.0)
     heard = call_whisper.transcribe(earpiece[round(reply_start * PI_RATE) * 2 :])
     assert {"paris", "spring", "river"} <= word_set(heard), heard
