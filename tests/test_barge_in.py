@@ -34,7 +34,7 @@ from pi_client.call.machine import (
 from tests.fixtures_pi import PI_RATE, silence
 from tests.ollama_standin import OllamaStandIn
 from tests.server_rig import ServerProcess
-from tests.test_whole_call import INTERRUPTION, LONG_REPLY, MORE, QUESTION, loud_spans, record_call
+from tests.test_whole_call import INTERRUPTION, LONG_REPLY, MORE, QUESTION, calls_chats, loud_spans, record_call
 
 PCM = b"\x01\x00" * 8
 
@@ -143,7 +143,7 @@ def test_hang_up_while_the_phone_listens_over_itself_stops_everything(
     recording = tmp_path / "call.wav"
     record_call(recording, silence(3.0), piper_speech(QUESTION), silence(6.0), piper_speech(INTERRUPTION), silence(3))
     call_standin.script(*LONG_REPLY, *MORE)
-    first = len(call_standin.chat_requests())
+    first = len(calls_chats(call_standin))
 
     def hang_up(phone: Any) -> bool:
         hearing = phone._overhearing
@@ -159,7 +159,7 @@ def test_hang_up_while_the_phone_listens_over_itself_stops_everything(
     earpiece, _ = read_wav_pcm16(str(ear), PI_RATE)
     spans = loud_spans(earpiece)
     assert spans[-1][1] <= len(earpiece) / 2 / PI_RATE  # nothing was written past the put-down
-    chats = call_standin.chat_requests()[first:]
+    chats = calls_chats(call_standin)[first:]
     if moment == "transcribing":
         assert chats == []  # the question never left the phone
     else:
