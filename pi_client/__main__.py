@@ -4,6 +4,7 @@ python -m pi_client                         # the handset on GPIO, config from c
 python -m pi_client --keyboard              # Enter lifts / hangs up
 python -m pi_client --server URL --input-wav Q.wav --output-wav R.wav   # one turn, files
 python -m pi_client --input-wav Q.wav --output-wav R.wav --dial 7        # one turn with whoever 7 reaches
+python -m pi_client --input-wav CALL.wav --output-wav EAR.wav --whole-call [--echo-db -10]   # a whole call
 """
 
 from __future__ import annotations
@@ -30,6 +31,16 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--input-wav", default=None, help="one turn: find the speech in this WAV instead of the mic")
     parser.add_argument("--output-wav", default=None, help="write what the earpiece would play to this WAV")
     parser.add_argument("--dial", default=None, help="file mode: dial this number first (pi.directory: who answers)")
+    parser.add_argument(
+        "--whole-call",
+        action="store_true",
+        help="the input WAV is the live microphone of a whole call (every utterance a turn, barge-in, touch tones);"
+        " the output WAV is the earpiece on the call's clock",
+    )
+    parser.add_argument(
+        "--echo-db", type=float, default=None, help="whole call: the earpiece leaks into the mic at this level (-10)"
+    )
+    parser.add_argument("--clock-speed", type=float, default=None, help=argparse.SUPPRESS)  # tests: a faster clock
     parser.add_argument("--keyboard", action="store_true", default=None, help="Enter lifts and hangs up (no GPIO)")
     parser.add_argument("--debug", action="store_true", help="log at DEBUG level")
     return parser.parse_args(argv)
@@ -46,6 +57,14 @@ def _load(args: argparse.Namespace) -> tuple[Config, str]:
         check_server_url(url)
     if args.input_wav and not args.output_wav:
         raise ConfigError("--input-wav needs --output-wav (where the reply is written)")
+    if args.whole_call and not args.input_wav:
+        raise ConfigError("--whole-call needs --input-wav (the call's microphone) and --output-wav (its earpiece)")
+    if (args.echo_db is not None or args.clock_speed is not None) and not args.whole_call:
+        raise ConfigError("--echo-db: only with --whole-call")
+    if args.whole_call and args.dial is not None:
+        raise ConfigError("--dial: not with --whole-call (the recording dials with touch tones)")
+    if args.clock_speed is not None and not 0.1 <= args.clock_speed <= 10:
+        raise ConfigError("--clock-speed: expected 0.1-10")
     if args.dial is not None and (not args.input_wav or not args.dial.isdigit()):
         raise ConfigError("--dial: expected digits, and --input-wav (file mode); live calls dial on the phone")
     from pi_client.telephone.directory import Directory, check_end_key
@@ -69,6 +88,9 @@ class _Stages:
     client: Any
     sink: Any
     monitor: Any
+    line: Any = None
+    """Whole-call mode: the recorded line (the call's clock) and its shared microphone."""
+    microphone: Any = None
 
 
 async def _build(args: argparse.Namespace, cfg: Config, key: str) -> _Stages:
@@ -99,27 +121,43 @@ async def _build(args: argparse.Namespace, cfg: Config, key: str) -> _Stages:
     except (TranscriberError, VadError, TurnDetectorError) as err:
         raise ConfigError(str(err)) from err
 
+    line = microphone = None
+    sink: AudioSink
+    if args.whole_call:
+        from pi_client.audio.recorded_call import LineEarpiece
+        from pi_client.call.whole_call import recorded_call
+
+        line, microphone = recorded_call(args.input_wav, args.echo_db, args.clock_speed or 1.0, pi.turns.echo)
+        sink = LineEarpiece(line)
+    elif args.output_wav:
+        sink = WavFileSink(args.output_wav)
+    else:
+        aplay = AplaySink(pi.audio.output_device)
+        from pi_client.audio.microphone import live_microphone
+
+        microphone = live_microphone(pi.audio, pi.turns.echo, aplay)
+        sink = aplay
+
     def make_source() -> Any:
-        if args.input_wav:
-            from pi_client.audio.capture import WavFileSource
+        if microphone is not None:
+            return microphone.tap()
+        from pi_client.audio.capture import WavFileSource
 
-            return WavFileSource(args.input_wav)
-        from pi_client.audio.capture import SoundDeviceSource
+        return WavFileSource(args.input_wav)
 
-        return SoundDeviceSource(pi.audio)
-
-    async def listen_once() -> Any:
+    async def listen_once(on_frame: Any = None) -> Any:
         source = make_source()
         if pi.dial.dtmf:  # keys pressed during the call: a digit switches character, * ends the call
             from pi_client.telephone.key_tap import TouchToneTap
 
             source = TouchToneTap(source, lambda key: phone.key_heard(key))
         try:
-            return await listen(source, vad, pi.vad, turn_detector, pi.turns.smart_turn, speculator)
+            return await listen(
+                source, vad, pi.vad, turn_detector, pi.turns.smart_turn, speculator=speculator, on_frame=on_frame
+            )
         finally:
             source.close()
 
-    sink: AudioSink = WavFileSink(args.output_wav) if args.output_wav else AplaySink(pi.audio.output_device)
     if pi.audio.telephone_band:
         from pi_client.audio.telephone_band import TelephoneBandSink
 
@@ -136,9 +174,11 @@ async def _build(args: argparse.Namespace, cfg: Config, key: str) -> _Stages:
         monitor=monitor,
         dial=None if args.input_wav else _make_dial(cfg),
         key_audio=make_source,
+        overhear=listen_once if microphone is not None else None,
+        microphone=microphone if line is None else None,  # a recorded call's clock stops with its own hook
         ringer=None if args.input_wav else _make_ringer(cfg, client, keyboard=bool(args.keyboard)),
     )
-    return _Stages(phone, client, sink, monitor)
+    return _Stages(phone, client, sink, monitor, line, microphone)
 
 
 async def _main(args: argparse.Namespace, cfg: Config, key: str) -> int:
@@ -148,6 +188,12 @@ async def _main(args: argparse.Namespace, cfg: Config, key: str) -> int:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     stages = await _build(args, cfg, key)
     try:
+        if stages.line is not None:
+            from pi_client.call.whole_call import run_whole_call
+
+            _LOGGER.info("Ready (a whole call from %s, server %s)", args.input_wav, stages.client.base_url)
+            await run_whole_call(stages.phone, stages.line, stages.microphone, args.output_wav)
+            return 0
         if args.input_wav:
             _LOGGER.info("Ready (one turn from %s, server %s)", args.input_wav, stages.client.base_url)
             if args.dial is not None and not await stages.phone.dial(args.dial):
@@ -172,6 +218,8 @@ async def _main(args: argparse.Namespace, cfg: Config, key: str) -> int:
     finally:
         if stages.monitor is not None:
             await stages.monitor.close()
+        if stages.microphone is not None:
+            await stages.microphone.close()
         await stages.sink.close()
         stages.client.close()
 

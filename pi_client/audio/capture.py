@@ -157,9 +157,9 @@ class SoundDeviceSource(AudioSource):
     def close(self) -> None:
         """End the frame iterator (on the loop's thread) and release the device."""
         self._closing = True
+        self._stop()  # the device stops now (hang-up), not when the reader next runs
         queue = self._queue
         if queue is None:
-            self._stop()
             return
         while queue.full():
             queue.get_nowait()  # closing: a queued block no longer matters

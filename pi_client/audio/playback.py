@@ -15,6 +15,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
+
 from common.wav import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, SAMPLE_WIDTH, resample_pcm16, wav_header, write_wav
 
 _LOGGER = logging.getLogger(__name__)
@@ -59,6 +61,11 @@ class AudioSink(ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook, most sinks hold nothing between utterances
         """Release what the sink holds between utterances."""
 
+    @property
+    def played_seconds(self) -> float:
+        """Seconds of the current utterance the caller has heard so far (barge-in reports it)."""
+        return 0.0
+
 
 class AplaySink(AudioSink):
     """Feeds ``aplay -t wav -`` on stdin, so the first sentence plays while the rest streams in."""
@@ -70,6 +77,10 @@ class AplaySink(AudioSink):
         self._rate = 0
         self._bytes = 0
         self._started_at = 0.0
+        from pi_client.audio.echo import PlayedHistory
+
+        self.history = PlayedHistory()
+        """What was played when (the echo canceller's reference)."""
 
     @property
     def pid(self) -> int | None:
@@ -102,6 +113,8 @@ class AplaySink(AudioSink):
     async def write(self, pcm: bytes) -> None:
         """Pipe PCM into aplay; waits only while its pipe is full (it plays in real time)."""
         if pcm:
+            at = self._started_at + self._bytes / (SAMPLE_WIDTH * self._rate)
+            self.history.add(max(at, time.monotonic()), np.frombuffer(resample_pcm16(pcm, self._rate, 16000), "<i2"))
             await self._send(pcm)
             self._bytes += len(pcm)
 
@@ -142,6 +155,7 @@ class AplaySink(AudioSink):
 
     async def kill(self) -> None:
         """Terminate aplay mid-sentence and reap it."""
+        self.history.cut(time.monotonic())
         proc, self._proc = self._proc, None
         if proc is not None:
             await _terminate(proc)
@@ -149,6 +163,13 @@ class AplaySink(AudioSink):
     async def close(self) -> None:
         """Kill any player still running."""
         await self.kill()
+
+    @property
+    def played_seconds(self) -> float:
+        """Wall time since aplay started, at most the audio given to it (an estimate: aplay's buffer is not asked)."""
+        if self._rate <= 0:
+            return 0.0
+        return max(0.0, min(time.monotonic() - self._started_at, self._bytes / (SAMPLE_WIDTH * self._rate)))
 
     async def _stderr_tail(self) -> str:
         proc = self._proc
@@ -199,6 +220,7 @@ class WavFileSink(AudioSink):
         self._chunks: list[bytes] = []
         self._rate: int | None = None
         self._current_rate = 0
+        self._current_bytes = 0
         self.utterances = 0
         """How many utterances were started (greeting, reply, offline message, ...)."""
 
@@ -219,12 +241,19 @@ class WavFileSink(AudioSink):
             self._rate = sample_rate
         self._current_rate = sample_rate
         self.utterances += 1
+        self._current_bytes = 0
 
     async def write(self, pcm: bytes) -> None:
         """Keep the PCM (resampled when this utterance's rate differs from the file's)."""
         if pcm and self._rate is not None:
             # Resampling per chunk is fine here: chunks are whole sentences or large network reads.
             self._chunks.append(resample_pcm16(pcm, self._current_rate, self._rate))
+            self._current_bytes += len(pcm)
+
+    @property
+    def played_seconds(self) -> float:
+        """Everything written counts as heard (a file has no clock)."""
+        return self._current_bytes / SAMPLE_WIDTH / max(self._current_rate, 1)
 
     async def finish(self) -> None:
         """Write the file so far (a played utterance is on disk even if the process dies later)."""

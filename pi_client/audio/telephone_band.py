@@ -57,6 +57,11 @@ class TelephoneBandSink(AudioSink):
         self._filter: BandPass | None = None
         self._carry = b""
 
+    @property
+    def played_seconds(self) -> float:
+        """The inner earpiece's (barge-in reports it)."""
+        return self._inner.played_seconds
+
     async def start(self, sample_rate: int) -> None:
         await self._inner.start(sample_rate)
         self._filter, self._carry = BandPass(sample_rate), b""

@@ -44,6 +44,11 @@ class FillerSink(AudioSink):
         self.started = False
         """An utterance other than the filler was started since :meth:`reset`."""
 
+    @property
+    def played_seconds(self) -> float:
+        """The inner earpiece's (barge-in reports it)."""
+        return self._inner.played_seconds
+
     def reset(self) -> None:
         self.started = False
 

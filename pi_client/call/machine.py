@@ -57,6 +57,8 @@ class Outcome(enum.Enum):
     """503: the server's voice queue is full."""
     NOTHING_HEARD = "nothing-heard"
     """/process-audio found no words in the recording (a noise): just listen again."""
+    INTERRUPTED = "interrupted"
+    """The caller talked over the reply: playback cut, the request closed (barge-in)."""
 
 
 class Phrase(enum.Enum):
@@ -172,6 +174,15 @@ class ToneEnded:
     """A tone played for its set time (or, played once, to its end)."""
 
 
+@dataclass(frozen=True)
+class BargeIn:
+    """The caller talked long enough while the phone held the turn; ``heard_seconds`` of the playback had played."""
+
+    heard_seconds: float
+    playing: bool = True
+    """Something was playing; False: the phone was still thinking (transcribing, waiting for the reply)."""
+
+
 Event = (
     Lifted
     | Answered
@@ -185,6 +196,7 @@ Event = (
     | NumberDialed
     | NumberUnknown
     | ToneEnded
+    | BargeIn
     | EndKey
 )
 
@@ -246,7 +258,16 @@ class Intercept:
     """Special-information tones, then "the number you have dialed is not in service"."""
 
 
-Action = StopAll | CheckHealth | Say | Listen | Transcribe | Ask | PlayTone | Hush | Connect | Intercept
+@dataclass(frozen=True)
+class StopPlayback:
+    """Barge-in: cut the playback and close the request in flight; the listener goes on hearing the caller."""
+
+    heard_seconds: float
+    went_on: bool = False
+    """Nothing of the reply had played: the caller went on talking, the utterance so far stays in the turn."""
+
+
+Action = StopPlayback | StopAll | CheckHealth | Say | Listen | Transcribe | Ask | PlayTone | Hush | Connect | Intercept
 
 
 @dataclass(frozen=True)
@@ -273,6 +294,8 @@ def next_state(state: State, event: Event, policy: CallPolicy = CallPolicy()) ->
         if state is State.ON_HOOK:
             return State.GREETING, [CheckHealth(), Say(Phrase.GREETING)]
         return state, []
+    if isinstance(event, BargeIn):
+        return _barged_in(state, event)
     if isinstance(event, Answered):
         if state is State.ON_HOOK:
             return State.REPLYING, [CheckHealth(), Ask(call_id=event.call_id)]
@@ -403,6 +426,18 @@ def will_retry(event: ReplyFinished, policy: CallPolicy) -> bool:
 def _apologized(_event: Event, _policy: CallPolicy) -> tuple[State, list[Action]]:
     return State.LISTENING, [Listen()]
 
+
+def _barged_in(state: State, event: BargeIn) -> tuple[State, list[Action]]:
+    if state not in INTERRUPTIBLE:
+        return state, []
+    went_on = state in (State.TRANSCRIBING, State.REPLYING) and not event.playing
+    return State.LISTENING, [StopPlayback(event.heard_seconds, went_on), Listen()]
+
+
+INTERRUPTIBLE = frozenset(
+    {State.GREETING, State.CONNECTING, State.TRANSCRIBING, State.REPLYING, State.APOLOGIZING, State.STILL_THERE}
+)
+"""States where the phone holds the turn (talks, or thinks) and the caller may talk over it (barge-in)."""
 
 Transition = Callable[[Event, CallPolicy], tuple[State, list[Action]]]
 

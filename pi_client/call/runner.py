@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from common.config import PiConfig
 from pi_client.audio.offline_voice import OfflineVoice, SpokenPhrase
 from pi_client.audio.playback import AudioSink
+from pi_client.call.barge_in import OverhearFn, Overhearing
 from pi_client.call.dialing import DialSource, KeyAudio, KeyPad, play_tone, ring_until
 from pi_client.call.far_end import line_dropped
 from pi_client.call.filler import ThinkingFiller
@@ -46,6 +47,7 @@ from pi_client.call.machine import (
     Say,
     State,
     StopAll,
+    StopPlayback,
     ToneEnded,
     Transcribe,
     Transcribed,
@@ -91,6 +93,12 @@ class HeardUtterance(Protocol):
     endpoint_delay_seconds: float
 
 
+class Microphone(Protocol):
+    """The call's shared microphone (pi_client.audio.microphone.CallMicrophone)."""
+
+    def release(self) -> None: ...
+
+
 class HookSource(Protocol):
     """The hook switch (pi_client.telephone.hook): puts HookEvent values on a queue."""
 
@@ -119,10 +127,17 @@ class Phone:
         policy: CallPolicy | None = None,
         dial: DialSource | None = None,
         key_audio: Callable[[], KeyAudio] | None = None,
+        overhear: OverhearFn | None = None,
+        microphone: Microphone | None = None,
         ringer: Ringer | None = None,
     ) -> None:
         """``dial`` is the rotary dial, ``key_audio`` opens the microphone for touch tones while dialing,
-        ``ringer`` rings for calls the server places (lifting the handset then answers them)."""
+        ``ringer`` rings for calls the server places (lifting the handset then answers them).
+
+        ``overhear`` is a listen that reports every frame (on the shared, echo-cancelled microphone):
+        with it the phone listens while it plays and the caller can interrupt (pi.turns.barge_in).
+        ``microphone`` is that shared microphone: hang-up releases it at once.
+        """
         from pi_client.telephone.directory import Directory, check_end_key
 
         self._directory = Directory(settings.directory)  # ConfigError naming pi.directory
@@ -164,7 +179,26 @@ class Phone:
         self.turns: deque[Turn] = deque(maxlen=_TURNS_KEPT)
         """The latest finished turns, newest last (file mode reads the one turn it ran)."""
         self._log_tasks: set[asyncio.Task[None]] = set()
+        self._overhearing = (
+            Overhearing(overhear, settings.turns.barge_in, lambda: self._sink.played_seconds, self._events.put_nowait)
+            if overhear is not None
+            else None
+        )
+        self._microphone = microphone
         self._ringer = ringer
+        self._reply_turn: Turn | None = None
+        """The turn whose reply is playing (a barge-in notes on it what was heard)."""
+        self._last_pcm = b""
+        """The latest utterance; kept so that, if the caller goes on before any reply plays, both make one turn."""
+        self._carry = b""
+        """Audio to put before the next utterance (the caller went on talking)."""
+
+    @property
+    def idle(self) -> bool:
+        """Nothing plays and nobody talks: the phone only waits (whole-call file mode hangs up then)."""
+        waiting = self.state in (State.LISTENING, State.LAST_CHANCE, State.ENDED, State.OFF_HOOK_WARNING)
+        hearing = self._overhearing is not None and (self._overhearing.caller_speaking or self._overhearing.busy)
+        return (waiting or self.state in (State.ON_HOOK, State.DIALING)) and not hearing
 
     # ------------------------------------------------------------------ driving
 
@@ -276,7 +310,13 @@ class Phone:
             await self._execute(action)
 
     async def _execute(self, action: Action) -> None:
-        if isinstance(action, StopAll):
+        if self._microphone is not None and isinstance(action, StopAll):
+            self._microphone.release()  # the handset is down: no more listening, at once
+        if self._overhearing is not None and isinstance(action, StopAll | PlayTone | Connect | Intercept):
+            await self._overhearing.stop()  # tones and hang-up are not listened over
+        if isinstance(action, StopPlayback):
+            await self._cut(action)
+        elif isinstance(action, StopAll):
             await self._hush()
             self._session_id, self._turn, self._character = None, None, None
         elif isinstance(action, Hush):
@@ -305,6 +345,21 @@ class Phone:
         await self._sink.kill()
         if task is not None:
             await asyncio.wait({task}, timeout=_CANCEL_WAIT_SECONDS)
+
+    async def _cut(self, cut: StopPlayback) -> None:
+        """Barge-in: the reply (or phrase) stops where the caller is, the request is closed, listening goes on.
+
+        Before any of the reply played (transcribing, waiting for the first audio), the caller simply
+        went on talking: the utterance so far is kept and heard again together with what follows.
+        """
+        if self._reply_turn is not None and not cut.went_on:
+            self._reply_turn.heard_seconds = cut.heard_seconds
+        if cut.went_on:
+            _LOGGER.info("caller went on talking before the reply: one turn with what follows")
+            self._carry = self._last_pcm
+        if self._overhearing is not None:
+            self._overhearing.playback_ended()
+        await self._hush()
 
     def _spawn(self, work: Callable[[], Coroutine[Any, Any, Event]], fallback: Event, name: str) -> None:
         """Run one stage as the call's task; its result (or ``fallback`` if it crashed) is the next event."""
@@ -364,29 +419,40 @@ class Phone:
 
     async def _play(self, spoken: SpokenPhrase) -> None:
         await self._sink.start(spoken.sample_rate)
-        block = max(2, int(spoken.sample_rate * _PLAY_BLOCK_SECONDS) * 2)
-        for i in range(0, len(spoken.pcm), block):
-            await self._sink.write(spoken.pcm[i : i + block])
-        await self._sink.finish()
+        if self._overhearing is not None:
+            self._overhearing.playback_started()
+        try:
+            block = max(2, int(spoken.sample_rate * _PLAY_BLOCK_SECONDS) * 2)
+            for i in range(0, len(spoken.pcm), block):
+                await self._sink.write(spoken.pcm[i : i + block])
+            await self._sink.finish()
+        finally:
+            if self._overhearing is not None:
+                self._overhearing.playback_ended()
 
     async def _listen(self) -> Event:
         try:
-            utterance = await self._listen_fn()
+            utterance = await (self._overhearing.listen() if self._overhearing is not None else self._listen_fn())
         except Exception:  # a microphone that fails mid-call: log, pause, and let the call prompt again
             _LOGGER.exception("listening failed; retrying in %.0f s", _LISTEN_RETRY_SECONDS)
             await asyncio.sleep(_LISTEN_RETRY_SECONDS)
             return NoSpeech()
         if utterance is None:
             return NoSpeech()
+        if self._overhearing is not None:
+            self._overhearing.hold()  # the phone has the turn; the caller may still go on, or interrupt
+        pcm, self._carry = self._carry + utterance.pcm, b""
+        self._last_pcm = pcm
         self._turn = Turn(
             speech_seconds=utterance.speech_seconds,
             endpoint_delay=utterance.endpoint_delay_seconds,
+            ended_by=getattr(utterance, "ended_by", "silence"),
             heard_at=time.monotonic(),
         )
         up = self._monitor.up if self._monitor is not None else None
         if up is False:
             _LOGGER.info("turn: %.1fs of speech, server down: offline voice", utterance.speech_seconds)
-        return Heard(utterance.pcm, up)
+        return Heard(pcm, up)
 
     async def _transcribe(self, pcm: bytes) -> Event:
         assert self._transcribe_fn is not None  # the policy sends audio to the server without one
@@ -415,10 +481,15 @@ class Phone:
         )
         pump = ReplyPump(self._client, request)
         retry_after: float | None = None
+        self._reply_turn = turn
         try:
             outcome = await self._late_reply_filled(self._stream_reply(pump, turn), turn)
         except asyncio.CancelledError:
-            _LOGGER.info("turn: heard=%r, hung up before the reply ended", turn.transcript)
+            if turn.heard_seconds is None:
+                _LOGGER.info("turn: heard=%r, cut off before the reply ended (hang-up, or went on)", turn.transcript)
+            else:  # barge-in: the request is closed (finally), the turn is logged with what was heard
+                turn.outcome, turn.ended_at, turn.session_id = Outcome.INTERRUPTED, time.monotonic(), self._session_id
+                self._log_turn(turn)
             raise
         except Busy as err:
             outcome, retry_after = Outcome.BUSY, err.retry_after
@@ -434,6 +505,9 @@ class Phone:
             outcome = Outcome.UNREACHABLE
         finally:
             pump.stop()
+            self._reply_turn = None
+            if self._overhearing is not None:
+                self._overhearing.playback_ended()
         if self._monitor is not None:
             self._monitor.report(outcome not in (Outcome.UNREACHABLE, Outcome.BROKEN), outcome.value)
         turn.outcome, turn.ended_at, turn.session_id = outcome, time.monotonic(), self._session_id
@@ -477,6 +551,8 @@ class Phone:
                 if not playing:
                     await self._sink.start(piece.sample_rate)
                     turn.first_audio_at, playing = time.monotonic(), True
+                    if self._overhearing is not None:
+                        self._overhearing.playback_started()
                 await self._sink.write(piece.pcm)
             elif isinstance(piece, ReplyEnd):
                 turn.call_ended = piece.call_ended

@@ -22,6 +22,8 @@ class Turn:
 
     speech_seconds: float = 0.0
     endpoint_delay: float = 0.0
+    ended_by: str = "silence"
+    """How the end of the caller's turn was decided: "model" (Smart Turn), "silence", "max_length", "audio_end"."""
     heard_at: float = 0.0
     """When endpointing decided the caller had finished."""
     stt_seconds: float | None = None
@@ -34,29 +36,34 @@ class Turn:
     reply_text: str | None = None
     character: str | None = None
     """Who answered (the server's X-Character, else the character asked for)."""
+    heard_seconds: float | None = None
+    """Barge-in: seconds of the reply the caller heard before talking over it (None: not interrupted).
+    The hook for "history records what was heard": the server is told this when the API exists."""
     call_ended: bool = False
     """The character hung up in this reply (the server's session says ``call_ended``)."""
 
 
 async def log_turn(turn: Turn, reply_text: Callable[[str], str | None]) -> None:
     """Fetch the reply text (best effort, bounded, in a thread), then log the turn's one line."""
-    if turn.session_id and turn.outcome in (Outcome.DONE, Outcome.BROKEN):
+    if turn.session_id and turn.outcome in (Outcome.DONE, Outcome.BROKEN, Outcome.INTERRUPTED):
         with contextlib.suppress(TimeoutError):
             turn.reply_text = await asyncio.wait_for(
                 asyncio.to_thread(reply_text, turn.session_id), REPLY_TEXT_TIMEOUT_SECONDS
             )
     _LOGGER.info(
-        "turn: heard=%r reply=%r outcome=%s speech=%.2fs endpoint=%.2fs stt=%s first_audio=%s latency=%s total=%s"
-        " character=%s",
+        "turn: heard=%r reply=%r outcome=%s speech=%.2fs end_by=%s endpoint=%.2fs stt=%s first_audio=%s latency=%s"
+        " total=%s barge_in=%s character=%s",
         turn.transcript,
         turn.reply_text,
         turn.outcome.value if turn.outcome else None,
         turn.speech_seconds,
+        turn.ended_by,
         turn.endpoint_delay,
         _secs(turn.stt_seconds),
         _secs(_diff(turn.first_audio_at, turn.request_at)),
         _secs(_diff(turn.first_audio_at, turn.heard_at)),
         _secs(_diff(turn.ended_at, turn.heard_at)),
+        _secs(turn.heard_seconds),
         turn.character or "-",
     )
 

@@ -166,7 +166,10 @@ class ReplyPump:
 
         Raises StreamBroken when the audio trickles in slower than ``min_bytes_per_second``.
         """
-        item = await asyncio.wait_for(self._queue.get(), timeout=max(timeout, 0.0))
+        # asyncio.timeout, not wait_for: wait_for returns a piece that arrives as the task is cancelled and
+        # swallows the cancellation (Python < 3.12), so a hang-up or barge-in could leave the reply playing.
+        async with asyncio.timeout(max(timeout, 0.0)):
+            item = await self._queue.get()
         if isinstance(item, ServerError):
             raise item
         if isinstance(item, ReplyAudio):

@@ -21,6 +21,7 @@ import enum
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from common.config import SmartTurnConfig, VADConfig
@@ -33,6 +34,10 @@ _LOGGER = logging.getLogger(__name__)
 
 HYSTERESIS = 0.15
 """Once speaking, a frame counts as silence only below threshold minus this (Silero's advice)."""
+REJOIN_SECONDS = 0.5
+"""A speech run too short to count (but half min_speech_seconds or more: a short word, not a click),
+followed within this gap by speech that does, starts the utterance ("Wait, ... what about Italy?" keeps
+its "Wait", and barge-in counts the talking from it), in seconds."""
 _MAX_BATCH = 32
 """Most frames handed to the VAD thread at once (~1 s of audio)."""
 
@@ -98,14 +103,30 @@ class Endpointer:
         self.last_speech_frame: int | None = None
         self._run = 0  # consecutive speech frames of a candidate
         self._silence = 0  # consecutive silent frames inside an utterance
+        self._rejoin = _frames(REJOIN_SECONDS, frame_seconds)
+        self._dropped: tuple[int, int] | None = None  # first and last frame of the latest run too short to count
         self.ended_by = ""
         """What ended the utterance: "model", "silence" or "max_length" (empty until it ends)."""
 
     @property
     def utterance_start_frame(self) -> int:
         """First frame of the utterance audio: speech start minus the pre-roll (never before 0)."""
+        return max(0, self.onset_frame - self.preroll_frames)
+
+    @property
+    def onset_frame(self) -> int:
+        """Where the caller started: the speech start, or a short word just before it (:data:`REJOIN_SECONDS`)."""
         start = self.speech_start_frame if self.speech_start_frame is not None else self.frame_index + 1
-        return max(0, start - self.preroll_frames)
+        if self._dropped is not None and start - self._dropped[1] <= self._rejoin:
+            start = self._dropped[0]
+        return start
+
+    @property
+    def talk_seconds(self) -> float:
+        """Audio time from the onset to the last speech frame (how long the caller has been talking)."""
+        if self.last_speech_frame is None:
+            return 0.0
+        return (self.last_speech_frame - self.onset_frame + 1) * self.frame_seconds
 
     @property
     def speech_seconds(self) -> float:
@@ -139,7 +160,10 @@ class Endpointer:
                     self._silence = 0
                     return self._check_max(EndpointEvent.SPEECH_STARTED)
             elif not (self._run and speech_prob >= threshold - HYSTERESIS):
-                # A run shorter than min_speech_seconds was a click or a cough: forget it.
+                # A run shorter than min_speech_seconds was a click or a cough: forget it (unless speech follows).
+                word = self._run >= max(2, self._min_speech // 2)  # a short word, not a click
+                if word and self.speech_start_frame is not None and self.last_speech_frame is not None:
+                    self._dropped = (self.speech_start_frame, self.last_speech_frame)
                 self._run = 0
                 self.speech_start_frame = self.last_speech_frame = None
             if n + 1 >= self._timeout:
@@ -221,12 +245,15 @@ async def listen(
     detector: TurnDetector | None = None,
     turn_cfg: SmartTurnConfig | None = None,
     speculator: SpeculativeTranscriber | None = None,
+    on_frame: Callable[[bool, float], None] | None = None,
 ) -> Utterance | None:
     """Listen until the caller has said something; None on timeout or when the source ends silent.
 
     With ``detector``, a short silence asks it whether the caller has finished (``turn_cfg`` gives
     the silences, its defaults when None); without it, the trailing silence of ``cfg`` ends the turn.
     With ``speculator``, that short silence starts Whisper on the turn so far (see the module doc).
+    ``on_frame(in_speech, talk_seconds)`` follows every frame (barge-in watches how long the
+    caller has been talking over the playback, from the onset).
     """
     turn_cfg = turn_cfg or SmartTurnConfig()
     candidate = turn_cfg.check_after_silence_seconds if speculator is not None and detector is None else None
@@ -252,6 +279,8 @@ async def listen(
                 if speculator is not None and speculated_at not in (None, endpointer.last_speech_frame):
                     speculator.drop()  # the caller went on
                     speculated_at = None
+                if on_frame is not None:
+                    on_frame(endpointer.in_speech, endpointer.talk_seconds if endpointer.in_speech else 0.0)
                 if event is EndpointEvent.TIMEOUT:
                     _LOGGER.info("No speech within %.1f s", cfg.no_speech_timeout_seconds)
                     return None

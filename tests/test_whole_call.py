@@ -1,0 +1,187 @@
+"""``python -m pi_client --whole-call``: a recorded call is the live microphone, the earpiece a file on its clock.
+
+Real Silero, Smart Turn and Whisper on Piper speech (noise off), a real ``cloud_server`` behind
+the Ollama stand-in. The clock runs twice as fast as real time (``--clock-speed``, for tests):
+every position is counted in call samples, so what is asserted about the call does not change.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.wav import read_wav_pcm16, write_wav
+from tests.fixtures_pi import PI_RATE, silence
+from tests.helpers import wait_for, word_set
+from tests.ollama_standin import OllamaStandIn
+from tests.server_rig import ServerProcess, pi_config, run_pi_client
+from tests.tone_check import keypad
+
+QUESTION = "What is the capital of France?"
+INTERRUPTION = "Wait, what is the weather like in London?"
+BACKCHANNEL = "Yeah."
+LONG_REPLY = (
+    "Paris is the capital of France. ",
+    "It is a lovely city to visit in the spring, with parks and cafes along the river. ",
+)
+"""About seven seconds of speech: whatever the machine's speed, the caller's later words land inside it."""
+MORE = tuple(step for i in range(12) for step in (f"Many people go there, {i + 1} million every year. ", 0.7))
+"""More reply, one sentence every 0.7 s (the server writes all along): once the phone closes the request,
+the server notices and stops asking the LLM."""
+SPEED = "2"
+
+
+def loud_spans(pcm: bytes, level: int = 500, hop: float = 0.05) -> list[tuple[float, float]]:
+    """(start, end) seconds of the stretches above ``level``, gaps shorter than 0.6 s bridged."""
+    x = np.abs(np.frombuffer(pcm, dtype="<i2"))
+    step = round(hop * PI_RATE)
+    env = x[: x.size - x.size % step].reshape(-1, step).max(axis=1) > level
+    spans: list[tuple[float, float]] = []
+    for i in np.flatnonzero(env):
+        t = i * hop
+        if spans and t - spans[-1][1] < 0.6:
+            spans[-1] = (spans[-1][0], t + hop)
+        else:
+            spans.append((t, t + hop))
+    return spans
+
+
+def calls_chats(standin: OllamaStandIn) -> list[Any]:
+    """The streamed chats: a call's replies (the server's start-up warm-up chats are not streamed)."""
+    return [r for r in standin.chat_requests() if r.stream is not False]
+
+
+def turn_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "turn: heard=" in line]
+
+
+def record_call(path: Path, *parts: bytes) -> list[float]:
+    """Write the call's microphone; returns where each part starts, in seconds."""
+    starts, at = [], 0
+    for part in parts:
+        starts.append(at / 2 / PI_RATE)
+        at += len(part)
+    write_wav(str(path), b"".join(parts), PI_RATE)
+    return starts
+
+
+def after_first_request(standin: OllamaStandIn, *steps: Any) -> threading.Thread:
+    """Once the first chat of this call arrives, script the replies that follow (short: the test stays quick)."""
+    seen = len(calls_chats(standin))
+
+    def rescript() -> None:
+        wait_for(lambda: len(calls_chats(standin)) > seen, 120.0, "the first request")
+        standin.script(*steps)
+
+    thread = threading.Thread(target=rescript, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_the_caller_interrupts_the_reply_and_is_answered(
+    call_server: ServerProcess,
+    call_standin: OllamaStandIn,
+    call_whisper: Any,
+    piper_speech: Callable[[str], bytes],
+    tmp_path: Path,
+) -> None:
+    """Barge-in mid-reply, the earpiece leaking back at -10 dB: the reply stops, the request closes,
+    the interruption (its first word included) is the next turn, and the earpiece file is on the call's clock."""
+    call = tmp_path / "call.wav"
+    starts = record_call(
+        call, silence(3.0), piper_speech(QUESTION), silence(6.0), piper_speech(INTERRUPTION), silence(1.0)
+    )
+    barge_at = starts[3]
+    first = len(calls_chats(call_standin))
+    call_standin.script(*LONG_REPLY, *MORE)
+    rescript = after_first_request(call_standin, "It is raining in London. ")
+    ear = tmp_path / "ear.wav"
+    result = run_pi_client(
+        pi_config(tmp_path),
+        call_server.url,
+        call_server.key,
+        call,
+        ear,
+        "--whole-call",
+        "--echo-db",
+        "-10",
+        "--clock-speed",
+        SPEED,
+    )
+    rescript.join(timeout=5)
+    assert result.returncode == 0, result.stderr[-3000:]
+    chats = calls_chats(call_standin)[first:]
+    assert len(chats) == 2, result.stderr[-3000:]
+    # The phone closed the first request: the server stopped generating (the stand-in saw it hang up).
+    assert chats[0].client_closed.wait(10) and not chats[0].completed
+    assert {"weather", "london"} <= word_set(chats[1].messages[-1]["content"])
+    # The interruption reached Whisper whole, from its first word ("Wait,") on: pre-roll from the onset.
+    said = len(piper_speech(INTERRUPTION)) / 2 / PI_RATE
+    kept = [float(x) for x in re.findall(r"Utterance: [\d.]+ s of speech, ([\d.]+) s of audio", result.stderr)]
+    assert kept[-1] >= said, (kept, said)
+    first_turn, second_turn = turn_lines(result.stderr)
+    assert "outcome=interrupted" in first_turn and re.search(r"barge_in=\d+\.\d\ds", first_turn)
+    assert "outcome=done" in second_turn and "barge_in=-" in second_turn
+    assert re.search(r"end_by=(model|silence)", second_turn)
+    # The earpiece is aligned with the call: as long as it, the reply cut soon after the caller's first word.
+    recording, _ = read_wav_pcm16(str(call), PI_RATE)
+    earpiece, _ = read_wav_pcm16(str(ear), PI_RATE)
+    assert len(earpiece) >= len(recording)
+    spans = loud_spans(earpiece)
+    reply_start, cut = next((start, end) for start, end in spans if start < barge_at < end)
+    # "Wait," alone is shorter than min_speech_seconds: the cut comes with "what is the weather".
+    assert barge_at < cut < barge_at + 1.5, (barge_at, spans)
+    answer_start = next(start for start, _ in spans if start > cut)
+    before = call_whisper.transcribe(earpiece[round(reply_start * PI_RATE) * 2 : round(cut * PI_RATE) * 2])
+    after = call_whisper.transcribe(earpiece[round(answer_start * PI_RATE) * 2 :])
+    # What the log says the caller heard is what the earpiece file holds, on the same clock.
+    heard = float(re.findall(r"barge_in=(\d+\.\d\d)s", first_turn)[0])
+    assert abs((cut - reply_start) - heard) < 0.35, (cut, reply_start, heard)
+    assert "million" not in word_set(before + after), (before, after)  # the rest of the reply never played
+    if heard > 1.5:  # (a slow machine answers late, and the cut comes early in the reply)
+        assert "paris" in word_set(before), before
+    assert {"raining", "london"} <= word_set(after), after
+
+
+def test_a_backchannel_and_the_echo_do_not_stop_the_reply(
+    call_server: ServerProcess,
+    call_standin: OllamaStandIn,
+    call_whisper: Any,
+    piper_speech: Callable[[str], bytes],
+    tmp_path: Path,
+) -> None:
+    """Touch tones in the recording dial the number; then a "yeah" over the reply, the earpiece leaking
+    back at -10 dB: the reply plays to its end, once."""
+    call = tmp_path / "call.wav"
+    dialed = silence(1.0) + keypad("0") + silence(8.0)  # dial tone, the key, ringback and the greeting
+    record_call(call, dialed, piper_speech(QUESTION), silence(5.5), piper_speech(BACKCHANNEL), silence(1.0))
+    first = len(calls_chats(call_standin))
+    call_standin.script(*LONG_REPLY)
+    ear = tmp_path / "ear.wav"
+    result = run_pi_client(
+        pi_config(tmp_path, directory={"0": "operator", "7": "nobody"}),
+        call_server.url,
+        call_server.key,
+        call,
+        ear,
+        "--whole-call",
+        "--echo-db",
+        "-10",
+        "--clock-speed",
+        SPEED,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "number 0: operator" in result.stderr and "connected to operator" in result.stderr
+    assert len(calls_chats(call_standin)) == first + 1, result.stderr[-3000:]  # "yeah" was not a turn
+    (turn,) = turn_lines(result.stderr)
+    assert "outcome=done" in turn and "barge_in=-" in turn, turn
+    assert "too short to interrupt" in result.stderr
+    earpiece, _ = read_wav_pcm16(str(ear), PI_RATE)
+    reply_start = next(start for start, _ in loud_spans(earpiece) if start > len(dialed) / 2 / PI_RATE + 2.0)
+    heard = call_whisper.transcribe(earpiece[round(reply_start * PI_RATE) * 2 :])
+    assert {"paris", "spring", "river"} <= word_set(heard), heard
