@@ -120,6 +120,9 @@ def test_the_caller_interrupts_the_reply_and_is_answered(
     # The phone closed the first request: the server stopped generating (the stand-in saw it hang up).
     assert chats[0].client_closed.wait(10) and not chats[0].completed
     assert {"weather", "london"} <= word_set(chats[1].messages[-1]["content"])
+    # The next turn's history holds the reply only as far as the caller heard it (POST .../heard).
+    answered = chats[1].messages[-2]
+    assert answered["role"] == "assistant" and "million" not in word_set(answered["content"]), answered
     # The interruption reached Whisper whole, from its first word ("Wait,") on: pre-roll from the onset.
     said = len(piper_speech(INTERRUPTION)) / 2 / PI_RATE
     kept = [float(x) for x in re.findall(r"Utterance: [\d.]+ s of speech, ([\d.]+) s of audio", result.stderr)]

@@ -68,6 +68,7 @@ from pi_client.server.client import (
 from pi_client.server.fleet import ServerFleet
 from pi_client.server.greetings import GreetingCache
 from pi_client.server.health import FleetHealth, HealthMonitor
+from pi_client.server.heard import report_heard
 from pi_client.server.reply_pump import ReplyAudio, ReplyEnd, ReplyHead, ReplyPump
 
 _LOGGER = logging.getLogger(__name__)
@@ -352,14 +353,17 @@ class Phone:
         Before any of the reply played (transcribing, waiting for the first audio), the caller simply
         went on talking: the utterance so far is kept and heard again together with what follows.
         """
+        heard: float | None = None
         if self._reply_turn is not None and not cut.went_on:
-            self._reply_turn.heard_seconds = cut.heard_seconds
+            self._reply_turn.heard_seconds = heard = cut.heard_seconds
         if cut.went_on:
             _LOGGER.info("caller went on talking before the reply: one turn with what follows")
             self._carry = self._last_pcm
         if self._overhearing is not None:
             self._overhearing.playback_ended()
         await self._hush()
+        if heard is not None:  # the server and the phone's own conversation keep only what was heard
+            await report_heard(self._client, self._session_id, heard)
 
     def _spawn(self, work: Callable[[], Coroutine[Any, Any, Event]], fallback: Event, name: str) -> None:
         """Run one stage as the call's task; its result (or ``fallback`` if it crashed) is the next event."""
