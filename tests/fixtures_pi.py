@@ -63,12 +63,12 @@ def piper_voice() -> Any:
 @pytest.fixture(scope="session")
 def piper_speech(piper_voice: Any, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], bytes]:
     """Speak text with Piper, return 16 kHz mono PCM16; cached per text for the session (also as WAVs)."""
-    from piper import SynthesisConfig
+    from common.speech import steady_synthesis
 
     cache_dir = tmp_path_factory.mktemp("piper-speech")
     cache: dict[str, bytes] = {}
     # No sampling noise: the same text gives the same samples in every run.
-    syn = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+    syn = steady_synthesis()
 
     def speak(text: str) -> bytes:
         if text not in cache:
@@ -85,9 +85,9 @@ def piper_speech(piper_voice: Any, tmp_path_factory: pytest.TempPathFactory) -> 
 @pytest.fixture(scope="session")
 def piper_speech_22k(piper_voice: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Piper's own output (22050 Hz) as a WAV file, for the resampling path."""
-    from piper import SynthesisConfig
+    from common.speech import steady_synthesis
 
-    chunks = list(piper_voice.synthesize(SPEECH_TEXT, syn_config=SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)))
+    chunks = list(piper_voice.synthesize(SPEECH_TEXT, syn_config=steady_synthesis()))
     path = tmp_path_factory.mktemp("piper-22k") / "speech-22050.wav"
     write_wav(str(path), b"".join(c.audio_int16_bytes for c in chunks), chunks[0].sample_rate)
     return path
