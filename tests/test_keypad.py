@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from common.wav import write_wav
@@ -96,3 +97,31 @@ def test_a_number_begun_mid_call_takes_its_next_touch_tones_from_the_microphone_
         return events
 
     assert asyncio.run(asyncio.wait_for(scenario(), 10)) == [DigitDialed(), NumberDialed("42", "deep")]
+
+
+def test_a_key_pressed_during_the_call_is_silence_to_the_call_not_speech() -> None:
+    """The call's VAD must not hear a touch tone: over a reply it would barge in, alone it would be a turn."""
+    from pi_client.audio.capture import BLOCK_SAMPLES, AudioSource
+    from pi_client.telephone.key_tap import TouchToneTap
+    from tests.tone_check import keypad
+
+    pcm = keypad("0", on=0.2, off=0.2)
+
+    class Recorded(AudioSource):
+        async def frames(self) -> AsyncIterator[bytes]:
+            for i in range(0, len(pcm) - 2 * BLOCK_SAMPLES + 1, 2 * BLOCK_SAMPLES):
+                yield pcm[i : i + 2 * BLOCK_SAMPLES]
+
+        def close(self) -> None:
+            pass
+
+    keys: list[str] = []
+
+    async def heard() -> list[bytes]:
+        return [frame async for frame in TouchToneTap(Recorded(), keys.append).frames()]
+
+    frames = asyncio.run(heard())
+    tone_frames = round(0.2 * 16000 / BLOCK_SAMPLES)
+    silenced = sum(1 for f in frames[:tone_frames] if not any(f))
+    assert keys == ["0"]
+    assert silenced >= tone_frames - 2, (silenced, tone_frames)  # all but the tone's first 64 ms

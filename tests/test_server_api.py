@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from cloud_server.tts.base import TTSEngine, TTSError, VoiceSpec
-from common.config import ConfigError
+from common.config import ConfigError, LimitsConfig
 from common.wav import WavStreamReader, pcm16_to_float
 from tests.fixtures_server import TEST_KEY, server_config
 from tests.ollama_standin import OllamaStandIn
@@ -334,7 +334,7 @@ def test_health_without_a_key_says_only_ok_or_degraded(
     body = server.health()
     assert body["status"] == "ok" and TEST_KEY not in str(body)
     assert body["tts"]["engine"] == "piper" and body["llm"]["reachable"] is True
-    assert body["queue"] == {"active": 0, "capacity": 4, "stale": 0}
+    assert body["queue"] == {"active": 0, "capacity": LimitsConfig().queue_depth, "stale": 0}
 
 
 def test_session_ids_with_a_trailing_newline_are_refused_and_leak_no_slot(

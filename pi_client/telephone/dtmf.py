@@ -62,6 +62,11 @@ class DtmfDecoder:
         self._active: str | None = None  # the key of the burst in progress (reported or rejected)
         self._missing = 0
 
+    @property
+    def tone_sounding(self) -> bool:
+        """A key's tone is being heard now (a burst reported, or one long enough to become a key)."""
+        return self._active is not None or self._candidate is not None
+
     def hold(self, key: str) -> None:
         """``key`` was already taken (heard by another decoder): its tone, if still sounding, is not a new press."""
         self._active, self._missing, self._candidate = key, 0, None

@@ -2,9 +2,10 @@
 
 While the phone listens to the caller, the microphone belongs to the call (VAD, Smart Turn,
 Whisper), so no second reader may open it. :class:`TouchToneTap` wraps the call's audio source:
-every frame goes on unchanged, and also through a :class:`~pi_client.telephone.dtmf.DtmfDecoder`,
-whose keys are handed to ``on_key`` (the phone's keypad: a digit switches character, ``*`` ends
-the call). The decoder rejects speech, so talking never dials.
+every frame goes through a :class:`~pi_client.telephone.dtmf.DtmfDecoder`, whose keys are handed to
+``on_key`` (the phone's keypad: a digit switches character, ``*`` ends the call), and on to the call
+unchanged, except while a key's tone sounds: then the call hears silence, so a key is never taken for
+speech (a turn, or a barge-in over the reply). The decoder rejects speech, so talking never dials.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pi_client.telephone.dtmf import DtmfDecoder
 
 
 class TouchToneTap(AudioSource):
-    """``source`` as it is, with the touch-tone keys heard in it passed to ``on_key``."""
+    """``source`` with the touch-tone keys heard in it passed to ``on_key`` and their tones silenced."""
 
     def __init__(self, source: AudioSource, on_key: Callable[[str], None]) -> None:
         self._source = source
@@ -29,7 +30,7 @@ class TouchToneTap(AudioSource):
         async for frame in self._source.frames():
             for key in self._decoder.feed(frame):  # a few matrix products per frame: no thread needed
                 self._on_key(key)
-            yield frame
+            yield bytes(len(frame)) if self._decoder.tone_sounding else frame
 
     def close(self) -> None:
         self._source.close()
