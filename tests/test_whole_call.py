@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from common.wav import read_wav_pcm16, write_wav
 from tests.fixtures_pi import PI_RATE, silence
 from tests.helpers import wait_for, word_set
 from tests.ollama_standin import OllamaStandIn
 from tests.server_rig import ServerProcess, pi_config, run_pi_client
-from tests.tone_check import keypad
+from tests.tone_check import keypad, peaks_between
 
 QUESTION = "What is the capital of France?"
 INTERRUPTION = "Wait, what is the weather like in London?"
@@ -187,3 +188,53 @@ def test_a_backchannel_and_the_echo_do_not_stop_the_reply(
     reply_start = next(start for start, _ in loud_spans(earpiece) if start > len(dialed) / 2 / PI_RATE + 2.0)
     heard = call_whisper.transcribe(earpiece[round(reply_start * PI_RATE) * 2 :])
     assert {"capital", "spring", "river"} <= word_set(heard), heard
+
+
+def test_a_whole_call_dials_hears_the_greeting_talks_says_goodbye_and_hears_busy(
+    call_server: ServerProcess,
+    call_standin: OllamaStandIn,
+    call_whisper: Any,
+    piper_speech: Callable[[str], bytes],
+    tmp_path: Path,
+) -> None:
+    """Dial tone, a touch-tone 0 in the recording, the operator's greeting in the server's voice, a
+    question and its answer, "goodbye", and the busy tone that ends the file."""
+    call = tmp_path / "call.wav"
+    dialed = silence(1.0) + keypad("0") + silence(8.0)
+    starts = record_call(
+        call, dialed, piper_speech(QUESTION), silence(5.0), piper_speech("Thank you, goodbye."), silence(4.0)
+    )
+    call_standin.script("Paris is the capital of France.")
+    after_first_request(call_standin, "You are welcome, goodbye.")
+    ear = tmp_path / "ear.wav"
+    result = run_pi_client(
+        pi_config(tmp_path, directory={"0": "operator"}),
+        call_server.url,
+        call_server.key,
+        call,
+        ear,
+        "--whole-call",
+        "--clock-speed",
+        SPEED,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "number 0: operator" in result.stderr and "connected to operator" in result.stderr
+    earpiece, _ = read_wav_pcm16(str(ear), PI_RATE)
+
+    def heard_between(start: float, end: float) -> set[str]:
+        return word_set(call_whisper.transcribe(earpiece[round(start * PI_RATE) * 2 : round(end * PI_RATE) * 2]))
+
+    assert peaks_between(earpiece, PI_RATE, 0.2, 0.8, 2) == approx_hz([350.0, 440.0])  # dial tone before the key
+    assert "operator" in heard_between(1.3, starts[1])  # the greeting, in the server's voice
+    assert {"capital", "france"} <= heard_between(starts[1], starts[3])
+    _, last_sound = loud_spans(earpiece)[-1]  # the call's last sound: the busy tone after the goodbye reply
+    assert last_sound > starts[3] + 1.0
+    windows = np.arange(last_sound - 2.0, last_sound - 0.3, 0.1)
+    tones = [peaks_between(earpiece, PI_RATE, t, t + 0.3, 2) for t in windows]
+    assert [480.0, 620.0] in [pytest.approx(t, abs=6.0) for t in tones if len(t) == 2], tones
+    assert "goodbye" in turn_lines(result.stderr)[-1].lower()  # the caller's goodbye was the last turn
+
+
+def approx_hz(freqs: list[float]) -> Any:
+    """Tone frequencies as the tone plans give them, within a few Hz (the FFT's resolution)."""
+    return pytest.approx(freqs, abs=6.0)
