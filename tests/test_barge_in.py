@@ -102,7 +102,9 @@ async def _call(
     async def hear(on_frame: Any = None) -> Any:
         tap = microphone.tap()
         try:
-            return await listen(tap, models["vad"], settings.vad, models["turn"], settings.turns.smart_turn, on_frame)
+            return await listen(
+                tap, models["vad"], settings.vad, models["turn"], settings.turns.smart_turn, on_frame=on_frame
+            )
         finally:
             tap.close()
 

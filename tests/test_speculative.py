@@ -50,7 +50,9 @@ def words(text: str) -> list[str]:
 def turn(pcm: bytes, tmp_path: Path, speculator: SpeculativeTranscriber, detector: SmartTurn | None) -> Utterance:
     path = tmp_path / "input.wav"
     write_wav(str(path), pcm, PI_RATE)
-    listening = listen(WavFileSource(path), SileroVad(), VADConfig(), detector, SmartTurnConfig(), speculator)
+    listening = listen(
+        WavFileSource(path), SileroVad(), VADConfig(), detector, SmartTurnConfig(), speculator=speculator
+    )
     utterance = asyncio.run(asyncio.wait_for(listening, timeout=60))
     assert utterance is not None
     return utterance

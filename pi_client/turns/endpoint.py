@@ -244,6 +244,7 @@ async def listen(
     cfg: VADConfig,
     detector: TurnDetector | None = None,
     turn_cfg: SmartTurnConfig | None = None,
+    *,
     speculator: SpeculativeTranscriber | None = None,
     on_frame: Callable[[bool, float], None] | None = None,
 ) -> Utterance | None:
