@@ -7,8 +7,9 @@ speaks when the test says), the hook is gpiozero's MockFactory, the earpiece a W
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,20 @@ def build_phone(
         ringer=ringer,
     )
     return PhoneRig(phone, settings, client, sink, health, talk)
+
+
+@contextlib.asynccontextmanager
+async def phone_running(rig: PhoneRig) -> AsyncIterator[None]:
+    """The rig's phone answers its GPIO hook while the block runs; then it is stopped and the rig closed."""
+    from pi_client.telephone.hook import GpioHook
+
+    running = asyncio.create_task(rig.phone.run(GpioHook(rig.settings.hook)))
+    try:
+        yield
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await rig.close()
 
 
 async def until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:

@@ -15,13 +15,12 @@ import requests
 from common.config import RotaryConfig
 from common.wav import write_wav
 from pi_client.call.machine import Outcome, State
-from pi_client.telephone.hook import GpioHook
 from pi_client.telephone.rotary import GpioDial
 from tests.fixtures_pi import PI_RATE, mix, silence, white_noise
 from tests.helpers import mock_pins
 from tests.helpers import word_set as words
 from tests.ollama_standin import OllamaStandIn
-from tests.phone_rig import build_phone, until
+from tests.phone_rig import build_phone, phone_running, until
 from tests.server_rig import ServerProcess, start_server
 from tests.test_phone_dialing import Earpiece, dial_rotary
 from tests.tone_check import keypad, samples
@@ -45,17 +44,12 @@ def assert_cadence(sink: Earpiece, index: int, on: float, freqs: list[float]) ->
 async def call(rig: Any, pins: Any, ended: State = State.OFF_HOOK_WARNING) -> Any:
     """Lift, let the call run until ``ended``, hang up; the phone."""
     phone = rig.phone
-    running = asyncio.create_task(phone.run(GpioHook(rig.settings.hook)))
-    try:
+    async with phone_running(rig):
         pins.pin(HOOK_PIN).drive_low()
         await until(lambda: phone.state is ended, ended.value, WAIT)
         pins.pin(HOOK_PIN).drive_high()
         await until(lambda: phone.state is State.ON_HOOK, "the hang-up", 10)
         return phone
-    finally:
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
-        await rig.close()
 
 
 def test_the_character_hangs_up_its_goodbye_is_heard_without_the_marker_then_the_busy_tone(
@@ -149,18 +143,13 @@ def test_a_rotary_phone_ends_the_call_with_its_end_key_digit(
         pins.pin(dial_pin).drive_low()  # the dial at rest
         rig = build_phone(call_server, call_question_wav, call_whisper, tmp_path, sink, gated=True, pi=pi, dial=dial)
         phone = rig.phone
-        running = asyncio.create_task(phone.run(GpioHook(rig.settings.hook)))
-        try:
+        async with phone_running(rig):
             pins.pin(HOOK_PIN).drive_low()
             await until(lambda: phone.state is State.LISTENING, "the greeting", WAIT)
             await dial_rotary(pins.pin(dial_pin), "9")
             await until(lambda: phone.state is State.OFF_HOOK_WARNING, "the howler", WAIT)
             pins.pin(HOOK_PIN).drive_high()
             await until(lambda: phone.state is State.ON_HOOK, "the hang-up", 10)
-        finally:
-            running.cancel()
-            await asyncio.gather(running, return_exceptions=True)
-            await rig.close()
 
     with mock_pins() as pins:
         asyncio.run(asyncio.wait_for(scenario(pins), WAIT))

@@ -20,13 +20,12 @@ from pi_client.audio.playback import WavFileSink
 from pi_client.call.machine import Outcome, State
 from pi_client.server.client import ServerClient
 from pi_client.server.greetings import GreetingCache
-from pi_client.telephone.hook import GpioHook
 from pi_client.telephone.rotary import GpioDial
 from tests.fixtures_pi import PI_RATE, mix, silence, white_noise
 from tests.helpers import mock_pins
 from tests.helpers import word_set as words
 from tests.ollama_standin import OllamaStandIn
-from tests.phone_rig import build_phone, heard, until
+from tests.phone_rig import build_phone, heard, phone_running, until
 from tests.server_rig import ServerProcess, free_port, pi_config, run_pi_client, start_server
 from tests.tone_check import keypad, peaks, samples
 
@@ -118,8 +117,7 @@ def test_rotary_7_rings_luna_who_greets_in_her_voice_then_answers_and_0_mid_call
         rig = build_phone(luna_server, call_question_wav, call_whisper, tmp_path, sink, gated=True, pi=PI, dial=dial)
         phone, talk = rig.phone, rig.talk
         assert talk is not None
-        running = asyncio.create_task(phone.run(GpioHook(rig.settings.hook)))
-        try:
+        async with phone_running(rig):
             pins.pin(HOOK_PIN).drive_low()  # lift
             await until(lambda: phone.state is State.DIALING and sink.parts and sink.seconds(0) > 0.6, "dial tone", 10)
             await dial_rotary(pins.pin(DIAL_PIN), "7")
@@ -137,10 +135,6 @@ def test_rotary_7_rings_luna_who_greets_in_her_voice_then_answers_and_0_mid_call
             pins.pin(HOOK_PIN).drive_high()
             await until(lambda: phone.state is State.ON_HOOK, "the hang-up", 10)
             return phone
-        finally:
-            running.cancel()
-            await asyncio.gather(running, return_exceptions=True)
-            await rig.close()
 
     with caplog.at_level("INFO"), mock_pins() as pins:
         phone = asyncio.run(asyncio.wait_for(scenario(pins), WAIT * 2))
@@ -179,16 +173,11 @@ def test_touch_tones_for_an_unknown_number_get_sit_intercept_reorder_then_the_ho
     async def scenario(pins: Any) -> None:
         rig = build_phone(luna_server, call_question_wav, call_whisper, tmp_path, sink, pi=PI, touch_tones=touch)
         phone = rig.phone
-        running = asyncio.create_task(phone.run(GpioHook(rig.settings.hook)))
-        try:
+        async with phone_running(rig):
             pins.pin(HOOK_PIN).drive_low()
             await until(lambda: phone.state is State.OFF_HOOK_WARNING and sink.seconds(-1) > 0.5, "the howler", WAIT)
             pins.pin(HOOK_PIN).drive_high()
             await until(lambda: phone.state is State.ON_HOOK, "the hang-up", 10)
-        finally:
-            running.cancel()
-            await asyncio.gather(running, return_exceptions=True)
-            await rig.close()
 
     with mock_pins() as pins:
         asyncio.run(asyncio.wait_for(scenario(pins), WAIT))
@@ -216,16 +205,11 @@ def test_server_unreachable_touch_tone_7_rings_then_the_phone_greets_in_its_own_
     async def scenario(pins: Any) -> None:
         rig = build_phone(nobody, call_question_wav, call_whisper, tmp_path, sink, gated=True, pi=PI, touch_tones=touch)
         phone = rig.phone
-        running = asyncio.create_task(phone.run(GpioHook(rig.settings.hook)))
-        try:
+        async with phone_running(rig):
             pins.pin(HOOK_PIN).drive_low()
             await until(lambda: phone.state is State.LISTENING, "the greeting", WAIT)
             pins.pin(HOOK_PIN).drive_high()
             await until(lambda: phone.state is State.ON_HOOK, "the hang-up", 10)
-        finally:
-            running.cancel()
-            await asyncio.gather(running, return_exceptions=True)
-            await rig.close()
 
     with mock_pins() as pins:
         asyncio.run(asyncio.wait_for(scenario(pins), WAIT))
@@ -246,16 +230,11 @@ def test_a_quiet_spell_asks_are_you_still_there_then_the_busy_tone(
         pi = {"tones": {"off_hook_warning_seconds": 2.0}}
         rig = build_phone(call_server, quiet, call_whisper, tmp_path, sink, pi=pi)
         phone = rig.phone
-        running = asyncio.create_task(phone.run(GpioHook(rig.settings.hook)))
-        try:
+        async with phone_running(rig):
             pins.pin(HOOK_PIN).drive_low()
             await until(lambda: phone.state is State.OFF_HOOK_WARNING, "the howler", WAIT)
             pins.pin(HOOK_PIN).drive_high()
             await until(lambda: phone.state is State.ON_HOOK, "the hang-up", 10)
-        finally:
-            running.cancel()
-            await asyncio.gather(running, return_exceptions=True)
-            await rig.close()
 
     with mock_pins() as pins:
         asyncio.run(asyncio.wait_for(scenario(pins), WAIT))
@@ -285,8 +264,7 @@ def test_a_caller_saying_goodbye_hears_the_reply_then_the_busy_tone(
         rig = build_phone(call_server, goodbye, call_whisper, tmp_path, sink, gated=True, pi=pi)
         phone, talk = rig.phone, rig.talk
         assert talk is not None
-        running = asyncio.create_task(phone.run(GpioHook(rig.settings.hook)))
-        try:
+        async with phone_running(rig):
             pins.pin(HOOK_PIN).drive_low()
             await until(lambda: phone.state is State.LISTENING, "the greeting", WAIT)
             talk.put_nowait(None)
@@ -294,10 +272,6 @@ def test_a_caller_saying_goodbye_hears_the_reply_then_the_busy_tone(
             pins.pin(HOOK_PIN).drive_high()
             await until(lambda: phone.state is State.ON_HOOK, "the hang-up", 10)
             return phone
-        finally:
-            running.cancel()
-            await asyncio.gather(running, return_exceptions=True)
-            await rig.close()
 
     with mock_pins() as pins:
         phone = asyncio.run(asyncio.wait_for(scenario(pins), WAIT))
@@ -408,18 +382,13 @@ def test_a_touch_tone_0_heard_during_lunas_call_switches_to_the_operator(
         rig = build_phone(luna_server, mid_call, call_whisper, tmp_path, sink, gated=True, pi=PI, touch_tones=touch)
         phone, talk = rig.phone, rig.talk
         assert talk is not None
-        running = asyncio.create_task(phone.run(GpioHook(rig.settings.hook)))
-        try:
+        async with phone_running(rig):
             pins.pin(HOOK_PIN).drive_low()
             await until(lambda: phone.state is State.LISTENING, "Luna's greeting", WAIT)
             talk.put_nowait(None)  # the caller presses 0
             await until(lambda: len(sink.parts) >= 5 and phone.state is State.LISTENING, "the operator", WAIT)
             pins.pin(HOOK_PIN).drive_high()
             await until(lambda: phone.state is State.ON_HOOK, "the hang-up", 10)
-        finally:
-            running.cancel()
-            await asyncio.gather(running, return_exceptions=True)
-            await rig.close()
 
     with mock_pins() as pins:
         asyncio.run(asyncio.wait_for(scenario(pins), WAIT))

@@ -17,7 +17,7 @@ from pi_client.telephone.hook import GpioHook
 from tests.alsa_rig import AlsaRig
 from tests.helpers import mock_pins, word_set
 from tests.ollama_standin import OllamaStandIn
-from tests.phone_rig import OFFLINE_WORDS, alive, build_phone, heard, until
+from tests.phone_rig import OFFLINE_WORDS, alive, build_phone, heard, phone_running, until
 from tests.server_rig import ServerProcess, free_port, start_server
 
 WAIT = 120.0
@@ -172,8 +172,7 @@ def test_server_down_then_back_the_phone_recovers_by_itself(
         phone, talk = rig.phone, rig.talk
         assert talk is not None
         rig.monitor.start()
-        running = asyncio.create_task(phone.run(GpioHook(rig.settings.hook)))
-        try:
+        async with phone_running(rig):
             chats_before = len(call_standin.chat_requests())
             pins.pin(PIN).drive_low()  # lift: the phone checks the server at once
             await until(lambda: phone.state is State.LISTENING and rig.monitor.up is False, "the server known down")
@@ -193,10 +192,6 @@ def test_server_down_then_back_the_phone_recovers_by_itself(
             assert phone.turns[-1].outcome is Outcome.DONE
             pins.pin(PIN).drive_high()
             await until(lambda: phone.state is State.ON_HOOK, "the second hang-up")
-        finally:
-            running.cancel()
-            await asyncio.gather(running, return_exceptions=True)
-            await rig.close()
 
     try:
         with mock_pins() as pins:

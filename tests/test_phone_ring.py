@@ -22,11 +22,10 @@ from pi_client.call.machine import Answered, Ask, CallPolicy, CheckHealth, Outco
 from pi_client.call.schedule import Scheduler, next_time
 from pi_client.server.client import ServerClient
 from pi_client.server.ring_poll import check_ring_settings
-from pi_client.telephone.hook import GpioHook
 from tests.helpers import mock_pins
 from tests.helpers import word_set as words
 from tests.ollama_standin import OllamaStandIn
-from tests.phone_rig import build_phone, until
+from tests.phone_rig import build_phone, phone_running, until
 from tests.server_rig import ServerProcess
 from tests.test_phone_dialing import Earpiece
 
@@ -99,8 +98,7 @@ def test_a_call_rings_the_bell_and_lifting_the_handset_hears_the_character_speak
                           pi=ring_settings("ring-answered", rings=6), ring=True)
         phone, talk, bell = rig.phone, rig.talk, pins.pin(BELL_PIN)
         assert talk is not None
-        running = asyncio.create_task(phone.run(GpioHook(rig.settings.hook)))
-        try:
+        async with phone_running(rig):
             placed = await asyncio.to_thread(place_call, call_server, "ring-answered", "Tell them the parcel arrived.")
             seen["call"] = placed["id"]
             await until(lambda: rings(bell) == 2 and not bell.state, "two rings", WAIT)
@@ -122,10 +120,6 @@ def test_a_call_rings_the_bell_and_lifting_the_handset_hears_the_character_speak
             await until(lambda: phone.state is State.ON_HOOK, "the hang-up", 10)
             await until(lambda: rings(bell) == 3, "the later call's ring", WAIT)
             return phone
-        finally:
-            running.cancel()
-            await asyncio.gather(running, return_exceptions=True)
-            await rig.close()
 
     with mock_pins() as pins:
         phone = asyncio.run(asyncio.wait_for(scenario(pins), WAIT * 2))
@@ -159,8 +153,7 @@ def test_an_unanswered_call_rings_n_times_then_the_server_hears_it_was_missed_an
         rig = build_phone(call_server, call_question_wav, call_whisper, tmp_path, sink,
                           pi=ring_settings("ring-missed", rings=3), ring=True)
         phone, bell = rig.phone, pins.pin(BELL_PIN)
-        running = asyncio.create_task(phone.run(GpioHook(rig.settings.hook)))
-        try:
+        async with phone_running(rig):
             missed = await asyncio.to_thread(place_call, call_server, "ring-missed", "Wake up!")
             await until_status(call_server, missed["id"], "missed")
             seen["rings"], seen["state"] = rings(bell), phone.state
@@ -175,10 +168,6 @@ def test_an_unanswered_call_rings_n_times_then_the_server_hears_it_was_missed_an
             await asyncio.sleep(2 * (ON + OFF))  # long enough for its second ring, were it to come
             seen["after_cancel"] = rings(bell)
             seen["cancelled_status"] = await asyncio.to_thread(call_status, call_server, cancelled["id"])
-        finally:
-            running.cancel()
-            await asyncio.gather(running, return_exceptions=True)
-            await rig.close()
 
     with mock_pins() as pins:
         asyncio.run(asyncio.wait_for(scenario(pins), WAIT * 2))

@@ -10,12 +10,11 @@ from typing import Any
 
 from common.wav import read_wav_pcm16, resample_pcm16
 from pi_client.call.machine import Outcome, State
-from pi_client.telephone.hook import GpioHook
 from tests.fixtures_pi import PI_RATE
 from tests.helpers import mock_pins
 from tests.helpers import word_set as words
 from tests.ollama_standin import OllamaStandIn
-from tests.phone_rig import build_phone, until
+from tests.phone_rig import build_phone, phone_running, until
 from tests.server_rig import ServerProcess
 from tests.test_phone_dialing import Earpiece
 
@@ -33,8 +32,7 @@ def test_a_late_reply_gets_the_filler_first_and_a_prompt_one_does_not(
         rig = build_phone(call_server, call_question_wav, call_whisper, tmp_path, sink, gated=True, pi=pi)
         phone, talk = rig.phone, rig.talk
         assert talk is not None
-        running = asyncio.create_task(phone.run(GpioHook(rig.settings.hook)))
-        try:
+        async with phone_running(rig):
             pins.pin(HOOK_PIN).drive_low()
             await until(lambda: phone.state is State.LISTENING, "the greeting", WAIT)
             call_standin.script(3.5, "Paris is the capital of France, a lovely old city. ")  # slow to first token
@@ -47,10 +45,6 @@ def test_a_late_reply_gets_the_filler_first_and_a_prompt_one_does_not(
             pins.pin(HOOK_PIN).drive_high()
             await until(lambda: phone.state is State.ON_HOOK, "the hang-up", 10)
             return phone, late
-        finally:
-            running.cancel()
-            await asyncio.gather(running, return_exceptions=True)
-            await rig.close()
 
     with mock_pins() as pins:
         phone, late = asyncio.run(asyncio.wait_for(scenario(pins), WAIT))
