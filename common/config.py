@@ -164,6 +164,8 @@ class ChatterboxConfig:
     """How long an idle T3 decoder waits for other callers to start together, in milliseconds (at most 20)."""
     batch_max_sequences: int = 8
     """Most sentences decoded in one T3 batch; more wait for a place (a standard sentence is 2 rows, for CFG)."""
+    vocoder_batch: Literal["auto", True, False] = "auto"
+    """With ``batch``: vocode concurrent callers' windows in one S3Gen batch; auto = on CUDA only (no gain on a CPU)."""
 
 
 @dataclass(frozen=True)

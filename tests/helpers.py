@@ -73,3 +73,21 @@ def aplay_children() -> list[int]:
         if comm.endswith("(aplay") and int(rest.split()[1]) == os.getpid():
             found.append(int(stat.parent.name))
     return found
+
+
+def short_prompt(conds: Any, tokens: int = 20) -> Any:
+    """A copy of Chatterbox conditionals whose S3Gen voice prompt is its first ``tokens`` speech tokens.
+
+    S3Gen's time on a CPU grows with the prompt (every window carries it through 10 flow steps), so tests
+    that vocode windows use a short one; the voice is still its own (speaker embedding, prompt mel).
+    """
+    import torch
+
+    from cloud_server.tts.conditionals import clone_conditionals
+
+    copy = clone_conditionals(conds)
+    gen = copy.gen
+    gen["prompt_token"] = gen["prompt_token"][:, :tokens].contiguous()
+    gen["prompt_token_len"] = torch.tensor([gen["prompt_token"].shape[1]], device=gen["prompt_token"].device)
+    gen["prompt_feat"] = gen["prompt_feat"][:, : 2 * tokens].contiguous()
+    return copy

@@ -4,9 +4,10 @@ Each caller runs the library's own ``generate()`` (text normalisation, tokenizat
 the token clean-up after T3) on its own copy of the conditionals, under the model lock. Where
 generate() calls T3, the engine's wrapper hands the call to ``BatchedT3``: the caller's sequence
 joins the shared decoder (t3_batch.py), the model lock is let go while it decodes, and the tokens
-come back as T3 would have returned them. S3Gen then vocodes per caller, one call at a time,
-first windows first (vocoder_gate.py): on this CPU S3Gen is compute-bound and gains nothing from batching
-(docs/BATCHING.md has the figures and the GPU outlook).
+come back as T3 would have returned them. S3Gen then vocodes each window on the caller's thread:
+with ``vocoder_batch`` (on CUDA by default) its flow decoder joins other callers' windows in one batch
+(vocoder_batch.py); otherwise one caller at a time, first windows first (vocoder_gate.py), since on a
+CPU S3Gen is compute-bound and gains nothing from batching (docs/BATCHING.md has the figures).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from cloud_server.tts.chatterbox_call import SentenceCall
 from cloud_server.tts.chatterbox_stream import TokensReady, TokenStream, stream_audio, t3_role, watermarked
 from cloud_server.tts.conditionals import clone_conditionals
+from cloud_server.tts.s3gen_hooks import WindowRoute, routed_window, window_generator
 from cloud_server.tts.t3_batch import T3Job
 from cloud_server.tts.t3_sequence import T3Sequence
 
@@ -130,13 +132,7 @@ def speak_batched(engine: Any, text: str, voice: Any, call: SentenceCall) -> Gen
     windows = itertools.count()
 
     def vocode(window: list[int]) -> Any:
-        loaded.vocoder_lock.acquire(first=next(windows) == 0, check=call.check)
-        try:
-            loaded.call = call  # S3Gen's hook stops this caller's window on hang-up or deadline
-            return engine.vocode(conds, window)
-        finally:
-            loaded.call = None
-            loaded.vocoder_lock.release()
+        return vocode_window(engine, conds, window, call, first=next(windows) == 0)
 
     if engine.cfg.stream:
         call.tokens = TokenStream()
@@ -154,6 +150,28 @@ def speak_batched(engine: Any, text: str, voice: Any, call: SentenceCall) -> Gen
     except TokensReady as ready:
         tokens = ready.tokens
     yield watermarked(model.watermarker, vocode(tokens), engine.sample_rate)
+
+
+def vocode_window(
+    engine: Any, conds: Any, window: list[int], call: SentenceCall, first: bool, seed: int | None = None
+) -> Any:
+    """One caller's window through S3Gen: in the S3Gen batch, or alone at the gate (first windows first).
+
+    ``seed`` gives the batched window its own random stream: its audio is then the library's alone after
+    ``torch.manual_seed(seed)`` (for tests and benchmarks; None draws as the library does).
+    """
+    loaded = engine.loaded
+    if engine.vocoder_batched:
+        route = WindowRoute(loaded.vocoder_batch(), first, call.check, window_generator(seed, engine.device))
+        with routed_window(route):  # the estimator's step check sees this caller's hang-up inside the batch
+            return engine.vocode(conds, window)
+    loaded.vocoder_lock.acquire(first=first, check=call.check)
+    try:
+        loaded.call = call  # S3Gen's step check stops this caller's window on hang-up or deadline
+        return engine.vocode(conds, window)
+    finally:
+        loaded.call = None
+        loaded.vocoder_lock.release()
 
 
 def _nothing() -> None:

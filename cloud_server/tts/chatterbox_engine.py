@@ -21,7 +21,7 @@ from cloud_server.tts.base import TTSEngine, TTSError, VoiceSpec
 from cloud_server.tts.chatterbox_batched import speak_batched
 from cloud_server.tts.chatterbox_call import Interrupted, SentenceCall
 from cloud_server.tts.chatterbox_model import LoadedChatterbox, autocast, compile_modules, load_chatterbox
-from cloud_server.tts.chatterbox_plan import SAMPLES_PER_TOKEN, token_budget
+from cloud_server.tts.chatterbox_plan import SAMPLES_PER_TOKEN, token_budget, vocoder_batching
 from cloud_server.tts.chatterbox_stream import TokenStream, stream_audio, watermarked
 from cloud_server.tts.conditionals import ConditionalsCache, clone_conditionals
 from cloud_server.tts.stream_stitch import StreamPlan
@@ -38,10 +38,10 @@ CFG_EPSILON = 1e-4
 """chatterbox-tts 0.1.7 breaks on cfg_weight=0.0 (tensor-size error); a tiny weight is the same as none."""
 LOCK_POLL_SECONDS = 0.1
 MAX_GATHER_MS = 20.0
+"""A caller never waits longer than this for others to start a batch with."""
 MIN_VOCODE_TOKENS = 2
 """S3Gen fades in the first 40 ms of every render and fails on a shorter one (one token gives 20 ms):
 a sentence of fewer valid tokens is padded with S3Gen's silence token, as Turbo pads every sentence."""
-"""A caller never waits longer than this for others to start a batch with."""
 
 
 class ChatterboxEngine(TTSEngine):
@@ -65,6 +65,8 @@ class ChatterboxEngine(TTSEngine):
         )
         if not 0.0 <= cfg.batch_gather_ms <= MAX_GATHER_MS or cfg.batch_max_sequences < 1:
             raise ValueError(f"tts.chatterbox: need batch_gather_ms in 0-{MAX_GATHER_MS:g}, batch_max_sequences >= 1")
+        self.vocoder_batched = cfg.batch and vocoder_batching(cfg.vocoder_batch, self.device)
+        """S3Gen vocodes concurrent callers' windows together (vocoder_batch.py), not one caller at a time."""
         if self.loaded.batcher is None:  # the first engine on a model sets up its decoder
             self.loaded.batch_gather_seconds = cfg.batch_gather_ms / 1000.0
             self.loaded.batch_max_sequences = cfg.batch_max_sequences
@@ -115,10 +117,13 @@ class ChatterboxEngine(TTSEngine):
         )
 
     def close(self) -> None:
-        """Drop the model (the memory goes when the last engine using it is gone) and its batch decoder."""
+        """Drop the model (the memory goes when the last engine using it is gone) and its batch decoders."""
         batcher, self.loaded.batcher = self.loaded.batcher, None
         if batcher is not None:
             batcher.close()
+        vocoder, self.loaded.vocoder_batcher = self.loaded.vocoder_batcher, None
+        if vocoder is not None:
+            vocoder.close()
         self.loaded.model = None
 
     # ------------------------------------------------------------------ internals

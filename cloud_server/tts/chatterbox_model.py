@@ -3,8 +3,9 @@
 The library's ``generate()`` has no length limit, no cancellation and no batching. Installed once at
 load, without copying library code: a cap on the ``max_new_tokens`` (Turbo: ``max_gen_len``) that
 ``model.t3.inference`` receives, or the hand-over of that call to a batched caller's route; forward
-pre-hooks on T3's speech embedding (once per token) and S3Gen's estimator (once per flow step) that
-check the sentence in flight; and S3Gen's hand-over of T3's final tokens to a streamed sentence.
+pre-hook on T3's speech embedding (once per token) and a wrapper on S3Gen's estimator (once per flow
+step, s3gen_hooks.py) that check the sentence in flight; S3Gen's hand-over of T3's final tokens to a
+streamed sentence; and the routing of a caller's S3Gen window to the S3Gen batch (vocoder_batch.py).
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ from cloud_server.tts.chatterbox_call import SentenceCall
 from cloud_server.tts.chatterbox_plan import DevicePlan, plan_device
 from cloud_server.tts.chatterbox_stream import TokensReady, in_t3_worker, speech_tokens
 from cloud_server.tts.conditionals import clone_conditionals
+from cloud_server.tts.s3gen_hooks import (
+    batch_decode,
+    install_window_routing,
+    prepare_for_concurrent_windows,
+    watch_flow_steps,
+)
 from cloud_server.tts.t3_batch import T3Batcher, in_batch_decoder
+from cloud_server.tts.vocoder_batch import VocoderBatcher, check_batch_members
 from cloud_server.tts.vocoder_gate import VocoderGate
 from common.config import ChatterboxConfig, expand_path
 
@@ -47,6 +55,8 @@ class LoadedChatterbox:
     vocoder_lock: VocoderGate = field(default_factory=VocoderGate)
     """Batched mode: S3Gen runs for one caller at a time, first windows first (the model ``lock`` is brief)."""
     batcher: T3Batcher | None = None
+    vocoder_batcher: VocoderBatcher | None = None
+    """Batched mode with ``vocoder_batch`` on: S3Gen's flow decoder for several callers' windows at once."""
     batch_gather_seconds: float = 0.01
     batch_max_sequences: int = 8
 
@@ -61,6 +71,20 @@ class LoadedChatterbox:
                     autocast=lambda: autocast(self.plan),
                 )
             return self.batcher
+
+    def vocoder_batch(self) -> VocoderBatcher:
+        """The model's one S3Gen batch, started on first use."""
+        with _BATCHER_START:
+            if self.vocoder_batcher is None:
+                s3gen = self.model.s3gen
+                prepare_for_concurrent_windows(s3gen)
+                self.vocoder_batcher = VocoderBatcher(
+                    batch_decode(s3gen),
+                    gather_seconds=self.batch_gather_seconds,
+                    max_windows=self.batch_max_sequences,
+                    autocast=lambda: autocast(self.plan),
+                )
+            return self.vocoder_batcher
 
     def check(self) -> None:
         """Stop generation when the caller hung up or the sentence ran out of time."""
@@ -113,6 +137,7 @@ def load_chatterbox(cfg: ChatterboxConfig) -> LoadedChatterbox:
         loaded.builtin = clone_conditionals(model.conds)
     _install_bounds(loaded)
     compile_modules(model, plan)
+    _install_s3gen_hooks(loaded)  # after compiling: on the estimator the solver really calls
     _LOGGER.info(
         "Loaded Chatterbox %s on %s in %.1f s (autocast %s, compile %s)",
         cfg.model, plan.device, time.monotonic() - started, plan.autocast_dtype,
@@ -159,9 +184,6 @@ def _install_bounds(loaded: LoadedChatterbox) -> None:
 
         t3.inference = bounded
 
-    def hook(_module: Any, _args: Any) -> None:
-        loaded.check()
-
     def token_hook(_module: Any, args: Any) -> None:
         # Each new token is embedded to be fed back: the one place T3 shows it while generating.
         if in_batch_decoder():  # batched: the decoder hands out tokens and checks each caller itself
@@ -173,7 +195,6 @@ def _install_bounds(loaded: LoadedChatterbox) -> None:
         loaded.check()
 
     t3.speech_emb.register_forward_pre_hook(token_hook)
-    loaded.model.s3gen.flow.decoder.estimator.register_forward_pre_hook(hook)
     s3gen = loaded.model.s3gen
     inner_vocode = s3gen.inference
 
@@ -183,6 +204,17 @@ def _install_bounds(loaded: LoadedChatterbox) -> None:
         return inner_vocode(*args, **kwargs)
 
     s3gen.inference = vocode
+
+
+def _install_s3gen_hooks(loaded: LoadedChatterbox) -> None:
+    """Check the window in flight at every flow step; let a caller's window join the S3Gen batch."""
+
+    def on_step() -> None:
+        if not check_batch_members():  # the batch thread checks each of its windows' callers itself
+            loaded.check()
+
+    watch_flow_steps(loaded.model.s3gen, on_step)
+    install_window_routing(loaded.model.s3gen)
 
 
 def autocast(plan: DevicePlan) -> Any:

@@ -62,6 +62,15 @@ def plan_device(
     return DevicePlan("cuda", compile=compile, autocast_dtype=dtype, compile_mode=compile_mode)
 
 
+def vocoder_batching(setting: Literal["auto", True, False], device: str) -> bool:
+    """Whether S3Gen vocodes concurrent callers' windows in one batch: ``auto`` on CUDA only.
+
+    On a CPU S3Gen is compute-bound, so four callers' windows in one batch cost as much as four
+    one after the other (docs/PERFORMANCE.md); on a GPU one step for several windows costs little more.
+    """
+    return device == "cuda" if setting == "auto" else bool(setting)
+
+
 def token_budget(text_chars: int, tokens_per_char: float, min_tokens: int, max_tokens: int) -> int:
     """Speech tokens one sentence may use: proportional to its length, within [min_tokens, max_tokens]."""
     wanted = math.ceil(max(text_chars, 0) * tokens_per_char)
