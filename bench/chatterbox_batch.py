@@ -7,7 +7,9 @@ model load, one run each (the machine is shared; the ratios matter, not the seco
    speech tokens (random weights never stop early): tokens per second of decoding, and with prefill.
 2. S3Gen: its flow estimator (where S3Gen's time goes) for one caller's window as the library calls it
    (2 rows: classifier-free guidance), then four callers' windows stacked (8 rows): what batching S3Gen
-   could save here.
+   could save here. Then the whole S3Gen path for four callers' first windows, per caller one at a
+   time (what the server does on a CPU) against the batched path (``vocoder_batch``, the default on
+   CUDA: flow encoder and HiFiGAN per caller, one batched flow-decoder call).
 3. End to end through the engine (the TTS seam the server uses), streamed: one caller, then four at
    once, batched and serialized (``tts.chatterbox.batch`` off): the slowest caller's first audio against
    one caller's, and aggregate audio seconds per wall second.
@@ -74,7 +76,7 @@ def s3gen_part(engine: Any, window: int) -> dict[str, float]:
 
     estimator = engine.loaded.model.s3gen.flow.decoder.estimator
     seen: list[dict[str, Any]] = []
-    forward = estimator.forward  # the library calls estimator.forward(...) directly (no module hooks)
+    forward = estimator.forward  # the solver calls estimator.forward(...) directly (the engine's step check)
 
     def spy(**kwargs: Any) -> Any:
         if not seen:
@@ -88,7 +90,7 @@ def s3gen_part(engine: Any, window: int) -> dict[str, float]:
         with torch.inference_mode():
             engine.vocode(conds, tokens)  # warm-up, and the estimator's arguments
     finally:
-        del estimator.forward
+        estimator.forward = forward  # the engine's flow-step check, put back
     started = time.monotonic()
     with torch.inference_mode():
         engine.vocode(conds, tokens)
@@ -111,6 +113,49 @@ def s3gen_part(engine: Any, window: int) -> dict[str, float]:
     result = {"rows": float(x.shape[0]), "frames": float(x.shape[-1]), "one": one, "four": four,
               "whole_call": whole_call}
     _LOGGER.info("S3Gen estimator: %s", result)
+    return result
+
+
+def s3gen_batched_part(engine: Any, window: int) -> dict[str, float]:
+    """Four callers' windows through S3Gen: one at a time, then in one batch (held until all four wait)."""
+    import torch
+
+    from cloud_server.tts.base import VoiceSpec
+    from cloud_server.tts.chatterbox_batched import vocode_window
+    from cloud_server.tts.chatterbox_call import SentenceCall
+    from cloud_server.tts.conditionals import clone_conditionals
+    from cloud_server.tts.s3gen_hooks import batch_decode, prepare_for_concurrent_windows
+    from cloud_server.tts.vocoder_batch import VocoderBatcher
+
+    conds = engine._pristine(VoiceSpec())
+    windows = [list(range(100 + 50 * i, 100 + 50 * i + window)) for i in range(4)]
+    started = time.monotonic()
+    with torch.inference_mode():
+        for tokens in windows:
+            engine.vocode(clone_conditionals(conds), tokens)
+    per_caller = time.monotonic() - started
+    s3gen = engine.loaded.model.s3gen
+    prepare_for_concurrent_windows(s3gen)
+    batcher = VocoderBatcher(batch_decode(s3gen), gather_seconds=600.0, max_windows=4,
+                             autocast=contextlib.nullcontext)
+    engine.loaded.vocoder_batcher = batcher
+
+    def one(tokens: list[int]) -> None:
+        call = SentenceCall(len(tokens), time.monotonic() + 3600.0, None)
+        vocode_window(engine, clone_conditionals(conds), tokens, call, first=True)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=one, args=(tokens,)) for tokens in windows]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=3600)
+    batched = time.monotonic() - started
+    engine.loaded.vocoder_batcher = None
+    batcher.close()
+    result = {"per_caller": per_caller, "batched": batched, "largest": float(batcher.stats.largest_batch),
+              "solve": batcher.stats.solve_seconds}
+    _LOGGER.info("S3Gen four windows: %s", result)
     return result
 
 
@@ -150,7 +195,9 @@ def callers_part(engines: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def report(t3: dict[str, Any], s3: dict[str, float], e2e: dict[str, Any], meta: dict[str, Any]) -> list[str]:
+def report(
+    t3: dict[str, Any], s3: dict[str, float], s3b: dict[str, float], e2e: dict[str, Any], meta: dict[str, Any]
+) -> list[str]:
     """The Markdown section."""
     rate = {k: v["decoded"] / v["steps"] for k, v in t3.items()}
     step_ratio = (t3["4"]["steps"] / t3["4"]["step_count"]) / (t3["1"]["steps"] / t3["1"]["step_count"])
@@ -182,8 +229,15 @@ def report(t3: dict[str, Any], s3: dict[str, float], e2e: dict[str, Any], meta: 
         f"{s3['four'] * 1000:.0f} ms (**{s3['four'] / s3['one']:.1f}x** for 4x the work); one whole S3Gen call "
         f"{s3['whole_call']:.1f} s. Compute-bound on this CPU: batching S3Gen would save "
         f"{max(0.0, 1 - s3['four'] / (4 * s3['one'])) * 100:.0f}% of the estimator's time here, "
-        "so the server vocodes per caller, one "
+        "so on a CPU the server vocodes per caller, one "
         "at a time, each sentence's first window first (vocoder_gate.py).",
+        "",
+        f"**S3Gen batched** (the whole S3Gen call for four callers' {meta['window']}-token first windows): per caller, "
+        f"one at a time {s3b['per_caller']:.1f} s; batched (`vocoder_batch`: flow encoder and HiFiGAN per caller, "
+        f"one flow-decoder call for all {int(s3b['largest'])}) {s3b['batched']:.1f} s "
+        f"(**{s3b['batched'] / s3b['per_caller']:.2f}x** the time of one at a time; its batched decoder call "
+        f"{s3b['solve']:.1f} s). On a GPU the same call is launch-bound, not compute-bound, which is why "
+        "`vocoder_batch: auto` batches there only (docs/BATCHING.md).",
         "",
         "**End to end** (the engine, streamed inside the sentence; first/last audio per caller from a common start):",
         "",
@@ -215,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=40, help="speech tokens per sentence")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--skip-e2e", action="store_true", help="T3 and S3Gen only")
+    parser.add_argument("--s3gen-only", action="store_true", help="S3Gen's parts only (logged, not written)")
     parser.add_argument("--no-write", action="store_true", help="do not update docs/PERFORMANCE.md")
     args = parser.parse_args(argv)
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -232,17 +287,19 @@ def main(argv: list[str] | None = None) -> int:
                                min_tokens=args.tokens, max_tokens=args.tokens, sentence_timeout_seconds=3600.0)
         loaded = load_chatterbox(cfg)
         batched = ChatterboxEngine(dataclasses.replace(cfg, batch=True), loaded)
-        t3 = t3_part(batched, args.tokens)
+        t3 = {} if args.s3gen_only else t3_part(batched, args.tokens)
         s3 = s3gen_part(batched, cfg.stream_first_chunk_tokens)
+        s3b = s3gen_batched_part(ChatterboxEngine(dataclasses.replace(cfg, batch=True, vocoder_batch=True), loaded),
+                                 cfg.stream_first_chunk_tokens)
         engines = {"batched": batched, "serialized": ChatterboxEngine(dataclasses.replace(cfg, batch=False), loaded)}
-        e2e = {} if args.skip_e2e else callers_part(engines)
+        e2e = {} if args.skip_e2e or args.s3gen_only else callers_part(engines)
         batched.close()
     meta = {"tokens": args.tokens, "threads": args.threads, "cpus": os.cpu_count(), "load": os.getloadavg()[0],
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "window": cfg.stream_first_chunk_tokens}
-    if args.skip_e2e:
-        _LOGGER.info("T3 %s; S3Gen %s", t3, s3)
+    if args.skip_e2e or args.s3gen_only:
+        _LOGGER.info("T3 %s; S3Gen %s; S3Gen four windows %s", t3, s3, s3b)
         return 0
-    lines = report(t3, s3, e2e, meta)
+    lines = report(t3, s3, s3b, e2e, meta)
     if not args.no_write:
         replace_section(str(ROOT / "docs" / "PERFORMANCE.md"), "chatterbox-batch", "\n".join(lines))
     for line in lines:
