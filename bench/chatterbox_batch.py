@@ -171,9 +171,9 @@ def s3gen_report(s3b: dict[str, Any], meta: dict[str, Any]) -> list[str]:
         "",
         f"`python -m bench.chatterbox_batch --s3gen-only --threads {meta['threads']} --runs {meta['runs']}` on "
         f"{meta['date']}: random-weight Chatterbox (standard) on {meta['cpus']} shared CPUs (load average "
-        f"{meta['load']:.1f}), torch on {meta['threads']} threads. Four callers' {meta['window']}-token first windows "
-        "with the built-in voice's prompt, through the whole S3Gen call; fastest of "
-        f"{meta['runs']} alternating runs, in seconds.",
+        f"{meta['load']:.1f}), torch on {meta['threads']} thread{'' if meta['threads'] == 1 else 's'}. Four callers' "
+        f"{meta['window']}-token first windows with the built-in voice's prompt, through the whole S3Gen call; "
+        f"fastest of {meta['runs']} alternating runs, in seconds.",
         "",
         "| S3Gen | four windows |",
         "|---|---:|",
@@ -182,9 +182,11 @@ def s3gen_report(s3b: dict[str, Any], meta: dict[str, Any]) -> list[str]:
         f"for {s3b['largest']} windows | {batched:.1f} |",
         "",
         f"Batched / per caller: **{batched / per_caller:.2f}x** (run by run: {runs}); the batched flow-decoder "
-        f"call alone took {min(s3b['solve']):.1f} s. On these two cores S3Gen is compute-bound, so one batched "
-        "call costs about what the four calls cost one after the other, and `vocoder_batch: auto` leaves it off. "
-        "On a GPU a window's estimator pass leaves most of the GPU idle: see the projection for a 4090 above.",
+        f"call alone took {min(s3b['solve']):.1f} s. On these cores the two ways do the same arithmetic, and "
+        "batched, every caller's first audio comes only when the whole batch is done, while one at a time "
+        "(first windows first) the first caller in line hears audio after one window. So on a CPU "
+        "`vocoder_batch: auto` leaves it off. On a GPU a window's estimator pass leaves most of the GPU idle: "
+        "see the projection for a 4090 above.",
     ]
 
 
