@@ -53,7 +53,7 @@ class LoadedChatterbox:
     builtin: Any = None
     """Pristine copy of the checkpoint's built-in voice (conds.pt), if it has one."""
     vocoder_lock: VocoderGate = field(default_factory=VocoderGate)
-    """Batched mode: S3Gen runs for one caller at a time, first windows first (the model ``lock`` is brief)."""
+    """Batched mode, ``vocoder_batch`` off: S3Gen for one caller at a time, first windows first."""
     batcher: T3Batcher | None = None
     vocoder_batcher: VocoderBatcher | None = None
     """Batched mode with ``vocoder_batch`` on: S3Gen's flow decoder for several callers' windows at once."""
@@ -149,7 +149,7 @@ def load_chatterbox(cfg: ChatterboxConfig) -> LoadedChatterbox:
 def compile_modules(model: Any, plan: DevicePlan) -> None:
     """Put torch.compile'd versions of the plan's modules in place (compiled lazily, on first use).
 
-    Forward pre-hooks stay on the original modules and run outside the compiled graph.
+    The flow-step check is put on the compiled estimator afterwards, outside its graph (s3gen_hooks.py).
     """
     if not plan.compiled_modules:
         return
