@@ -139,6 +139,8 @@ class LineEarpiece(AudioSink):
         self._resumed = asyncio.Event()
         self._resumed.set()
         self.utterances = 0
+        self.starts: list[float] = []
+        """Call seconds at which each utterance began to play."""
         self.cuts: list[float] = []
         """Call seconds at which playback was cut short (barge-in, hang-up)."""
         self.pauses: list[float] = []
@@ -153,6 +155,7 @@ class LineEarpiece(AudioSink):
         self._start = self._end = max(self._line.now, self._end)
         self._heard_before = 0
         self.utterances += 1
+        self.starts.append(self._start / SAMPLE_RATE)
 
     async def write(self, pcm: bytes) -> None:
         if not pcm:
