@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import statistics
 import tempfile
 import threading
@@ -70,7 +71,8 @@ async def _one_call(server: object, question: str, interruption: str, workdir: P
     write_wav(str(call), recording, RATE)
     argv = ["--input-wav", str(call), "--output-wav", str(ear), "--whole-call", "--echo-db", str(args.echo_db)]
     argv += ["--clock-speed", str(args.speed)] if args.speed != 1 else []
-    cfg = config_from_dict({"pi": {"cache_dir": str(workdir / "cache"), "server_url": server.url}})  # type: ignore[attr-defined]
+    pi = {"cache_dir": str(workdir / "cache"), "server_url": server.url}  # type: ignore[attr-defined]
+    cfg = config_from_dict({"pi": {**pi, "turns": {"barge_in": {"pause_on_speech": not args.no_pause}}}})
     stages = await _build(_parse_args(argv), cfg, server.key)  # type: ignore[attr-defined]
     try:
         await run_whole_call(stages.phone, stages.line, stages.microphone, ear)
@@ -88,7 +90,14 @@ async def _one_call(server: object, question: str, interruption: str, workdir: P
         "silent": silent[0] - onset if silent else None,
         "cancelled": caught[0] - onset if caught else None,
         "replied": next((t.first_audio_at for t in stages.phone.turns), None) is not None,
+        "first_word": _first_word_heard(interruption, [t.transcript or "" for t in stages.phone.turns][1:]),
     }
+
+
+def _first_word_heard(interruption: str, transcripts: list[str]) -> bool:
+    """Whisper's transcript of the interruption (the next turn) has its first word ("Wait", "Hold", ...)."""
+    first = interruption.split()[0].strip(",").lower()
+    return any(first in re.sub(r"[^a-z ]", " ", text.lower()).split() for text in transcripts)
 
 
 def _row(name: str, values: list[float]) -> str:
@@ -103,17 +112,22 @@ def _report(results: list[tuple[str, dict]], args: argparse.Namespace, load: tup
     silent = [r["silent"] for r in rows if r["silent"] is not None]
     cancelled = [r["cancelled"] for r in rows if r["cancelled"] is not None]
     paused_replies = sum(r["false_pauses"] > 0 for r in rows)
+    setting = (
+        "`pi.turns.barge_in.pause_on_speech` false (no pause), `min_speech_seconds` 0.4"
+        if args.no_pause
+        else "`pi.turns.barge_in`: `pause_after_seconds` 0.1, `min_speech_seconds` 0.4, `resume_after_seconds` 0.5"
+    )
     body = (
         f"Whole calls (`python -m bench.barge_in --calls {args.calls} --echo-db {args.echo_db:g}`), the reply leaking"
-        f" back at {args.echo_db:g} dB, cancelled by WebRTC AEC3; clock speed {args.speed:g};"
-        " `pi.turns.barge_in`: `pause_after_seconds` 0.1, `min_speech_seconds` 0.4, `resume_after_seconds` 0.5;"
+        f" back at {args.echo_db:g} dB, cancelled by WebRTC AEC3; clock speed {args.speed:g}; {setting};"
         f" load average {load[0]:.1f} at the start, {load[1]:.1f} at the end (2 cores).\n\n"
         "| measure | value |\n|---|---|\n"
         f"| replies interrupted by their own echo (false barge-ins) | {sum(r['false'] for r in rows)} of {n} |\n"
         f"| replies paused by their own echo (false pauses, resumed) | {paused_replies} of {n}"
         f" ({sum(r['false_pauses'] for r in rows)} pauses) |\n"
         f"| pauses resumed, all calls (echo, or a gap inside the interruption) | {sum(r['resumed'] for r in rows)} |\n"
-        f"| interruptions caught | {sum(r['caught'] for r in rows)} of {n} |\n\n"
+        f"| interruptions caught | {sum(r['caught'] for r in rows)} of {n} |\n"
+        f"| interruption's first word in its transcript (Whisper) | {sum(r['first_word'] for r in rows)} of {n} |\n\n"
         "| from the caller's first word to | median | p90 | max |\n|---|---|---|---|\n"
         + _row("a silent earpiece (the pause)", silent)
         + _row("the request cancelled (barge-in confirmed)", cancelled)
@@ -140,6 +154,7 @@ def main() -> None:
     parser.add_argument("--speed", type=float, default=1.0, help="call clock speed (1: real time)")
     parser.add_argument("--gap", type=float, default=4.5, help="seconds from the question's end to the interruption")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/PERFORMANCE.md alone")
+    parser.add_argument("--no-pause", action="store_true", help="pi.turns.barge_in.pause_on_speech off (compare)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     from tests.ollama_standin import OllamaStandIn

@@ -3,8 +3,9 @@
 Whole calls in-process (real Silero, Smart Turn, Whisper, the real ``cloud_server`` with its Piper
 voice; the earpiece leaking back at -10 dB): a "Yeah." over the reply pauses it and the reply then
 plays on to its last sample, nothing skipped; a "Stop, ..." silences the earpiece sooner than a
-barge-in is confirmed. Then aplay itself: a pause kills the player (what it holds must not play on)
-and the resume plays on from the paused sample.
+barge-in is confirmed; a first word ended on its own still starts the interruption. Then aplay
+itself: a pause kills the player (what it holds must not play on), the resume plays on from the
+paused sample.
 """
 
 from __future__ import annotations
@@ -127,6 +128,29 @@ def test_a_short_stop_silences_the_earpiece_before_the_barge_in_is_confirmed(
     # What the caller heard ends at the pause, not at the confirmation.
     reply = max(t for t in sink.starts if t < onset)
     assert abs(phone.turns[0].heard_seconds - (quiet - reply)) < 0.1, (phone.turns[0].heard_seconds, quiet, reply)
+
+
+def test_a_first_word_the_turn_detector_ends_on_its_own_still_starts_the_interruption(
+    call_server: ServerProcess,
+    call_standin: OllamaStandIn,
+    models: dict[str, Any],  # noqa: F811 - the fixture imported above
+    piper_speech: Callable[[str], bytes],
+    tmp_path: Path,
+) -> None:
+    """"Yeah." pauses the earpiece and ends as an utterance of its own, too short to interrupt;
+    "tell me about London" follows while the earpiece is still paused and makes the barge-in:
+    Whisper hears both, as one turn."""
+    recording = tmp_path / "call.wav"
+    said = piper_speech(BACKCHANNEL) + silence(0.35) + piper_speech("Tell me about London.")
+    record_call(recording, silence(3.0), piper_speech(QUESTION), silence(5.5), said, silence(2.0))
+    first = len(calls_chats(call_standin))
+    call_standin.script(*LONG_REPLY, *MORE)
+    rescript = after_first_request(call_standin, "All right. ")
+    asyncio.run(_call(call_server, models, tmp_path, recording, speed=2))
+    rescript.join(timeout=5)
+    chats = calls_chats(call_standin)[first:]
+    assert len(chats) == 2, chats
+    assert {"yeah", "london"} <= word_set(chats[1].messages[-1]["content"]), chats[1].messages[-1]
 
 
 def test_aplay_pause_kills_the_player_and_resume_plays_on_from_the_paused_sample(alsa_rig: AlsaRig) -> None:

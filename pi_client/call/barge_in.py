@@ -7,7 +7,8 @@ Speech that lasts ``min_speech_seconds`` meanwhile emits :class:`~pi_client.call
 goes on to hear the whole utterance, pre-roll from its onset included, as the next turn. Shorter
 speech (an "mm-hm", a cough) is dropped and the listener starts again. Before that, the first
 moment of speech pauses the earpiece (:class:`~pi_client.call.earpiece_hold.EarpieceHold`), which
-plays on if the speech stops short of a barge-in. When the phone is done
+plays on if the speech stops short of a barge-in; a short utterance that the caller follows up
+while the earpiece is still paused ("Actually, ... never mind") starts the interruption's audio. When the phone is done
 first, the call's next ``Listen`` takes over the listener, so words begun at the end of a reply
 are kept.
 """
@@ -15,6 +16,7 @@ are kept.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -51,6 +53,8 @@ class Overhearing:
         self._hold = hold
         self._task: asyncio.Task[Any] | None = None
         self._barged = False
+        self._barged_in_pause: int | None = None
+        """The earpiece pause a barge-in came in (None: the earpiece was playing)."""
         self.busy = False
         """The phone holds the turn (transcribing, asking, talking): caller speech now is a barge-in."""
         self.playing = False
@@ -111,16 +115,22 @@ class Overhearing:
         self.caller_speaking = False
 
     async def _run(self) -> Any:
+        short: tuple[Any, int] | None = None  # a too-short utterance and the earpiece pause it came in
         while True:
             utterance = await self._listen(self._on_frame)
             self.caller_speaking = False
             if self._barged or not self.busy:
+                if short is not None and utterance is not None and short[1] == self._barged_in_pause:
+                    utterance = _joined(short[0], utterance)  # "Actually, ... never mind": one interruption
                 return utterance
+            short = None
             if utterance is not None:
                 _LOGGER.info(
                     "%.2fs of speech while the phone held the turn: too short to interrupt",
                     utterance.speech_seconds,
                 )
+                if self._hold is not None and self._hold.paused:
+                    short = utterance, self._hold.pause_number
 
     def _on_frame(self, in_speech: bool, talk_seconds: float) -> None:
         self.caller_speaking = in_speech
@@ -130,11 +140,24 @@ class Overhearing:
             self._barged = True
             heard = self._played_seconds() if self.playing else 0.0  # paused: up to the pause
             if self._hold is not None:
+                self._barged_in_pause = self._hold.pause_number if self._hold.paused else None
                 self._hold.barged_in()
             _LOGGER.info("caller barged in %.2fs into the playback (%.2fs of speech)", heard, talk_seconds)
             self._emit(BargeIn(heard, self.playing))
         elif self._hold is not None:
             self._hold.frame(talk_seconds, self.playing)
+
+
+def _joined(first: Any, then: Any) -> Any:
+    """One utterance of two heard during one earpiece pause: a short first word the turn detector
+    ended on its own, and the words after it, which made the barge-in (Whisper hears both)."""
+    from pi_client.turns.endpoint import Utterance
+
+    if not isinstance(first, Utterance) or not isinstance(then, Utterance):
+        return then
+    _LOGGER.info("the interruption's first %.2fs of speech joined to it", first.speech_seconds)
+    speech = first.speech_seconds + then.speech_seconds
+    return dataclasses.replace(then, pcm=first.pcm + then.pcm, speech_seconds=speech)
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:

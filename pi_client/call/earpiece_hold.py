@@ -40,6 +40,8 @@ class EarpieceHold:
         self._spoken = 0.0
         self.paused = False
         """The earpiece is paused by this hold (the caller is talking, or has just been)."""
+        self.pause_number = 0
+        """Counts every pause of the call (the barge-in watch tells one pause from the next)."""
         self.pauses = 0
         """Pauses since :meth:`count_afresh` (the current reply's)."""
         self.resumes = 0
@@ -87,6 +89,7 @@ class EarpieceHold:
         self.paused, self._quiet, self._spoken = True, 0, self._talk
         self._paused_at = sink.played_seconds
         self.pauses += 1
+        self.pause_number += 1
         _LOGGER.info("earpiece paused %.2fs into the playback: the caller is talking", self._paused_at)
 
     def _resume(self) -> None:
