@@ -142,6 +142,9 @@ class AplaySink(AudioSink):
             )
         except OSError as err:
             raise PlaybackError(f"cannot run aplay: {err}") from err
+        if self._paused or self._rate <= 0:  # paused (or killed) while it started: it must not idle, open
+            await _terminate(proc)
+            return
         self._proc, self._base, self._sent, self._started_at = proc, at, at, time.monotonic()
         await self._send(wav_header(self._rate), proc)
 
@@ -253,7 +256,7 @@ class AplaySink(AudioSink):
                 _LOGGER.warning("aplay still running %.1fs after its audio should have ended; killed", remaining)
                 self._proc = None
                 await _terminate(proc)
-                return
+                break
             except BaseException:  # cancelled (hang-up) or anything else: aplay must not outlive us
                 self._proc = None
                 await _terminate(proc)
