@@ -21,6 +21,7 @@ from common.config import BargeInConfig
 from common.wav import read_wav_pcm16, resample_pcm16
 from pi_client.audio.playback import AplaySink
 from pi_client.audio.recorded_call import LineEarpiece
+from pi_client.audio.telephone_band import TelephoneBandSink
 from tests.alsa_rig import AlsaRig
 from tests.fixtures_pi import PI_RATE, silence
 from tests.helpers import tone_pcm16, word_set
@@ -113,7 +114,14 @@ def test_a_short_stop_silences_the_earpiece_before_the_barge_in_is_confirmed(
     first = len(calls_chats(call_standin))
     call_standin.script(*LONG_REPLY, *MORE)
     rescript = after_first_request(call_standin, "London is lovely. ")
-    phone, ear, _, sink = asyncio.run(_call(call_server, models, tmp_path, recording, speed=2))
+    lines: list[LineEarpiece] = []
+
+    def band_limited(line: Any) -> TelephoneBandSink:  # as the live phone's earpiece with pi.audio.telephone_band
+        lines.append(LineEarpiece(line))
+        return TelephoneBandSink(lines[0])
+
+    phone, ear, _, _ = asyncio.run(_call(call_server, models, tmp_path, recording, earpiece=band_limited, speed=2))
+    sink = lines[0]
     rescript.join(timeout=5)
     chats = calls_chats(call_standin)[first:]
     assert len(chats) == 2 and chats[0].client_closed.wait(10) and not chats[0].completed  # a barge-in
