@@ -11,6 +11,7 @@ paused sample.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -174,9 +175,11 @@ def test_aplay_pause_kills_the_player_and_resume_plays_on_from_the_paused_sample
         await asyncio.sleep(0.3)
         pid = sink.pid
         assert pid is not None
+        assert np.frombuffer(sink.history.segment(time.monotonic(), 1600), "<i2").any()  # the echo reference
         sink.pause()
         at = sink.played_seconds
         assert sink.paused and sink.pid is None
+        assert not np.frombuffer(sink.history.segment(time.monotonic(), 1600), "<i2").any()  # nothing plays now
         await sink.write(late)  # the reply goes on streaming in while paused
         await asyncio.sleep(0.3)
         assert sink.played_seconds == at  # nothing plays while paused
