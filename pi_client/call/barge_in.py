@@ -8,9 +8,9 @@ goes on to hear the whole utterance, pre-roll from its onset included, as the ne
 speech (an "mm-hm", a cough) is dropped and the listener starts again. Before that, the first
 moment of speech pauses the earpiece (:class:`~pi_client.call.earpiece_hold.EarpieceHold`), which
 plays on if the speech stops short of a barge-in; a short utterance that the caller follows up
-while the earpiece is still paused ("Actually, ... never mind") starts the interruption's audio. When the phone is done
-first, the call's next ``Listen`` takes over the listener, so words begun at the end of a reply
-are kept.
+while the earpiece is still paused ("Actually, ... never mind") starts the interruption's audio.
+When the phone is done first, the call's next ``Listen`` takes over the listener, so words begun
+at the end of a reply are kept.
 """
 
 from __future__ import annotations
