@@ -438,6 +438,14 @@ class BargeInConfig:
     """Keep listening while the phone plays (greeting, reply, its own messages); the caller can interrupt."""
     min_speech_seconds: float = 0.4
     """Speech over the playback at least this long stops it, in seconds; shorter ("mm-hm", a cough) is ignored."""
+    pause_on_speech: bool = True
+    """Pause the earpiece as soon as the caller starts talking over it (silent at once, the reply still
+    streaming in); speech that reaches ``min_speech_seconds`` cuts it, shorter speech resumes it."""
+    pause_after_seconds: float = 0.1
+    """Speech over the playback this long pauses the earpiece, in seconds (before it counts as a barge-in)."""
+    resume_after_seconds: float = 0.5
+    """A pause ends, the reply going on where it stopped, after the caller has been quiet this long, in seconds
+    (as long as the gap after a short first word that still joins it: "Wait, ... what about Italy?")."""
 
 
 @dataclass(frozen=True)

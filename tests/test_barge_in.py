@@ -86,9 +86,16 @@ def models(call_whisper: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[
 
 
 async def _call(
-    server: ServerProcess, models: dict[str, Any], tmp_path: Path, recording: Path, hang_up: Callable[[Any], bool]
-) -> tuple[Any, Path, list[str]]:
-    """A recorded call (echo at -10 dB) put down when ``hang_up(phone)``; the phone, the earpiece, tasks left."""
+    server: ServerProcess,
+    models: dict[str, Any],
+    tmp_path: Path,
+    recording: Path,
+    hang_up: Callable[[Any], bool] | None = None,
+    earpiece: Callable[[Any], Any] | None = None,
+    speed: float = 3.0,
+) -> tuple[Any, Path, list[str], Any]:
+    """A recorded call (echo at -10 dB) put down when ``hang_up(phone)`` (None: when it is over);
+    the phone, the earpiece file, the tasks left behind, and the sink (``earpiece(line)``, else a LineEarpiece)."""
     from pi_client.audio.offline_voice import OfflineVoice
     from pi_client.audio.recorded_call import LineEarpiece
     from pi_client.call.runner import Phone
@@ -97,7 +104,7 @@ async def _call(
     from pi_client.turns.endpoint import listen
 
     settings = config_from_dict({"pi": {"cache_dir": str(models["cache"])}}).pi
-    line, microphone = recorded_call(str(recording), -10, 3.0, settings.turns.echo)
+    line, microphone = recorded_call(str(recording), -10, speed, settings.turns.echo)
 
     async def hear(on_frame: Any = None) -> Any:
         tap = microphone.tap()
@@ -108,6 +115,7 @@ async def _call(
         finally:
             tap.close()
 
+    sink = (earpiece or LineEarpiece)(line)
     voice = OfflineVoice(settings.offline_voice, settings.greeting, settings.cache_dir)
     await asyncio.to_thread(voice.prepare)
     client = ServerFleet((server.url,), server.key, settings.client)
@@ -117,21 +125,22 @@ async def _call(
         transcribe=models["whisper"].transcribe,
         client=client,
         voice=voice,
-        sink=LineEarpiece(line),
+        sink=sink,
         overhear=hear,
     )
     ear = tmp_path / "ear.wav"
     try:
-        await asyncio.wait_for(run_whole_call(phone, line, microphone, ear, lambda: hang_up(phone)), 120)
+        until = (lambda: hang_up(phone)) if hang_up is not None else None
+        await asyncio.wait_for(run_whole_call(phone, line, microphone, ear, until), 120)
         await asyncio.sleep(0.1)
         names = {"overhear", "listen", "listen-audio", "microphone", "reply", "stt", "say"}
         left = [t.get_name() for t in asyncio.all_tasks() if t.get_name() in names and not t.done()]
     finally:
         client.close()
-    return phone, ear, left
+    return phone, ear, left, sink
 
 
-@pytest.mark.parametrize("moment", ["transcribing", "replying", "barging-in"])
+@pytest.mark.parametrize("moment", ["transcribing", "replying", "paused", "barging-in"])
 def test_hang_up_while_the_phone_listens_over_itself_stops_everything(
     moment: str,
     call_server: ServerProcess,
@@ -153,9 +162,11 @@ def test_hang_up_while_the_phone_listens_over_itself_stops_everything(
             return bool(phone.state is State.TRANSCRIBING and hearing.busy)
         if moment == "replying":
             return bool(phone.state is State.REPLYING and hearing.playing)
+        if moment == "paused":  # the caller's first word paused the earpiece; not yet a barge-in
+            return bool(phone.state is State.REPLYING and phone._sink.paused)
         return bool(phone.state is State.LISTENING and hearing.caller_speaking and phone.turns)
 
-    phone, ear, left = asyncio.run(_call(call_server, models, tmp_path, recording, hang_up))
+    phone, ear, left, _ = asyncio.run(_call(call_server, models, tmp_path, recording, hang_up))
     assert phone.state is State.ON_HOOK
     assert left == []  # listener, microphone, request, playback: all gone with the handset
     earpiece, _ = read_wav_pcm16(str(ear), PI_RATE)

@@ -19,6 +19,7 @@ from pi_client.turns.speculative import SpeculativeTranscriber
 from pi_client.turns.stt import WhisperTranscriber
 from pi_client.turns.vad import SileroVad
 from tests.fixtures_pi import PI_RATE, silence
+from tests.helpers import wait_for
 
 PAUSED = ("My name is John and I", "live in Chicago.")  # Smart Turn: 0.01 after the first half, 0.95 after both
 COMPLETE = "What is the capital of France?"
@@ -120,3 +121,33 @@ def test_a_dropped_or_superseded_guess_is_never_used() -> None:
     finally:
         speculator.close()
     assert [p[:1] + str(len(p)).encode() for p in seen] == [b"a10", b"c30", b"d10"] and speculator.used == 1
+
+
+def test_a_guess_not_yet_started_is_transcribed_even_if_a_new_listener_drops_the_speculation() -> None:
+    """While the phone transcribes, barge-in's listener starts listening again (which drops the
+    speculation): the turn's transcript must not wait for a guess the worker will now never run."""
+    busy, release = threading.Event(), threading.Event()
+    seen: list[bytes] = []
+
+    def slow(pcm: bytes) -> str:
+        seen.append(pcm)
+        busy.set()
+        release.wait(10)
+        return f"text of {pcm[:1].decode()}{len(pcm)}"
+
+    speculator = SpeculativeTranscriber(slow)
+    result: list[str] = []
+    try:
+        speculator.start(b"a" * 10)  # the worker is busy with an older guess
+        assert busy.wait(10)
+        speculator.start(b"c" * 30)  # the turn's own guess, queued behind it
+        transcribing = threading.Thread(target=lambda: result.append(speculator.transcribe(b"c" * 30 + b"\0" * 4)))
+        transcribing.start()
+        wait_for(lambda: speculator._current is None, 10.0, "the turn's transcription to claim its guess")
+        speculator.drop()  # the new listener
+        release.set()
+        transcribing.join(10)
+    finally:
+        release.set()
+        speculator.close()
+    assert result == ["text of c30"]

@@ -12,8 +12,9 @@ import logging
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -66,9 +67,24 @@ class AudioSink(ABC):
         """Seconds of the current utterance the caller has heard so far (barge-in reports it)."""
         return 0.0
 
+    def pause(self) -> None:  # noqa: B027 - optional: a sink that cannot pause plays on
+        """Silence the earpiece now; the rest of the utterance, and what comes meanwhile, waits for :meth:`resume`."""
+
+    def resume(self) -> None:  # noqa: B027 - optional, as pause
+        """Play on from exactly where :meth:`pause` stopped."""
+
+    @property
+    def paused(self) -> bool:
+        """Between :meth:`pause` and :meth:`resume` (or the end of the utterance)."""
+        return False
+
 
 class AplaySink(AudioSink):
-    """Feeds ``aplay -t wav -`` on stdin, so the first sentence plays while the rest streams in."""
+    """Feeds ``aplay -t wav -`` on stdin, so the first sentence plays while the rest streams in.
+
+    A pause kills aplay (its pipe and ALSA buffer hold a second or more ahead of the ear, which must
+    not play on) and keeps the utterance from the position reached; a resume starts a new aplay there.
+    """
 
     def __init__(self, device: str | None = None, env: Mapping[str, str] | None = None) -> None:
         self._device = device
@@ -76,7 +92,21 @@ class AplaySink(AudioSink):
         self._proc: asyncio.subprocess.Process | None = None
         self._rate = 0
         self._bytes = 0
+        """Bytes of the utterance written so far."""
+        self._pcm = bytearray()
+        """The utterance from byte ``_kept_from`` on: what a resume may still have to play."""
+        self._kept_from = 0
+        self._base = 0
+        """Byte of the utterance the running aplay started from."""
+        self._sent = 0
+        """Bytes of the utterance given to aplay (the running one started at ``_base``)."""
         self._started_at = 0.0
+        self._paused = False
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+        self._lock = asyncio.Lock()
+        """One sender at a time (a write, or the catch-up after a resume)."""
+        self._background: set[asyncio.Task[None]] = set()
         from pi_client.audio.echo import PlayedHistory
 
         self.history = PlayedHistory()
@@ -89,16 +119,21 @@ class AplaySink(AudioSink):
 
     async def start(self, sample_rate: int) -> None:
         """Spawn aplay and give it an open-ended WAV header."""
-        if self._proc is not None:
+        if self._proc is not None or self._paused:
             await self.kill()
         check_rate(sample_rate)
+        self._rate, self._bytes, self._kept_from, self._pcm = sample_rate, 0, 0, bytearray()
+        await self._spawn(0)
+
+    async def _spawn(self, at: int) -> None:
+        """A new aplay playing the utterance from byte ``at``."""
         cmd = ["aplay", "-q"]
         if self._device:
             cmd += ["-D", self._device]
         cmd += ["-t", "wav", "-"]
         env = {**os.environ, **self._env} if self._env is not None else None
         try:
-            self._proc = await asyncio.create_subprocess_exec(
+            proc = await asyncio.create_subprocess_exec(
                 *cmd,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.DEVNULL,
@@ -107,55 +142,142 @@ class AplaySink(AudioSink):
             )
         except OSError as err:
             raise PlaybackError(f"cannot run aplay: {err}") from err
-        self._rate, self._bytes, self._started_at = sample_rate, 0, time.monotonic()
-        await self._send(wav_header(sample_rate))
+        if self._paused or self._rate <= 0:  # paused (or killed) while it started: it must not idle, open
+            await _terminate(proc)
+            return
+        self._proc, self._base, self._sent, self._started_at = proc, at, at, time.monotonic()
+        await self._send(wav_header(self._rate), proc)
 
     async def write(self, pcm: bytes) -> None:
-        """Pipe PCM into aplay; waits only while its pipe is full (it plays in real time)."""
-        if pcm:
-            at = self._started_at + self._bytes / (SAMPLE_WIDTH * self._rate)
-            self.history.add(max(at, time.monotonic()), np.frombuffer(resample_pcm16(pcm, self._rate, 16000), "<i2"))
-            await self._send(pcm)
-            self._bytes += len(pcm)
+        """Pipe PCM into aplay; waits only while its pipe is full (it plays in real time). Paused: kept for later."""
+        if not pcm:
+            return
+        if self._rate <= 0:
+            raise PlaybackError("write before start")
+        self._pcm += pcm
+        self._bytes += len(pcm)
+        if not self._paused:  # forget what has been heard (a resume never goes back before it)
+            heard = max(0, self._position() - self._kept_from)
+            del self._pcm[:heard]
+            self._kept_from += heard
+        async with self._lock:
+            await self._send_pending()
 
-    async def _send(self, data: bytes) -> None:
-        proc = self._proc
-        if proc is None or proc.stdin is None:
+    async def _send_pending(self) -> None:
+        """Give aplay what it has not had yet (a new aplay after a resume); nothing while paused."""
+        while not self._paused and self._rate > 0 and self._sent < self._bytes:
+            proc = self._proc
+            if proc is None:
+                await self._spawn(self._sent)
+                continue
+            chunk = bytes(self._pcm[self._sent - self._kept_from : self._bytes - self._kept_from])
+            at = self._started_at + (self._sent - self._base) / (SAMPLE_WIDTH * self._rate)
+            self.history.add(max(at, time.monotonic()), np.frombuffer(resample_pcm16(chunk, self._rate, 16000), "<i2"))
+            await self._send(chunk, proc)
+            if proc is self._proc:  # else paused (or killed) while aplay took it: the resume sends it again
+                self._sent += len(chunk)
+
+    async def _send(self, data: bytes, proc: asyncio.subprocess.Process) -> None:
+        if proc.stdin is None:
             raise PlaybackError("write before start")
         try:
             proc.stdin.write(data)
             await asyncio.wait_for(proc.stdin.drain(), timeout=_WRITE_TIMEOUT_SECONDS)
         except (BrokenPipeError, ConnectionResetError) as err:
+            if proc is not self._proc:
+                return  # killed by a pause or a hang-up, not dead by itself
             raise PlaybackError(f"aplay exited while playing: {await self._stderr_tail()}") from err
         except TimeoutError as err:
             await self.kill()
             raise PlaybackError(f"aplay took no audio for {_WRITE_TIMEOUT_SECONDS:.0f}s: is the device stuck?") from err
 
-    async def finish(self) -> None:
-        """Close aplay's stdin and wait until it has played everything (bounded), then reap it."""
+    def _position(self) -> int:
+        """Byte of the utterance the ear has reached (an estimate: wall time since aplay started)."""
+        if self._paused or self._rate <= 0:
+            return self._base
+        played = round((time.monotonic() - self._started_at) * self._rate) * SAMPLE_WIDTH
+        return self._base + max(0, min(played, self._sent - self._base))
+
+    def pause(self) -> None:
+        """Kill aplay now (its buffers go with it) and keep the utterance from the position reached."""
+        if self._paused or self._rate <= 0:
+            return
+        self._base = self._sent = self._position()
+        self._paused = True
+        self._resumed.clear()
+        self.history.cut(time.monotonic())
         proc, self._proc = self._proc, None
-        if proc is None:
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()  # silent now; reaped in the background
+            self._in_background(_terminate(proc), "aplay-paused")
+
+    def resume(self) -> None:
+        """A new aplay plays on from the paused position, then whatever came in meanwhile."""
+        if not self._paused:
             return
-        remaining = self._bytes / (SAMPLE_WIDTH * max(self._rate, 1)) - (time.monotonic() - self._started_at)
-        try:
-            if proc.stdin is not None:
-                proc.stdin.close()
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    await proc.stdin.wait_closed()
-            await asyncio.wait_for(proc.wait(), timeout=max(remaining, 0.0) + _FINISH_MARGIN_SECONDS)
-        except TimeoutError:
-            _LOGGER.warning("aplay still running %.1fs after its audio should have ended; killed", remaining)
-            await _terminate(proc)
-            return
-        except BaseException:  # cancelled (hang-up) or anything else: aplay must not outlive us
-            await _terminate(proc)
-            raise
-        if proc.returncode != 0:
-            raise PlaybackError(f"aplay exited with {proc.returncode}: {await _read_tail(proc)}")
+        self._paused = False
+        self._resumed.set()
+        self._in_background(self._catch_up(), "aplay-catch-up")
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    async def _catch_up(self) -> None:
+        async with self._lock:
+            await self._send_pending()
+
+    def _in_background(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def finish(self) -> None:
+        """Close aplay's stdin and wait until it has played everything (bounded), then reap it.
+        Paused meanwhile: waits for the resume (the new aplay plays the rest)."""
+        while self._rate > 0:
+            await self._resumed.wait()
+            async with self._lock:
+                await self._send_pending()
+            proc = self._proc
+            if proc is None:
+                if self._paused:
+                    continue
+                break  # killed (hang-up)
+            remaining = (self._sent - self._position()) / (SAMPLE_WIDTH * self._rate)
+            try:
+                if proc.stdin is not None:
+                    proc.stdin.close()
+                    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                        await proc.stdin.wait_closed()
+                await asyncio.wait_for(proc.wait(), timeout=max(remaining, 0.0) + _FINISH_MARGIN_SECONDS)
+            except TimeoutError:
+                _LOGGER.warning("aplay still running %.1fs after its audio should have ended; killed", remaining)
+                self._proc = None
+                await _terminate(proc)
+                break
+            except BaseException:  # cancelled (hang-up) or anything else: aplay must not outlive us
+                self._proc = None
+                await _terminate(proc)
+                raise
+            if proc is not self._proc:
+                continue  # paused while it played out: killed, the rest plays after the resume
+            self._proc = None
+            if proc.returncode != 0:
+                raise PlaybackError(f"aplay exited with {proc.returncode}: {await _read_tail(proc)}")
+            break
+        self._rate = 0
 
     async def kill(self) -> None:
-        """Terminate aplay mid-sentence and reap it."""
+        """Terminate aplay mid-sentence and reap it; the utterance is over (a pause with it)."""
         self.history.cut(time.monotonic())
+        self._rate, self._paused = 0, False
+        self._resumed.set()
+        self._pcm = bytearray()
+        for task in list(self._background):
+            if task.get_name() == "aplay-catch-up":
+                task.cancel()
         proc, self._proc = self._proc, None
         if proc is not None:
             await _terminate(proc)
@@ -166,10 +288,11 @@ class AplaySink(AudioSink):
 
     @property
     def played_seconds(self) -> float:
-        """Wall time since aplay started, at most the audio given to it (an estimate: aplay's buffer is not asked)."""
+        """Seconds of the utterance heard: wall time aplay has played, pauses left out (an estimate: aplay's
+        buffer is not asked)."""
         if self._rate <= 0:
             return 0.0
-        return max(0.0, min(time.monotonic() - self._started_at, self._bytes / (SAMPLE_WIDTH * self._rate)))
+        return self._position() / (SAMPLE_WIDTH * self._rate)
 
     async def _stderr_tail(self) -> str:
         proc = self._proc

@@ -104,6 +104,12 @@ class RecordedLine(AudioSource):
             self._earpiece = grown
         self._earpiece[at:end] = pcm
 
+    def take_from(self, at: int, end: int) -> np.ndarray:
+        """Erase the earpiece over [at, end) (playback paused); returns what was there."""
+        taken = self._earpiece[at:end].copy()
+        self._earpiece[at:end] = 0
+        return taken
+
     def silence_from(self, at: int) -> None:
         """Erase the earpiece from sample ``at`` on (playback killed)."""
         self._earpiece[at:] = 0
@@ -114,47 +120,103 @@ class RecordedLine(AudioSource):
 
 
 class LineEarpiece(AudioSink):
-    """The sink of a recorded call: audio lands on the call's clock, plays at its pace, stops where killed."""
+    """The sink of a recorded call: audio lands on the call's clock, plays at its pace, stops where killed.
+
+    A pause takes back what was placed ahead of the clock (silence from the current sample on) and
+    holds it, with what is written meanwhile, until the resume places it at the clock again.
+    """
 
     def __init__(self, line: RecordedLine) -> None:
         self._line = line
         self._rate = SAMPLE_RATE
         self._start = 0
+        """Call sample where the current stretch of the utterance (since start or the latest resume) began."""
         self._end = 0
+        self._heard_before = 0
+        """Samples of the utterance heard before the current stretch (paused stretches)."""
+        self._held: list[np.ndarray] | None = None
+        """Paused: the utterance's audio waiting for the resume."""
+        self._resumed = asyncio.Event()
+        self._resumed.set()
         self.utterances = 0
+        self.starts: list[float] = []
+        """Call seconds at which each utterance began to play."""
         self.cuts: list[float] = []
         """Call seconds at which playback was cut short (barge-in, hang-up)."""
+        self.pauses: list[float] = []
+        """Call seconds at which playback was paused (the caller started talking)."""
+        self.resumes: list[float] = []
+        """Call seconds at which a paused playback went on."""
 
     async def start(self, sample_rate: int) -> None:
         check_rate(sample_rate)
+        self._drop_held()
         self._rate = sample_rate
         self._start = self._end = max(self._line.now, self._end)
+        self._heard_before = 0
         self.utterances += 1
+        self.starts.append(self._start / SAMPLE_RATE)
 
     async def write(self, pcm: bytes) -> None:
         if not pcm:
             return
         audio = np.frombuffer(resample_pcm16(pcm, self._rate, SAMPLE_RATE), dtype="<i2")
+        if self._held is not None:
+            self._held.append(audio.copy())
+            return
         self._end = max(self._end, self._line.now)  # a stalled stream resumes now, not in the past
         self._line.place(self._end, audio)
         self._end += audio.size
         await self._line.wait_until(self._end - round(_LEAD_SECONDS * SAMPLE_RATE))
 
     async def finish(self) -> None:
-        await self._line.wait_until(self._end)
+        while True:
+            await self._resumed.wait()
+            await self._line.wait_until(self._end)
+            if self._held is None:
+                return
 
     async def kill(self) -> None:
         now = self._line.now
-        if self._end > now:
+        if self._end > now or self._held is not None:
             self._line.silence_from(now)
             self.cuts.append(now / SAMPLE_RATE)
             _LOGGER.info("earpiece cut at %.2fs of the call", now / SAMPLE_RATE)
         self._end = min(self._end, now)
+        self._drop_held()
+
+    def pause(self) -> None:
+        now = self._line.now
+        if self._held is not None or self._end <= now:
+            return  # nothing playing
+        self._held = [self._line.take_from(now, self._end)]
+        self._heard_before += now - self._start
+        self._start = self._end = now
+        self._resumed.clear()
+        self.pauses.append(now / SAMPLE_RATE)
+
+    def resume(self) -> None:
+        if self._held is None:
+            return
+        held, self._held = np.concatenate(self._held), None
+        self._start = self._end = max(self._line.now, self._end)
+        self._line.place(self._end, held)
+        self._end += held.size
+        self._resumed.set()
+        self.resumes.append(self._start / SAMPLE_RATE)
+
+    @property
+    def paused(self) -> bool:
+        return self._held is not None
+
+    def _drop_held(self) -> None:
+        self._held = None
+        self._resumed.set()
 
     @property
     def played_seconds(self) -> float:
-        """Seconds of the current utterance the caller has heard so far."""
-        return max(0, min(self._line.now, self._end) - self._start) / SAMPLE_RATE
+        """Seconds of the current utterance the caller has heard so far (pauses left out)."""
+        return (self._heard_before + max(0, min(self._line.now, self._end) - self._start)) / SAMPLE_RATE
 
     @property
     def playing(self) -> bool:

@@ -85,3 +85,13 @@ class TelephoneBandSink(AudioSink):
 
     async def close(self) -> None:
         await self._inner.close()
+
+    def pause(self) -> None:
+        self._inner.pause()
+
+    def resume(self) -> None:
+        self._inner.resume()
+
+    @property
+    def paused(self) -> bool:
+        return self._inner.paused

@@ -49,6 +49,16 @@ class FillerSink(AudioSink):
         """The inner earpiece's (barge-in reports it)."""
         return self._inner.played_seconds
 
+    def pause(self) -> None:
+        self._inner.pause()
+
+    def resume(self) -> None:
+        self._inner.resume()
+
+    @property
+    def paused(self) -> bool:
+        return self._inner.paused
+
     def reset(self) -> None:
         self.started = False
 

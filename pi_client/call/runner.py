@@ -19,6 +19,7 @@ from pi_client.audio.offline_voice import OfflineVoice, SpokenPhrase
 from pi_client.audio.playback import AudioSink
 from pi_client.call.barge_in import OverhearFn, Overhearing
 from pi_client.call.dialing import DialSource, KeyAudio, KeyPad, play_tone, ring_until
+from pi_client.call.earpiece_hold import EarpieceHold
 from pi_client.call.far_end import line_dropped
 from pi_client.call.filler import ThinkingFiller
 from pi_client.call.machine import (
@@ -180,8 +181,15 @@ class Phone:
         self.turns: deque[Turn] = deque(maxlen=_TURNS_KEPT)
         """The latest finished turns, newest last (file mode reads the one turn it ran)."""
         self._log_tasks: set[asyncio.Task[None]] = set()
+        self._hold = EarpieceHold(settings.turns.barge_in, lambda: self._sink)
         self._overhearing = (
-            Overhearing(overhear, settings.turns.barge_in, lambda: self._sink.played_seconds, self._events.put_nowait)
+            Overhearing(
+                overhear,
+                settings.turns.barge_in,
+                lambda: self._sink.played_seconds,
+                self._events.put_nowait,
+                self._hold,
+            )
             if overhear is not None
             else None
         )
@@ -510,6 +518,8 @@ class Phone:
         finally:
             pump.stop()
             self._reply_turn = None
+            if turn.first_audio_at is not None:
+                turn.pauses, turn.resumes = self._hold.pauses, self._hold.resumes
             if self._overhearing is not None:
                 self._overhearing.playback_ended()
         if self._monitor is not None:
@@ -555,6 +565,7 @@ class Phone:
                 if not playing:
                     await self._sink.start(piece.sample_rate)
                     turn.first_audio_at, playing = time.monotonic(), True
+                    self._hold.count_afresh()
                     if self._overhearing is not None:
                         self._overhearing.playback_started()
                 await self._sink.write(piece.pcm)

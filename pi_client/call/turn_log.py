@@ -39,6 +39,10 @@ class Turn:
     heard_seconds: float | None = None
     """Barge-in: seconds of the reply the caller heard before talking over it (None: not interrupted).
     The hook for "history records what was heard": the server is told this when the API exists."""
+    pauses: int = 0
+    """Times the reply's earpiece paused because the caller started talking (pi.turns.barge_in.pause_on_speech)."""
+    resumes: int = 0
+    """Of those, the pauses that resumed: speech too short to be a barge-in (a false interruption)."""
     call_ended: bool = False
     """The character hung up in this reply (the server's session says ``call_ended``)."""
 
@@ -52,7 +56,7 @@ async def log_turn(turn: Turn, reply_text: Callable[[str], str | None]) -> None:
             )
     _LOGGER.info(
         "turn: heard=%r reply=%r outcome=%s speech=%.2fs end_by=%s endpoint=%.2fs stt=%s first_audio=%s latency=%s"
-        " total=%s barge_in=%s character=%s",
+        " total=%s barge_in=%s pauses=%d resumed=%d character=%s",
         turn.transcript,
         turn.reply_text,
         turn.outcome.value if turn.outcome else None,
@@ -64,6 +68,8 @@ async def log_turn(turn: Turn, reply_text: Callable[[str], str | None]) -> None:
         _secs(_diff(turn.first_audio_at, turn.heard_at)),
         _secs(_diff(turn.ended_at, turn.heard_at)),
         _secs(turn.heard_seconds),
+        turn.pauses,
+        turn.resumes,
         turn.character or "-",
     )
 

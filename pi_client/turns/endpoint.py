@@ -254,7 +254,8 @@ async def listen(
     the silences, its defaults when None); without it, the trailing silence of ``cfg`` ends the turn.
     With ``speculator``, that short silence starts Whisper on the turn so far (see the module doc).
     ``on_frame(in_speech, talk_seconds)`` follows every frame (barge-in watches how long the
-    caller has been talking over the playback, from the onset).
+    caller has been talking over the playback, from the onset; unconfirmed speech counts too, so
+    the earpiece can pause at the first syllable).
     """
     turn_cfg = turn_cfg or SmartTurnConfig()
     candidate = turn_cfg.check_after_silence_seconds if speculator is not None and detector is None else None
@@ -281,7 +282,7 @@ async def listen(
                     speculator.drop()  # the caller went on
                     speculated_at = None
                 if on_frame is not None:
-                    on_frame(endpointer.in_speech, endpointer.talk_seconds if endpointer.in_speech else 0.0)
+                    on_frame(endpointer.in_speech, endpointer.talk_seconds)
                 if event is EndpointEvent.TIMEOUT:
                     _LOGGER.info("No speech within %.1f s", cfg.no_speech_timeout_seconds)
                     return None

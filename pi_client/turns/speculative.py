@@ -42,6 +42,8 @@ class SpeculativeTranscriber:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._pending: _Guess | None = None
+        self._claimed: _Guess | None = None
+        """A guess :meth:`transcribe` waits for that the worker has not started: it goes first."""
         self._current: _Guess | None = None
         self._closed = False
         self.runs = 0
@@ -70,6 +72,10 @@ class SpeculativeTranscriber:
                 if guess is self._pending:
                     self._pending = None
                 guess = None
+            if guess is not None and guess is self._pending:
+                # Claimed before the worker took it: out of reach of drop() and start(), which a listener
+                # starting meanwhile calls (barge-in listens on while the phone transcribes).
+                self._pending, self._claimed = None, guess
         if guess is not None and guess.done.wait(RESULT_WAIT_SECONDS) and guess.text is not None:
             self.used += 1
             return guess.text
@@ -79,7 +85,7 @@ class SpeculativeTranscriber:
         """Stop the worker (after the job in hand)."""
         with self._lock:
             self._closed = True
-            self._pending = self._current = None
+            self._pending = self._current = self._claimed = None
             self._wake.notify()
 
     def _run_whisper(self, pcm: bytes) -> str:
@@ -89,11 +95,15 @@ class SpeculativeTranscriber:
     def _run(self) -> None:
         while True:
             with self._lock:
-                while self._pending is None and not self._closed:
+                while self._pending is None and self._claimed is None and not self._closed:
                     self._wake.wait(_IDLE_POLL_SECONDS)
                 if self._closed:
                     return
-                guess, self._pending = self._pending, None
+                guess = self._claimed or self._pending
+                if guess is self._claimed:
+                    self._claimed = None
+                else:
+                    self._pending = None
             assert guess is not None
             started = time.monotonic()
             try:
