@@ -8,6 +8,7 @@ section in ``common/config.py``.
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,13 +77,14 @@ def _piper_unavailable(cfg: TTSConfig) -> str | None:
 
 
 def _load_piper(cfg: TTSConfig, rate: int | None) -> TTSEngine:
-    from cloud_server.tts.piper_engine import LocalVoiceEngine
+    from cloud_server.tts.piper_engine import LocalVoiceEngine, piper_places
     from common.speech import PiperLocalVoice
 
     paths = _piper_paths(cfg)
     if paths is None:
         raise FileNotFoundError(_piper_unavailable(cfg) or "no Piper voice")
-    return LocalVoiceEngine(PiperLocalVoice(*paths), sample_rate=rate)
+    parallel, threads = piper_places(cfg.piper.parallel, os.cpu_count() or 1)
+    return LocalVoiceEngine(PiperLocalVoice(*paths, parallel=parallel, threads=threads), sample_rate=rate)
 
 
 def _espeak_unavailable(_cfg: TTSConfig) -> str | None:

@@ -12,6 +12,25 @@ from common.wav import float_to_pcm16, pcm16_to_float
 
 _LOGGER = logging.getLogger(__name__)
 
+CORES_PER_PLACE = 1
+"""Cores each Piper sentence gets when ``server.tts.piper.parallel`` is 0 (auto).
+
+Measured on this 2-core VM, shared with other work: a sentence on 2 threads takes half the time of one
+on 1 thread when the machine is quiet, but under load onnxruntime's 2-thread runs wait for whichever
+thread was descheduled; two 1-thread sentences side by side then spoke 1.9x as many sentences a
+second (docs/PERFORMANCE.md, the load section)."""
+
+
+def piper_places(parallel: int, cores: int) -> tuple[int, int]:
+    """(sentences at once, onnxruntime threads per sentence) from ``server.tts.piper.parallel`` and the cores.
+
+    Each sentence gets its share of the cores, so the runs do not oversubscribe them.
+    """
+    if parallel < 0:
+        raise ValueError(f"tts.piper.parallel: expected 0 (auto) or more, got {parallel}")
+    places = parallel or max(1, cores // CORES_PER_PLACE)
+    return places, max(1, cores // places)
+
 
 class LocalVoiceEngine(TTSEngine):
     """Speaks with a LocalVoice; ignores the voice clip (it is the voice of last resort).
