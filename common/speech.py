@@ -20,7 +20,7 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any, cast
 
-from common.priority_gate import PriorityGate, makes_first_audio
+from common.priority_gate import PriorityGate, reply_priority
 from common.wav import WavFormatError, WavStreamReader
 
 _LOGGER = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class PiperLocalVoice(LocalVoice):
     One ONNX session (onnxruntime's ``run`` is safe from several threads) with ``threads`` threads per
     run (0: onnxruntime's default, every core), so ``parallel`` runs of ``threads`` each fit the cores
     instead of fighting over them. The places go a sentence at a time, through a PriorityGate: a
-    caller's first sentence (``as_first_audio``) overtakes other callers' later ones.
+    caller's first sentence (``as_reply_speech``) overtakes other callers' later ones.
     """
 
     name = "piper"
@@ -102,8 +102,9 @@ class PiperLocalVoice(LocalVoice):
             return
         chunks = self._voice.synthesize(text, syn_config=self._syn_config)
         while cancel is None or not cancel.is_set():
+            first, since = reply_priority()
             try:
-                self.gate.acquire(makes_first_audio(), check=lambda: _raise_if_set(cancel))
+                self.gate.acquire(first, check=lambda: _raise_if_set(cancel), since=since)
             except _Cancelled:
                 return
             try:

@@ -30,7 +30,7 @@ from cloud_server.pipeline.sentences import SentenceSplitter
 from cloud_server.pipeline.sessions import SessionStore
 from cloud_server.tts.base import TTSEngine, VoiceSpec
 from common.config import CharacterConfig, ServerConfig
-from common.priority_gate import as_first_audio
+from common.priority_gate import as_reply_speech
 from common.wav import SAMPLE_WIDTH, resample_pcm16, wav_header
 
 _LOGGER = logging.getLogger(__name__)
@@ -165,9 +165,11 @@ class ReplyPipeline:
                     item = turn.character.apology
                 text = str(item)
                 timeline.sentence(text)
-                spoken = self._speak_sentence(text, turn.voice, cancel, use_fallback, stats)
-                if stats.first_audio_seconds is None:  # the caller hears silence until it: it goes first
-                    spoken = as_first_audio(spoken)
+                # Until its first audio the caller hears silence: that sentence goes before other replies' later ones.
+                spoken = as_reply_speech(
+                    self._speak_sentence(text, turn.voice, cancel, use_fallback, stats),
+                    since=started, first=stats.first_audio_seconds is None,
+                )
                 with closing(spoken):
                     for pcm, via_fallback in spoken:
                         use_fallback = use_fallback or via_fallback
@@ -208,16 +210,15 @@ class ReplyPipeline:
         stats = stats if stats is not None else TurnStats(engine=self.primary.name)
         splitter = SentenceSplitter(self._cfg.sentences)
         use_fallback = heard_any = False
-        deadline = time.monotonic() + self._cfg.limits.max_reply_seconds
+        started = time.monotonic()
+        deadline = started + self._cfg.limits.max_reply_seconds
         for sentence in [*splitter.push(text), *splitter.flush()]:
             if time.monotonic() > deadline:
                 _LOGGER.warning("Speech cut at the %.0f s cap", self._cfg.limits.max_reply_seconds)
                 return
             parts: list[bytes] = []
             spoken = self._speak_sentence(sentence, voice, cancel, use_fallback, stats)
-            if not heard_any:  # nothing to play yet: this sentence goes before other callers' later ones
-                spoken = as_first_audio(spoken)
-            for pcm, via_fallback in spoken:
+            for pcm, via_fallback in as_reply_speech(spoken, since=started, first=not heard_any):
                 use_fallback = use_fallback or via_fallback
                 parts.append(pcm)
             if cancel.is_set():
