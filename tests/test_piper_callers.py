@@ -124,5 +124,6 @@ def test_each_sentence_gets_its_share_of_the_cores() -> None:
     assert piper_places(1, 2) == (1, 2)
     assert piper_places(0, 1) == (1, 1)
     assert piper_places(3, 8) == (3, 2)
+    assert piper_places(0, 32) == (8, 4)
     with pytest.raises(ValueError):
         piper_places(-1, 2)

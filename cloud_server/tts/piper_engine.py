@@ -15,10 +15,13 @@ _LOGGER = logging.getLogger(__name__)
 CORES_PER_PLACE = 1
 """Cores each Piper sentence gets when ``server.tts.piper.parallel`` is 0 (auto).
 
-Measured on this 2-core VM, shared with other work: a sentence on 2 threads takes half the time of one
-on 1 thread when the machine is quiet, but under load onnxruntime's 2-thread runs wait for whichever
-thread was descheduled; two 1-thread sentences side by side then spoke 1.9x as many sentences a
-second (docs/PERFORMANCE.md, the load section)."""
+Measured on a 2-core VM shared with other work (docs/PERFORMANCE.md, the load section): one sentence
+on 2 threads is faster than on 1 when the machine is quiet, but under load onnxruntime's 2-thread
+runs wait for whichever thread was descheduled, and two 1-thread sentences side by side gave one
+phone and eight phones alike an earlier first audio."""
+MAX_AUTO_PLACES = 8
+"""At most this many places in auto (the default reply capacity, ``server.limits.queue_depth``): on
+a many-core host each sentence then gets several cores instead of places no reply would use."""
 
 
 def piper_places(parallel: int, cores: int) -> tuple[int, int]:
@@ -28,7 +31,7 @@ def piper_places(parallel: int, cores: int) -> tuple[int, int]:
     """
     if parallel < 0:
         raise ValueError(f"tts.piper.parallel: expected 0 (auto) or more, got {parallel}")
-    places = parallel or max(1, cores // CORES_PER_PLACE)
+    places = parallel or max(1, min(cores // CORES_PER_PLACE, MAX_AUTO_PLACES))
     return places, max(1, cores // places)
 
 
