@@ -92,7 +92,6 @@ class PiperLocalVoice(LocalVoice):
         self._voice: Any = PiperVoice(config=config, session=session)
         self.sample_rate = int(self._voice.config.sample_rate)
         self.gate = PriorityGate(parallel)
-        self.threads = threads
         self.model_path = model_path
         self._syn_config = steady_synthesis() if os.environ.get(STEADY_VOICE_ENV) == "1" else None
 

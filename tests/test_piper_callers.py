@@ -119,6 +119,20 @@ def test_two_sentences_at_once_sound_the_same_as_one_at_a_time(piper_paths) -> N
     assert [spoken.get(0), spoken.get(1)] == expected
 
 
+def test_a_caller_who_hangs_up_while_waiting_for_the_voice_leaves_the_line(piper_paths) -> None:  # type: ignore[no-untyped-def]
+    voice = PiperLocalVoice(*piper_paths, parallel=1)
+    voice.gate.acquire(first=False)  # another caller's sentence is being spoken
+    hang_up = threading.Event()
+    spoken: list[bytes] = []
+    waiting = threading.Thread(target=lambda: spoken.extend(voice.synthesize(REPLY, hang_up)), daemon=True)
+    waiting.start()
+    wait_for(lambda: voice.gate.waiting() == 1, BOUND, "the caller in line")
+    hang_up.set()
+    waiting.join(BOUND)
+    assert not waiting.is_alive() and spoken == [] and voice.gate.waiting() == 0
+    voice.gate.release()
+
+
 def test_each_sentence_gets_its_share_of_the_cores() -> None:
     assert piper_places(0, 2) == (2, 1)
     assert piper_places(1, 2) == (1, 2)
