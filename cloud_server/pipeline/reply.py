@@ -30,6 +30,7 @@ from cloud_server.pipeline.sentences import SentenceSplitter
 from cloud_server.pipeline.sessions import SessionStore
 from cloud_server.tts.base import TTSEngine, VoiceSpec
 from common.config import CharacterConfig, ServerConfig
+from common.priority_gate import as_reply_speech
 from common.wav import SAMPLE_WIDTH, resample_pcm16, wav_header
 
 _LOGGER = logging.getLogger(__name__)
@@ -164,7 +165,12 @@ class ReplyPipeline:
                     item = turn.character.apology
                 text = str(item)
                 timeline.sentence(text)
-                with closing(self._speak_sentence(text, turn.voice, cancel, use_fallback, stats)) as spoken:
+                # Until its first audio the caller hears silence: that sentence goes before other replies' later ones.
+                spoken = as_reply_speech(
+                    self._speak_sentence(text, turn.voice, cancel, use_fallback, stats),
+                    since=started, first=stats.first_audio_seconds is None,
+                )
+                with closing(spoken):
                     for pcm, via_fallback in spoken:
                         use_fallback = use_fallback or via_fallback
                         if stats.first_audio_seconds is None:
@@ -203,19 +209,22 @@ class ReplyPipeline:
         """
         stats = stats if stats is not None else TurnStats(engine=self.primary.name)
         splitter = SentenceSplitter(self._cfg.sentences)
-        use_fallback = False
-        deadline = time.monotonic() + self._cfg.limits.max_reply_seconds
+        use_fallback = heard_any = False
+        started = time.monotonic()
+        deadline = started + self._cfg.limits.max_reply_seconds
         for sentence in [*splitter.push(text), *splitter.flush()]:
             if time.monotonic() > deadline:
                 _LOGGER.warning("Speech cut at the %.0f s cap", self._cfg.limits.max_reply_seconds)
                 return
             parts: list[bytes] = []
-            for pcm, via_fallback in self._speak_sentence(sentence, voice, cancel, use_fallback, stats):
+            spoken = self._speak_sentence(sentence, voice, cancel, use_fallback, stats)
+            for pcm, via_fallback in as_reply_speech(spoken, since=started, first=not heard_any):
                 use_fallback = use_fallback or via_fallback
                 parts.append(pcm)
             if cancel.is_set():
                 return
             block = b"".join(parts)
+            heard_any = heard_any or bool(block)
             stats.audio_seconds += len(block) / SAMPLE_WIDTH / self.sample_rate
             yield block
 

@@ -8,6 +8,8 @@ section in ``common/config.py``.
 from __future__ import annotations
 
 import importlib.util
+import logging
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +19,8 @@ from typing import Final
 from cloud_server.tts.base import TTSEngine
 from common.config import TTSConfig, expand_path
 from common.speech import ESPEAK_BINARY, packaged_piper_voice
+
+_LOGGER = logging.getLogger(__name__)
 
 KNOBS: Final = ("voice_clip", "exaggeration", "cfg_weight", "temperature")
 """A character's voice settings; each engine says which of them it ignores."""
@@ -76,13 +80,15 @@ def _piper_unavailable(cfg: TTSConfig) -> str | None:
 
 
 def _load_piper(cfg: TTSConfig, rate: int | None) -> TTSEngine:
-    from cloud_server.tts.piper_engine import LocalVoiceEngine
+    from cloud_server.tts.piper_engine import LocalVoiceEngine, piper_places
     from common.speech import PiperLocalVoice
 
     paths = _piper_paths(cfg)
     if paths is None:
         raise FileNotFoundError(_piper_unavailable(cfg) or "no Piper voice")
-    return LocalVoiceEngine(PiperLocalVoice(*paths), sample_rate=rate)
+    parallel, threads = piper_places(cfg.piper.parallel, os.cpu_count() or 1)
+    _LOGGER.info("Piper: %d sentence(s) at once, %d thread(s) each", parallel, threads)
+    return LocalVoiceEngine(PiperLocalVoice(*paths, parallel=parallel, threads=threads), sample_rate=rate)
 
 
 def _espeak_unavailable(_cfg: TTSConfig) -> str | None:

@@ -12,6 +12,28 @@ from common.wav import float_to_pcm16, pcm16_to_float
 
 _LOGGER = logging.getLogger(__name__)
 
+CORES_PER_PLACE = 1
+"""Cores each Piper sentence gets when ``server.tts.piper.parallel`` is 0 (auto).
+
+Measured on a 2-core VM shared with other work (docs/PERFORMANCE.md, the load section): one sentence
+on 2 threads is faster than on 1 when the machine is quiet, but under load onnxruntime's 2-thread
+runs wait for whichever thread was descheduled, and two 1-thread sentences side by side gave one
+phone and eight phones alike an earlier first audio."""
+MAX_AUTO_PLACES = 8
+"""At most this many places in auto (the default reply capacity, ``server.limits.queue_depth``): on
+a many-core host each sentence then gets several cores instead of places no reply would use."""
+
+
+def piper_places(parallel: int, cores: int) -> tuple[int, int]:
+    """(sentences at once, onnxruntime threads per sentence) from ``server.tts.piper.parallel`` and the cores.
+
+    Each sentence gets its share of the cores, so the runs do not oversubscribe them.
+    """
+    if parallel < 0:
+        raise ValueError(f"tts.piper.parallel: expected 0 (auto) or more, got {parallel}")
+    places = parallel or max(1, min(cores // CORES_PER_PLACE, MAX_AUTO_PLACES))
+    return places, max(1, cores // places)
+
 
 class LocalVoiceEngine(TTSEngine):
     """Speaks with a LocalVoice; ignores the voice clip (it is the voice of last resort).
