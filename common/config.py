@@ -164,6 +164,10 @@ class ChatterboxConfig:
     """How long an idle T3 decoder waits for other callers to start together, in milliseconds (at most 20)."""
     batch_max_sequences: int = 8
     """Most sentences decoded in one T3 batch; more wait for a place (a standard sentence is 2 rows, for CFG)."""
+    prefill_chunk: int = 0
+    """Prompt positions prefilled between two steps of the running batch (0: a newcomer's whole prompt at once)."""
+    first_audio_first: bool = True
+    """On a CPU, T3 pauses tokens past everyone's first window while a caller's first window waits for S3Gen."""
 
 
 @dataclass(frozen=True)

@@ -62,8 +62,8 @@ class T3Sequence:
 
     # ------------------------------------------------------------------ the prompt
 
-    def prefill(self) -> Prefilled:
-        """Run the prompt alone (no padding): the sequence's own KV cache and first logits."""
+    def prompt_embeds(self) -> torch.Tensor:
+        """The prompt as T3.inference feeds it: conditioning, text, start (and BOS) speech token; (rows, n, dim)."""
         t3, hp = self.t3, self.t3.hp
         start = hp.start_speech_token * torch.ones_like(self.text_tokens[:, :1])
         cfg_weight = 0.0 if self.turbo else float(self.inputs["cfg_weight"])
@@ -74,9 +74,14 @@ class T3Sequence:
             bos = torch.tensor([[hp.start_speech_token]], dtype=torch.long, device=t3.device)
             bos_embed = t3.speech_emb(bos) + t3.speech_pos_emb.get_fixed_embedding(0)
             embeds = torch.cat([embeds, bos_embed.expand(embeds.size(0), -1, -1)], dim=1)
-        out = t3.tfmr(inputs_embeds=embeds, use_cache=True)
-        logits = t3.speech_head(out.last_hidden_state[:, -1, :])
         self.prompt_length = embeds.size(1)
+        return embeds
+
+    def prefill(self) -> Prefilled:
+        """Run the prompt alone (no padding): the sequence's own KV cache and first logits."""
+        embeds = self.prompt_embeds()
+        out = self.t3.tfmr(inputs_embeds=embeds, use_cache=True)
+        logits = self.t3.speech_head(out.last_hidden_state[:, -1, :])
         return Prefilled(out.past_key_values, logits, self.prompt_length)
 
     # ------------------------------------------------------------------ each step
