@@ -78,6 +78,10 @@ class T3Batcher:
             self._incoming.put(job)
         return job
 
+    def holding(self) -> bool:
+        """Whether decoding is paused now for a caller's first audio."""
+        return self._held_since is not None
+
     def close(self) -> None:
         """Stop the thread; sentences in flight end with an error."""
         self._closed.set()
