@@ -115,6 +115,7 @@ def stall_part(engine: Any, tokens: int, chunk: int) -> dict[str, float]:
             times[name].append(time.monotonic())
             if name == "A" and len(times["A"]) == 3:
                 times["B submitted"] = [time.monotonic()]
+                times["chunks before B"] = [float(batcher.stats.prefill_chunks)]
                 submit("B", 1)
 
         jobs.append(batcher.submit(T3Job(T3Sequence(t3, False, inputs[index], tokens, seed=index), on_token,
@@ -127,7 +128,7 @@ def stall_part(engine: Any, tokens: int, chunk: int) -> dict[str, float]:
     a = times["A"]
     gaps = sorted(b - x for x, b in zip(a, a[1:], strict=False))
     out = {"stall": gaps[-1], "step": gaps[len(gaps) // 2], "b_first": times["B"][0] - times["B submitted"][0],
-           "chunks": float(batcher.stats.prefill_chunks - 1)}
+           "chunks": batcher.stats.prefill_chunks - times["chunks before B"][0]}
     _LOGGER.info("stall, prefill_chunk %d: %s", chunk, out)
     return out
 
@@ -252,8 +253,9 @@ def report(
         f"**Prefill** (the four prompts, {int(pre['positions'])} positions in all, {int(pre['padded'])} padded; "
         "2 rows each for CFG; best of two): one by one "
         f"{pre['separate']:.2f} s, together in one left-padded forward {pre['together']:.2f} s "
-        f"(**{pre['separate'] / pre['together']:.2f}x** as fast). On this CPU a prompt of ~75 positions x 2 rows "
-        "already keeps both cores busy, so batching prefill saves little here. Projected for a GPU (not measured): "
+        f"(**{pre['separate'] / pre['together']:.2f}x** as fast). Prefill is compute-bound here: "
+        "what one forward saves over four is overhead per forward, and it varies with the load on the shared "
+        "cores. Projected for a GPU (not measured): "
         "one prompt there is a few milliseconds of mostly weight reads and kernel launches, so four prompts in "
         "one forward cost about one prompt's time, up to ~4x for four.",
         "",
