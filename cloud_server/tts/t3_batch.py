@@ -10,8 +10,8 @@ or deadline (``check``), or its own failure; the others go on. A newcomer joins 
 into an idle decoder it waits at most ``gather_seconds`` for companions.
 
 First audio first: where T3 and S3Gen share the CPU, once every running sentence has its first
-window's tokens the decoder pauses while any caller's first window still waits for S3Gen
-(``first_audio_first``): later tokens would only slow that window down.
+window's tokens the decoder pauses while another caller's first window still waits for S3Gen
+(``first_audio_first``): later tokens would only slow that window down. A caller alone goes on.
 """
 
 from __future__ import annotations
@@ -146,7 +146,8 @@ class T3Batcher:
                 if job.first_audio is not None:
                     self._awaiting.append(job)
         self._waiting = []
-        return PrefillGroup.of(jobs, prompts) if jobs else None
+        shared = min((job.sequence.cond_length for job in jobs), default=0)
+        return PrefillGroup.of(jobs, prompts, shared=shared) if jobs else None
 
     def _prefill(self) -> None:
         """One chunk (or the rest) of the group's prompts; when done, its sentences join the batch."""
@@ -188,8 +189,9 @@ class T3Batcher:
         """Whether to pause decoding now for others' first audio (and if so, wait a moment)."""
         self._awaiting = [job for job in self._awaiting if _awaits_first_audio(job)]
         now = time.monotonic()
+        others = any(job is not waiting for job in self._active for waiting in self._awaiting)
         if (
-            not (self.first_audio_first and self._awaiting) or self._group is not None or self._waiting
+            not (self.first_audio_first and others) or self._group is not None or self._waiting
             or not all(job.has_first_window() for job in self._active)
             or (self._held_since is not None and now - self._held_since > MAX_HOLD_SECONDS)
         ):

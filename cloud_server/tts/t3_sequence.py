@@ -46,6 +46,8 @@ class T3Sequence:
     sampled: list[int] = field(default_factory=list)
     finished: bool = False
     prompt_length: int = 0
+    cond_length: int = 0
+    """Positions of the voice conditioning at the start of the prompt (the same for every sentence in a voice)."""
 
     def __post_init__(self) -> None:
         device = self.t3.device
@@ -67,7 +69,7 @@ class T3Sequence:
         t3, hp = self.t3, self.t3.hp
         start = hp.start_speech_token * torch.ones_like(self.text_tokens[:, :1])
         cfg_weight = 0.0 if self.turbo else float(self.inputs["cfg_weight"])
-        embeds, _ = t3.prepare_input_embeds(
+        embeds, self.cond_length = t3.prepare_input_embeds(
             t3_cond=self.inputs["t3_cond"], text_tokens=self.text_tokens, speech_tokens=start, cfg_weight=cfg_weight
         )
         if not self.turbo:  # inference() feeds a BOS speech token at position 0 after the prompt
