@@ -271,10 +271,9 @@ def report(
         f"**S3Gen** (its flow estimator, {int(s3['frames'])} mel frames: a {meta['window']}-token window with the "
         f"voice prompt): one caller's call ({int(s3['rows'])} rows) {s3['one'] * 1000:.0f} ms, four callers' stacked "
         f"{s3['four'] * 1000:.0f} ms (**{s3['four'] / s3['one']:.1f}x** for 4x the work); one whole S3Gen call "
-        f"{s3['whole_call']:.1f} s. Compute-bound on this CPU: batching S3Gen would save "
-        f"{max(0.0, 1 - s3['four'] / (4 * s3['one'])) * 100:.0f}% of the estimator's time here, "
-        "so the server vocodes per caller, one "
-        "at a time, each sentence's first window first (vocoder_gate.py).",
+        f"{s3['whole_call']:.1f} s. Stacking would save "
+        f"{max(0.0, 1 - s3['four'] / (4 * s3['one'])) * 100:.0f}% of the estimator's time in this measurement. "
+        "The server vocodes per caller, one at a time, each sentence's first window first (vocoder_gate.py).",
         "",
         "**End to end** (the engine, streamed inside the sentence; first/last audio per caller from a common start; "
         "one caller: the better of two runs):",
