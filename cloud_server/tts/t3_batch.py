@@ -35,7 +35,7 @@ _ROLE = threading.local()
 IDLE_POLL_SECONDS = 0.5
 HOLD_POLL_SECONDS = 0.02
 MAX_HOLD_SECONDS = 60.0
-"""A pause for others' first audio never lasts longer than this (a safety net: the callers end it)."""
+"""A pause for others' first audio lasts at most this long at a time (a safety net: the callers end it)."""
 
 
 def in_batch_decoder() -> bool:
@@ -105,7 +105,7 @@ class T3Batcher:
                 except Exception as err:  # a failure of the shared step: every sentence in it fails
                     _LOGGER.exception("T3 batch step failed for %d sequences", len(self._active))
                     self._fail_all(err)
-        self._fail_all(RuntimeError("the T3 batch decoder is closed"))
+        self._fail_all(RuntimeError("the T3 batch decoder is closed"), newcomers=True)
         while not self._incoming.empty():
             self._incoming.get_nowait().finish(None, RuntimeError("the T3 batch decoder is closed"))
 
@@ -277,11 +277,15 @@ class T3Batcher:
         self._cache, mask = keep_rows(self._cache, self._mask, rows)
         self._active, self._mask = keep_jobs, mask
 
-    def _fail_all(self, err: BaseException) -> None:
-        group = self._group.jobs if self._group is not None else []
-        for job in [*self._active, *group, *self._waiting]:
+    def _fail_all(self, err: BaseException, newcomers: bool = False) -> None:
+        """End the running batch's sentences (and, on close, the newcomers' not yet in it)."""
+        for job in self._active:
             job.finish(None, err)
-        self._active, self._cache, self._mask, self._group, self._waiting = [], None, None, None, []
+        self._active, self._cache, self._mask = [], None, None
+        if newcomers:
+            for job in [*(self._group.jobs if self._group is not None else []), *self._waiting]:
+                job.finish(None, err)
+            self._group, self._waiting = None, []
 
 
 
