@@ -166,6 +166,10 @@ class ChatterboxConfig:
     """Most sentences decoded in one T3 batch; more wait for a place (a standard sentence is 2 rows, for CFG)."""
     vocoder_batch: Literal["auto", True, False] = "auto"
     """With ``batch``: vocode concurrent callers' windows in one S3Gen batch; auto = on CUDA only (no gain on a CPU)."""
+    prefill_chunk: int = 0
+    """Prompt positions prefilled between two steps of the running batch (0: a newcomer's whole prompt at once)."""
+    first_audio_first: bool = True
+    """On a CPU, T3 pauses tokens past everyone's first window while a caller's first window waits for S3Gen."""
 
 
 @dataclass(frozen=True)

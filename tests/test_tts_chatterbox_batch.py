@@ -89,6 +89,7 @@ def batch_run(chatterbox_models: Any, chatterbox_config: ChatterboxConfig, voice
 def test_a_caller_gets_the_same_speech_tokens_in_a_batch_as_alone_with_the_same_seed(batch_run: Any) -> None:
     callers, events, stats, alone = batch_run
     assert stats.largest_batch >= 3, "the callers really decoded together"
+    assert stats.largest_prefill == 3, "A, B and D (prompts of different lengths) were prefilled in one forward"
     a_last = max(i for i, (name, _) in enumerate(events) if name == "A")
     c_first = min(i for i, (name, _) in enumerate(events) if name == "C")
     assert c_first < a_last, "C joined while A was still decoding, without waiting for A's sentence"
@@ -110,6 +111,73 @@ def test_one_caller_hanging_up_mid_batch_leaves_the_others_decoding(batch_run: A
     d_gone = max(i for i, (name, _) in enumerate(events) if name == "D")
     assert any(name in "AC" for name, _ in events[d_gone + 1 :]), "the others went on decoding after D left"
     assert all(callers[name].job.error is None for name in "ABC")
+
+
+def test_a_long_prompt_prefilled_in_chunks_lets_the_running_caller_go_on_with_the_same_tokens(
+    chatterbox_models: Any, chatterbox_config: ChatterboxConfig
+) -> None:
+    """A decodes; B and C (prompts of different lengths) arrive together and are prefilled 16 positions at a time."""
+    loaded = chatterbox_models.get("standard")
+    engine = ChatterboxEngine(dataclasses.replace(chatterbox_config, batch=True), loaded)
+    t3 = loaded.model.t3
+    texts = {"A": "Yes.", "B": "A caller who comes in late, with a longer sentence.", "C": "Hang up on me."}
+    budgets, seeds = {"A": 7, "B": 3, "C": 3}, {"A": 7, "B": 3, "C": 5}
+    inputs = {name: t3_inputs(engine, text, VoiceSpec()) for name, text in texts.items()}
+    events: list[str] = []
+    jobs: dict[str, T3Job] = {}
+    batcher = T3Batcher(t3, gather_seconds=0.02, max_sequences=8, autocast=contextlib.nullcontext, prefill_chunk=16)
+
+    def submit(name: str) -> None:
+        def on_token(_token: int) -> None:
+            events.append(name)
+            if name == "A" and events.count("A") == 1:
+                submit("B")  # on the decoder's own thread: B and C are gathered together
+                submit("C")
+
+        sequence = T3Sequence(t3, False, inputs[name], budgets[name], seeds[name])
+        jobs[name] = batcher.submit(T3Job(sequence, on_token, lambda: None))
+
+    try:
+        submit("A")
+        tokens = {name: jobs[name].wait(lambda: None).tolist() for name in "ABC"}
+    finally:
+        batcher.close()
+    stats = batcher.stats
+    assert stats.largest_prefill == 2 and stats.prefill_groups == 2, "B and C were prefilled together"
+    assert stats.prefill_chunks >= 1 + 3, "after their voice's conditioning, B's ~45 text positions went by 16"
+    assert events.index("B") > 2, "A kept decoding while B and C were prefilled, not stalled for their prompts"
+    for name in "ABC":  # the library's own T3 loop, alone, with each caller's seed
+        torch.manual_seed(seeds[name])
+        alone = t3.inference(**{**inputs[name], "max_new_tokens": budgets[name]})
+        assert tokens[name] == alone.tolist(), name
+
+
+def test_on_a_cpu_others_later_tokens_wait_while_a_callers_first_audio_is_being_made(
+    chatterbox_models: Any, chatterbox_config: ChatterboxConfig
+) -> None:
+    loaded = chatterbox_models.get("standard")
+    engine = ChatterboxEngine(dataclasses.replace(chatterbox_config, batch=True), loaded)
+    t3 = loaded.model.t3
+    batcher = T3Batcher(t3, gather_seconds=0.0, max_sequences=8, autocast=contextlib.nullcontext,
+                        first_audio_first=True)
+    first_audio = threading.Event()  # A's first window is with S3Gen until this is set
+    inputs = t3_inputs(engine, "Yes.", VoiceSpec())
+    jobs = [T3Job(T3Sequence(t3, False, inputs, 8, seed), lambda _t: None, lambda: None, first_window=2,
+                  first_audio=event) for seed, event in ((3, first_audio), (5, None))]
+    try:
+        for job in jobs:
+            batcher.submit(job)
+        deadline = time.monotonic() + WAIT_SECONDS
+        while not batcher.holding():  # the decoder pauses: S3Gen would share the cores with B's later tokens
+            assert time.monotonic() < deadline and not any(job.done.is_set() for job in jobs)
+            time.sleep(0.01)
+        assert all(job.has_first_window() and not job.done.is_set() for job in jobs)
+        b_tokens = list(jobs[1].sequence.sampled)
+        first_audio.set()  # A's first window is vocoded: decoding goes on to the end
+        assert [job.wait(lambda: None).size(1) for job in jobs] == [8, 8]
+    finally:
+        batcher.close()
+    assert len(b_tokens) < 8 and batcher.stats.hold_seconds > 0
 
 
 def test_a_sentence_failing_in_the_batch_sends_only_its_caller_to_the_fallback_voice(

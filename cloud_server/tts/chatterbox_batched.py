@@ -88,9 +88,13 @@ def acquire(lock: threading.Lock, call: SentenceCall) -> None:
 class BatchedT3:
     """The route for one sentence: its sequence in the batch, its tokens streamed to ``call.tokens``."""
 
-    def __init__(self, loaded: Any, call: SentenceCall, conds: Any, seed: int | None = None) -> None:
+    def __init__(
+        self, loaded: Any, call: SentenceCall, conds: Any, seed: int | None = None,
+        first_window: int = 0, first_audio: threading.Event | None = None,
+    ) -> None:
         self.loaded, self.call, self.conds = loaded, call, conds
         self.seed = seed if seed is not None else int(torch.randint(0, 2**62, (1,)))
+        self.first_window, self.first_audio = first_window, first_audio
 
     def __call__(self, inputs: dict[str, Any]) -> Any:
         """Decode in the batch with the model lock let go; back under the lock with our conditionals."""
@@ -100,7 +104,8 @@ class BatchedT3:
         requested = inputs["max_gen_len"] + 1 if turbo else (inputs["max_new_tokens"] or t3.hp.max_speech_tokens)
         sequence = T3Sequence(t3, turbo, inputs, min(call.budget, requested), self.seed)
         tokens = call.tokens
-        job = T3Job(sequence, on_token=tokens.push if tokens is not None else _ignore, check=call.check)
+        job = T3Job(sequence, on_token=tokens.push if tokens is not None else _ignore, check=call.check,
+                    first_window=self.first_window, first_audio=self.first_audio)
         loaded.batch_decoder().submit(job)
         loaded.lock.release()
         try:
@@ -113,13 +118,27 @@ class BatchedT3:
 def speak_batched(engine: Any, text: str, voice: Any, call: SentenceCall) -> Generator[Any, None, None]:
     """Float audio pieces (watermarked) of one sentence whose T3 decodes in the shared batch."""
     loaded = engine.loaded
-    model = loaded.model
     acquire(loaded.lock, call)
     try:
         conds = clone_conditionals(engine._pristine(voice))
     finally:
         loaded.lock.release()
-    route = BatchedT3(loaded, call, conds)
+    # The decoder may pause others' later tokens until this caller's first audio is made (first_audio_first).
+    first_audio = threading.Event()
+    first_window = engine.cfg.stream_first_chunk_tokens if engine.cfg.stream else call.budget
+    route = BatchedT3(loaded, call, conds, first_window=first_window, first_audio=first_audio)
+    try:
+        yield from _speak(engine, text, voice, call, route, first_audio)
+    finally:
+        first_audio.set()
+
+
+def _speak(
+    engine: Any, text: str, voice: Any, call: SentenceCall, route: BatchedT3, first_audio: threading.Event
+) -> Generator[Any, None, None]:
+    loaded = engine.loaded
+    model = loaded.model
+    conds = route.conds
 
     def run_t3() -> None:  # ends with TokensReady where generate() reaches S3Gen
         with routed(route):
@@ -132,7 +151,10 @@ def speak_batched(engine: Any, text: str, voice: Any, call: SentenceCall) -> Gen
     windows = itertools.count()
 
     def vocode(window: list[int]) -> Any:
-        return vocode_window(engine, conds, window, call, first=next(windows) == 0)
+        try:
+            return vocode_window(engine, conds, window, call, first=next(windows) == 0)
+        finally:
+            first_audio.set()  # the decoder's pause for this caller's first audio ends (first_audio_first)
 
     if engine.cfg.stream:
         call.tokens = TokenStream()

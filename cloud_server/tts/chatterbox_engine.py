@@ -63,13 +63,19 @@ class ChatterboxEngine(TTSEngine):
             holdback_tokens=cfg.stream_holdback_tokens,
             samples_per_token=SAMPLES_PER_TOKEN,
         )
-        if not 0.0 <= cfg.batch_gather_ms <= MAX_GATHER_MS or cfg.batch_max_sequences < 1:
-            raise ValueError(f"tts.chatterbox: need batch_gather_ms in 0-{MAX_GATHER_MS:g}, batch_max_sequences >= 1")
+        if not 0.0 <= cfg.batch_gather_ms <= MAX_GATHER_MS or cfg.batch_max_sequences < 1 or cfg.prefill_chunk < 0:
+            raise ValueError(
+                f"tts.chatterbox: need batch_gather_ms in 0-{MAX_GATHER_MS:g}, batch_max_sequences >= 1, "
+                "prefill_chunk >= 0"
+            )
         self.vocoder_batched = cfg.batch and vocoder_batching(cfg.vocoder_batch, self.device)
         """S3Gen vocodes concurrent callers' windows together (vocoder_batch.py), not one caller at a time."""
         if self.loaded.batcher is None:  # the first engine on a model sets up its decoder
             self.loaded.batch_gather_seconds = cfg.batch_gather_ms / 1000.0
             self.loaded.batch_max_sequences = cfg.batch_max_sequences
+            self.loaded.batch_prefill_chunk = cfg.prefill_chunk
+            # T3 and S3Gen share the cores only on a CPU; on a GPU the token loop runs beside S3Gen for free.
+            self.loaded.batch_first_audio_first = cfg.first_audio_first and self.loaded.plan.device == "cpu"
 
     # ------------------------------------------------------------------ the seam
 

@@ -59,6 +59,8 @@ class LoadedChatterbox:
     """Batched mode with ``vocoder_batch`` on: S3Gen's flow decoder for several callers' windows at once."""
     batch_gather_seconds: float = 0.01
     batch_max_sequences: int = 8
+    batch_prefill_chunk: int = 0
+    batch_first_audio_first: bool = False
 
     def batch_decoder(self) -> T3Batcher:
         """The model's one T3 batch decoder, started on first use."""
@@ -68,6 +70,8 @@ class LoadedChatterbox:
                     self.model.t3,
                     gather_seconds=self.batch_gather_seconds,
                     max_sequences=self.batch_max_sequences,
+                    prefill_chunk=self.batch_prefill_chunk,
+                    first_audio_first=self.batch_first_audio_first,
                     autocast=lambda: autocast(self.plan),
                 )
             return self.batcher

@@ -46,6 +46,8 @@ class T3Sequence:
     sampled: list[int] = field(default_factory=list)
     finished: bool = False
     prompt_length: int = 0
+    cond_length: int = 0
+    """Positions of the voice conditioning at the start of the prompt (the same for every sentence in a voice)."""
 
     def __post_init__(self) -> None:
         device = self.t3.device
@@ -62,21 +64,26 @@ class T3Sequence:
 
     # ------------------------------------------------------------------ the prompt
 
-    def prefill(self) -> Prefilled:
-        """Run the prompt alone (no padding): the sequence's own KV cache and first logits."""
+    def prompt_embeds(self) -> torch.Tensor:
+        """The prompt as T3.inference feeds it: conditioning, text, start (and BOS) speech token; (rows, n, dim)."""
         t3, hp = self.t3, self.t3.hp
         start = hp.start_speech_token * torch.ones_like(self.text_tokens[:, :1])
         cfg_weight = 0.0 if self.turbo else float(self.inputs["cfg_weight"])
-        embeds, _ = t3.prepare_input_embeds(
+        embeds, self.cond_length = t3.prepare_input_embeds(
             t3_cond=self.inputs["t3_cond"], text_tokens=self.text_tokens, speech_tokens=start, cfg_weight=cfg_weight
         )
         if not self.turbo:  # inference() feeds a BOS speech token at position 0 after the prompt
             bos = torch.tensor([[hp.start_speech_token]], dtype=torch.long, device=t3.device)
             bos_embed = t3.speech_emb(bos) + t3.speech_pos_emb.get_fixed_embedding(0)
             embeds = torch.cat([embeds, bos_embed.expand(embeds.size(0), -1, -1)], dim=1)
-        out = t3.tfmr(inputs_embeds=embeds, use_cache=True)
-        logits = t3.speech_head(out.last_hidden_state[:, -1, :])
         self.prompt_length = embeds.size(1)
+        return embeds
+
+    def prefill(self) -> Prefilled:
+        """Run the prompt alone (no padding): the sequence's own KV cache and first logits."""
+        embeds = self.prompt_embeds()
+        out = self.t3.tfmr(inputs_embeds=embeds, use_cache=True)
+        logits = self.t3.speech_head(out.last_hidden_state[:, -1, :])
         return Prefilled(out.past_key_values, logits, self.prompt_length)
 
     # ------------------------------------------------------------------ each step
