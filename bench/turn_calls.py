@@ -150,6 +150,9 @@ async def _call(server: Any, questions: list[Question], placement: str, workdir:
     finally:
         logging.getLogger("pi_client.call.runner").removeHandler(watch)
         stages.client.close()
+    speculator = getattr(phone._transcribe_fn, "__self__", None)  # noqa: SLF001 - a bench's probe
+    if speculator is not None:
+        _LOGGER.info("speculative Whisper: %d runs, %d transcripts used", speculator.runs, speculator.used)
     earpiece = np.frombuffer(read_wav_pcm16(str(ear), RATE)[0], dtype="<i2")
     spans = [s for s in _reply_spans(earpiece) if s[0] >= asked[0].start + LEAD_SECONDS]
     for a in asked:
@@ -229,14 +232,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.turn_calls", description=__doc__.splitlines()[0])
     parser.add_argument("--placements", nargs="+", default=list(PLACEMENTS), choices=list(PLACEMENTS))
     parser.add_argument("--only", type=int, default=None, help="the first N questions of each kind")
+    parser.add_argument("--match", default=None, help="only the questions containing this text")
+    parser.add_argument("--kind", choices=("complete", "paused"), default=None, help="only questions of this kind")
+    parser.add_argument("--debug", action="store_true", help="the phone's own log too")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("pi_client", "faster_whisper", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("pi_client.call.runner").setLevel(logging.INFO)
+    if args.debug:
+        logging.getLogger("pi_client").setLevel(logging.INFO)
     questions = build(Speaker(load_whisper(None, cpu_threads=2, setting="bench")))
+    if args.kind:
+        questions = [q for q in questions if q.kind == args.kind]
+    if args.match:
+        questions = [q for q in questions if args.match.lower() in q.text.lower()]
     if args.only:
-        questions = [q for kind in ("complete", "paused") for q in [q for q in questions if q.kind == kind][: args.only]]
+        kinds = ("complete", "paused")
+        questions = [q for kind in kinds for q in [q for q in questions if q.kind == kind][: args.only]]
     for line in report(run(questions, tuple(args.placements)), {}):
         print(line)
 

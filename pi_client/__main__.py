@@ -153,7 +153,15 @@ async def _build(args: argparse.Namespace, cfg: Config, key: str) -> _Stages:
             source = TouchToneTap(source, lambda key: phone.key_heard(key))
         try:
             return await listen(
-                source, vad, pi.vad, turn_detector, pi.turns.smart_turn, speculator=speculator, on_frame=on_frame
+                source,
+                vad,
+                pi.vad,
+                turn_detector,
+                pi.turns.smart_turn,
+                speculator=speculator,
+                speculate_after_seconds=pi.stt.speculate_after_silence_seconds,
+                on_frame=on_frame,
+                on_voice=phone.caller_voice,  # a reply's first audio waits while the caller is heard
             )
         finally:
             source.close()

@@ -8,6 +8,7 @@ so putting the handset down stops everything at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -15,6 +16,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 from common.config import PiConfig
+from pi_client.audio.capture import BLOCK_SAMPLES, SAMPLE_RATE
 from pi_client.audio.offline_voice import OfflineVoice, SpokenPhrase
 from pi_client.audio.playback import AudioSink
 from pi_client.call.barge_in import OverhearFn, Overhearing
@@ -70,6 +72,7 @@ from pi_client.server.greetings import GreetingCache
 from pi_client.server.health import FleetHealth, HealthMonitor
 from pi_client.server.heard import report_heard
 from pi_client.server.reply_pump import ReplyAudio, ReplyEnd, ReplyHead, ReplyPump
+from pi_client.turns.endpoint import REJOIN_SECONDS
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -82,6 +85,9 @@ _TURNS_KEPT = 20
 """Finished turns kept in ``Phone.turns`` (each one is also logged as it ends)."""
 _FILE_MODE_END_TONE_SECONDS = 2.0
 """File mode: how much of the busy or reorder tone ends the file when the call ends, in seconds."""
+_CALLER_QUIET_FRAMES = round(REJOIN_SECONDS * SAMPLE_RATE / BLOCK_SAMPLES)
+"""Frames without speech in a row after which the caller counts as quiet again: as long as the gap after
+a short word that still starts an utterance ("what ... time the museum opens"), about 0.5 s."""
 _PLAY_BLOCK_SECONDS = 0.25
 """Local phrases go to the sink in blocks this long, so a hang-up cancels between blocks, in seconds."""
 
@@ -193,6 +199,10 @@ class Phone:
         """The latest utterance; kept so that, if the caller goes on before any reply plays, both make one turn."""
         self._carry = b""
         """Audio to put before the next utterance (the caller went on talking)."""
+        self._caller_quiet = asyncio.Event()
+        """The latest frame heard was not speech (:meth:`caller_voice`); set while nobody reports frames."""
+        self._caller_quiet.set()
+        self._quiet_frames = 0
 
     @property
     def idle(self) -> bool:
@@ -260,6 +270,15 @@ class Phone:
             await self._execute(StopAll())
             await self.drain_logs()
         return self.turns[-1] if self.turns else None
+
+    def caller_voice(self, voice: bool) -> None:
+        """The listener's verdict on each frame (speech or not, confirmed or not): a reply's first audio
+        waits while the caller is heard (:meth:`_hold_first_audio`)."""
+        self._quiet_frames = 0 if voice else self._quiet_frames + 1
+        if voice:
+            self._caller_quiet.clear()
+        elif self._quiet_frames >= _CALLER_QUIET_FRAMES:  # not a gap between two words
+            self._caller_quiet.set()
 
     def key_heard(self, key: str) -> None:
         """A touch-tone key heard in the call's audio (pi_client.telephone.key_tap): dialed like the dial's."""
@@ -553,6 +572,7 @@ class Phone:
                 turn.character = piece.character or turn.character
             elif isinstance(piece, ReplyAudio):
                 if not playing:
+                    await self._hold_first_audio(turn)
                     await self._sink.start(piece.sample_rate)
                     turn.first_audio_at, playing = time.monotonic(), True
                     if self._overhearing is not None:
@@ -566,6 +586,24 @@ class Phone:
             return Outcome.NO_AUDIO
         await self._sink.finish()
         return Outcome.DONE
+
+    async def _hold_first_audio(self, turn: Turn) -> None:
+        """Before the reply's first audio: the turn may have ended at a pause ("Could you tell me ... the name of
+        the longest river?"). The audio waits until the caller has been silent pi.turns.reply_after_silence_seconds,
+        and while the caller is heard again (pi.turns.hold_reply_while_talking_seconds at most), for the speech to
+        stop or to last long enough to be the caller going on: that cancels this request (a barge-in before any
+        audio: the utterance continues, and the server records nothing)."""
+        cfg = self._settings.turns
+        if self._overhearing is None:
+            return  # nobody listens between the turn and its reply: waiting could not hear the caller go on
+        if turn.speech_seconds > 0:  # a turn that was heard (not a call the server placed)
+            last_speech = turn.heard_at - turn.endpoint_delay
+            await asyncio.sleep(max(0.0, last_speech + cfg.reply_after_silence_seconds - time.monotonic()))
+        if cfg.hold_reply_while_talking_seconds <= 0 or self._caller_quiet.is_set():
+            return
+        _LOGGER.info("the caller is talking again: the reply's first audio waits")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._caller_quiet.wait(), cfg.hold_reply_while_talking_seconds)
 
     async def _late_reply_filled(self, reply: Coroutine[Any, Any, Outcome], turn: Turn) -> Outcome:
         """The reply, with the thinking filler first when its first audio is late (pi.filler)."""

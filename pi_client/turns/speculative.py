@@ -43,6 +43,9 @@ class SpeculativeTranscriber:
         self._wake = threading.Condition(self._lock)
         self._pending: _Guess | None = None
         self._current: _Guess | None = None
+        self._running: _Guess | None = None
+        self._claimed: tuple[_Guess, int] | None = None
+        """The guess that describes the utterance just ended, and that utterance's length (see :meth:`claim`)."""
         self._closed = False
         self.runs = 0
         """Whisper runs so far, speculative and not (for logs and tests)."""
@@ -58,18 +61,39 @@ class SpeculativeTranscriber:
             self._wake.notify()
 
     def drop(self) -> None:
-        """The caller went on: the speculation no longer describes the utterance."""
+        """The caller went on: the speculation no longer describes the utterance (a claimed one stays)."""
         with self._lock:
-            self._current = self._pending = None
+            claimed = self._claimed[0] if self._claimed is not None else None
+            self._current = None
+            if self._pending is not claimed:
+                self._pending = None
+
+    def claim(self, pcm: bytes) -> None:
+        """The utterance ended as ``pcm``: the speculation that describes it is kept for exactly that audio.
+
+        The phone starts listening again the moment a turn ends (the caller may go on, or barge in), and
+        that listener drops speculations as it goes: without the claim it could drop this one before
+        :meth:`transcribe` takes it, and Whisper would run again from the start.
+        """
+        with self._lock:
+            guess = self._current
+            self._claimed = (guess, len(pcm)) if guess is not None and pcm.startswith(guess.pcm) else None
 
     def transcribe(self, pcm: bytes) -> str:
         """Text of the utterance: the speculative one when ``pcm`` is its audio plus silence; blocking."""
         with self._lock:
             guess, self._current = self._current, None
+            claimed, self._claimed = self._claimed, None
+            if claimed is not None and claimed[1] == len(pcm) and pcm.startswith(claimed[0].pcm):
+                guess = claimed[0]
             if guess is not None and not pcm.startswith(guess.pcm):
                 if guess is self._pending:
                     self._pending = None
                 guess = None
+            if guess is not None and guess is not self._running and not guess.done.is_set():
+                if guess is self._pending:  # not started yet: run it here rather than wait for the worker
+                    self._pending = None
+                guess = None  # (or replaced by a newer speculation: it will not run)
         if guess is not None and guess.done.wait(RESULT_WAIT_SECONDS) and guess.text is not None:
             self.used += 1
             return guess.text
@@ -94,6 +118,7 @@ class SpeculativeTranscriber:
                 if self._closed:
                     return
                 guess, self._pending = self._pending, None
+                self._running = guess
             assert guess is not None
             started = time.monotonic()
             try:
@@ -102,4 +127,6 @@ class SpeculativeTranscriber:
                 _LOGGER.exception("speculative transcription failed")
             finally:
                 guess.done.set()
+                with self._lock:
+                    self._running = None
             _LOGGER.debug("speculative: %.2f s of audio in %.2f s", len(guess.pcm) / 32000, time.monotonic() - started)
