@@ -373,6 +373,7 @@ class Phone:
         went on talking: the utterance so far is kept and heard again together with what follows.
         """
         heard: float | None = None
+        withdrawn = cut.went_on and self._reply_turn is not None  # a request was out: its reply must not count
         if self._reply_turn is not None and not cut.went_on:
             self._reply_turn.heard_seconds = heard = cut.heard_seconds
         if cut.went_on:
@@ -383,6 +384,8 @@ class Phone:
         await self._hush()
         if heard is not None:  # the server and the phone's own conversation keep only what was heard
             await report_heard(self._client, self._session_id, heard)
+        elif withdrawn:  # the server may have sent (and recorded) a reply the phone held back: none of it counts
+            await report_heard(self._client, self._session_id, 0.0, withdrawn=True)
 
     def _spawn(self, work: Callable[[], Coroutine[Any, Any, Event]], fallback: Event, name: str) -> None:
         """Run one stage as the call's task; its result (or ``fallback`` if it crashed) is the next event."""

@@ -90,10 +90,9 @@ class SpeculativeTranscriber:
                 if guess is self._pending:
                     self._pending = None
                 guess = None
-            if guess is not None and guess is not self._running and not guess.done.is_set():
-                if guess is self._pending:  # not started yet: run it here rather than wait for the worker
-                    self._pending = None
-                guess = None  # (or replaced by a newer speculation: it will not run)
+            lost = guess is not self._pending and guess is not self._running
+            if guess is not None and lost and not guess.done.is_set():
+                guess = None  # replaced by a newer speculation before it ran: it never will
         if guess is not None and guess.done.wait(RESULT_WAIT_SECONDS) and guess.text is not None:
             self.used += 1
             return guess.text
