@@ -26,13 +26,15 @@ from typing import Any
 import numpy as np
 
 from bench.turn_corpus import LEAD_SECONDS, RATE, Question
-from common.config import config_from_dict
+from common.config import PiSTTConfig, config_from_dict
 
 _LOGGER = logging.getLogger("bench.turn_calls")
 GREETING_SECONDS = 4.0
 """Silence at the start of the call: the phone's greeting plays, the caller waits."""
-REPLY = "All right, here is my answer. "
-"""The stand-in's reply to every question (about 1.5 s of Piper speech, over before the next question)."""
+REPLY = "All right. "
+"""The stand-in's reply to every question (under a second of Piper speech, over before the next question)."""
+TAIL_SECONDS = 2.5
+"""Silence kept after each question's last word before the next one's lead (the corpus has 3 s)."""
 PLACEMENTS = {"pi": {}, "server": {"stt": {"use_server": True}}}
 """STT on the Pi (speculative Whisper) and on the server (/process-audio)."""
 
@@ -130,13 +132,14 @@ async def _call(server: Any, questions: list[Question], placement: str, workdir:
     from pi_client.call.whole_call import run_whole_call
 
     lead = np.zeros(round(GREETING_SECONDS * RATE), dtype=np.int16).tobytes()
-    asked, at = [], len(lead) / 2 / RATE
+    asked, at, parts = [], len(lead) / 2 / RATE, [lead]
     for q in questions:
-        length = len(q.pcm) / 2 / RATE
+        parts.append(q.pcm[: round((q.speech_end + TAIL_SECONDS) * RATE) * 2])
+        length = len(parts[-1]) / 2 / RATE
         asked.append(Asked(q, at, at + length))
         at += length
     call, ear = workdir / f"call-{placement}.wav", workdir / f"ear-{placement}.wav"
-    write_wav(str(call), lead + b"".join(q.pcm for q in questions), RATE)
+    write_wav(str(call), b"".join(parts), RATE)
     argv = ["--input-wav", str(call), "--output-wav", str(ear), "--whole-call"]
     pi = {"cache_dir": str(workdir / "cache"), "server_url": server.url, **PLACEMENTS[placement]}
     stages = await _build(_parse_args(argv), config_from_dict({"pi": pi}), server.key)
@@ -198,6 +201,22 @@ def run(questions: list[Question], placements: tuple[str, ...]) -> dict[str, lis
 
 def _median(values: list[float]) -> str:
     return f"{statistics.median(values):.2f}" if values else "-"
+
+
+def describe() -> list[str]:
+    """The paragraph above the call-level table."""
+    return [
+        "**At the call level** (bench/turn_calls.py, same run): the same questions, one after the other in one "
+        "whole call per STT placement, through the phone as `python -m pi_client --whole-call` builds it "
+        "(Silero, Smart Turn, speculative Whisper on "
+        f"{PiSTTConfig().threads} threads or the server's Whisper, barge-in listening), in real time, against "
+        "`cloud_server` (Piper voice) and the Ollama stand-in answering at once. A *reply heard before the last "
+        "word* is reply audio in the earpiece between the question's first and last words: the premature "
+        "cut-off a caller notices. *Answered once, whole question*: one reply played, and its request held "
+        "the question's first and last words. *Cancelled*: requests sent and dropped before any audio played "
+        "because the caller went on. Seconds are medians on the call's clock over the answered questions; "
+        "the reply's first audio waits for 1 s of the caller's silence (`pi.turns.reply_after_silence_seconds`).",
+    ]
 
 
 def report(results: dict[str, list[Asked]], turn_level: dict[str, str]) -> list[str]:
