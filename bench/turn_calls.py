@@ -147,30 +147,46 @@ async def _call(server: Any, questions: list[Question], placement: str, workdir:
     phone.turns = deque(maxlen=4 * len(questions))  # every turn of the call, not only the latest
     clock = phone._client = _SentClock(phone._client, stages.line)  # noqa: SLF001 - a bench's probe
     watch = _Watch(stages.line)
-    logging.getLogger("pi_client.call.runner").addHandler(watch)
+    runner_log = logging.getLogger("pi_client.call.runner")
+    level = runner_log.level
+    runner_log.addHandler(watch)
+    runner_log.setLevel(logging.INFO)  # the merges are logged at INFO
+    runner_log.propagate = False
     try:
         await run_whole_call(phone, stages.line, stages.microphone, ear)
     finally:
-        logging.getLogger("pi_client.call.runner").removeHandler(watch)
+        runner_log.removeHandler(watch)
+        runner_log.setLevel(level)
+        runner_log.propagate = True
         stages.client.close()
     speculator = getattr(phone._transcribe_fn, "__self__", None)  # noqa: SLF001 - a bench's probe
     if speculator is not None:
         _LOGGER.info("speculative Whisper: %d runs, %d transcripts used", speculator.runs, speculator.used)
     earpiece = np.frombuffer(read_wav_pcm16(str(ear), RATE)[0], dtype="<i2")
     spans = [s for s in _reply_spans(earpiece) if s[0] >= asked[0].start + LEAD_SECONDS]
-    for a in asked:
-        a.sent = [t for _, t in clock.sent if a.start <= t < a.end]
-        a.went_on = sum(1 for t in watch.went_on if a.start <= t < a.end)
+    for a in asked:  # from the question's first word to the next one's
+        a.sent = [t for _, t in clock.sent if a.start + LEAD_SECONDS <= t < a.end + LEAD_SECONDS]
+        a.went_on = sum(1 for t in watch.went_on if a.start + LEAD_SECONDS <= t < a.end + LEAD_SECONDS)
         inside = [s for s, _ in spans if a.start + LEAD_SECONDS <= s < a.speech_end]
         a.premature_audio = inside[0] if inside else None
         a.first_audio = next((s for s, _ in spans if a.speech_end <= s < a.end), None)
     for turn in phone.turns:
         if turn.outcome is not None and turn.outcome.value == "done" and turn.request_at is not None:
             when = clock.call_seconds(turn.request_at)
-            owner = next((a for a in asked if a.start <= when < a.end), None)
-            if owner is not None:
-                owner.answered.append((turn, when))
+            asked_before = [a for a in asked if a.start + LEAD_SECONDS <= when] or asked[:1]
+            # The question it answers: of those asked by then, the one sharing most words with what was heard
+            # (a slow turn's request can leave after the next question has begun).
+            owner = max(asked_before, key=lambda a: (_shared_words(a.question.text, turn.transcript), a.start))
+            owner.answered.append((turn, when))
     return asked
+
+
+def _words(text: str | None) -> set[str]:
+    return set(re.sub(r"[^a-z ]", "", (text or "").lower()).split())
+
+
+def _shared_words(question: str, heard: str | None) -> int:
+    return len(_words(question) & _words(heard))
 
 
 def run(questions: list[Question], placements: tuple[str, ...]) -> dict[str, list[Asked]]:
@@ -184,13 +200,15 @@ def run(questions: list[Question], placements: tuple[str, ...]) -> dict[str, lis
         server = start_server(Path(tmp) / "server", standin.url)
         try:
             for placement in placements:
-                workdir = Path(tmp) / placement
+                workdir = Path(tmp) / f"call-{placement}"
                 workdir.mkdir()
                 results[placement] = asyncio.run(_call(server, questions, placement, workdir))
                 for a in results[placement]:
                     _LOGGER.info(
-                        "call %-6s %-8s %-44s sent %d answered %d went on %d premature %s  %r",
-                        placement, a.question.kind, a.question.text[:44], len(a.sent), len(a.answered), a.went_on,
+                        "call %-6s %-8s %-44s sent %s answered %s went on %d premature %s  %r",
+                        placement, a.question.kind, a.question.text[:44],
+                        [round(t - a.speech_end, 2) for t in a.sent],
+                        [round(t - a.speech_end, 2) for _, t in a.answered], a.went_on,
                         "-" if a.premature_audio is None else f"{a.premature_audio - a.start:.2f}",
                         [t.transcript for t, _ in a.answered],
                     )
