@@ -204,7 +204,7 @@ def report(results: list[Decision], meta: dict[str, object]) -> list[str]:
         "",
         f"`python -m bench.turn_taking` on {meta['date']} ({meta['minutes']:.1f} min): {meta['cpus']} CPUs "
         f"(x86_64), load average {meta['load_before']:.1f} at the start, {meta['load_average']:.1f} at the end "
-        "(shared machine), Whisper tiny.en int8 on {meta['threads']} threads, Smart "
+        f"(shared machine), Whisper tiny.en int8 on {meta['threads']} threads, Smart "
         "Turn v3.2 on 1 thread, Silero VAD v6. Corpus (bench/turn_corpus.py): "
         f"{sum(1 for r in results if r.mode == MODES[0] and not r.question.pause)} complete questions and "
         f"{sum(1 for r in results if r.mode == MODES[0] and r.question.pause)} with a 0.5-0.8 s pause between "
