@@ -159,6 +159,8 @@ async def _call(server: Any, questions: list[Question], placement: str, workdir:
         runner_log.setLevel(level)
         runner_log.propagate = True
         stages.client.close()
+        if stages.speculator is not None:
+            await asyncio.to_thread(stages.speculator.join, 10.0)
     speculator = getattr(phone._transcribe_fn, "__self__", None)  # noqa: SLF001 - a bench's probe
     if speculator is not None:
         _LOGGER.info("speculative Whisper: %d runs, %d transcripts used", speculator.runs, speculator.used)

@@ -459,9 +459,8 @@ class TurnsConfig:
     the phone took for the end of the turn ("Could you tell me ...") may still be followed by more words, which
     then cancel the request and the utterance goes on. Replies slower than this are not delayed; 0: at once."""
     hold_reply_while_talking_seconds: float = 1.0
-    """A reply's first audio waits while the caller is heard again after the end of the turn (a pause the
-    phone took for the end: the caller going on cancels the request and the utterance continues), at most
-    this long, in seconds; 0 plays it at once."""
+    """When the caller talks again before the reply's first audio, it waits at most this much longer for the
+    caller's silence, in seconds (then plays; talking over it is a barge-in)."""
 
 
 @dataclass(frozen=True)

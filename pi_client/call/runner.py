@@ -28,6 +28,7 @@ from pi_client.call.machine import (
     Action,
     Answered,
     Ask,
+    BargeIn,
     CallPolicy,
     CheckHealth,
     Connect,
@@ -72,7 +73,6 @@ from pi_client.server.greetings import GreetingCache
 from pi_client.server.health import FleetHealth, HealthMonitor
 from pi_client.server.heard import report_heard
 from pi_client.server.reply_pump import ReplyAudio, ReplyEnd, ReplyHead, ReplyPump
-from pi_client.turns.endpoint import REJOIN_SECONDS
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -85,9 +85,6 @@ _TURNS_KEPT = 20
 """Finished turns kept in ``Phone.turns`` (each one is also logged as it ends)."""
 _FILE_MODE_END_TONE_SECONDS = 2.0
 """File mode: how much of the busy or reorder tone ends the file when the call ends, in seconds."""
-_CALLER_QUIET_FRAMES = round(REJOIN_SECONDS * SAMPLE_RATE / BLOCK_SAMPLES)
-"""Frames without speech in a row after which the caller counts as quiet again: as long as the gap after
-a short word that still starts an utterance ("what ... time the museum opens"), about 0.5 s."""
 _PLAY_BLOCK_SECONDS = 0.25
 """Local phrases go to the sink in blocks this long, so a hang-up cancels between blocks, in seconds."""
 
@@ -200,9 +197,15 @@ class Phone:
         self._carry = b""
         """Audio to put before the next utterance (the caller went on talking)."""
         self._caller_quiet = asyncio.Event()
-        """The latest frame heard was not speech (:meth:`caller_voice`); set while nobody reports frames."""
-        self._caller_quiet.set()
+        """The caller has been silent pi.turns.reply_after_silence_seconds (:meth:`caller_voice`)."""
         self._quiet_frames = 0
+        self._quiet_enough = round(settings.turns.reply_after_silence_seconds * SAMPLE_RATE / BLOCK_SAMPLES)
+        self._frames_reported = False
+        self._reply_playing = False
+        """The current reply's first audio has gone to the earpiece."""
+        self._went_on = False
+        """The caller's going on was reported for this turn (once)."""
+        """The listener reports its frames (python -m pi_client wires it; without it no reply waits)."""
 
     @property
     def idle(self) -> bool:
@@ -271,14 +274,23 @@ class Phone:
             await self.drain_logs()
         return self.turns[-1] if self.turns else None
 
-    def caller_voice(self, voice: bool) -> None:
-        """The listener's verdict on each frame (speech or not, confirmed or not): a reply's first audio
-        waits while the caller is heard (:meth:`_hold_first_audio`)."""
+    def caller_voice(self, voice: bool, confirmed: bool = False) -> None:
+        """The listener's verdict on each frame (speech or not; ``confirmed``: speech long enough to count): a
+        reply's first audio waits for the caller's silence (:meth:`_hold_first_audio`), counted in frames (on
+        the call's clock). Confirmed speech before any of the reply played is the caller going on, however
+        short ("Thank you, ... bye"): the request is dropped and the utterance continues."""
+        self._frames_reported = True
+        hearing = self._overhearing
+        before_reply = self.state in (State.TRANSCRIBING, State.REPLYING) and not self._reply_playing
+        held = hearing is not None and hearing.busy and not hearing.playing and before_reply
+        if confirmed and held and not self._went_on:
+            self._went_on = True
+            self._events.put_nowait(BargeIn(0.0, playing=False))
         self._quiet_frames = 0 if voice else self._quiet_frames + 1
-        if voice:
-            self._caller_quiet.clear()
-        elif self._quiet_frames >= _CALLER_QUIET_FRAMES:  # not a gap between two words
+        if self._quiet_frames >= self._quiet_enough:
             self._caller_quiet.set()
+        else:
+            self._caller_quiet.clear()
 
     def key_heard(self, key: str) -> None:
         """A touch-tone key heard in the call's audio (pi_client.telephone.key_tap): dialed like the dial's."""
@@ -465,6 +477,7 @@ class Phone:
             return NoSpeech()
         if utterance is None:
             return NoSpeech()
+        self._reply_playing = self._went_on = False
         if self._overhearing is not None:
             self._overhearing.hold()  # the phone has the turn; the caller may still go on, or interrupt
         pcm, self._carry = self._carry + utterance.pcm, b""
@@ -575,7 +588,8 @@ class Phone:
                 turn.character = piece.character or turn.character
             elif isinstance(piece, ReplyAudio):
                 if not playing:
-                    await self._hold_first_audio(turn)
+                    await self._hold_first_audio()
+                    self._reply_playing = True
                     await self._sink.start(piece.sample_rate)
                     turn.first_audio_at, playing = time.monotonic(), True
                     if self._overhearing is not None:
@@ -590,23 +604,20 @@ class Phone:
         await self._sink.finish()
         return Outcome.DONE
 
-    async def _hold_first_audio(self, turn: Turn) -> None:
+    async def _hold_first_audio(self) -> None:
         """Before the reply's first audio: the turn may have ended at a pause ("Could you tell me ... the name of
-        the longest river?"). The audio waits until the caller has been silent pi.turns.reply_after_silence_seconds,
-        and while the caller is heard again (pi.turns.hold_reply_while_talking_seconds at most), for the speech to
-        stop or to last long enough to be the caller going on: that cancels this request (a barge-in before any
-        audio: the utterance continues, and the server records nothing)."""
+        the longest river?"). The audio waits until the caller has been silent pi.turns.reply_after_silence_seconds
+        since the last word (a reply slower than that does not wait), at most
+        pi.turns.hold_reply_while_talking_seconds longer when the caller talks again. Speech lasting long enough
+        meanwhile is the caller going on: it cancels this request (a barge-in before any audio), the utterance
+        continues, and the server drops the turn."""
         cfg = self._settings.turns
-        if self._overhearing is None:
-            return  # nobody listens between the turn and its reply: waiting could not hear the caller go on
-        if turn.speech_seconds > 0:  # a turn that was heard (not a call the server placed)
-            last_speech = turn.heard_at - turn.endpoint_delay
-            await asyncio.sleep(max(0.0, last_speech + cfg.reply_after_silence_seconds - time.monotonic()))
-        if cfg.hold_reply_while_talking_seconds <= 0 or self._caller_quiet.is_set():
-            return
-        _LOGGER.info("the caller is talking again: the reply's first audio waits")
+        if self._overhearing is None or not self._frames_reported or self._caller_quiet.is_set():
+            return  # nobody listens between the turn and its reply, or the caller is silent long enough
+        _LOGGER.debug("the reply's first audio waits for the caller's silence")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._caller_quiet.wait(), cfg.hold_reply_while_talking_seconds)
+            limit = cfg.reply_after_silence_seconds + cfg.hold_reply_while_talking_seconds
+            await asyncio.wait_for(self._caller_quiet.wait(), limit)
 
     async def _late_reply_filled(self, reply: Coroutine[Any, Any, Outcome], turn: Turn) -> Outcome:
         """The reply, with the thinking filler first when its first audio is late (pi.filler)."""

@@ -254,7 +254,7 @@ async def listen(
     speculator: SpeculativeTranscriber | None = None,
     speculate_after_seconds: float | None = None,
     on_frame: Callable[[bool, float], None] | None = None,
-    on_voice: Callable[[bool], None] | None = None,
+    on_voice: Callable[[bool, bool], None] | None = None,
 ) -> Utterance | None:
     """Listen until the caller has said something; None on timeout or when the source ends silent.
 
@@ -263,9 +263,9 @@ async def listen(
     With ``speculator``, that short silence starts Whisper on the turn so far (see the module doc), or
     ``speculate_after_seconds`` of silence when that is sooner (pi.stt.speculate_after_silence_seconds).
     ``on_frame(in_speech, talk_seconds)`` follows every frame (barge-in watches how long the
-    caller has been talking over the playback, from the onset); ``on_voice(voice)`` says whether the
-    frame was speech, a run too short to confirm yet included (the phone holds a reply's first audio
-    while the caller may be going on).
+    caller has been talking over the playback, from the onset); ``on_voice(voice, confirmed)`` says
+    whether the frame was speech (a run too short to confirm yet included) and whether speech is
+    confirmed (the phone holds a reply's first audio while the caller may be going on).
     """
     turn_cfg = turn_cfg or SmartTurnConfig()
     candidate = None
@@ -298,7 +298,7 @@ async def listen(
                 if on_frame is not None:
                     on_frame(endpointer.in_speech, endpointer.talk_seconds if endpointer.in_speech else 0.0)
                 if on_voice is not None:
-                    on_voice(endpointer.voice)
+                    on_voice(endpointer.voice, endpointer.in_speech)
                 if event is EndpointEvent.TIMEOUT:
                     _LOGGER.info("No speech within %.1f s", cfg.no_speech_timeout_seconds)
                     return None

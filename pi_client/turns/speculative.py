@@ -105,6 +105,12 @@ class SpeculativeTranscriber:
             self._pending = self._current = None
             self._wake.notify()
 
+    def join(self, timeout: float) -> None:
+        """Stop the worker and wait (bounded) for the run in hand: a process must not exit while a native
+        Whisper run is under way in a daemon thread (it aborts: "terminate called without an active exception")."""
+        self.close()
+        self._worker.join(timeout)
+
     def _run_whisper(self, pcm: bytes) -> str:
         self.runs += 1
         return self._transcribe(pcm)
