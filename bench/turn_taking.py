@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import turn_calls
 from bench.rig import percentile, replace_section
 from bench.turn_corpus import RATE, Question, Speaker, build
 from common.config import PiSTTConfig, SmartTurnConfig, VADConfig
@@ -35,6 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 FRAME_SECONDS = BLOCK_SAMPLES / RATE
 FRAME_BYTES = BLOCK_SAMPLES * 2
 MODES = ("silence", "smart_turn")
+EARLY_SPECULATION = FRAME_SECONDS
+"""pi.stt.speculate_after_silence_seconds tried beside the default: Silero's first silent frame."""
 EARLY_TOLERANCE = 0.05
 """A decision this much before the last word's end (seconds) is a premature cut-off, not frame rounding."""
 
@@ -65,6 +68,10 @@ class Decision:
     """The last speculation stands (no speech after it): its transcript is the turn's."""
     speculative_sent: float = 0.0
     """End of speech → request sent with speculation, in seconds."""
+    early_sent: float = 0.0
+    """The same, the speculation started at Silero's first silent frame (:data:`EARLY_SPECULATION`)."""
+    early_runs: int = 0
+    """Whisper runs started with that early speculation."""
 
     @property
     def premature(self) -> bool:
@@ -83,15 +90,25 @@ class Decision:
 
 
 def decide(
-    question: Question, mode: str, probs: list[float], vad_cpu_per_frame: float, smart_turn: SmartTurn
+    question: Question,
+    mode: str,
+    probs: list[float],
+    vad_cpu_per_frame: float,
+    smart_turn: SmartTurn,
+    speculate_after: float | None = None,
 ) -> tuple[Decision, bytes]:
-    """Run the endpointer over the question (as listen() does); the decision and the utterance it would send."""
+    """Run the endpointer over the question (as listen() does); the decision and the utterance it would send.
+
+    ``speculate_after``: speculation starts after this much silence when sooner than the check
+    (pi.stt.speculate_after_silence_seconds); None: at the check."""
 
     def heard_so_far() -> bytes:
         return question.pcm[endpointer.utterance_start_frame * FRAME_BYTES : (endpointer.frame_index + 1) * FRAME_BYTES]
 
     turn_cfg = SmartTurnConfig()
     candidate = None if mode == "smart_turn" else turn_cfg.check_after_silence_seconds
+    if speculate_after is not None and speculate_after < turn_cfg.check_after_silence_seconds:
+        candidate = speculate_after
     endpointer = Endpointer(VADConfig(), FRAME_SECONDS, turn_cfg if mode == "smart_turn" else None, candidate)
     result = Decision(question, mode)
     model_wall = 0.0
@@ -100,7 +117,7 @@ def decide(
         event = endpointer.process(prob)
         if speculated_at not in (None, endpointer.last_speech_frame):
             speculated_at = None  # the caller went on: the speculation is dropped
-        if event in (EndpointEvent.TURN_CHECK, EndpointEvent.CANDIDATE_END):
+        if event in (EndpointEvent.TURN_CHECK, EndpointEvent.CANDIDATE_END) and speculated_at is None:
             result.speculations.append(((endpointer.frame_index + 1) * FRAME_SECONDS, heard_so_far()))
             speculated_at = endpointer.last_speech_frame
         if event is EndpointEvent.TURN_CHECK:
@@ -132,6 +149,11 @@ def transcribe(stt: WhisperTranscriber, pcm: bytes) -> tuple[str, float, float]:
 def hear(stt: WhisperTranscriber, result: Decision, utterance: bytes) -> None:
     """Whisper as the phone runs it: once at the end, or speculatively (one worker, every candidate end)."""
     result.transcript, result.stt_wall, end_cpu = transcribe(stt, utterance)
+    speculate(stt, result, end_cpu)
+
+
+def speculate(stt: WhisperTranscriber, result: Decision, end_cpu: float) -> None:
+    """The request's send time with speculative Whisper (``result.stt_wall``: one run on the whole utterance)."""
     sent = result.decided_at + result.stt_wall
     busy_until = 0.0
     for i, (start, pcm) in enumerate(result.speculations):
@@ -161,6 +183,10 @@ def run(threads: int) -> list[Decision]:
         for mode in MODES:
             result, utterance = decide(question, mode, probs, vad_cpu, smart_turn)
             hear(stt, result, utterance)
+            early, _ = decide(question, mode, probs, vad_cpu, smart_turn, EARLY_SPECULATION)
+            early.decided_at, early.stt_wall = result.decided_at, result.stt_wall  # same end, same final run
+            speculate(stt, early, 0.0)
+            result.early_sent, result.early_runs = early.speculative_sent, len(early.speculations)
             results.append(result)
             _LOGGER.info("%-10s %-8s %-52s by %-6s delay %+.2f s  %r", mode, question.kind, question.text[:52],
                          result.ended_by, result.delay, result.transcript)
@@ -176,8 +202,9 @@ def report(results: list[Decision], meta: dict[str, object]) -> list[str]:
     lines = [
         "## Turn-taking: end of turn on spoken questions (measured here)",
         "",
-        f"`python -m bench.turn_taking` on {meta['date']}: {meta['cpus']} CPUs (x86_64), load average "
-        f"{meta['load_average']:.1f} (shared machine), Whisper tiny.en int8 on {meta['threads']} threads, Smart "
+        f"`python -m bench.turn_taking` on {meta['date']} ({meta['minutes']:.1f} min): {meta['cpus']} CPUs "
+        f"(x86_64), load average {meta['load_before']:.1f} at the start, {meta['load_average']:.1f} at the end "
+        f"(shared machine), Whisper tiny.en int8 on {meta['threads']} threads, Smart "
         "Turn v3.2 on 1 thread, Silero VAD v6. Corpus (bench/turn_corpus.py): "
         f"{sum(1 for r in results if r.mode == MODES[0] and not r.question.pause)} complete questions and "
         f"{sum(1 for r in results if r.mode == MODES[0] and r.question.pause)} with a 0.5-0.8 s pause between "
@@ -189,8 +216,9 @@ def report(results: list[Decision], meta: dict[str, object]) -> list[str]:
         "Models are timed one after the other here; live, Smart Turn and Whisper share the cores.",
         "",
         "| mode | questions | median end-of-turn delay | p90 | premature cut-offs | ended by | "
-        "whole transcript | end of speech → request sent | … with speculative Whisper |",
-        "|---|---|---:|---:|---:|---|---:|---:|---:|",
+        "whole transcript | end of speech → request sent | … with speculative Whisper | … started at the "
+        "first silent frame |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for mode in MODES:
         for kind in ("complete", "paused"):
@@ -203,7 +231,8 @@ def report(results: list[Decision], meta: dict[str, object]) -> list[str]:
                 + ", ".join(f"{by} {n}" for by, n in ends.items() if n)
                 + f" | {sum(r.whole for r in rows)}/{len(rows)} | "
                 f"{_median([r.delay + r.stt_wall for r in rows if not r.premature])} | "
-                f"**{_median([r.speculative_sent for r in rows if not r.premature])}** |"
+                f"**{_median([r.speculative_sent for r in rows if not r.premature])}** | "
+                f"{_median([r.early_sent for r in rows if not r.premature])} |"
             )
     early = [r for r in results if r.premature and r.question.pause]
     gaps = [r.question.pause[1] - r.decided_at for r in early if r.question.pause]
@@ -227,7 +256,8 @@ def report(results: list[Decision], meta: dict[str, object]) -> list[str]:
         f"Smart Turn {statistics.median(r.turn_cpu for r in smart):.3f}, "
         f"Whisper {statistics.median(r.stt_cpu for r in smart):.2f} with speculation, dropped runs included "
         f"(one run: wall {statistics.median(r.stt_wall for r in smart):.2f} s on {meta['threads']} threads); "
-        f"{sum(len(r.speculations) for r in smart)} Whisper runs for {len(smart)} turns.",
+        f"{sum(len(r.speculations) for r in smart)} Whisper runs for {len(smart)} turns "
+        f"({sum(r.early_runs for r in smart)} when speculation starts at the first silent frame).",
     ]
     return lines
 
@@ -237,14 +267,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.turn_taking", description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="Whisper CPU threads")
     parser.add_argument("--no-write", action="store_true", help="do not update docs/PERFORMANCE.md")
+    parser.add_argument("--placements", nargs="*", default=list(turn_calls.PLACEMENTS),
+                        choices=list(turn_calls.PLACEMENTS), help="whole calls with STT here (none: skip them)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("pi_client").setLevel(logging.WARNING)
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)
+    started, load_before = time.monotonic(), os.getloadavg()[0]
     results = run(args.threads)
+    questions = list({id(r.question): r.question for r in results}.values())
+    calls = turn_calls.run(questions, tuple(args.placements)) if args.placements else {}
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(),
-            "load_average": os.getloadavg()[0], "threads": args.threads}
+            "load_average": os.getloadavg()[0], "load_before": load_before, "threads": args.threads,
+            "minutes": (time.monotonic() - started) / 60}
     lines = report(results, meta)
+    if calls:
+        smart = [r for r in results if r.mode == "smart_turn"]
+        turn_level = {k: f"{sum(r.premature for r in smart if r.question.kind == k)}/"
+                      f"{sum(r.question.kind == k for r in smart)}" for k in ("complete", "paused")}
+        lines += ["", *turn_calls.describe(), "", *turn_calls.report(calls, turn_level)]
     if not args.no_write:
         replace_section(str(ROOT / "docs" / "PERFORMANCE.md"), "turn-taking", "\n".join(lines))
     for line in lines:

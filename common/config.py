@@ -470,6 +470,13 @@ class TurnsConfig:
     """The caller talking over the phone stops it and becomes the next turn."""
     echo: EchoConfig = field(default_factory=EchoConfig)
     """The earpiece leaking into the microphone must not interrupt the phone."""
+    reply_after_silence_seconds: float = 1.0
+    """A reply's first audio plays no sooner than this long after the caller's last speech, in seconds: a pause
+    the phone took for the end of the turn ("Could you tell me ...") may still be followed by more words, which
+    then cancel the request and the utterance goes on. Replies slower than this are not delayed; 0: at once."""
+    hold_reply_while_talking_seconds: float = 1.0
+    """When the caller talks again before the reply's first audio, it waits at most this much longer for the
+    caller's silence, in seconds (then plays; talking over it is a barge-in)."""
 
 
 @dataclass(frozen=True)
@@ -490,6 +497,10 @@ class PiSTTConfig:
     speculative: bool = True
     """Start Whisper at the first short silence (the candidate end) so the transcript is ready when the turn
     ends; dropped and run again if the caller goes on. Costs a Whisper run per pause; false: only at the end."""
+    speculate_after_silence_seconds: float | None = 0.03
+    """Silence after speech at which the speculative run starts, when sooner than Smart Turn's check (0.03: at
+    Silero's first silent frame, about 0.15 s sooner than the check, for a few more runs dropped); None: at the
+    check (``pi.turns.smart_turn.check_after_silence_seconds``, or that silence under the silence rule)."""
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,9 @@ class Field:
     """Extra system text from a trusted client, appended below the character's persona."""
     HEARD_SECONDS: Final = "heard_seconds"
     """Seconds of the latest reply's audio the caller heard, from its first sample (the /heard report)."""
+    WITHDRAWN: Final = "withdrawn"
+    """In the /heard report: the caller heard none of the reply and went on talking, so the turn is withdrawn
+    (the history drops it; the caller's words come again, with what followed, in the next turn)."""
     HISTORY: Final = "history"
     """The conversation so far, ``[{role: user|assistant, content}]``, oldest first: the server answers
     from it instead of its own session, so any server can answer any turn (a JSON string in form fields)."""

@@ -22,6 +22,8 @@ from typing import Any
 from common.config import Config, ConfigError, load_config, replace, resolve_api_key
 
 _LOGGER = logging.getLogger("pi_client")
+_SPECULATOR_STOP_SECONDS = 10.0
+"""Bound on waiting for a speculative Whisper run in hand when the phone stops, in seconds."""
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -91,6 +93,8 @@ class _Stages:
     line: Any = None
     """Whole-call mode: the recorded line (the call's clock) and its shared microphone."""
     microphone: Any = None
+    speculator: Any = None
+    """Speculative Whisper's worker, stopped before the process exits."""
 
 
 async def _build(args: argparse.Namespace, cfg: Config, key: str) -> _Stages:
@@ -153,7 +157,15 @@ async def _build(args: argparse.Namespace, cfg: Config, key: str) -> _Stages:
             source = TouchToneTap(source, lambda key: phone.key_heard(key))
         try:
             return await listen(
-                source, vad, pi.vad, turn_detector, pi.turns.smart_turn, speculator=speculator, on_frame=on_frame
+                source,
+                vad,
+                pi.vad,
+                turn_detector,
+                pi.turns.smart_turn,
+                speculator=speculator,
+                speculate_after_seconds=pi.stt.speculate_after_silence_seconds,
+                on_frame=on_frame,
+                on_voice=phone.caller_voice,  # a reply's first audio waits while the caller is heard
             )
         finally:
             source.close()
@@ -178,7 +190,7 @@ async def _build(args: argparse.Namespace, cfg: Config, key: str) -> _Stages:
         microphone=microphone if line is None else None,  # a recorded call's clock stops with its own hook
         ringer=None if args.input_wav else _make_ringer(cfg, client, keyboard=bool(args.keyboard)),
     )
-    return _Stages(phone, client, sink, monitor, line, microphone)
+    return _Stages(phone, client, sink, monitor, line, microphone, speculator)
 
 
 async def _main(args: argparse.Namespace, cfg: Config, key: str) -> int:
@@ -222,6 +234,8 @@ async def _main(args: argparse.Namespace, cfg: Config, key: str) -> int:
             await stages.microphone.close()
         await stages.sink.close()
         stages.client.close()
+        if stages.speculator is not None:
+            await asyncio.to_thread(stages.speculator.join, _SPECULATOR_STOP_SECONDS)
 
 
 def _make_dial(cfg: Config) -> Any:

@@ -170,3 +170,21 @@ def test_a_candidate_end_under_the_silence_rule_marks_each_short_silence_and_end
         (21, EndpointEvent.UTTERANCE_ENDED),
     ]
     assert ep.ended_by == "silence"
+
+
+def test_with_smart_turn_speculation_can_start_at_the_first_silent_frame() -> None:
+    """pi.stt.speculate_after_silence_seconds: Whisper's candidate end comes before Smart Turn is asked."""
+    ep = Endpointer(CFG, FRAME, TURN, candidate_after_seconds=0.1)
+    events = []
+    for i, p in enumerate([S] * 10 + [Q] * 4):
+        event = ep.process(p)
+        if event is EndpointEvent.TURN_CHECK:
+            event = ep.turn_verdict(True)
+        if event is not EndpointEvent.NONE:
+            events.append((i, event))
+    assert events == [
+        (2, EndpointEvent.SPEECH_STARTED),
+        (10, EndpointEvent.CANDIDATE_END),
+        (11, EndpointEvent.UTTERANCE_ENDED),
+    ]
+    assert ep.ended_by == "model"

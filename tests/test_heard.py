@@ -143,6 +143,7 @@ BAD_REPORTS = [
     ("call-3", {"heard_seconds": True}, 400, "bad_field"),
     ("call-3", {"heard_seconds": -1}, 400, "out_of_range"),
     ("call-3", {"heard_seconds": 1e9}, 400, "out_of_range"),
+    ("call-3", {"heard_seconds": 0, "withdrawn": "yes"}, 400, "bad_field"),
     ("call-3", [1.5], 400, "bad_json"),
     ("nobody", {"heard_seconds": 1.0}, 404, "unknown_reply"),
     ("bad%0Aid", {"heard_seconds": 1.0}, 404, "unknown_reply"),
@@ -161,6 +162,19 @@ def test_a_bad_heard_report_is_a_clear_json_error(server: RunningServer) -> None
     finally:
         client.close()
     assert server.health()["status"] == "ok"
+
+
+def test_a_withdrawn_turn_leaves_the_history(server: RunningServer, ollama: OllamaStandIn) -> None:
+    """The caller went on talking before hearing any of the reply (the phone held its first audio back):
+    the turn is withdrawn, and the next turn (the caller's words again, with the rest) comes alone."""
+    with ask(server, {"text": "Could you tell me?", "session_id": "call-5"}) as reply:
+        b"".join(reply.iter_content(chunk_size=None))  # the server sent it all: it was recorded
+    answer = report(server, "call-5", {"heard_seconds": 0, "withdrawn": True})
+    assert answer.status_code == 200 and answer.json()["withdrawn"] is True, answer.text
+    with ask(server, {"text": "Could you tell me the name of the longest river?", "session_id": "call-5"}) as reply:
+        b"".join(reply.iter_content(chunk_size=None))
+    messages = ollama.chat_requests()[-1].messages
+    assert [m["role"] for m in messages] == ["system", "user"], messages
 
 
 def test_a_heard_report_past_the_reply_changes_nothing(server: RunningServer) -> None:

@@ -151,3 +151,19 @@ def test_a_guess_not_yet_started_is_transcribed_even_if_a_new_listener_drops_the
         release.set()
         speculator.close()
     assert result == ["text of c30"]
+def test_the_guess_of_an_ended_utterance_survives_the_next_listener() -> None:
+    """The phone listens again the moment a turn ends, and that listener drops speculations as it starts:
+    the ended utterance's own guess is claimed and still answers it; a longer (merged) utterance never."""
+    speculator = SpeculativeTranscriber(lambda pcm: f"text of {len(pcm)}")
+    try:
+        speculator.start(b"a" * 10)
+        speculator.claim(b"a" * 10 + b"\0" * 4)  # listen() returns the utterance: speculation plus silence
+        speculator.drop()  # the next listener starts
+        assert speculator.transcribe(b"a" * 10 + b"\0" * 4) == "text of 10"
+        speculator.start(b"b" * 10)
+        speculator.claim(b"b" * 10 + b"\0" * 4)
+        speculator.drop()
+        assert speculator.transcribe(b"b" * 10 + b"\0" * 4 + b"c" * 10) == "text of 24"  # the caller went on
+    finally:
+        speculator.close()
+    assert speculator.used == 1

@@ -87,6 +87,8 @@ class ReplyTimeline:
         """The reply text as written to the session history, once it is."""
         self.finished = False
         """The reply ran to its end (False: cut by the caller, a hang-up or the length cap)."""
+        self.withdrawn = False
+        """The phone withdrew the turn (the caller went on talking before hearing any of it): not recorded."""
 
     def sentence(self, text: str) -> None:
         """A sentence starts to be spoken at the current end of the audio."""

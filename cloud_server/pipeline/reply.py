@@ -324,7 +324,9 @@ class ReplyPipeline:
     def _finish(self, turn: Turn, stats: TurnStats, timeline: ReplyTimeline) -> None:
         with timeline.lock:  # a heard report arriving now waits, then clips what is recorded here
             reply = timeline.kept_text(stats.reply_text)
-            if (reply or stats.hung_up) and not stats.llm_failed:
+            if timeline.withdrawn:
+                pass  # the caller heard none of it and went on: the next turn brings the words again
+            elif (reply or stats.hung_up) and not stats.llm_failed:
                 self._sessions.record(
                     turn.session_id,
                     turn.character_id,

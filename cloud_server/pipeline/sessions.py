@@ -130,9 +130,10 @@ class SessionStore:
                 self._replies.popitem(last=False)
         return timeline
 
-    def clip_reply(self, session_id: str, heard_seconds: float) -> tuple[str, bool] | None:
+    def clip_reply(self, session_id: str, heard_seconds: float, withdrawn: bool = False) -> tuple[str, bool] | None:
         """The caller heard ``heard_seconds`` of the session's latest reply: (text heard, cut), and the
-        history keeps that text; None when the session has no reply here.
+        history keeps that text; None when the session has no reply here. ``withdrawn``: the caller heard
+        none of it and went on talking, and the history drops the whole turn (the words come again).
 
         The reply may still be in progress (the server notices a closed connection only at its next
         write): the cut is then kept on its timeline, and the reply is recorded clipped when it ends.
@@ -142,12 +143,26 @@ class SessionStore:
         if timeline is None:
             return None
         with timeline.lock:  # against the reply being recorded at this moment
+            if withdrawn:
+                timeline.withdrawn, timeline.heard_seconds = True, 0.0
+                if timeline.recorded is not None:
+                    self._drop_last_turn(session_id, timeline.recorded)
+                    timeline.recorded = None
+                return "", True
             timeline.heard_seconds = heard_seconds
             text, cut = timeline.heard_text()
             if timeline.recorded is not None and cut:
                 self._replace_last_reply(session_id, timeline.recorded, text)
                 timeline.recorded = text
             return (timeline.recorded or text), cut
+
+    def _drop_last_turn(self, session_id: str, reply: str) -> None:
+        with self._lock:
+            sess = self._sessions.get(session_id)
+            if sess is None or len(sess.history) < 2 or sess.history[-1] != {"role": "assistant", "content": reply}:
+                return
+            sess.history = sess.history[:-2]
+            sess.last_reply = None
 
     def _replace_last_reply(self, session_id: str, old: str, new: str) -> None:
         with self._lock:

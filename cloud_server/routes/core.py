@@ -90,7 +90,8 @@ def get_session(session_id: str) -> Response:
 
 @bp.post(Route.SESSIONS + "/<session_id>" + Route.HEARD)
 def report_heard(session_id: str) -> Response:
-    """After a barge-in: the caller heard ``heard_seconds`` of the latest reply, the history keeps only that.
+    """After a barge-in: the caller heard ``heard_seconds`` of the latest reply, the history keeps only that
+    (``withdrawn``: none of it, and the caller went on talking: the history drops the turn).
 
     Sent by the phone as soon as it stopped playing (the reply's request is closed by then or soon
     after); the answer's ``heard_text`` is what the history now holds, which a phone that keeps its
@@ -105,11 +106,14 @@ def report_heard(session_id: str) -> Response:
         raise ApiError(400, "bad_field", f"'{Field.HEARD_SECONDS}' must be a number of seconds.")
     if not 0 <= heard <= longest:
         raise ApiError(400, "out_of_range", f"'{Field.HEARD_SECONDS}' must be between 0 and {longest:g}.")
-    clipped = svc.sessions.clip_reply(session_id, float(heard)) if is_session_id(session_id) else None
+    withdrawn = body.get(Field.WITHDRAWN, False)
+    if not isinstance(withdrawn, bool):
+        raise ApiError(400, "bad_field", f"'{Field.WITHDRAWN}' must be true or false.")
+    clipped = svc.sessions.clip_reply(session_id, float(heard), withdrawn) if is_session_id(session_id) else None
     if clipped is None:
         raise ApiError(404, "unknown_reply", "This session has no reply on this server (it may have expired).")
     text, cut = clipped
-    return jsonify(session_id=session_id, heard_seconds=float(heard), heard_text=text, cut=cut)
+    return jsonify(session_id=session_id, heard_seconds=float(heard), heard_text=text, cut=cut, withdrawn=withdrawn)
 
 
 @bp.get(Route.HEALTH)

@@ -8,6 +8,7 @@ so putting the handset down stops everything at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -15,6 +16,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 from common.config import PiConfig
+from pi_client.audio.capture import BLOCK_SAMPLES, SAMPLE_RATE
 from pi_client.audio.offline_voice import OfflineVoice, SpokenPhrase
 from pi_client.audio.playback import AudioSink
 from pi_client.call.barge_in import OverhearFn, Overhearing
@@ -27,6 +29,7 @@ from pi_client.call.machine import (
     Action,
     Answered,
     Ask,
+    BargeIn,
     CallPolicy,
     CheckHealth,
     Connect,
@@ -201,6 +204,16 @@ class Phone:
         """The latest utterance; kept so that, if the caller goes on before any reply plays, both make one turn."""
         self._carry = b""
         """Audio to put before the next utterance (the caller went on talking)."""
+        self._caller_quiet = asyncio.Event()
+        """The caller has been silent pi.turns.reply_after_silence_seconds (:meth:`caller_voice`)."""
+        self._quiet_frames = 0
+        self._quiet_enough = round(settings.turns.reply_after_silence_seconds * SAMPLE_RATE / BLOCK_SAMPLES)
+        self._frames_reported = False
+        self._reply_playing = False
+        """The current reply's first audio has gone to the earpiece."""
+        self._went_on = False
+        """The caller's going on was reported for this turn (once)."""
+        """The listener reports its frames (python -m pi_client wires it; without it no reply waits)."""
 
     @property
     def idle(self) -> bool:
@@ -268,6 +281,24 @@ class Phone:
             await self._execute(StopAll())
             await self.drain_logs()
         return self.turns[-1] if self.turns else None
+
+    def caller_voice(self, voice: bool, confirmed: bool = False) -> None:
+        """The listener's verdict on each frame (speech or not; ``confirmed``: speech long enough to count): a
+        reply's first audio waits for the caller's silence (:meth:`_hold_first_audio`), counted in frames (on
+        the call's clock). Confirmed speech before any of the reply played is the caller going on, however
+        short ("Thank you, ... bye"): the request is dropped and the utterance continues."""
+        self._frames_reported = True
+        hearing = self._overhearing
+        before_reply = self.state in (State.TRANSCRIBING, State.REPLYING) and not self._reply_playing
+        held = hearing is not None and hearing.busy and not hearing.playing and before_reply
+        if confirmed and held and not self._went_on:
+            self._went_on = True
+            self._events.put_nowait(BargeIn(0.0, playing=False))
+        self._quiet_frames = 0 if voice else self._quiet_frames + 1
+        if self._quiet_frames >= self._quiet_enough:
+            self._caller_quiet.set()
+        else:
+            self._caller_quiet.clear()
 
     def key_heard(self, key: str) -> None:
         """A touch-tone key heard in the call's audio (pi_client.telephone.key_tap): dialed like the dial's."""
@@ -362,6 +393,7 @@ class Phone:
         went on talking: the utterance so far is kept and heard again together with what follows.
         """
         heard: float | None = None
+        withdrawn = cut.went_on and self._reply_turn is not None  # a request was out: its reply must not count
         if self._reply_turn is not None and not cut.went_on:
             self._reply_turn.heard_seconds = heard = cut.heard_seconds
         if cut.went_on:
@@ -372,6 +404,8 @@ class Phone:
         await self._hush()
         if heard is not None:  # the server and the phone's own conversation keep only what was heard
             await report_heard(self._client, self._session_id, heard)
+        elif withdrawn:  # the server may have sent (and recorded) a reply the phone held back: none of it counts
+            await report_heard(self._client, self._session_id, 0.0, withdrawn=True)
 
     def _spawn(self, work: Callable[[], Coroutine[Any, Any, Event]], fallback: Event, name: str) -> None:
         """Run one stage as the call's task; its result (or ``fallback`` if it crashed) is the next event."""
@@ -451,6 +485,7 @@ class Phone:
             return NoSpeech()
         if utterance is None:
             return NoSpeech()
+        self._reply_playing = self._went_on = False
         if self._overhearing is not None:
             self._overhearing.hold()  # the phone has the turn; the caller may still go on, or interrupt
         pcm, self._carry = self._carry + utterance.pcm, b""
@@ -563,6 +598,8 @@ class Phone:
                 turn.character = piece.character or turn.character
             elif isinstance(piece, ReplyAudio):
                 if not playing:
+                    await self._hold_first_audio()
+                    self._reply_playing = True
                     await self._sink.start(piece.sample_rate)
                     turn.first_audio_at, playing = time.monotonic(), True
                     self._hold.count_afresh()
@@ -577,6 +614,21 @@ class Phone:
             return Outcome.NO_AUDIO
         await self._sink.finish()
         return Outcome.DONE
+
+    async def _hold_first_audio(self) -> None:
+        """Before the reply's first audio: the turn may have ended at a pause ("Could you tell me ... the name of
+        the longest river?"). The audio waits until the caller has been silent pi.turns.reply_after_silence_seconds
+        since the last word (a reply slower than that does not wait), at most
+        pi.turns.hold_reply_while_talking_seconds longer when the caller talks again. Speech lasting long enough
+        meanwhile is the caller going on: it cancels this request (a barge-in before any audio), the utterance
+        continues, and the server drops the turn."""
+        cfg = self._settings.turns
+        if self._overhearing is None or not self._frames_reported or self._caller_quiet.is_set():
+            return  # nobody listens between the turn and its reply, or the caller is silent long enough
+        _LOGGER.debug("the reply's first audio waits for the caller's silence")
+        with contextlib.suppress(TimeoutError):
+            limit = cfg.reply_after_silence_seconds + cfg.hold_reply_while_talking_seconds
+            await asyncio.wait_for(self._caller_quiet.wait(), limit)
 
     async def _late_reply_filled(self, reply: Coroutine[Any, Any, Outcome], turn: Turn) -> Outcome:
         """The reply, with the thinking filler first when its first audio is late (pi.filler)."""

@@ -382,14 +382,19 @@ class ServerClient:
                 return response.json()
             except ValueError as err:
                 raise ServerUnavailable(f"{path} answered no JSON") from err
-    def report_heard(self, session_id: str, heard_seconds: float) -> str | None:
+
+    def report_heard(self, session_id: str, heard_seconds: float, withdrawn: bool = False) -> str | None:
         """POST /sessions/<id>/heard after a barge-in: the server keeps only what the caller heard of its
-        latest reply. The text it now holds, or None when the report failed (logged; the call goes on)."""
+        latest reply (``withdrawn``: none, the turn is dropped). The text it now holds, or None when the
+        report failed (logged; the call goes on)."""
         url = f"{self.base_url}{Route.SESSIONS}/{quote(session_id, safe='')}{Route.HEARD}"
         try:
             response = self._session.post(
                 url,
-                json={Field.HEARD_SECONDS: round(max(heard_seconds, 0.0), 3)},
+                json={
+                    Field.HEARD_SECONDS: round(max(heard_seconds, 0.0), 3),
+                    **({Field.WITHDRAWN: True} if withdrawn else {}),
+                },
                 timeout=self._timeout(_SIDE_TIMEOUT_SECONDS),
                 verify=self._verify,
             )

@@ -60,6 +60,12 @@ class Conversation:
             if session_id == self.session_id and self._messages and self._messages[-1]["role"] == "assistant":
                 self._messages[-1] = {"role": "assistant", "content": reply}
 
+    def drop_last(self, session_id: str) -> None:
+        """The latest turn was withdrawn (the caller heard none of its reply and went on): forget it."""
+        with self._lock:
+            if session_id == self.session_id and len(self._messages) >= 2:
+                self._messages = self._messages[:-2]
+
     def add(self, session_id: str, user: str, reply: str) -> None:
         """Keep one finished turn, dropping the oldest past ``max_turns`` or ``max_chars``."""
         with self._lock:
@@ -226,19 +232,25 @@ class ServerFleet:
             else:
                 _LOGGER.warning("turn not kept in the conversation: no reply text from %s", last.client.base_url)
 
-    def report_heard(self, session_id: str, heard_seconds: float) -> str | None:
+    def report_heard(self, session_id: str, heard_seconds: float, withdrawn: bool = False) -> str | None:
         """The caller cut in ``heard_seconds`` into the latest reply: the server that spoke it and the
         phone's own conversation keep only what was heard. The text kept, None when the server could
         not say (the conversation then keeps the caller's words and a cut mark). Never raises.
 
         Call it once playback stopped and before the next turn is sent (pi_client/server/heard.py).
+        ``withdrawn``: the caller heard none of it and went on talking; the turn leaves both histories.
         """
         with self._lock:
             last = self._last
         if last is None or last.session_id != session_id:
-            return self._servers[0].client.report_heard(session_id, heard_seconds)
-        text = last.client.report_heard(session_id, heard_seconds)
+            return self._servers[0].client.report_heard(session_id, heard_seconds, withdrawn)
+        text = last.client.report_heard(session_id, heard_seconds, withdrawn)
         with self._lock:
+            if withdrawn:
+                if last.kept:
+                    self.conversation.drop_last(session_id)
+                last.heard, last.kept, last.reply = True, False, None
+                return text
             last.heard, last.reply = True, text if text is not None else last.reply
             kept = text if text is not None else CUT_MARK
             if last.kept:

@@ -22,7 +22,7 @@ _LOGGER = logging.getLogger(__name__)
 
 
 async def report_heard(
-    client: ServerClient | ServerFleet, session_id: str | None, heard_seconds: float
+    client: ServerClient | ServerFleet, session_id: str | None, heard_seconds: float, withdrawn: bool = False
 ) -> str | None:
     """The reply of ``session_id`` was heard for ``heard_seconds``: the text now kept, or None.
 
@@ -31,6 +31,9 @@ async def report_heard(
     """
     if session_id is None:
         return None
-    text = await asyncio.to_thread(client.report_heard, session_id, heard_seconds)
-    _LOGGER.info("barge-in: caller heard %.2fs of the reply: %r", heard_seconds, text)
+    text = await asyncio.to_thread(client.report_heard, session_id, heard_seconds, withdrawn)
+    if withdrawn:
+        _LOGGER.info("the caller went on before any of the reply: turn withdrawn from the history")
+    else:
+        _LOGGER.info("barge-in: caller heard %.2fs of the reply: %r", heard_seconds, text)
     return text

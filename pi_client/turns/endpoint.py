@@ -75,8 +75,9 @@ class Endpointer:
         smart_turn: SmartTurnConfig | None = None,
         candidate_after_seconds: float | None = None,
     ) -> None:
-        """``smart_turn`` set: a turn detector is there to ask; None: the fixed trailing-silence rule, with
-        ``CANDIDATE_END`` after ``candidate_after_seconds`` of silence when set."""
+        """``smart_turn`` set: a turn detector is there to ask; None: the fixed trailing-silence rule.
+        ``candidate_after_seconds`` set: ``CANDIDATE_END`` after that much silence (speculation starts
+        there; with a detector, only when it comes before the detector's check)."""
         self.cfg = cfg
         self.frame_seconds = frame_seconds
         self._min_speech = _frames(cfg.min_speech_seconds, frame_seconds)
@@ -88,7 +89,7 @@ class Endpointer:
             self._ceiling = _frames(smart_turn.max_silence_seconds, frame_seconds)
         self._silence_limit = self._ceiling if self._check is not None else self._trailing
         self._candidate: int | None = None
-        if smart_turn is None and candidate_after_seconds is not None:
+        if candidate_after_seconds is not None:
             self._candidate = _frames(candidate_after_seconds, frame_seconds)
         self._max_utterance = _frames_within(cfg.max_utterance_seconds, frame_seconds)
         self._timeout = _frames(cfg.no_speech_timeout_seconds, frame_seconds)
@@ -127,6 +128,11 @@ class Endpointer:
         if self.last_speech_frame is None:
             return 0.0
         return (self.last_speech_frame - self.onset_frame + 1) * self.frame_seconds
+
+    @property
+    def voice(self) -> bool:
+        """The latest frame was speech (a run not yet confirmed included): the caller may be talking."""
+        return self.last_speech_frame is not None and self.last_speech_frame == self.frame_index
 
     @property
     def speech_seconds(self) -> float:
@@ -246,19 +252,28 @@ async def listen(
     turn_cfg: SmartTurnConfig | None = None,
     *,
     speculator: SpeculativeTranscriber | None = None,
+    speculate_after_seconds: float | None = None,
     on_frame: Callable[[bool, float], None] | None = None,
+    on_voice: Callable[[bool, bool], None] | None = None,
 ) -> Utterance | None:
     """Listen until the caller has said something; None on timeout or when the source ends silent.
 
     With ``detector``, a short silence asks it whether the caller has finished (``turn_cfg`` gives
     the silences, its defaults when None); without it, the trailing silence of ``cfg`` ends the turn.
-    With ``speculator``, that short silence starts Whisper on the turn so far (see the module doc).
+    With ``speculator``, that short silence starts Whisper on the turn so far (see the module doc), or
+    ``speculate_after_seconds`` of silence when that is sooner (pi.stt.speculate_after_silence_seconds).
     ``on_frame(in_speech, talk_seconds)`` follows every frame (barge-in watches how long the
     caller has been talking over the playback, from the onset; unconfirmed speech counts too, so
-    the earpiece can pause at the first syllable).
+    the earpiece can pause at the first syllable); ``on_voice(voice, confirmed)`` says
+    whether the frame was speech (a run too short to confirm yet included) and whether speech is
+    confirmed (the phone holds a reply's first audio while the caller may be going on).
     """
     turn_cfg = turn_cfg or SmartTurnConfig()
-    candidate = turn_cfg.check_after_silence_seconds if speculator is not None and detector is None else None
+    candidate = None
+    if speculator is not None:
+        candidate = turn_cfg.check_after_silence_seconds if detector is None else None
+        if speculate_after_seconds is not None and speculate_after_seconds < turn_cfg.check_after_silence_seconds:
+            candidate = speculate_after_seconds
     endpointer = Endpointer(cfg, BLOCK_SAMPLES / SAMPLE_RATE, turn_cfg if detector is not None else None, candidate)
     speculated_at: int | None = None  # the last speech frame when the speculation started
     kept: list[bytes] = []  # frames from index kept_from onwards
@@ -283,19 +298,22 @@ async def listen(
                     speculated_at = None
                 if on_frame is not None:
                     on_frame(endpointer.in_speech, endpointer.talk_seconds)
+                if on_voice is not None:
+                    on_voice(endpointer.voice, endpointer.in_speech)
                 if event is EndpointEvent.TIMEOUT:
                     _LOGGER.info("No speech within %.1f s", cfg.no_speech_timeout_seconds)
                     return None
                 if event is EndpointEvent.SPEECH_STARTED:
                     _LOGGER.debug("Speech started at frame %s", endpointer.speech_start_frame)
-                if event in (EndpointEvent.TURN_CHECK, EndpointEvent.CANDIDATE_END) and speculator is not None:
+                candidate_end = event in (EndpointEvent.TURN_CHECK, EndpointEvent.CANDIDATE_END)
+                if candidate_end and speculator is not None and speculated_at is None:  # once per silence
                     speculator.start(b"".join(kept[max(0, endpointer.utterance_start_frame - kept_from) :]))
                     speculated_at = endpointer.last_speech_frame
                 if event is EndpointEvent.TURN_CHECK and detector is not None:
                     pcm = b"".join(kept[max(0, endpointer.utterance_start_frame - kept_from) :])
                     event = endpointer.turn_verdict(await _ask(detector, pcm, endpointer))
                 if event is EndpointEvent.UTTERANCE_ENDED:
-                    return _utterance(endpointer, kept, kept_from)
+                    return _utterance(endpointer, kept, kept_from, speculator)
                 drop = endpointer.utterance_start_frame - kept_from  # keep only pre-roll + candidate
                 if drop > 0:
                     del kept[:drop]
@@ -303,7 +321,7 @@ async def listen(
             if len(frames) < len(batch):  # the source ended
                 if endpointer.in_speech:
                     endpointer.ended_by = endpointer.ended_by or "audio_end"
-                    return _utterance(endpointer, kept, kept_from)
+                    return _utterance(endpointer, kept, kept_from, speculator)
                 _LOGGER.info("Audio ended without speech")
                 return None
     except BaseException:  # hang-up (cancelled) or a failing source: nothing will use the speculation
@@ -334,7 +352,9 @@ async def _ask(detector: TurnDetector, pcm: bytes, endpointer: Endpointer) -> bo
     return finished
 
 
-def _utterance(endpointer: Endpointer, kept: list[bytes], kept_from: int) -> Utterance:
+def _utterance(
+    endpointer: Endpointer, kept: list[bytes], kept_from: int, speculator: SpeculativeTranscriber | None
+) -> Utterance:
     start = max(0, endpointer.utterance_start_frame - kept_from)
     utterance = Utterance(
         pcm=b"".join(kept[start:]),
@@ -342,6 +362,8 @@ def _utterance(endpointer: Endpointer, kept: list[bytes], kept_from: int) -> Utt
         endpoint_delay_seconds=endpointer.endpoint_delay_seconds,
         ended_by=endpointer.ended_by or "silence",
     )
+    if speculator is not None:
+        speculator.claim(utterance.pcm)  # the listener that starts next must not drop it
     _LOGGER.info(
         "Utterance: %.2f s of speech, %.2f s of audio, ended by %s %.2f s after the last speech",
         utterance.speech_seconds,

@@ -42,9 +42,12 @@ class SpeculativeTranscriber:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._pending: _Guess | None = None
-        self._claimed: _Guess | None = None
-        """A guess :meth:`transcribe` waits for that the worker has not started: it goes first."""
         self._current: _Guess | None = None
+        self._running: _Guess | None = None
+        self._claimed: tuple[_Guess, int] | None = None
+        """The guess that describes the utterance just ended, and that utterance's length (see :meth:`claim`)."""
+        self._awaited: _Guess | None = None
+        """A guess :meth:`transcribe` waits for that the worker has not started: it goes first."""
         self._closed = False
         self.runs = 0
         """Whisper runs so far, speculative and not (for logs and tests)."""
@@ -60,22 +63,42 @@ class SpeculativeTranscriber:
             self._wake.notify()
 
     def drop(self) -> None:
-        """The caller went on: the speculation no longer describes the utterance."""
+        """The caller went on: the speculation no longer describes the utterance (a claimed one stays)."""
         with self._lock:
-            self._current = self._pending = None
+            claimed = self._claimed[0] if self._claimed is not None else None
+            self._current = None
+            if self._pending is not claimed:
+                self._pending = None
+
+    def claim(self, pcm: bytes) -> None:
+        """The utterance ended as ``pcm``: the speculation that describes it is kept for exactly that audio.
+
+        The phone starts listening again the moment a turn ends (the caller may go on, or barge in), and
+        that listener drops speculations as it goes: without the claim it could drop this one before
+        :meth:`transcribe` takes it, and Whisper would run again from the start.
+        """
+        with self._lock:
+            guess = self._current
+            self._claimed = (guess, len(pcm)) if guess is not None and pcm.startswith(guess.pcm) else None
 
     def transcribe(self, pcm: bytes) -> str:
         """Text of the utterance: the speculative one when ``pcm`` is its audio plus silence; blocking."""
         with self._lock:
             guess, self._current = self._current, None
+            claimed, self._claimed = self._claimed, None
+            if claimed is not None and claimed[1] == len(pcm) and pcm.startswith(claimed[0].pcm):
+                guess = claimed[0]
             if guess is not None and not pcm.startswith(guess.pcm):
                 if guess is self._pending:
                     self._pending = None
                 guess = None
+            lost = guess is not self._pending and guess is not self._running
+            if guess is not None and lost and not guess.done.is_set():
+                guess = None  # replaced by a newer speculation before it ran: it never will
             if guess is not None and guess is self._pending:
-                # Claimed before the worker took it: out of reach of drop() and start(), which a listener
+                # Awaited before the worker took it: out of reach of drop() and start(), which a listener
                 # starting meanwhile calls (barge-in listens on while the phone transcribes).
-                self._pending, self._claimed = None, guess
+                self._pending, self._awaited = None, guess
         if guess is not None and guess.done.wait(RESULT_WAIT_SECONDS) and guess.text is not None:
             self.used += 1
             return guess.text
@@ -85,8 +108,14 @@ class SpeculativeTranscriber:
         """Stop the worker (after the job in hand)."""
         with self._lock:
             self._closed = True
-            self._pending = self._current = self._claimed = None
+            self._pending = self._current = self._awaited = None
             self._wake.notify()
+
+    def join(self, timeout: float) -> None:
+        """Stop the worker and wait (bounded) for the run in hand: a process must not exit while a native
+        Whisper run is under way in a daemon thread (it aborts: "terminate called without an active exception")."""
+        self.close()
+        self._worker.join(timeout)
 
     def _run_whisper(self, pcm: bytes) -> str:
         self.runs += 1
@@ -95,15 +124,16 @@ class SpeculativeTranscriber:
     def _run(self) -> None:
         while True:
             with self._lock:
-                while self._pending is None and self._claimed is None and not self._closed:
+                while self._pending is None and self._awaited is None and not self._closed:
                     self._wake.wait(_IDLE_POLL_SECONDS)
                 if self._closed:
                     return
-                guess = self._claimed or self._pending
-                if guess is self._claimed:
-                    self._claimed = None
+                guess: _Guess | None
+                if self._awaited is not None:
+                    guess, self._awaited = self._awaited, None
                 else:
-                    self._pending = None
+                    guess, self._pending = self._pending, None
+                self._running = guess
             assert guess is not None
             started = time.monotonic()
             try:
@@ -112,4 +142,6 @@ class SpeculativeTranscriber:
                 _LOGGER.exception("speculative transcription failed")
             finally:
                 guess.done.set()
+                with self._lock:
+                    self._running = None
             _LOGGER.debug("speculative: %.2f s of audio in %.2f s", len(guess.pcm) / 32000, time.monotonic() - started)
