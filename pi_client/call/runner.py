@@ -209,11 +209,11 @@ class Phone:
         self._quiet_frames = 0
         self._quiet_enough = round(settings.turns.reply_after_silence_seconds * SAMPLE_RATE / BLOCK_SAMPLES)
         self._frames_reported = False
+        """The listener reports its frames (python -m pi_client wires it; without it no reply waits)."""
         self._reply_playing = False
         """The current reply's first audio has gone to the earpiece."""
         self._went_on = False
         """The caller's going on was reported for this turn (once)."""
-        """The listener reports its frames (python -m pi_client wires it; without it no reply waits)."""
 
     @property
     def idle(self) -> bool:
