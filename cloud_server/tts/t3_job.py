@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
-
-import torch
+from dataclasses import dataclass
 
 from cloud_server.tts.chatterbox_stream import SPEECH_VOCAB
+from cloud_server.tts.handoff import Handoff
 from cloud_server.tts.t3_sequence import T3Sequence
 
 
 @dataclass
-class T3Job:
+class T3Job(Handoff):
     """One sentence handed to the decoder, and where its tokens and its end go."""
 
     sequence: T3Sequence
@@ -25,28 +24,10 @@ class T3Job:
     """Tokens the caller needs for its first audio (its first stream window)."""
     first_audio: threading.Event | None = None
     """Set by the caller once its first audio is made (or it gave up); None: not waited for."""
-    done: threading.Event = field(default_factory=threading.Event)
-    result: torch.Tensor | None = None
-    error: BaseException | None = None
-
-    def finish(self, result: torch.Tensor | None, error: BaseException | None = None) -> None:
-        """Deliver the end of the sentence (only the first call counts)."""
-        if not self.done.is_set():
-            self.result, self.error = result, error
-            self.done.set()
 
     def has_first_window(self) -> bool:
         """Whether the caller has the tokens of its first audio (start/stop tokens make no audio)."""
         return sum(1 for token in self.sequence.sampled if 0 <= token < SPEECH_VOCAB) >= self.first_window
-
-    def wait(self, poll: Callable[[], None], poll_seconds: float = 0.1) -> torch.Tensor:
-        """Block until the sentence ends; ``poll`` runs between waits (it may raise to give up)."""
-        while not self.done.wait(poll_seconds):
-            poll()
-        if self.error is not None:
-            raise self.error
-        assert self.result is not None
-        return self.result
 
 
 @dataclass

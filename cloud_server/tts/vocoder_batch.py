@@ -18,11 +18,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from cloud_server.tts.handoff import Handoff
 
 _LOGGER = logging.getLogger(__name__)
 _ROLE = threading.local()
@@ -30,7 +32,7 @@ IDLE_POLL_SECONDS = 0.5
 
 
 @dataclass
-class FlowJob:
+class FlowJob(Handoff):
     """One caller's window as the library hands it to the flow decoder, and where its mel goes."""
 
     mu: torch.Tensor
@@ -49,24 +51,6 @@ class FlowJob:
     """A sentence's first window: its caller's first audio, so it goes ahead of later windows."""
     check: Callable[[], None]
     """Raises to take the window out (hang-up, deadline); what it raises is the caller's result."""
-    done: threading.Event = field(default_factory=threading.Event)
-    result: torch.Tensor | None = None
-    error: BaseException | None = None
-
-    def finish(self, result: torch.Tensor | None, error: BaseException | None = None) -> None:
-        """Deliver the window's mel or error (only the first call counts)."""
-        if not self.done.is_set():
-            self.result, self.error = result, error
-            self.done.set()
-
-    def wait(self, poll: Callable[[], None], poll_seconds: float = 0.1) -> torch.Tensor:
-        """Block until solved; ``poll`` runs between waits (it may raise to give up the place)."""
-        while not self.done.wait(poll_seconds):
-            poll()
-        if self.error is not None:
-            raise self.error
-        assert self.result is not None
-        return self.result
 
     @property
     def frames(self) -> int:

@@ -79,6 +79,31 @@ class AudioSink(ABC):
         return False
 
 
+
+class SinkWrapper(AudioSink):
+    """A sink in front of another (telephone band, filler): what the caller hears is the inner sink's."""
+
+    def __init__(self, inner: AudioSink) -> None:
+        self._inner = inner
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+    @property
+    def played_seconds(self) -> float:
+        """The inner earpiece's (barge-in reports it)."""
+        return self._inner.played_seconds
+
+    def pause(self) -> None:
+        self._inner.pause()
+
+    def resume(self) -> None:
+        self._inner.resume()
+
+    @property
+    def paused(self) -> bool:
+        return self._inner.paused
+
 class AplaySink(AudioSink):
     """Feeds ``aplay -t wav -`` on stdin, so the first sentence plays while the rest streams in.
 

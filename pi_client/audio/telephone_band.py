@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pi_client.audio.playback import AudioSink
+from pi_client.audio.playback import AudioSink, SinkWrapper
 
 LOW_HZ = 300.0
 HIGH_HZ = 3400.0
@@ -49,18 +49,13 @@ class BandPass:
         return np.clip(np.round(y), -32768, 32767).astype("<i2").tobytes()
 
 
-class TelephoneBandSink(AudioSink):
+class TelephoneBandSink(SinkWrapper):
     """An earpiece that sounds like a telephone line: ``inner`` gets every utterance band-passed."""
 
     def __init__(self, inner: AudioSink) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._filter: BandPass | None = None
         self._carry = b""
-
-    @property
-    def played_seconds(self) -> float:
-        """The inner earpiece's (barge-in reports it)."""
-        return self._inner.played_seconds
 
     async def start(self, sample_rate: int) -> None:
         await self._inner.start(sample_rate)
@@ -82,16 +77,3 @@ class TelephoneBandSink(AudioSink):
     async def kill(self) -> None:
         self._filter = None
         await self._inner.kill()
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-    def pause(self) -> None:
-        self._inner.pause()
-
-    def resume(self) -> None:
-        self._inner.resume()
-
-    @property
-    def paused(self) -> bool:
-        return self._inner.paused

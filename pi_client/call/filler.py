@@ -20,7 +20,7 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 from common.config import FillerConfig
-from pi_client.audio.playback import AudioSink
+from pi_client.audio.playback import AudioSink, SinkWrapper
 from pi_client.server.greetings import Greeting, GreetingCache
 
 _LOGGER = logging.getLogger(__name__)
@@ -33,31 +33,16 @@ _REFRESH_SECONDS = 300.0
 """A filler in memory is checked against the server again after this long (a new voice), in seconds."""
 
 
-class FillerSink(AudioSink):
+class FillerSink(SinkWrapper):
     """The earpiece, where a filler can play first and the next utterance waits behind it."""
 
     def __init__(self, inner: AudioSink) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._writing: asyncio.Task[None] | None = None
         self._open_rate = 0
         """The rate of a filler utterance still open in the player (0: none)."""
         self.started = False
         """An utterance other than the filler was started since :meth:`reset`."""
-
-    @property
-    def played_seconds(self) -> float:
-        """The inner earpiece's (barge-in reports it)."""
-        return self._inner.played_seconds
-
-    def pause(self) -> None:
-        self._inner.pause()
-
-    def resume(self) -> None:
-        self._inner.resume()
-
-    @property
-    def paused(self) -> bool:
-        return self._inner.paused
 
     def reset(self) -> None:
         self.started = False
