@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.chatterbox_stream import measure
 from bench.rig import replace_section
 
 _LOGGER = logging.getLogger("bench.chatterbox_batch")
@@ -257,18 +258,9 @@ def s3gen_report(s3b: dict[str, Any], meta: dict[str, Any]) -> list[str]:
 
 def speak(engine: Any, text: str, barrier: threading.Barrier | None, out: list[tuple[float, float, float]]) -> None:
     """One caller's sentence: (first audio, last audio, audio seconds), counted from the common start."""
-    from cloud_server.tts.base import VoiceSpec
-
     if barrier is not None:
         barrier.wait(timeout=60)
-    started = time.monotonic()
-    first, samples = None, 0
-    for pcm in engine.synthesize(text, VoiceSpec()):
-        if first is None:
-            first = time.monotonic() - started
-        samples += len(pcm) // 2
-    total = time.monotonic() - started
-    out.append((first if first is not None else total, total, samples / engine.sample_rate))
+    out.append(measure(engine, text))
 
 
 def callers_part(engines: dict[str, Any]) -> dict[str, dict[str, Any]]:

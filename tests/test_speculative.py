@@ -96,18 +96,25 @@ def test_under_the_silence_rule_whisper_runs_once_before_the_turn_ends(
     assert len(counting.heard) == 1 and counting.heard[0] < len(utterance.pcm)  # it heard the turn before its end
 
 
-def test_a_dropped_or_superseded_guess_is_never_used() -> None:
-    """Mechanics at the seam: the latest candidate wins, a drop forgets it, other audio is transcribed anew."""
-    busy, release = threading.Event(), threading.Event()
-    seen: list[bytes] = []
+class HeldWhisper:
+    """A stand-in for Whisper that stays "running" until released: the test decides when the worker is busy."""
 
-    def slow(pcm: bytes) -> str:
-        seen.append(pcm)
-        busy.set()
-        release.wait(10)
+    def __init__(self) -> None:
+        self.busy, self.release = threading.Event(), threading.Event()
+        self.seen: list[bytes] = []
+
+    def __call__(self, pcm: bytes) -> str:
+        self.seen.append(pcm)
+        self.busy.set()
+        self.release.wait(10)
         return f"text of {pcm[:1].decode()}{len(pcm)}"
 
-    speculator = SpeculativeTranscriber(slow)
+
+def test_a_dropped_or_superseded_guess_is_never_used() -> None:
+    """Mechanics at the seam: the latest candidate wins, a drop forgets it, other audio is transcribed anew."""
+    whisper = HeldWhisper()
+    busy, release, seen = whisper.busy, whisper.release, whisper.seen
+    speculator = SpeculativeTranscriber(whisper)
     try:
         speculator.start(b"a" * 10)  # the worker takes it and stays in "Whisper" until released
         assert busy.wait(10)
@@ -126,16 +133,9 @@ def test_a_dropped_or_superseded_guess_is_never_used() -> None:
 def test_a_guess_not_yet_started_is_transcribed_even_if_a_new_listener_drops_the_speculation() -> None:
     """While the phone transcribes, barge-in's listener starts listening again (which drops the
     speculation): the turn's transcript must not wait for a guess the worker will now never run."""
-    busy, release = threading.Event(), threading.Event()
-    seen: list[bytes] = []
-
-    def slow(pcm: bytes) -> str:
-        seen.append(pcm)
-        busy.set()
-        release.wait(10)
-        return f"text of {pcm[:1].decode()}{len(pcm)}"
-
-    speculator = SpeculativeTranscriber(slow)
+    whisper = HeldWhisper()
+    busy, release = whisper.busy, whisper.release
+    speculator = SpeculativeTranscriber(whisper)
     result: list[str] = []
     try:
         speculator.start(b"a" * 10)  # the worker is busy with an older guess
@@ -151,6 +151,8 @@ def test_a_guess_not_yet_started_is_transcribed_even_if_a_new_listener_drops_the
         release.set()
         speculator.close()
     assert result == ["text of c30"]
+
+
 def test_the_guess_of_an_ended_utterance_survives_the_next_listener() -> None:
     """The phone listens again the moment a turn ends, and that listener drops speculations as it starts:
     the ended utterance's own guess is claimed and still answers it; a longer (merged) utterance never."""
