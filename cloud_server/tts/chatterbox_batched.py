@@ -17,7 +17,7 @@ import inspect
 import itertools
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import torch
@@ -28,33 +28,31 @@ from cloud_server.tts.conditionals import clone_conditionals
 from cloud_server.tts.s3gen_hooks import WindowRoute, routed_window, window_generator
 from cloud_server.tts.t3_batch import T3Job
 from cloud_server.tts.t3_sequence import T3Sequence
+from cloud_server.tts.thread_route import ThreadRoute
 
-_ROUTE = threading.local()
 LOCK_POLL_SECONDS = 0.1
 
 Route = Callable[[dict[str, Any]], Any]
+_ROUTE: ThreadRoute[Route] = ThreadRoute()
 
 
 def routed_here() -> bool:
     """Whether this thread's T3 calls go to the batch decoder."""
-    return getattr(_ROUTE, "route", None) is not None
+    return _ROUTE.get() is not None
 
 
-@contextlib.contextmanager
-def routed(route: Route) -> Iterator[None]:
+def routed(route: Route) -> contextlib.AbstractContextManager[None]:
     """While inside, this thread's T3 calls go to ``route`` (with their arguments by name)."""
-    _ROUTE.route = route
-    try:
-        yield
-    finally:
-        _ROUTE.route = None
+    return _ROUTE.using(route)
 
 
 def t3_call(inner: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Hand the library's T3 call, its arguments bound by name, to this thread's route."""
     bound = inspect.signature(inner).bind(*args, **kwargs)
     bound.apply_defaults()
-    return _ROUTE.route(dict(bound.arguments))
+    route = _ROUTE.get()
+    assert route is not None, "t3_call outside routed()"
+    return route(dict(bound.arguments))
 
 
 class _Captured(Exception):

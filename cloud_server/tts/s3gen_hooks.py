@@ -25,9 +25,9 @@ from typing import Any
 
 import torch
 
+from cloud_server.tts.thread_route import ThreadRoute
 from cloud_server.tts.vocoder_batch import FlowJob, VocoderBatcher
 
-_ROUTE = threading.local()
 _GLOBAL_RNG = threading.Lock()
 """HiFiGAN draws from torch's global generator: a seeded window borrows it, one window at a time."""
 LONGEST_ENCODER_INPUT = 4096
@@ -46,14 +46,12 @@ class WindowRoute:
     """None: the global generator, as the library draws; else this window's own stream."""
 
 
-@contextlib.contextmanager
-def routed_window(route: WindowRoute) -> Iterator[None]:
+_ROUTE: ThreadRoute[WindowRoute] = ThreadRoute()
+
+
+def routed_window(route: WindowRoute) -> contextlib.AbstractContextManager[None]:
     """While inside, this thread's S3Gen call solves its flow in the batch."""
-    _ROUTE.route = route
-    try:
-        yield
-    finally:
-        _ROUTE.route = None
+    return _ROUTE.using(route)
 
 
 def window_generator(seed: int | None, device: str) -> torch.Generator | None:
@@ -80,7 +78,7 @@ def install_window_routing(s3gen: Any) -> None:
     signature = inspect.signature(inner_decode)
 
     def decode(*args: Any, **kwargs: Any) -> Any:
-        route: WindowRoute | None = getattr(_ROUTE, "route", None)
+        route = _ROUTE.get()
         if route is None:
             return inner_decode(*args, **kwargs)
         bound = signature.bind(*args, **kwargs)
@@ -98,7 +96,7 @@ def install_window_routing(s3gen: Any) -> None:
     inner_hift = s3gen.hift_inference
 
     def hift(*args: Any, **kwargs: Any) -> Any:
-        route: WindowRoute | None = getattr(_ROUTE, "route", None)
+        route = _ROUTE.get()
         if route is None or route.generator is None:
             return inner_hift(*args, **kwargs)
         with _global_rng_from(route.generator):

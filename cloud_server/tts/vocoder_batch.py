@@ -25,9 +25,11 @@ import torch
 import torch.nn.functional as F
 
 from cloud_server.tts.handoff import Handoff
+from cloud_server.tts.thread_route import ThreadRoute
 
 _LOGGER = logging.getLogger(__name__)
-_ROLE = threading.local()
+_BATCH_JOBS: ThreadRoute[list[FlowJob]] = ThreadRoute()
+"""The members of the batch this thread is solving (the flow-step check reads them)."""
 IDLE_POLL_SECONDS = 0.5
 
 
@@ -78,7 +80,7 @@ class _AllLeft(Exception):
 
 def check_batch_members() -> bool:
     """At a flow step: on the batch thread, take out members who hung up and say True; elsewhere False."""
-    jobs: list[FlowJob] | None = getattr(_ROLE, "jobs", None)
+    jobs = _BATCH_JOBS.get()
     if jobs is None:
         return False
     for job in jobs:
@@ -205,16 +207,15 @@ class VocoderBatcher:
         def stack(name: str) -> torch.Tensor:
             return torch.cat([_pad(getattr(job, name), length) for job in jobs])
 
-        _ROLE.jobs = jobs
         try:
-            mel, _ = self.decode(
-                mu=stack("mu"), mask=stack("mask"), spks=torch.cat([job.spks for job in jobs]), cond=stack("cond"),
-                n_timesteps=jobs[0].n_timesteps, noised_mels=stack("noise"), meanflow=jobs[0].meanflow,
-            )
+            with _BATCH_JOBS.using(jobs):
+                mel, _ = self.decode(
+                    mu=stack("mu"), mask=stack("mask"), spks=torch.cat([job.spks for job in jobs]), cond=stack("cond"),
+                    n_timesteps=jobs[0].n_timesteps, noised_mels=stack("noise"), meanflow=jobs[0].meanflow,
+                )
         except _AllLeft:
             return
         finally:
-            _ROLE.jobs = None
             self.stats.solve_seconds += time.monotonic() - started
         for row, job in enumerate(jobs):
             job.finish(mel[row : row + 1, :, : job.frames].clone())
