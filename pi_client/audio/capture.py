@@ -97,18 +97,30 @@ class SoundDeviceSource(AudioSource):
         self._queue = queue
         self._closing = False
 
+        def warn_dropped() -> None:
+            _LOGGER.warning("Capture queue full: %d blocks dropped so far", self.dropped_blocks)
+
+        def drop() -> None:
+            self.dropped_blocks += 1
+            if self.dropped_blocks == 1 or self.dropped_blocks % 100 == 0:
+                loop.call_soon_threadsafe(warn_dropped)
+
         def deliver(data: bytes, status: Any) -> None:
             if status:
                 _LOGGER.debug("Capture status: %s", status)
             try:
                 queue.put_nowait(data)
             except asyncio.QueueFull:
-                self.dropped_blocks += 1
-                if self.dropped_blocks == 1 or self.dropped_blocks % 100 == 0:
-                    _LOGGER.warning("Capture queue full: %d blocks dropped so far", self.dropped_blocks)
+                drop()
 
         def callback(indata: Any, _frames: int, _time: Any, status: Any) -> None:
             # PortAudio's thread: copy and hand off, nothing else (a blocked callback drops audio).
+            if queue.full():
+                # The listener is behind: drop the block here rather than wake the loop only to drop it.
+                # A flood of wake-ups (a device without real-time pacing) fills asyncio's self-pipe, and a
+                # signal arriving then (systemd's SIGTERM) is lost: the phone would not stop.
+                drop()
+                return
             loop.call_soon_threadsafe(deliver, bytes(indata), status)
 
         device = _device(self._cfg.input_device)
